@@ -1,0 +1,845 @@
+//! The client sync state machine (sans-io, after quinn-proto's `Connection`).
+//!
+//! Inputs: [`SyncClient::mutate`] (a local change), [`SyncClient::set_online`] (the browser's
+//! `online`/`offline`), [`SyncClient::link_opened`] / [`SyncClient::link_closed`] (the transport),
+//! [`SyncClient::handle_frame`], and [`SyncClient::handle_timeout`] at the instant
+//! [`SyncClient::poll_timeout`] asked for. Outputs come from [`SyncClient::poll_output`]: open or
+//! close a transport, send a frame, persist store writes, tell the app something.
+//!
+//! Status: `offline → connecting → syncing → live`, and `degraded` when the WebSocket failed
+//! `ws_failures_before_degraded` times in a row and the client syncs over HTTP long-polling
+//! instead (retrying the WebSocket every `websocket_retry_ms`). Reconnects wait a full-jitter
+//! exponential backoff: the first wait is uniform in 0.5–3 s, both bounds double per attempt,
+//! capped at 30 s.
+//!
+//! The local view is the confirmed (server) state with every own operation the server has not
+//! yet confirmed re-applied on top — "rebase", as Replicache does it.
+
+use crate::error::{Error, ErrorCode};
+use crate::hlc::{HlcTimestamp, HybridClock};
+use crate::ids::{ClientId, EntityId, EntityKey, EntityType, OperationId, TenantId};
+use crate::interaction::{InteractionClass, Transport};
+use crate::operation::{Object, Operation, OperationKind, OperationLimits, apply_patch};
+use crate::protocol::{
+    ClientFrame, ResultStatus, ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult,
+    WireOperation,
+};
+use crate::queue::{OutboundQueue, QuarantinedOp, QueueConfig, StoreWrite, StoredState};
+use crate::rng::SplitMix64;
+use crate::strategy::StrategyRegistry;
+use crate::vclock::VectorClock;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Reconnect backoff: attempt `n` (from 0) waits uniformly between `first_min_ms·2ⁿ` and
+/// `first_max_ms·2ⁿ`, both capped at `cap_ms`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub first_min_ms: u64,
+    pub first_max_ms: u64,
+    pub cap_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { first_min_ms: 500, first_max_ms: 3_000, cap_ms: 30_000 }
+    }
+}
+
+impl Backoff {
+    pub fn delay(&self, attempt: u32, rng: &mut SplitMix64) -> u64 {
+        let factor = 1u64 << attempt.min(20);
+        let lo = self.first_min_ms.saturating_mul(factor).min(self.cap_ms);
+        let hi = self.first_max_ms.saturating_mul(factor).min(self.cap_ms);
+        rng.range(lo, hi)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub client_id: ClientId,
+    pub tenant: TenantId,
+    /// Seeds the client's random source (backoff jitter, batch ids).
+    pub seed: u64,
+    pub queue: QueueConfig,
+    pub limits: OperationLimits,
+    pub backoff: Backoff,
+    pub ws_failures_before_degraded: u32,
+    pub websocket_retry_ms: u64,
+    /// A push or pull unanswered this long is sent again.
+    pub request_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    /// Nothing heard for this long: the link is dead.
+    pub stale_after_ms: u64,
+    /// How often to pull while degraded (no server pokes over long-polling).
+    pub poll_interval_ms: u64,
+    pub pull_limit: u32,
+}
+
+impl ClientConfig {
+    pub fn new(client_id: ClientId, tenant: TenantId, seed: u64) -> Self {
+        Self {
+            client_id,
+            tenant,
+            seed,
+            queue: QueueConfig::default(),
+            limits: OperationLimits::default(),
+            backoff: Backoff::default(),
+            ws_failures_before_degraded: 3,
+            websocket_retry_ms: 60_000,
+            request_timeout_ms: 15_000,
+            heartbeat_ms: 30_000,
+            stale_after_ms: 90_000,
+            poll_interval_ms: 5_000,
+            pull_limit: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Offline,
+    Connecting,
+    Syncing,
+    Live,
+    Degraded,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Offline => "offline",
+            Status::Connecting => "connecting",
+            Status::Syncing => "syncing",
+            Status::Live => "live",
+            Status::Degraded => "degraded",
+        }
+    }
+}
+
+/// The server's state of an entity as this client last saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfirmedEntity {
+    pub key: EntityKey,
+    pub version: u64,
+    pub state: Option<Object>,
+    pub crdt: Option<Vec<u8>>,
+    pub deleted: bool,
+    pub clock: VectorClock,
+    pub timestamp: HlcTimestamp,
+}
+
+/// Something the app should hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppEvent {
+    Status(Status),
+    /// The local view of these entities changed.
+    Changed(Vec<EntityKey>),
+    /// The server resolved a conflict on one of our operations (or recorded one for a person).
+    Conflict {
+        result: WireOpResult,
+        conflict: Option<WireConflict>,
+    },
+    /// An operation will never apply and was quarantined.
+    Rejected(QuarantinedOp),
+    /// A Class B event, in sequence order, each once.
+    Event(WireEvent),
+    /// The server refused the token: call `link_opened`/`refresh_token` with a fresh one.
+    AuthRequired,
+    /// The event offset is older than retention: events since then are not available.
+    EventsUnavailable {
+        after: Option<u64>,
+    },
+    /// Any other frame (presence, messages, rooms, snapshot chunks) for the shell to route.
+    Frame(ServerFrame),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Open a link over this transport (WebSocket, or long-polling + REST when degraded).
+    Connect(Transport),
+    /// Close the current link.
+    Disconnect,
+    Send(ClientFrame),
+    /// Make these writes durable, in order, atomically.
+    Store(Vec<StoreWrite>),
+    Event(AppEvent),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Down,
+    Opening(Transport),
+    Up(Transport),
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    id: String,
+    deadline: u64,
+}
+
+#[derive(Debug)]
+pub struct SyncClient {
+    config: ClientConfig,
+    strategies: StrategyRegistry,
+    status: Status,
+    online: bool,
+    link: Link,
+    transport: Transport,
+    ws_failures: u32,
+    attempt: u32,
+    reconnect_at: Option<u64>,
+    ws_retry_at: Option<u64>,
+    next_ping_at: Option<u64>,
+    next_poll_at: Option<u64>,
+    last_heard: u64,
+    queue: OutboundQueue,
+    /// Acknowledged operations the confirmed state may not include yet.
+    awaiting: Vec<Operation>,
+    confirmed: BTreeMap<EntityKey, ConfirmedEntity>,
+    cursor: u64,
+    confirmed_seq: u64,
+    last_event: Option<u64>,
+    subscription: Option<Vec<String>>,
+    hlc: HybridClock,
+    rng: SplitMix64,
+    push: Option<InFlight>,
+    pull: Option<InFlight>,
+    counter: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl SyncClient {
+    pub fn new(config: ClientConfig, strategies: StrategyRegistry) -> Self {
+        Self::recover(config, strategies, StoredState::default())
+    }
+
+    /// Start from what the store held (queue, cache, cursors) after a reload or crash.
+    pub fn recover(
+        config: ClientConfig,
+        strategies: StrategyRegistry,
+        stored: StoredState,
+    ) -> Self {
+        let queue = OutboundQueue::recover(config.client_id.clone(), config.queue.clone(), &stored);
+        let rng = SplitMix64::new(config.seed);
+        let transport = Transport::WebSocket;
+        Self {
+            strategies,
+            status: Status::Offline,
+            online: false,
+            link: Link::Down,
+            transport,
+            ws_failures: 0,
+            attempt: 0,
+            reconnect_at: None,
+            ws_retry_at: None,
+            next_ping_at: None,
+            next_poll_at: None,
+            last_heard: 0,
+            queue,
+            awaiting: Vec::new(),
+            confirmed: stored.entities.into_iter().map(|e| (e.key.clone(), e)).collect(),
+            cursor: stored.cursor,
+            confirmed_seq: stored.confirmed_seq,
+            last_event: stored.last_event,
+            subscription: None,
+            hlc: HybridClock::new().resume(stored.clock),
+            rng,
+            push: None,
+            pull: None,
+            counter: 0,
+            outputs: VecDeque::new(),
+            config,
+        }
+    }
+
+    // ---- queries -------------------------------------------------------------------------
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    pub fn queue(&self) -> &OutboundQueue {
+        &self.queue
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    pub fn last_event(&self) -> Option<u64> {
+        self.last_event
+    }
+
+    pub fn client_id(&self) -> &ClientId {
+        &self.config.client_id
+    }
+
+    pub fn confirmed(&self) -> impl Iterator<Item = &ConfirmedEntity> {
+        self.confirmed.values()
+    }
+
+    /// Whether every own operation is confirmed by the server's state as this client knows it.
+    pub fn is_settled(&self) -> bool {
+        self.queue.is_empty() && self.unconfirmed().next().is_none()
+    }
+
+    fn unconfirmed(&self) -> impl Iterator<Item = &Operation> {
+        let floor = self.confirmed_seq;
+        self.awaiting
+            .iter()
+            .chain(self.queue.pending().map(|q| &q.op))
+            .filter(move |op| op.client_seq.unwrap_or(u64::MAX) > floor)
+    }
+
+    /// The optimistic local view of an object entity (`None`: missing or deleted).
+    pub fn get(&self, key: &EntityKey) -> Option<Object> {
+        let base = self.confirmed.get(key);
+        let mut state = base.and_then(|e| if e.deleted { None } else { e.state.clone() });
+        for op in self.unconfirmed().filter(|op| &op.key == key) {
+            match &op.kind {
+                OperationKind::Create(o) => {
+                    state = Some(
+                        o.iter()
+                            .filter(|(_, v)| !v.is_null())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    )
+                }
+                OperationKind::Update(p) => apply_patch(state.get_or_insert_with(Object::new), p),
+                OperationKind::Delete => state = None,
+                OperationKind::Crdt(_) => {}
+            }
+        }
+        state
+    }
+
+    /// The optimistic local view of a CRDT document: confirmed bytes with pending changes merged.
+    pub fn get_crdt(&self, key: &EntityKey) -> Option<Vec<u8>> {
+        let merger = self.strategies.crdt_for(&key.entity_type)?;
+        let mut doc = self.confirmed.get(key).filter(|e| !e.deleted).and_then(|e| e.crdt.clone());
+        for op in self.unconfirmed().filter(|op| &op.key == key) {
+            match &op.kind {
+                OperationKind::Crdt(change) => {
+                    if let Ok(d) = merger.apply(doc.as_deref(), change) {
+                        doc = Some(d);
+                    }
+                }
+                OperationKind::Delete => doc = None,
+                _ => {}
+            }
+        }
+        doc
+    }
+
+    /// Every visible entity of a type, in id order.
+    pub fn query(&self, entity_type: &EntityType) -> Vec<(EntityId, Object)> {
+        let keys: BTreeSet<&EntityKey> = self
+            .confirmed
+            .keys()
+            .chain(self.unconfirmed().map(|op| &op.key))
+            .filter(|k| &k.entity_type == entity_type)
+            .collect();
+        keys.into_iter().filter_map(|k| self.get(k).map(|o| (k.entity_id.clone(), o))).collect()
+    }
+
+    // ---- outputs -------------------------------------------------------------------------
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest instant at which [`Self::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        [
+            self.reconnect_at,
+            self.ws_retry_at,
+            self.next_ping_at,
+            self.next_poll_at,
+            self.push.as_ref().map(|p| p.deadline),
+            self.pull.as_ref().map(|p| p.deadline),
+            self.link_up().then(|| self.last_heard + self.config.stale_after_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    // ---- inputs --------------------------------------------------------------------------
+
+    /// Make a local change: validated, queued durably, visible at once in the local view, and
+    /// sent when a link is up. Class C.
+    pub fn mutate(
+        &mut self,
+        now_ms: u64,
+        id: OperationId,
+        key: EntityKey,
+        kind: OperationKind,
+    ) -> Result<(), Error> {
+        if key.tenant != self.config.tenant {
+            return Err(Error::invalid_op("the entity belongs to another tenant"));
+        }
+        let seq = self.queue.next_seq();
+        let mut clock = self.confirmed.get(&key).map(|e| e.clock.clone()).unwrap_or_default();
+        for op in self.unconfirmed().filter(|op| op.key == key) {
+            clock.merge(&op.clock);
+        }
+        clock.set(self.config.client_id.clone(), seq);
+        let timestamp = self.hlc.now(now_ms);
+        let op = Operation {
+            id,
+            client_id: self.config.client_id.clone(),
+            client_seq: Some(seq),
+            key: key.clone(),
+            kind,
+            timestamp,
+            clock,
+            class: InteractionClass::C,
+        };
+        op.validate(&self.config.limits)?;
+        if matches!(op.kind, OperationKind::Crdt(_))
+            && self.strategies.crdt_for(&key.entity_type).is_none()
+        {
+            return Err(Error::invalid_op(format!(
+                "entity type {} is not a CRDT type",
+                key.entity_type
+            )));
+        }
+        let mut writes = self.queue.push(op);
+        writes.push(StoreWrite::SetClock(timestamp));
+        self.outputs.push_back(Output::Store(writes));
+        self.emit(AppEvent::Changed(vec![key]));
+        self.pump(now_ms);
+        Ok(())
+    }
+
+    /// The device's connectivity changed (`online` / `offline` events).
+    pub fn set_online(&mut self, now_ms: u64, online: bool) {
+        if online == self.online {
+            return;
+        }
+        self.online = online;
+        if online {
+            self.attempt = 0;
+            self.connect(now_ms);
+        } else {
+            if self.link != Link::Down {
+                self.outputs.push_back(Output::Disconnect);
+            }
+            self.drop_link();
+            self.reconnect_at = None;
+            self.ws_retry_at = None;
+        }
+        self.update_status();
+    }
+
+    /// The transport asked for with [`Output::Connect`] is open. `token` authenticates a
+    /// WebSocket (long-polling sends it as a header instead).
+    pub fn link_opened(&mut self, now_ms: u64, token: &str) {
+        let Link::Opening(t) = self.link else { return };
+        self.link = Link::Up(t);
+        self.last_heard = now_ms;
+        if t == Transport::WebSocket {
+            self.outputs.push_back(Output::Send(ClientFrame::Auth {
+                token: token.to_string(),
+                client_id: self.config.client_id.clone(),
+            }));
+            self.next_ping_at = Some(now_ms + self.config.heartbeat_ms);
+        } else {
+            self.attempt = 0;
+            self.next_poll_at = Some(now_ms + self.config.poll_interval_ms);
+        }
+        if let Some(types) = self.subscription.clone() {
+            self.outputs.push_back(Output::Send(ClientFrame::Subscribe {
+                after: self.last_event,
+                event_types: types,
+            }));
+        }
+        self.send_pull(now_ms);
+        self.pump(now_ms);
+        self.update_status();
+    }
+
+    /// The link failed to open or dropped. Schedules a reconnect; after repeated WebSocket
+    /// failures, falls back to long-polling.
+    pub fn link_closed(&mut self, now_ms: u64) {
+        if self.link == Link::Down {
+            return;
+        }
+        let was_ws = matches!(
+            self.link,
+            Link::Opening(Transport::WebSocket) | Link::Up(Transport::WebSocket)
+        );
+        self.drop_link();
+        if was_ws {
+            self.ws_failures += 1;
+            if self.ws_failures >= self.config.ws_failures_before_degraded
+                && self.transport == Transport::WebSocket
+            {
+                self.transport = Transport::LongPoll;
+                self.ws_retry_at = Some(now_ms + self.config.websocket_retry_ms);
+                self.attempt = 0;
+            }
+        }
+        if self.online {
+            let delay = self.config.backoff.delay(self.attempt, &mut self.rng);
+            self.attempt = self.attempt.saturating_add(1);
+            self.reconnect_at = Some(now_ms + delay);
+        }
+        self.update_status();
+    }
+
+    /// A fresh token for the live socket (token refresh).
+    pub fn refresh_token(&mut self, token: &str) {
+        if self.link == Link::Up(Transport::WebSocket) {
+            self.outputs.push_back(Output::Send(ClientFrame::RefreshToken { token: token.into() }));
+        }
+    }
+
+    /// Class B: follow the tenant's event stream, resuming after the last event seen.
+    pub fn subscribe(&mut self, event_types: Vec<String>) {
+        self.subscription = Some(event_types.clone());
+        if self.link_up() {
+            self.outputs.push_back(Output::Send(ClientFrame::Subscribe {
+                after: self.last_event,
+                event_types,
+            }));
+        }
+    }
+
+    pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) {
+        if !self.link_up() {
+            return;
+        }
+        self.last_heard = now_ms;
+        match frame {
+            ServerFrame::Connected { .. } => {
+                self.attempt = 0;
+                self.ws_failures = 0;
+            }
+            ServerFrame::PushResult { batch_id, results, conflicts, .. } => {
+                if self.push.as_ref().is_some_and(|p| p.id == batch_id) {
+                    self.push = None;
+                    self.settle_push(results, conflicts);
+                }
+            }
+            ServerFrame::Delta { since, version, entities, has_more, client_seq } => {
+                self.apply_delta(now_ms, since, version, entities, has_more, client_seq);
+            }
+            ServerFrame::Poke { version } => {
+                if version > self.cursor && self.pull.is_none() {
+                    self.send_pull(now_ms);
+                }
+            }
+            ServerFrame::Event { event } => {
+                if self.last_event.is_none_or(|last| event.sequence > last) {
+                    self.last_event = Some(event.sequence);
+                    self.outputs
+                        .push_back(Output::Store(vec![StoreWrite::SetLastEvent(event.sequence)]));
+                    self.emit(AppEvent::Event(event));
+                }
+            }
+            ServerFrame::Pong { .. } => {}
+            ServerFrame::Error { code, message, request_id, details } => {
+                self.handle_error(now_ms, code, message, request_id, details);
+            }
+            other => self.emit(AppEvent::Frame(other)),
+        }
+        self.pump(now_ms);
+        self.update_status();
+    }
+
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        if self.reconnect_at.is_some_and(|t| t <= now_ms) {
+            self.reconnect_at = None;
+            self.connect(now_ms);
+        }
+        if self.ws_retry_at.is_some_and(|t| t <= now_ms) {
+            self.ws_retry_at = None;
+            // Try the WebSocket again; one more failure returns to long-polling at once.
+            self.transport = Transport::WebSocket;
+            self.ws_failures = self.config.ws_failures_before_degraded.saturating_sub(1);
+            if self.link != Link::Down {
+                self.outputs.push_back(Output::Disconnect);
+                self.drop_link();
+                self.connect(now_ms);
+            }
+        }
+        if self.link_up() && now_ms >= self.last_heard + self.config.stale_after_ms {
+            self.outputs.push_back(Output::Disconnect);
+            self.link_closed(now_ms);
+            return;
+        }
+        if self.push.as_ref().is_some_and(|p| p.deadline <= now_ms) {
+            self.push = None;
+            self.queue.requeue_in_flight();
+        }
+        if self.pull.as_ref().is_some_and(|p| p.deadline <= now_ms) {
+            self.pull = None;
+            self.send_pull(now_ms);
+        }
+        if self.next_ping_at.is_some_and(|t| t <= now_ms) {
+            self.counter += 1;
+            self.outputs.push_back(Output::Send(ClientFrame::Ping { nonce: self.counter }));
+            self.next_ping_at = Some(now_ms + self.config.heartbeat_ms);
+        }
+        if self.next_poll_at.is_some_and(|t| t <= now_ms) {
+            if self.pull.is_none() {
+                self.send_pull(now_ms);
+            }
+            self.next_poll_at = Some(now_ms + self.config.poll_interval_ms);
+        }
+        self.pump(now_ms);
+        self.update_status();
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn link_up(&self) -> bool {
+        matches!(self.link, Link::Up(_))
+    }
+
+    fn emit(&mut self, e: AppEvent) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    fn connect(&mut self, _now_ms: u64) {
+        if !self.online || self.link != Link::Down {
+            return;
+        }
+        self.link = Link::Opening(self.transport);
+        self.outputs.push_back(Output::Connect(self.transport));
+    }
+
+    fn drop_link(&mut self) {
+        self.link = Link::Down;
+        self.push = None;
+        self.pull = None;
+        self.next_ping_at = None;
+        self.next_poll_at = None;
+        self.queue.requeue_in_flight();
+    }
+
+    fn next_id(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}-{}-{:08x}", self.counter, self.rng.next_u64() as u32)
+    }
+
+    fn send_pull(&mut self, now_ms: u64) {
+        if !self.link_up() {
+            return;
+        }
+        let id = self.next_id("pull");
+        self.pull = Some(InFlight { id, deadline: now_ms + self.config.request_timeout_ms });
+        self.outputs.push_back(Output::Send(ClientFrame::Pull {
+            since: self.cursor,
+            limit: Some(self.config.pull_limit),
+        }));
+    }
+
+    /// Send the next batch if the link is up and none is in flight.
+    fn pump(&mut self, now_ms: u64) {
+        if !self.link_up() || self.push.is_some() {
+            return;
+        }
+        let Some(batch) = self.queue.take_batch() else { return };
+        let id = self.next_id("batch");
+        self.push =
+            Some(InFlight { id: id.clone(), deadline: now_ms + self.config.request_timeout_ms });
+        let operations = batch.iter().map(WireOperation::from_operation).collect();
+        self.outputs.push_back(Output::Send(ClientFrame::Push { batch_id: id, operations }));
+    }
+
+    fn settle_push(&mut self, results: Vec<WireOpResult>, conflicts: Vec<WireConflict>) {
+        let mut writes = Vec::new();
+        let mut changed = BTreeSet::new();
+        let mut stop = false;
+        for r in results {
+            let Some(seq) = r.client_seq else { continue };
+            if stop {
+                break;
+            }
+            match r.status {
+                ResultStatus::Applied | ResultStatus::Conflict => {
+                    let (acked, w) = self.queue.ack_up_to(seq);
+                    writes.extend(w);
+                    for op in acked {
+                        if op.client_seq.unwrap_or(0) > self.confirmed_seq {
+                            self.awaiting.push(op);
+                        }
+                    }
+                    if r.status == ResultStatus::Conflict {
+                        let conflict = r
+                            .conflict_id
+                            .as_ref()
+                            .and_then(|id| conflicts.iter().find(|c| &c.conflict_id == id))
+                            .cloned();
+                        self.emit(AppEvent::Conflict { result: r, conflict });
+                    }
+                }
+                ResultStatus::Refused => {
+                    let (code, message) = r
+                        .error
+                        .map(|e| (e.code, e.message))
+                        .unwrap_or((ErrorCode::InternalError, "refused".into()));
+                    if code.is_transient() {
+                        // Resend from here later (SEQ_GAP, RATE_LIMIT, …).
+                        stop = true;
+                        continue;
+                    }
+                    let consumed = !matches!(code, ErrorCode::SeqReused);
+                    // Operations before it in the batch are settled.
+                    let (acked, w) = self.queue.ack_up_to(seq - 1);
+                    writes.extend(w);
+                    self.awaiting.extend(
+                        acked
+                            .into_iter()
+                            .filter(|op| op.client_seq.unwrap_or(0) > self.confirmed_seq),
+                    );
+                    let (q, w) = self.queue.quarantine(seq, code, message, consumed);
+                    writes.extend(w);
+                    if let Some(q) = q {
+                        changed.insert(q.op.key.clone());
+                        self.emit(AppEvent::Rejected(q));
+                    }
+                }
+            }
+        }
+        self.queue.settle();
+        if !writes.is_empty() {
+            self.outputs.push_back(Output::Store(writes));
+        }
+        if !changed.is_empty() {
+            self.emit(AppEvent::Changed(changed.into_iter().collect()));
+        }
+    }
+
+    fn apply_delta(
+        &mut self,
+        now_ms: u64,
+        since: u64,
+        version: u64,
+        entities: Vec<WireEntity>,
+        has_more: bool,
+        client_seq: Option<u64>,
+    ) {
+        if since > self.cursor {
+            // A delta from a cursor we never reached would skip changes: ask again.
+            self.pull = None;
+            self.send_pull(now_ms);
+            return;
+        }
+        let mut writes = Vec::new();
+        let mut changed = BTreeSet::new();
+        for e in entities {
+            let Ok(crdt) = e.crdt_bytes() else { continue };
+            let key = EntityKey::new(self.config.tenant.clone(), e.entity_type, e.entity_id);
+            if self.confirmed.get(&key).is_some_and(|c| c.version >= e.version) {
+                continue;
+            }
+            let _ = self.hlc.observe(e.timestamp, now_ms);
+            let entity = ConfirmedEntity {
+                key: key.clone(),
+                version: e.version,
+                state: match e.state {
+                    Value::Object(o) => Some(o),
+                    _ => None,
+                },
+                crdt,
+                deleted: e.deleted,
+                clock: e.vector_clock,
+                timestamp: e.timestamp,
+            };
+            writes.push(StoreWrite::PutEntity(entity.clone()));
+            self.confirmed.insert(key.clone(), entity);
+            changed.insert(key);
+        }
+        self.cursor = self.cursor.max(version);
+        if !has_more {
+            if let Some(s) = client_seq.filter(|s| *s > self.confirmed_seq) {
+                self.confirmed_seq = s;
+                let floor = s;
+                let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
+                    .into_iter()
+                    .partition(|op| op.client_seq.unwrap_or(0) <= floor);
+                self.awaiting = keep;
+                changed.extend(done.into_iter().map(|op| op.key));
+            }
+        }
+        writes.push(StoreWrite::SetCursor {
+            version: self.cursor,
+            confirmed_seq: self.confirmed_seq,
+        });
+        writes.push(StoreWrite::SetClock(self.hlc.last()));
+        self.outputs.push_back(Output::Store(writes));
+        if !changed.is_empty() {
+            self.emit(AppEvent::Changed(changed.into_iter().collect()));
+        }
+        self.pull = None;
+        if has_more {
+            self.send_pull(now_ms);
+        }
+    }
+
+    fn handle_error(
+        &mut self,
+        now_ms: u64,
+        code: ErrorCode,
+        message: String,
+        request_id: Option<String>,
+        details: Option<Value>,
+    ) {
+        let about_push =
+            request_id.is_some() && self.push.as_ref().map(|p| &p.id) == request_id.as_ref();
+        match code {
+            ErrorCode::AuthFailed => self.emit(AppEvent::AuthRequired),
+            ErrorCode::SnapshotRequired if !about_push => {
+                self.emit(AppEvent::EventsUnavailable { after: self.last_event })
+            }
+            _ if about_push => {
+                self.push = None;
+                if code.is_transient() {
+                    self.queue.requeue_in_flight();
+                } else {
+                    let (q, writes) = self.queue.batch_refused(code, message);
+                    self.outputs.push_back(Output::Store(writes));
+                    if let Some(q) = q {
+                        let key = q.op.key.clone();
+                        self.emit(AppEvent::Rejected(q));
+                        self.emit(AppEvent::Changed(vec![key]));
+                    }
+                }
+            }
+            _ => self.emit(AppEvent::Frame(ServerFrame::Error {
+                code,
+                message,
+                request_id,
+                details,
+            })),
+        }
+        let _ = now_ms;
+    }
+
+    fn update_status(&mut self) {
+        let next = match self.link {
+            _ if !self.online => Status::Offline,
+            Link::Down | Link::Opening(_) => Status::Connecting,
+            Link::Up(Transport::LongPoll) => Status::Degraded,
+            Link::Up(_) => {
+                if self.pull.is_none() && self.push.is_none() && self.queue.is_empty() {
+                    Status::Live
+                } else {
+                    Status::Syncing
+                }
+            }
+        };
+        if next != self.status {
+            self.status = next;
+            self.emit(AppEvent::Status(next));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

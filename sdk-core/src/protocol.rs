@@ -1,0 +1,571 @@
+//! The wire protocol between the SDK and the server, version 1.
+//!
+//! Every frame is an object `{"v": 1, "type": "<frame>", …fields in camelCase}`. Text frames are
+//! JSON; binary frames are MessagePack (maps with field names) when the WebSocket subprotocol
+//! `pf2.v1.msgpack` was negotiated. Decoders check the size limit before parsing, never panic on
+//! any input, and report an unknown version as `UNSUPPORTED_VERSION`.
+//!
+//! Types here are the only ones in sdk-core that derive serde for the wire; internal types
+//! (records, queue entries) convert to and from them explicitly. docs/protocol.md is the prose
+//! description of every frame.
+
+use crate::apply::{Conflict, EntityBody, EntityRecord, OpResult, Outcome, Resolution, Submitted};
+use crate::error::{Error, ErrorCode};
+use crate::hlc::HlcTimestamp;
+use crate::ids::{
+    ClientId, EntityId, EntityKey, EntityType, OperationId, RoomId, TenantId, UserId,
+};
+use crate::interaction::InteractionClass;
+use crate::operation::{Operation, OperationKind};
+use crate::vclock::VectorClock;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// WebSocket subprotocol for JSON text frames (the default).
+pub const JSON_SUBPROTOCOL: &str = "pf2.v1.json";
+/// WebSocket subprotocol for MessagePack binary frames.
+pub const MSGPACK_SUBPROTOCOL: &str = "pf2.v1.msgpack";
+/// Default largest frame, in bytes (DESIGN.md limits).
+pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+
+/// An operation as it travels (api.md's `Operation`, plus `clientSeq` and `interactionClass`).
+/// Fields stay raw here so one malformed operation can be refused alone, by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireOperation {
+    pub operation_id: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_seq: Option<u64>,
+    pub tenant_id: String,
+    pub entity_type: String,
+    pub entity_id: String,
+    pub operation_type: String,
+    /// An object for CREATE/UPDATE, absent or null for DELETE, base64 change bytes for CRDT.
+    #[serde(default)]
+    pub payload: Value,
+    pub timestamp: String,
+    #[serde(default)]
+    pub vector_clock: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interaction_class: Option<String>,
+}
+
+impl WireOperation {
+    pub fn from_operation(op: &Operation) -> Self {
+        let payload = match &op.kind {
+            OperationKind::Create(o) | OperationKind::Update(o) => Value::Object(o.clone()),
+            OperationKind::Delete => Value::Null,
+            OperationKind::Crdt(bytes) => Value::String(BASE64.encode(bytes)),
+        };
+        Self {
+            operation_id: op.id.to_string(),
+            client_id: op.client_id.to_string(),
+            client_seq: op.client_seq,
+            tenant_id: op.key.tenant.to_string(),
+            entity_type: op.key.entity_type.to_string(),
+            entity_id: op.key.entity_id.to_string(),
+            operation_type: op.kind.name().to_string(),
+            payload,
+            timestamp: op.timestamp.to_string(),
+            vector_clock: serde_json::to_value(&op.clock).expect("clock serializes"),
+            interaction_class: Some(op.class.as_str().to_string()),
+        }
+    }
+
+    /// Decode into something the apply engine takes. `Err` when even the header (operation id,
+    /// client id) is unusable: the request as a whole is then invalid.
+    pub fn into_submitted(self) -> Result<Submitted, Error> {
+        let id = OperationId::new(self.operation_id.clone())?;
+        let client_id = ClientId::new(self.client_id.clone())?;
+        let client_seq = self.client_seq;
+        Ok(match self.into_operation() {
+            Ok(op) => Submitted::Valid(op),
+            Err(error) => Submitted::Invalid { id, client_id, client_seq, error },
+        })
+    }
+
+    pub fn into_operation(self) -> Result<Operation, Error> {
+        let key = EntityKey::parse(&self.tenant_id, &self.entity_type, &self.entity_id)?;
+        let kind = match (self.operation_type.as_str(), self.payload) {
+            ("CREATE", Value::Object(o)) => OperationKind::Create(o),
+            ("UPDATE", Value::Object(o)) => OperationKind::Update(o),
+            ("DELETE", Value::Null) => OperationKind::Delete,
+            ("CRDT", Value::String(s)) => OperationKind::Crdt(
+                BASE64.decode(s).map_err(|e| Error::invalid_op(format!("CRDT payload: {e}")))?,
+            ),
+            ("CREATE" | "UPDATE", _) => return Err(Error::invalid_op("payload must be an object")),
+            ("DELETE", _) => return Err(Error::invalid_op("a DELETE carries no payload")),
+            ("CRDT", _) => return Err(Error::invalid_op("a CRDT payload is base64 change bytes")),
+            (other, _) => {
+                return Err(Error::invalid_op(format!("unknown operationType {other:?}")));
+            }
+        };
+        let clock: VectorClock = match self.vector_clock {
+            Value::Null => VectorClock::new(),
+            v => serde_json::from_value(v)
+                .map_err(|e| Error::invalid_op(format!("vectorClock: {e}")))?,
+        };
+        let class = match self.interaction_class.as_deref() {
+            None => InteractionClass::C,
+            Some(s) => InteractionClass::parse(s)
+                .ok_or_else(|| Error::invalid_op(format!("unknown interactionClass {s:?}")))?,
+        };
+        Ok(Operation {
+            id: OperationId::new(self.operation_id)?,
+            client_id: ClientId::new(self.client_id)?,
+            client_seq: self.client_seq,
+            key,
+            kind,
+            timestamp: HlcTimestamp::parse(&self.timestamp)?,
+            clock,
+            class,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultStatus {
+    Applied,
+    Conflict,
+    Refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The outcome of one operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireOpResult {
+    pub operation_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_seq: Option<u64>,
+    pub status: ResultStatus,
+    #[serde(default)]
+    pub duplicate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields_from_client: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields_kept_server: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+impl WireOpResult {
+    pub fn from_result(r: &OpResult) -> Self {
+        let mut w = Self {
+            operation_id: r.operation_id.to_string(),
+            client_seq: r.client_seq,
+            status: ResultStatus::Applied,
+            duplicate: r.duplicate,
+            version: None,
+            resolution: None,
+            fields_from_client: Vec::new(),
+            fields_kept_server: Vec::new(),
+            conflict_id: None,
+            error: None,
+        };
+        match &r.outcome {
+            Outcome::Applied { version } => w.version = Some(*version),
+            Outcome::Conflict { resolution, version, conflict_id } => {
+                w.status = ResultStatus::Conflict;
+                w.version = *version;
+                w.conflict_id = conflict_id.clone();
+                w.resolution = Some(match resolution {
+                    Resolution::Custom(name) => format!("custom:{name}"),
+                    other => other.name().to_string(),
+                });
+                if let Resolution::FieldsMerged { from_client, kept_server } = resolution {
+                    w.fields_from_client = from_client.clone();
+                    w.fields_kept_server = kept_server.clone();
+                }
+            }
+            Outcome::Refused { code, message } => {
+                w.status = ResultStatus::Refused;
+                w.error = Some(WireError { code: *code, message: message.clone() });
+            }
+        }
+        w
+    }
+}
+
+/// An entity's current state, as deltas and snapshots carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireEntity {
+    pub entity_type: EntityType,
+    pub entity_id: EntityId,
+    pub version: u64,
+    /// The object state (`null` for deleted entities and CRDT documents).
+    #[serde(default)]
+    pub state: Value,
+    /// Base64 document bytes of a CRDT entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crdt: Option<String>,
+    #[serde(default)]
+    pub deleted: bool,
+    pub vector_clock: VectorClock,
+    /// The stamp of the latest write (clients observe it so their next writes order after it).
+    pub timestamp: HlcTimestamp,
+}
+
+impl WireEntity {
+    pub fn from_record(r: &EntityRecord) -> Self {
+        let (state, crdt) = match (&r.body, r.is_deleted()) {
+            (_, true) => (Value::Null, None),
+            (EntityBody::Object(o), false) => (Value::Object(o.clone()), None),
+            (EntityBody::Crdt(b), false) => (Value::Null, Some(BASE64.encode(b))),
+        };
+        Self {
+            entity_type: r.key.entity_type.clone(),
+            entity_id: r.key.entity_id.clone(),
+            version: r.version,
+            state,
+            crdt,
+            deleted: r.is_deleted(),
+            vector_clock: r.clock.clone(),
+            timestamp: r.last_write.time,
+        }
+    }
+
+    pub fn crdt_bytes(&self) -> Result<Option<Vec<u8>>, Error> {
+        self.crdt
+            .as_ref()
+            .map(|s| BASE64.decode(s).map_err(|e| Error::Decode(format!("crdt bytes: {e}"))))
+            .transpose()
+    }
+}
+
+/// A conflict awaiting a person, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireConflict {
+    pub conflict_id: String,
+    pub entity_type: EntityType,
+    pub entity_id: EntityId,
+    pub operation_id: String,
+    pub client_id: ClientId,
+    #[serde(default)]
+    pub fields: Vec<String>,
+    pub server_state: Value,
+    pub client_state: Value,
+    pub server_version: u64,
+    pub at: HlcTimestamp,
+}
+
+impl WireConflict {
+    pub fn from_conflict(c: &Conflict) -> Self {
+        let obj = |o: &Option<crate::operation::Object>| {
+            o.as_ref().map(|o| Value::Object(o.clone())).unwrap_or(Value::Null)
+        };
+        Self {
+            conflict_id: c.id.clone(),
+            entity_type: c.key.entity_type.clone(),
+            entity_id: c.key.entity_id.clone(),
+            operation_id: c.operation_id.to_string(),
+            client_id: c.client_id.clone(),
+            fields: c.fields.clone(),
+            server_state: obj(&c.server_state),
+            client_state: obj(&c.client_state),
+            server_version: c.server_version,
+            at: c.at,
+        }
+    }
+}
+
+/// An event of the tenant's log (architecture.md §5 fields) with its sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireEvent {
+    pub sequence: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub tenant_id: TenantId,
+    pub timestamp: String,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default)]
+    pub metadata: Value,
+    pub schema_version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    Online,
+    Away,
+    Offline,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+pub enum ClientFrame {
+    /// First frame on a socket (unless the token came in the URL).
+    Auth {
+        token: String,
+        client_id: ClientId,
+    },
+    /// A fresh token for a live socket.
+    RefreshToken {
+        token: String,
+    },
+    /// Class C operations, in `clientSeq` order.
+    Push {
+        batch_id: String,
+        operations: Vec<WireOperation>,
+    },
+    /// Entities changed since version `since`.
+    Pull {
+        since: u64,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Class B: the tenant's event stream after sequence `after` (replay, then live).
+    Subscribe {
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        event_types: Vec<String>,
+    },
+    Unsubscribe {},
+    /// Class A presence (fire-and-forget).
+    Presence {
+        status: PresenceStatus,
+        #[serde(default)]
+        metadata: Option<Value>,
+        #[serde(default)]
+        room_id: Option<RoomId>,
+    },
+    JoinRoom {
+        room_id: RoomId,
+    },
+    LeaveRoom {
+        room_id: RoomId,
+    },
+    /// A direct (`recipientId`) or room (`roomId`) message; api.md's `type` is `messageType`.
+    Message {
+        #[serde(default)]
+        message_id: Option<String>,
+        message_type: String,
+        #[serde(default)]
+        interaction_class: Option<InteractionClass>,
+        #[serde(default)]
+        recipient_id: Option<UserId>,
+        #[serde(default)]
+        room_id: Option<RoomId>,
+        #[serde(default)]
+        payload: Value,
+        #[serde(default)]
+        metadata: Option<Value>,
+    },
+    /// Acknowledge events up to `sequence` (durable subscriptions).
+    Ack {
+        sequence: u64,
+    },
+    Ping {
+        #[serde(default)]
+        nonce: u64,
+    },
+    SnapshotRequest {
+        request_id: String,
+        entity_type: EntityType,
+        #[serde(default)]
+        entity_id: Option<EntityId>,
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+pub enum ServerFrame {
+    Connected {
+        connection_id: String,
+        server_time: String,
+        interaction_classes: Vec<InteractionClass>,
+        protocol_version: u32,
+        heartbeat_ms: u64,
+    },
+    PushResult {
+        batch_id: String,
+        results: Vec<WireOpResult>,
+        current_version: u64,
+        #[serde(default)]
+        conflicts: Vec<WireConflict>,
+    },
+    /// Entities changed after `since`, up to `version`. `clientSeq` is the last operation of the
+    /// requesting client the state includes (sent only on the last page).
+    Delta {
+        since: u64,
+        version: u64,
+        entities: Vec<WireEntity>,
+        has_more: bool,
+        #[serde(default)]
+        client_seq: Option<u64>,
+    },
+    /// Something changed: the tenant is now at `version`.
+    Poke {
+        version: u64,
+    },
+    Event {
+        event: WireEvent,
+    },
+    Presence {
+        user_id: UserId,
+        client_id: ClientId,
+        status: PresenceStatus,
+        #[serde(default)]
+        metadata: Option<Value>,
+        #[serde(default)]
+        room_id: Option<RoomId>,
+        #[serde(default)]
+        ttl_ms: Option<u64>,
+    },
+    RoomJoined {
+        room_id: RoomId,
+    },
+    RoomLeft {
+        room_id: RoomId,
+    },
+    Message {
+        message_id: String,
+        message_type: String,
+        interaction_class: InteractionClass,
+        tenant_id: TenantId,
+        sender_id: UserId,
+        #[serde(default)]
+        recipient_id: Option<UserId>,
+        #[serde(default)]
+        room_id: Option<RoomId>,
+        #[serde(default)]
+        payload: Value,
+        timestamp: String,
+        #[serde(default)]
+        metadata: Option<Value>,
+    },
+    MessageAck {
+        message_id: String,
+    },
+    Pong {
+        #[serde(default)]
+        nonce: u64,
+    },
+    SnapshotChunk {
+        request_id: String,
+        snapshot_id: String,
+        version: u64,
+        index: u32,
+        total: u32,
+        /// Base64 of this chunk's bytes of the canonical snapshot.
+        data: String,
+        checksum: String,
+        total_checksum: String,
+        #[serde(default)]
+        next_cursor: Option<String>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// The batch or request this error answers, when it answers one.
+        #[serde(default)]
+        request_id: Option<String>,
+        #[serde(default)]
+        details: Option<Value>,
+    },
+}
+
+impl ServerFrame {
+    pub fn error(code: ErrorCode, message: impl Into<String>, request_id: Option<String>) -> Self {
+        ServerFrame::Error { code, message: message.into(), request_id, details: None }
+    }
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, T> {
+    v: u32,
+    #[serde(flatten)]
+    frame: &'a T,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn<T> {
+    v: u32,
+    #[serde(flatten)]
+    frame: T,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u32,
+}
+
+/// The two encodings of frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Json,
+    MessagePack,
+}
+
+impl Codec {
+    /// The codec for a negotiated WebSocket subprotocol (`None` for an unknown one).
+    pub fn from_subprotocol(p: &str) -> Option<Self> {
+        match p {
+            JSON_SUBPROTOCOL => Some(Codec::Json),
+            MSGPACK_SUBPROTOCOL => Some(Codec::MessagePack),
+            _ => None,
+        }
+    }
+
+    pub fn encode<T: Serialize>(self, frame: &T) -> Vec<u8> {
+        let env = EnvelopeOut { v: PROTOCOL_VERSION, frame };
+        match self {
+            Codec::Json => serde_json::to_vec(&env).expect("frames always serialize"),
+            Codec::MessagePack => rmp_serde::to_vec_named(&env).expect("frames always serialize"),
+        }
+    }
+
+    /// Decode one frame of at most `max_bytes`. Never panics.
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8], max_bytes: usize) -> Result<T, Error> {
+        if bytes.len() > max_bytes {
+            return Err(Error::FrameTooLarge { size: bytes.len(), limit: max_bytes });
+        }
+        let parsed: Result<EnvelopeIn<T>, String> = match self {
+            Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Codec::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+        };
+        let version = || -> Option<u32> {
+            match self {
+                Codec::Json => serde_json::from_slice::<VersionOnly>(bytes).ok().map(|h| h.v),
+                Codec::MessagePack => rmp_serde::from_slice::<VersionOnly>(bytes).ok().map(|h| h.v),
+            }
+        };
+        match parsed {
+            Ok(env) if env.v == PROTOCOL_VERSION => Ok(env.frame),
+            Ok(env) => Err(Error::UnsupportedVersion(env.v)),
+            Err(e) => match version() {
+                Some(v) if v != PROTOCOL_VERSION => Err(Error::UnsupportedVersion(v)),
+                _ => Err(Error::Decode(e)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

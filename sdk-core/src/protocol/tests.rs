@@ -1,0 +1,257 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+/// api.md's reconcile example operation, verbatim.
+const API_MD_OPERATION: &str = r#"{
+    "operationId": "op-001",
+    "clientId": "client-789",
+    "tenantId": "tenant-456",
+    "entityType": "document",
+    "entityId": "doc-456",
+    "operationType": "UPDATE",
+    "payload": { "content": "Updated text" },
+    "timestamp": "2026-01-30T12:00:00Z",
+    "vectorClock": { "client-789": 1 }
+}"#;
+
+fn sample_client_frames() -> Vec<ClientFrame> {
+    let op: WireOperation = serde_json::from_str(API_MD_OPERATION).unwrap();
+    vec![
+        ClientFrame::Auth { token: "tok".into(), client_id: ClientId::new("c1").unwrap() },
+        ClientFrame::RefreshToken { token: "tok2".into() },
+        ClientFrame::Push { batch_id: "b1".into(), operations: vec![op] },
+        ClientFrame::Pull { since: 42, limit: Some(100) },
+        ClientFrame::Subscribe { after: Some(7), event_types: vec!["order.*".into()] },
+        ClientFrame::Unsubscribe {},
+        ClientFrame::Presence {
+            status: PresenceStatus::Away,
+            metadata: Some(json!({"statusMessage": "In a meeting"})),
+            room_id: None,
+        },
+        ClientFrame::JoinRoom { room_id: RoomId::new("room-789").unwrap() },
+        ClientFrame::LeaveRoom { room_id: RoomId::new("room-789").unwrap() },
+        ClientFrame::Message {
+            message_id: None,
+            message_type: "chat.message".into(),
+            interaction_class: Some(InteractionClass::C),
+            recipient_id: Some(UserId::new("user-456").unwrap()),
+            room_id: None,
+            payload: json!({"text": "Hello, World!"}),
+            metadata: None,
+        },
+        ClientFrame::Ack { sequence: 9 },
+        ClientFrame::Ping { nonce: 3 },
+        ClientFrame::SnapshotRequest {
+            request_id: "r1".into(),
+            entity_type: EntityType::new("todo").unwrap(),
+            entity_id: None,
+            cursor: Some("c".into()),
+        },
+    ]
+}
+
+fn sample_server_frames() -> Vec<ServerFrame> {
+    let entity = WireEntity {
+        entity_type: EntityType::new("todo").unwrap(),
+        entity_id: EntityId::new("1").unwrap(),
+        version: 3,
+        state: json!({"done": true}),
+        crdt: None,
+        deleted: false,
+        vector_clock: [(ClientId::new("c1").unwrap(), 2)].into_iter().collect(),
+        timestamp: HlcTimestamp::new(1_769_774_400_000, 1),
+    };
+    vec![
+        ServerFrame::Connected {
+            connection_id: "abc123".into(),
+            server_time: "2026-01-30T12:00:00.000Z".into(),
+            interaction_classes: InteractionClass::ALL.to_vec(),
+            protocol_version: 1,
+            heartbeat_ms: 30_000,
+        },
+        ServerFrame::PushResult {
+            batch_id: "b1".into(),
+            results: vec![WireOpResult {
+                operation_id: "op-1".into(),
+                client_seq: Some(1),
+                status: ResultStatus::Conflict,
+                duplicate: false,
+                version: Some(3),
+                resolution: Some("fields-merged".into()),
+                fields_from_client: vec!["a".into()],
+                fields_kept_server: vec!["b".into()],
+                conflict_id: None,
+                error: None,
+            }],
+            current_version: 3,
+            conflicts: vec![],
+        },
+        ServerFrame::Delta {
+            since: 1,
+            version: 3,
+            entities: vec![entity],
+            has_more: false,
+            client_seq: Some(2),
+        },
+        ServerFrame::Poke { version: 3 },
+        ServerFrame::Event {
+            event: WireEvent {
+                sequence: 124,
+                event_id: "evt-124".into(),
+                event_type: "order.placed".into(),
+                tenant_id: TenantId::new("tenant-456").unwrap(),
+                timestamp: "2026-01-30T12:00:00Z".into(),
+                payload: json!({"orderId": "order-789"}),
+                metadata: json!({"source": "order-service"}),
+                schema_version: "1.0".into(),
+            },
+        },
+        ServerFrame::Presence {
+            user_id: UserId::new("u1").unwrap(),
+            client_id: ClientId::new("c1").unwrap(),
+            status: PresenceStatus::Online,
+            metadata: None,
+            room_id: Some(RoomId::new("r").unwrap()),
+            ttl_ms: Some(90_000),
+        },
+        ServerFrame::RoomJoined { room_id: RoomId::new("r").unwrap() },
+        ServerFrame::RoomLeft { room_id: RoomId::new("r").unwrap() },
+        ServerFrame::Message {
+            message_id: "m1".into(),
+            message_type: "chat.message".into(),
+            interaction_class: InteractionClass::C,
+            tenant_id: TenantId::new("t").unwrap(),
+            sender_id: UserId::new("u1").unwrap(),
+            recipient_id: None,
+            room_id: Some(RoomId::new("r").unwrap()),
+            payload: json!({"text": "hi"}),
+            timestamp: "2026-01-30T12:00:00.000Z".into(),
+            metadata: None,
+        },
+        ServerFrame::MessageAck { message_id: "m1".into() },
+        ServerFrame::Pong { nonce: 3 },
+        ServerFrame::SnapshotChunk {
+            request_id: "r1".into(),
+            snapshot_id: "s1".into(),
+            version: 3,
+            index: 0,
+            total: 1,
+            data: "e30=".into(),
+            checksum: "sha256:x".into(),
+            total_checksum: "sha256:x".into(),
+            next_cursor: None,
+        },
+        ServerFrame::error(ErrorCode::ClassDRealtimeForbidden, "use REST", Some("b1".into())),
+    ]
+}
+
+#[test]
+fn every_frame_round_trips_in_both_codecs() {
+    for codec in [Codec::Json, Codec::MessagePack] {
+        for f in sample_client_frames() {
+            let bytes = codec.encode(&f);
+            assert_eq!(
+                codec.decode::<ClientFrame>(&bytes, DEFAULT_MAX_FRAME).unwrap(),
+                f,
+                "{codec:?}"
+            );
+        }
+        for f in sample_server_frames() {
+            let bytes = codec.encode(&f);
+            assert_eq!(
+                codec.decode::<ServerFrame>(&bytes, DEFAULT_MAX_FRAME).unwrap(),
+                f,
+                "{codec:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn json_frames_look_like_the_protocol_document() {
+    let bytes = Codec::Json.encode(&ClientFrame::Pull { since: 4, limit: None });
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        r#"{"v":1,"type":"pull","since":4,"limit":null}"#
+    );
+    let f: ClientFrame =
+        Codec::Json.decode(br#"{"v":1,"type":"join_room","roomId":"room-1"}"#, 1024).unwrap();
+    assert_eq!(f, ClientFrame::JoinRoom { room_id: RoomId::new("room-1").unwrap() });
+}
+
+#[test]
+fn the_api_md_operation_decodes_and_round_trips() {
+    let w: WireOperation = serde_json::from_str(API_MD_OPERATION).unwrap();
+    let op = w.clone().into_operation().unwrap();
+    assert_eq!(op.client_seq, None);
+    assert_eq!(
+        op.kind,
+        OperationKind::Update(serde_json::from_str(r#"{"content":"Updated text"}"#).unwrap())
+    );
+    assert_eq!(op.class, InteractionClass::C);
+    op.validate(&Default::default()).unwrap();
+    let back = WireOperation::from_operation(&op).into_operation().unwrap();
+    assert_eq!(back, op);
+}
+
+#[test]
+fn a_bad_operation_body_is_refused_alone_but_a_bad_header_refuses_the_request() {
+    let mut w: WireOperation = serde_json::from_str(API_MD_OPERATION).unwrap();
+    w.payload = json!([1, 2]);
+    match w.clone().into_submitted().unwrap() {
+        Submitted::Invalid { error, .. } => assert!(error.to_string().contains("object")),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    w.operation_id = "bad id".into();
+    assert!(w.into_submitted().is_err());
+}
+
+#[test]
+fn bad_bytes_are_errors_with_useful_codes() {
+    let check = |bytes: &[u8], code: ErrorCode| {
+        let e = Codec::Json.decode::<ClientFrame>(bytes, 1024).unwrap_err();
+        assert_eq!(e.code(), code, "{e}");
+    };
+    check(b"", ErrorCode::InvalidRequest);
+    check(b"{", ErrorCode::InvalidRequest);
+    check(br#"{"v":1,"type":"nope"}"#, ErrorCode::InvalidRequest);
+    check(br#"{"type":"ping"}"#, ErrorCode::InvalidRequest);
+    check(br#"{"v":2,"type":"ping"}"#, ErrorCode::UnsupportedVersion);
+    check(br#"{"v":2,"type":"brand_new_frame","x":1}"#, ErrorCode::UnsupportedVersion);
+    check(br#"{"v":1,"type":"join_room","roomId":"a b"}"#, ErrorCode::InvalidRequest);
+    check(&[b' '; 2000], ErrorCode::PayloadTooLarge);
+    assert!(Codec::MessagePack.decode::<ClientFrame>(&[0xc1, 0xff], 1024).is_err());
+}
+
+#[test]
+fn subprotocols_select_the_codec() {
+    assert_eq!(Codec::from_subprotocol("pf2.v1.msgpack"), Some(Codec::MessagePack));
+    assert_eq!(Codec::from_subprotocol("pf2.v1.json"), Some(Codec::Json));
+    assert_eq!(Codec::from_subprotocol("graphql-ws"), None);
+}
+
+proptest! {
+    #[test]
+    fn decoders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        for codec in [Codec::Json, Codec::MessagePack] {
+            let _ = codec.decode::<ClientFrame>(&bytes, DEFAULT_MAX_FRAME);
+            let _ = codec.decode::<ServerFrame>(&bytes, DEFAULT_MAX_FRAME);
+        }
+    }
+
+    #[test]
+    fn decoders_never_panic_on_mutated_valid_frames(
+        which in 0usize..13, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)
+    ) {
+        for codec in [Codec::Json, Codec::MessagePack] {
+            let frames = sample_client_frames();
+            let mut bytes = codec.encode(&frames[which % frames.len()]);
+            for (at, b) in &flips { let i = at % bytes.len(); bytes[i] = *b; }
+            if let Ok(f) = codec.decode::<ClientFrame>(&bytes, DEFAULT_MAX_FRAME) {
+                // Whatever decodes re-encodes and decodes to itself.
+                prop_assert_eq!(codec.decode::<ClientFrame>(&codec.encode(&f), DEFAULT_MAX_FRAME).unwrap(), f);
+            }
+        }
+    }
+}
