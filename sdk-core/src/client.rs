@@ -199,6 +199,8 @@ pub struct SyncClient {
     awaiting: Vec<Operation>,
     confirmed: BTreeMap<EntityKey, ConfirmedEntity>,
     cursor: u64,
+    /// The highest tenant version heard of (pokes, push results); pull until the cursor reaches it.
+    known_version: u64,
     confirmed_seq: u64,
     last_event: Option<u64>,
     subscription: Option<Vec<String>>,
@@ -241,6 +243,7 @@ impl SyncClient {
             awaiting: Vec::new(),
             confirmed: stored.entities.into_iter().map(|e| (e.key.clone(), e)).collect(),
             cursor: stored.cursor,
+            known_version: stored.cursor,
             confirmed_seq: stored.confirmed_seq,
             last_event: stored.last_event,
             subscription: None,
@@ -421,7 +424,10 @@ impl SyncClient {
         }
         self.online = online;
         if online {
+            // A fresh start: back to the WebSocket, whatever failed before.
             self.attempt = 0;
+            self.ws_failures = 0;
+            self.transport = Transport::WebSocket;
             self.connect(now_ms);
         } else {
             if self.link != Link::Down {
@@ -518,20 +524,22 @@ impl SyncClient {
                 self.attempt = 0;
                 self.ws_failures = 0;
             }
-            ServerFrame::PushResult { batch_id, results, conflicts, .. } => {
+            ServerFrame::PushResult { batch_id, results, conflicts, current_version } => {
+                self.heard_of(now_ms, current_version);
                 if self.push.as_ref().is_some_and(|p| p.id == batch_id) {
                     self.push = None;
                     self.settle_push(results, conflicts);
+                    // Acknowledged writes leave the local view only when a delta confirms them,
+                    // even those that changed nothing on the server (no poke will come for them).
+                    if !self.awaiting.is_empty() && self.pull.is_none() {
+                        self.send_pull(now_ms);
+                    }
                 }
             }
             ServerFrame::Delta { since, version, entities, has_more, client_seq } => {
                 self.apply_delta(now_ms, since, version, entities, has_more, client_seq);
             }
-            ServerFrame::Poke { version } => {
-                if version > self.cursor && self.pull.is_none() {
-                    self.send_pull(now_ms);
-                }
-            }
+            ServerFrame::Poke { version } => self.heard_of(now_ms, version),
             ServerFrame::Event { event } => {
                 if self.last_event.is_none_or(|last| event.sequence > last) {
                     self.last_event = Some(event.sequence);
@@ -595,6 +603,15 @@ impl SyncClient {
     }
 
     // ---- internals -----------------------------------------------------------------------
+
+    /// The tenant is at least at `version`: pull unless a pull is already on its way (its
+    /// answer is checked against `known_version` when it lands).
+    fn heard_of(&mut self, now_ms: u64, version: u64) {
+        self.known_version = self.known_version.max(version);
+        if self.known_version > self.cursor && self.pull.is_none() {
+            self.send_pull(now_ms);
+        }
+    }
 
     fn link_up(&self) -> bool {
         matches!(self.link, Link::Up(_))
@@ -777,7 +794,9 @@ impl SyncClient {
             self.emit(AppEvent::Changed(changed.into_iter().collect()));
         }
         self.pull = None;
-        if has_more {
+        // Acknowledged operations are in the server's ledger, so a pull answered after their
+        // acknowledgement confirms them: pull again until none is left waiting.
+        if has_more || self.known_version > self.cursor || !self.awaiting.is_empty() {
             self.send_pull(now_ms);
         }
     }

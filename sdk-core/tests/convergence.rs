@@ -1,0 +1,612 @@
+//! Convergence simulator: 2–5 client state machines and one server apply engine on simulated time,
+//! over a network that drops (killing the connection, as TCP would), duplicates and reorders
+//! frames, partitions clients, takes them offline, crashes and reloads them from their stores,
+//! with client clocks skewed by up to ±24 h.
+//!
+//! Property, for every strategy: after the network heals, every client's view equals the server's
+//! state, every operation has exactly one recorded outcome, none was refused or quarantined, and no
+//! operation produced more than one change.
+//!
+//! Cases: `PF2_SIM_CASES` per strategy (default 1,000; `make soak` runs more).
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use sdk_core::apply::{ApplyEngine, ApplyState, EntityBody, Outcome, Submitted};
+use sdk_core::client::{ClientConfig, Output, SyncClient};
+use sdk_core::ids::{ClientId, EntityKey, OperationId, TenantId};
+use sdk_core::interaction::InteractionClass;
+use sdk_core::operation::{Object, OperationKind};
+use sdk_core::protocol::{ClientFrame, ServerFrame, WireConflict, WireEntity, WireOpResult};
+use sdk_core::queue::{MemoryQueueStore, QueueStore};
+use sdk_core::rng::SplitMix64;
+use sdk_core::snapshot::delta_since;
+use sdk_core::strategy::{
+    ConflictStrategy, CrdtMerger, MergeInput, OnOverlap, StrategyRegistry,
+};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+const DAY_MS: u64 = 86_400_000;
+const START_MS: u64 = 1_800_000_000_000;
+
+/// A test CRDT: the document is the sorted set of change bytes (commutative, idempotent).
+struct GrowSet;
+impl CrdtMerger for GrowSet {
+    fn apply(&self, current: Option<&[u8]>, change: &[u8]) -> Result<Vec<u8>, String> {
+        let mut items: BTreeSet<Vec<u8>> = match current {
+            Some(c) => serde_json::from_slice(c).map_err(|e| e.to_string())?,
+            None => BTreeSet::new(),
+        };
+        items.insert(change.to_vec());
+        serde_json::to_vec(&items).map_err(|e| e.to_string())
+    }
+}
+
+fn registry(strategy: &ConflictStrategy) -> StrategyRegistry {
+    let mut r = StrategyRegistry::new(strategy.clone());
+    // A custom merge: union of both sides' fields, the client's value winning on overlap.
+    r.register_custom("union", |i: &MergeInput<'_>| {
+        let mut merged = i.server.cloned().unwrap_or_default();
+        match i.client {
+            Some(c) => merged.extend(c.clone()),
+            None => return Ok(None),
+        }
+        Ok(Some(merged))
+    });
+    r.register_crdt("gset", GrowSet);
+    r
+}
+
+#[derive(Debug, Clone)]
+enum Payload {
+    ToServer(ClientFrame),
+    ToClient(ServerFrame),
+}
+
+#[derive(Debug, Clone)]
+struct Msg {
+    at: u64,
+    conn: u64,
+    client: usize,
+    payload: Payload,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Faults {
+    kill: u64, // per-mille chance a frame kills its connection
+    dup: u64,  // per-mille chance a frame is delivered twice
+    max_latency: u64,
+}
+
+struct SimClient {
+    client: SyncClient,
+    store: MemoryQueueStore,
+    config: ClientConfig,
+    offset: i64,
+    conn: Option<u64>,
+    opening: Option<(u64, u64)>, // (conn id, at)
+    partitioned_until: u64,
+    online: bool,
+}
+
+impl SimClient {
+    fn local(&self, now: u64) -> u64 {
+        (now as i64 + self.offset) as u64
+    }
+    fn global(&self, local: u64) -> u64 {
+        (local as i64 - self.offset).max(0) as u64
+    }
+}
+
+struct Sim {
+    rng: SplitMix64,
+    now: u64,
+    tenant: TenantId,
+    strategy: ConflictStrategy,
+    engine: ApplyEngine,
+    state: ApplyState,
+    change_ops: Vec<OperationId>,
+    clients: Vec<SimClient>,
+    net: Vec<Msg>,
+    next_conn: u64,
+    live_conns: BTreeMap<u64, usize>,
+    faults: Faults,
+    issued: Vec<(usize, OperationId)>,
+    stats: Stats,
+}
+
+/// What a run exercised, so a test can show the chaos is real.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    duplicates: u64,
+    conflicts: u64,
+    gaps: u64,
+    crashes_with_pending: u64,
+    degraded: u64,
+    killed: u64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.duplicates += o.duplicates;
+        self.conflicts += o.conflicts;
+        self.gaps += o.gaps;
+        self.crashes_with_pending += o.crashes_with_pending;
+        self.degraded += o.degraded;
+        self.killed += o.killed;
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, strategy: ConflictStrategy, n_clients: usize) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let tenant = TenantId::new("t1").unwrap();
+        let clients = (0..n_clients)
+            .map(|i| {
+                let id = ClientId::new(format!("client-{i}")).unwrap();
+                let config = ClientConfig::new(id, tenant.clone(), rng.next_u64());
+                let offset = rng.range(0, 2 * DAY_MS) as i64 - DAY_MS as i64;
+                SimClient {
+                    client: SyncClient::new(config.clone(), registry(&strategy)),
+                    store: MemoryQueueStore::default(),
+                    config,
+                    offset,
+                    conn: None,
+                    opening: None,
+                    partitioned_until: 0,
+                    online: false,
+                }
+            })
+            .collect();
+        Sim {
+            engine: ApplyEngine::new(registry(&strategy)),
+            rng,
+            now: START_MS,
+            tenant,
+            strategy,
+            state: ApplyState::default(),
+            change_ops: Vec::new(),
+            clients,
+            net: Vec::new(),
+            next_conn: 1,
+            live_conns: BTreeMap::new(),
+            faults: Faults { kill: 20, dup: 50, max_latency: 300 },
+            issued: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.rng.range(0, 999) < per_mille
+    }
+
+    /// Put a frame on the wire with the current faults.
+    fn send(&mut self, client: usize, conn: u64, payload: Payload) {
+        if self.chance(self.faults.kill) {
+            self.kill_conn(conn);
+            return;
+        }
+        let copies = if self.chance(self.faults.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.now + self.rng.range(1, self.faults.max_latency);
+            self.net.push(Msg { at, conn, client, payload: payload.clone() });
+        }
+    }
+
+    fn kill_conn(&mut self, conn: u64) {
+        if let Some(i) = self.live_conns.remove(&conn) {
+            self.stats.killed += 1;
+            let c = &mut self.clients[i];
+            if c.conn == Some(conn) {
+                c.conn = None;
+                let now = c.local(self.now);
+                c.client.link_closed(now);
+            }
+        }
+    }
+
+    /// Drain a client's outputs: persist store writes, send frames, open/close links.
+    fn drain(&mut self, i: usize) {
+        while let Some(out) = self.clients[i].client.poll_output() {
+            match out {
+                Output::Store(writes) => self.clients[i].store.apply(&writes).unwrap(),
+                Output::Send(frame) => {
+                    if let Some(conn) = self.clients[i].conn {
+                        self.send(i, conn, Payload::ToServer(frame));
+                    }
+                }
+                Output::Connect(_) => {
+                    let conn = self.next_conn;
+                    self.next_conn += 1;
+                    let at = self.now + self.rng.range(1, 200);
+                    self.clients[i].opening = Some((conn, at));
+                }
+                Output::Disconnect => {
+                    self.clients[i].opening = None;
+                    if let Some(conn) = self.clients[i].conn.take() {
+                        self.live_conns.remove(&conn);
+                    }
+                }
+                Output::Event(sdk_core::client::AppEvent::Status(sdk_core::client::Status::Degraded)) => {
+                    self.stats.degraded += 1
+                }
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn server_receive(&mut self, conn: u64, client: usize, frame: ClientFrame) {
+        let reply = |sim: &mut Sim, f: ServerFrame| {
+            if sim.live_conns.contains_key(&conn) {
+                sim.send(client, conn, Payload::ToClient(f));
+            }
+        };
+        match frame {
+            ClientFrame::Auth { .. } => reply(
+                self,
+                ServerFrame::Connected {
+                    connection_id: conn.to_string(),
+                    server_time: String::new(),
+                    interaction_classes: InteractionClass::ALL.to_vec(),
+                    protocol_version: 1,
+                    heartbeat_ms: 30_000,
+                },
+            ),
+            ClientFrame::Push { batch_id, operations } => {
+                let batch: Vec<Submitted> =
+                    operations.into_iter().map(|w| w.into_submitted().unwrap()).collect();
+                let out = self.engine.apply_batch(&self.tenant, batch, &mut self.state).unwrap();
+                self.change_ops.extend(out.changes.iter().filter_map(|c| c.operation_id.clone()));
+                for r in &out.results {
+                    self.stats.duplicates += r.duplicate as u64;
+                    self.stats.conflicts += matches!(r.outcome, Outcome::Conflict { .. }) as u64;
+                    self.stats.gaps += matches!(
+                        r.outcome,
+                        Outcome::Refused { code: sdk_core::ErrorCode::SeqGap, .. }
+                    ) as u64;
+                }
+                reply(
+                    self,
+                    ServerFrame::PushResult {
+                        batch_id,
+                        results: out.results.iter().map(WireOpResult::from_result).collect(),
+                        current_version: self.state.version,
+                        conflicts: out.conflicts.iter().map(WireConflict::from_conflict).collect(),
+                    },
+                );
+                if !out.changes.is_empty() {
+                    let version = self.state.version;
+                    for (&c, &i) in self.live_conns.clone().iter() {
+                        self.send(i, c, Payload::ToClient(ServerFrame::Poke { version }));
+                    }
+                }
+            }
+            ClientFrame::Pull { since, limit } => {
+                let limit = limit.unwrap_or(100).min(7) as usize; // small pages exercise hasMore
+                let (records, has_more) = delta_since(self.state.entities.values(), since, limit);
+                let version = if has_more {
+                    records.last().map(|r| r.version).unwrap_or(since)
+                } else {
+                    self.state.version
+                };
+                let id = self.clients[client].config.client_id.clone();
+                let client_seq = (!has_more).then(|| self.state.ledgers.get(&id).copied().unwrap_or(0));
+                let entities = records.into_iter().map(WireEntity::from_record).collect();
+                reply(self, ServerFrame::Delta { since, version, entities, has_more, client_seq });
+            }
+            ClientFrame::Ping { nonce } => reply(self, ServerFrame::Pong { nonce }),
+            _ => {}
+        }
+    }
+
+    fn random_op(&mut self, i: usize) {
+        let entity = format!("e{}", self.rng.range(0, 3));
+        let key = EntityKey::parse("t1", "todo", &entity).unwrap();
+        let crdt = matches!(self.strategy, ConflictStrategy::Crdt(_));
+        let roll = self.rng.range(0, 9);
+        let kind = match roll {
+            0 => OperationKind::Delete,
+            _ if crdt => {
+                OperationKind::Crdt(format!("c{i}-{}", self.rng.next_u64() % 1000).into_bytes())
+            }
+            1 => OperationKind::Create(obj(json!({"title": format!("t{}", self.rng.range(0, 9))}))),
+            _ => {
+                let field = format!("f{}", self.rng.range(0, 3));
+                let value = if self.rng.range(0, 9) == 0 { Value::Null } else { json!(self.rng.range(0, 99)) };
+                OperationKind::Update(obj(json!({ field: value })))
+            }
+        };
+        let id = OperationId::new(format!("op-{i}-{}", self.issued.len())).unwrap();
+        let c = &mut self.clients[i];
+        let now = c.local(self.now);
+        c.client.mutate(now, id.clone(), key, kind).unwrap();
+        self.issued.push((i, id));
+    }
+
+    fn crash_and_reload(&mut self, i: usize) {
+        if let Some(conn) = self.clients[i].conn.take() {
+            self.live_conns.remove(&conn);
+        }
+        let c = &mut self.clients[i];
+        c.opening = None;
+        self.stats.crashes_with_pending += !c.client.queue().is_empty() as u64;
+        let stored = c.store.load().unwrap();
+        c.client = SyncClient::recover(c.config.clone(), registry(&self.strategy), stored);
+        c.online = false;
+    }
+
+    fn random_action(&mut self) {
+        let i = self.rng.range(0, self.clients.len() as u64 - 1) as usize;
+        match self.rng.range(0, 99) {
+            0..=59 => self.random_op(i),
+            60..=69 => {
+                let online = !self.clients[i].online;
+                self.set_online(i, online);
+            }
+            70..=77 => {
+                let until = self.now + self.rng.range(1_000, 20_000);
+                self.clients[i].partitioned_until = until;
+                if let Some(conn) = self.clients[i].conn {
+                    self.kill_conn(conn);
+                }
+            }
+            78..=83 => self.crash_and_reload(i),
+            _ => {
+                if let Some(conn) = self.clients[i].conn {
+                    self.kill_conn(conn);
+                }
+            }
+        }
+        self.drain(i);
+    }
+
+    fn set_online(&mut self, i: usize, online: bool) {
+        let c = &mut self.clients[i];
+        c.online = online;
+        let now = c.local(self.now);
+        c.client.set_online(now, online);
+        self.drain(i);
+    }
+
+    /// Advance to the next event (frame, link opening, client timer) no later than `until`.
+    fn step(&mut self, until: u64) {
+        let next_msg = self.net.iter().map(|m| m.at).min();
+        let next_open = self.clients.iter().filter_map(|c| c.opening.map(|(_, at)| at)).min();
+        let next_timer = self
+            .clients
+            .iter()
+            .filter_map(|c| c.client.poll_timeout().map(|t| c.global(t)))
+            .min();
+        let t = [next_msg, next_open, next_timer, Some(until)].into_iter().flatten().min().unwrap();
+        self.now = self.now.max(t);
+        let now = self.now;
+        // Frames due now.
+        let (due, rest): (Vec<Msg>, Vec<Msg>) = self.net.drain(..).partition(|m| m.at <= now);
+        self.net = rest;
+        for m in due {
+            match m.payload {
+                Payload::ToServer(f) => {
+                    // A frame that left before its connection died may still reach the server.
+                    self.server_receive(m.conn, m.client, f);
+                }
+                Payload::ToClient(f) => {
+                    let c = &mut self.clients[m.client];
+                    if c.conn == Some(m.conn) {
+                        let local = c.local(now);
+                        c.client.handle_frame(local, f);
+                        self.drain(m.client);
+                    }
+                }
+            }
+        }
+        for i in 0..self.clients.len() {
+            if let Some((conn, at)) = self.clients[i].opening {
+                if at <= now {
+                    let c = &mut self.clients[i];
+                    c.opening = None;
+                    let local = c.local(now);
+                    if c.partitioned_until > now {
+                        c.client.link_closed(local);
+                    } else {
+                        c.conn = Some(conn);
+                        self.live_conns.insert(conn, i);
+                        c.client.link_opened(local, "token");
+                    }
+                    self.drain(i);
+                }
+            }
+            let c = &mut self.clients[i];
+            if c.client.poll_timeout().is_some_and(|t| c.global(t) <= now) {
+                let local = c.local(now);
+                c.client.handle_timeout(local);
+                self.drain(i);
+            }
+        }
+    }
+
+    fn run_chaos(&mut self, actions: usize) {
+        for i in 0..self.clients.len() {
+            self.set_online(i, true);
+        }
+        for _ in 0..actions {
+            let until = self.now + self.rng.range(10, 3_000);
+            while self.now < until {
+                self.step(until);
+            }
+            self.random_action();
+        }
+    }
+
+    fn converged(&self) -> bool {
+        self.net.is_empty()
+            && self.clients.iter().all(|c| {
+                c.client.is_settled()
+                    && c.client.cursor() == self.state.version
+                    && c.client.status() == sdk_core::client::Status::Live
+            })
+    }
+
+    fn heal(&mut self) -> Result<(), String> {
+        self.faults = Faults { kill: 0, dup: 0, max_latency: 50 };
+        for i in 0..self.clients.len() {
+            self.clients[i].partitioned_until = 0;
+            if !self.clients[i].online {
+                self.set_online(i, true);
+            }
+        }
+        let deadline = self.now + 30 * 60_000;
+        while !self.converged() {
+            if self.now > deadline {
+                return Err(format!(
+                    "no convergence 30 simulated minutes after healing (server at {}, {} frames \
+                     in flight): {:?}",
+                    self.state.version,
+                    self.net.len(),
+                    self.clients
+                        .iter()
+                        .map(|c| (
+                            c.client.status(),
+                            c.client.queue().len(),
+                            c.client.cursor(),
+                            c.client.is_settled()
+                        ))
+                        .collect::<Vec<_>>()
+                ));
+            }
+            self.step(deadline + 1);
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        // Every replica equals the server state.
+        for (i, c) in self.clients.iter().enumerate() {
+            let mut keys: BTreeSet<EntityKey> = self.state.entities.keys().cloned().collect();
+            keys.extend(c.client.confirmed().map(|e| e.key.clone()));
+            for key in keys {
+                let rec = self.state.entities.get(&key);
+                let (server_obj, server_doc) = match rec {
+                    None => (None, None),
+                    Some(r) if r.is_deleted() => (None, None),
+                    Some(r) => match &r.body {
+                        EntityBody::Object(o) => (Some(o.clone()), None),
+                        EntityBody::Crdt(b) => (None, Some(b.clone())),
+                    },
+                };
+                let crdt = matches!(self.strategy, ConflictStrategy::Crdt(_));
+                if crdt {
+                    let doc = c.client.get_crdt(&key);
+                    if doc != server_doc {
+                        return Err(format!("client {i} differs on {key} (crdt)"));
+                    }
+                } else if c.client.get(&key) != server_obj {
+                    return Err(format!(
+                        "client {i} differs on {key}: {:?} vs server {:?}",
+                        c.client.get(&key),
+                        server_obj
+                    ));
+                }
+            }
+            if !c.client.queue().quarantined().is_empty() {
+                return Err(format!("client {i} quarantined {:?}", c.client.queue().quarantined()));
+            }
+        }
+        // Every operation took effect exactly once.
+        for (i, id) in &self.issued {
+            let Some(r) = self.state.results.get(id) else {
+                return Err(format!("operation {id} of client {i} never reached the server"));
+            };
+            if let Outcome::Refused { code, message } = &r.outcome {
+                return Err(format!("operation {id} refused: {code} {message}"));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for id in &self.change_ops {
+            if !seen.insert(id) {
+                return Err(format!("operation {id} produced two changes"));
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            let issued = self.issued.iter().filter(|(j, _)| *j == i).count() as u64;
+            let ledger = self.state.ledgers.get(&c.config.client_id).copied().unwrap_or(0);
+            if ledger != issued {
+                return Err(format!("client {i} issued {issued} operations, ledger says {ledger}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn obj(v: Value) -> Object {
+    v.as_object().unwrap().clone()
+}
+
+fn cases() -> u32 {
+    std::env::var("PF2_SIM_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000)
+}
+
+fn check_converges(strategy: ConflictStrategy) {
+    let mut runner = TestRunner::new(Config { cases: cases(), failure_persistence: None, ..Config::default() });
+    let result = runner.run(&(any::<u64>(), 2usize..=5, 5usize..60), |(seed, n, actions)| {
+        let mut sim = Sim::new(seed, strategy.clone(), n);
+        sim.run_chaos(actions);
+        sim.heal().map_err(TestCaseError::fail)?;
+        sim.check().map_err(TestCaseError::fail)?;
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{} does not converge: {e}", strategy.name());
+    }
+}
+
+/// The simulator is not vacuous: across a few hundred runs it duplicates deliveries, produces
+/// conflicts, crashes clients with unsent work, kills connections and drives
+/// clients into the long-polling fallback.
+#[test]
+fn the_simulated_network_really_misbehaves() {
+    let mut total = Stats::default();
+    for seed in 0..200 {
+        let mut sim = Sim::new(seed, ConflictStrategy::LastWriteWins, 2 + (seed % 4) as usize);
+        sim.run_chaos(40);
+        sim.heal().unwrap();
+        sim.check().unwrap();
+        total += sim.stats;
+    }
+    assert!(total.duplicates > 0, "{total:?}");
+    assert!(total.conflicts > 0, "{total:?}");
+    // Gaps never happen: the client always resends from the head of its queue.
+    assert_eq!(total.gaps, 0, "{total:?}");
+    assert!(total.crashes_with_pending > 0, "{total:?}");
+    assert!(total.killed > 0, "{total:?}");
+    assert!(total.degraded > 0, "{total:?}");
+}
+
+#[test]
+fn last_write_wins_converges() {
+    check_converges(ConflictStrategy::LastWriteWins);
+}
+
+#[test]
+fn field_merge_converges() {
+    check_converges(ConflictStrategy::FieldMerge(OnOverlap::LastWriteWins));
+}
+
+#[test]
+fn field_merge_with_manual_overlap_converges() {
+    check_converges(ConflictStrategy::FieldMerge(OnOverlap::Manual));
+}
+
+#[test]
+fn custom_merge_converges() {
+    check_converges(ConflictStrategy::Custom("union".into()));
+}
+
+#[test]
+fn manual_converges() {
+    check_converges(ConflictStrategy::Manual);
+}
+
+#[test]
+fn crdt_converges() {
+    check_converges(ConflictStrategy::Crdt("gset".into()));
+}
