@@ -191,6 +191,10 @@ fn get_varint(bytes: &mut &[u8]) -> Option<u64> {
         }
         v |= part << (7 * i);
         if b & 0x80 == 0 {
+            // A zero final byte after a continuation is an overlong (non-canonical) encoding.
+            if i > 0 && b == 0 {
+                return None;
+            }
             return Some(v);
         }
     }
@@ -247,6 +251,16 @@ mod tests {
         assert!(VectorClock::decode_compact(&[1, 1, b'a', 0]).is_err(), "zero value");
         assert!(VectorClock::decode_compact(&[0xff; 12]).is_err(), "varint overflow");
         assert!(VectorClock::decode_compact(&[]).is_err(), "empty");
+    }
+
+    /// Found by `make fuzz` (clocks target): `80 00` decoded as a count of zero, so two byte
+    /// strings meant the same clock.
+    #[test]
+    fn regression_overlong_varint_is_refused() {
+        let crash = include_bytes!("../tests/data/fuzz/clocks-overlong-varint.bin");
+        assert!(VectorClock::decode_compact(crash).is_err());
+        assert!(VectorClock::decode_compact(&[1, 1, b'a', 0x81, 0x00]).is_err());
+        assert!(VectorClock::decode_compact(&[0x00]).is_ok());
     }
 
     fn arb_clock() -> impl Strategy<Value = VectorClock> {

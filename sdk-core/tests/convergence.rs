@@ -20,9 +20,7 @@ use sdk_core::protocol::{ClientFrame, ServerFrame, WireConflict, WireEntity, Wir
 use sdk_core::queue::{MemoryQueueStore, QueueStore};
 use sdk_core::rng::SplitMix64;
 use sdk_core::snapshot::delta_since;
-use sdk_core::strategy::{
-    ConflictStrategy, CrdtMerger, MergeInput, OnOverlap, StrategyRegistry,
-};
+use sdk_core::strategy::{ConflictStrategy, CrdtMerger, MergeInput, OnOverlap, StrategyRegistry};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -227,9 +225,9 @@ impl Sim {
                         self.live_conns.remove(&conn);
                     }
                 }
-                Output::Event(sdk_core::client::AppEvent::Status(sdk_core::client::Status::Degraded)) => {
-                    self.stats.degraded += 1
-                }
+                Output::Event(sdk_core::client::AppEvent::Status(
+                    sdk_core::client::Status::Degraded,
+                )) => self.stats.degraded += 1,
                 Output::Event(_) => {}
             }
         }
@@ -290,7 +288,8 @@ impl Sim {
                     self.state.version
                 };
                 let id = self.clients[client].config.client_id.clone();
-                let client_seq = (!has_more).then(|| self.state.ledgers.get(&id).copied().unwrap_or(0));
+                let client_seq =
+                    (!has_more).then(|| self.state.ledgers.get(&id).copied().unwrap_or(0));
                 let entities = records.into_iter().map(WireEntity::from_record).collect();
                 reply(self, ServerFrame::Delta { since, version, entities, has_more, client_seq });
             }
@@ -312,7 +311,11 @@ impl Sim {
             1 => OperationKind::Create(obj(json!({"title": format!("t{}", self.rng.range(0, 9))}))),
             _ => {
                 let field = format!("f{}", self.rng.range(0, 3));
-                let value = if self.rng.range(0, 9) == 0 { Value::Null } else { json!(self.rng.range(0, 99)) };
+                let value = if self.rng.range(0, 9) == 0 {
+                    Value::Null
+                } else {
+                    json!(self.rng.range(0, 99))
+                };
                 OperationKind::Update(obj(json!({ field: value })))
             }
         };
@@ -372,11 +375,8 @@ impl Sim {
     fn step(&mut self, until: u64) {
         let next_msg = self.net.iter().map(|m| m.at).min();
         let next_open = self.clients.iter().filter_map(|c| c.opening.map(|(_, at)| at)).min();
-        let next_timer = self
-            .clients
-            .iter()
-            .filter_map(|c| c.client.poll_timeout().map(|t| c.global(t)))
-            .min();
+        let next_timer =
+            self.clients.iter().filter_map(|c| c.client.poll_timeout().map(|t| c.global(t))).min();
         let t = [next_msg, next_open, next_timer, Some(until)].into_iter().flatten().min().unwrap();
         self.now = self.now.max(t);
         let now = self.now;
@@ -546,7 +546,8 @@ fn cases() -> u32 {
 }
 
 fn check_converges(strategy: ConflictStrategy) {
-    let mut runner = TestRunner::new(Config { cases: cases(), failure_persistence: None, ..Config::default() });
+    let mut runner =
+        TestRunner::new(Config { cases: cases(), failure_persistence: None, ..Config::default() });
     let result = runner.run(&(any::<u64>(), 2usize..=5, 5usize..60), |(seed, n, actions)| {
         let mut sim = Sim::new(seed, strategy.clone(), n);
         sim.run_chaos(actions);

@@ -1,1 +1,397 @@
+use super::*;
+use crate::protocol::{ResultStatus, WireError};
+use serde_json::json;
 
+fn client() -> SyncClient {
+    let config = ClientConfig::new(ClientId::new("c1").unwrap(), TenantId::new("t1").unwrap(), 7);
+    SyncClient::new(config, StrategyRegistry::default())
+}
+
+fn key(id: &str) -> EntityKey {
+    EntityKey::parse("t1", "todo", id).unwrap()
+}
+
+fn drain(c: &mut SyncClient) -> Vec<Output> {
+    std::iter::from_fn(|| c.poll_output()).collect()
+}
+
+fn sent(outputs: &[Output]) -> Vec<&ClientFrame> {
+    outputs.iter().filter_map(|o| if let Output::Send(f) = o { Some(f) } else { None }).collect()
+}
+
+fn statuses(outputs: &[Output]) -> Vec<Status> {
+    outputs
+        .iter()
+        .filter_map(|o| if let Output::Event(AppEvent::Status(s)) = o { Some(*s) } else { None })
+        .collect()
+}
+
+fn mutate(c: &mut SyncClient, now: u64, id: &str, entity: &str, patch: serde_json::Value) {
+    let kind = OperationKind::Update(patch.as_object().unwrap().clone());
+    c.mutate(now, OperationId::new(id).unwrap(), key(entity), kind).unwrap();
+}
+
+/// Bring a client online over a WebSocket and past its first (empty) pull.
+fn live(c: &mut SyncClient, now: u64) -> Vec<Output> {
+    c.set_online(now, true);
+    c.link_opened(now, "tok");
+    c.handle_frame(now, connected());
+    c.handle_frame(
+        now,
+        ServerFrame::Delta {
+            since: 0,
+            version: 0,
+            entities: vec![],
+            has_more: false,
+            client_seq: Some(0),
+        },
+    );
+    drain(c)
+}
+
+fn connected() -> ServerFrame {
+    ServerFrame::Connected {
+        connection_id: "x".into(),
+        server_time: String::new(),
+        interaction_classes: vec![],
+        protocol_version: 1,
+        heartbeat_ms: 30_000,
+    }
+}
+
+fn applied(op: &str, seq: u64, version: u64) -> WireOpResult {
+    WireOpResult {
+        operation_id: op.into(),
+        client_seq: Some(seq),
+        status: ResultStatus::Applied,
+        duplicate: false,
+        version: Some(version),
+        resolution: None,
+        fields_from_client: vec![],
+        fields_kept_server: vec![],
+        conflict_id: None,
+        error: None,
+    }
+}
+
+fn try_push_id(outputs: &[Output]) -> Option<String> {
+    sent(outputs).into_iter().find_map(|f| {
+        if let ClientFrame::Push { batch_id, .. } = f { Some(batch_id.clone()) } else { None }
+    })
+}
+
+fn push_id(outputs: &[Output]) -> String {
+    try_push_id(outputs).expect("a push was sent")
+}
+
+#[test]
+fn offline_mutations_are_queued_persisted_and_visible_at_once() {
+    let mut c = client();
+    mutate(&mut c, 1_000, "op-1", "a", json!({"title": "milk"}));
+    mutate(&mut c, 1_001, "op-2", "a", json!({"done": true}));
+    assert_eq!(
+        c.get(&key("a")).unwrap(),
+        json!({"title": "milk", "done": true}).as_object().unwrap().clone()
+    );
+    assert_eq!(c.status(), Status::Offline);
+    let out = drain(&mut c);
+    assert!(sent(&out).is_empty(), "nothing is sent offline");
+    let stored = out.iter().filter(|o| matches!(o, Output::Store(_))).count();
+    assert_eq!(stored, 2, "every mutation is persisted");
+    assert_eq!(c.query(&EntityType::new("todo").unwrap()).len(), 1);
+}
+
+#[test]
+fn going_online_authenticates_pulls_and_pushes_the_queue_then_is_live() {
+    let mut c = client();
+    mutate(&mut c, 1_000, "op-1", "a", json!({"n": 1}));
+    drain(&mut c);
+    c.set_online(2_000, true);
+    let out = drain(&mut c);
+    assert_eq!(
+        out.iter().filter(|o| matches!(o, Output::Connect(Transport::WebSocket))).count(),
+        1
+    );
+    assert_eq!(statuses(&out), vec![Status::Connecting]);
+    c.link_opened(2_010, "tok");
+    let out = drain(&mut c);
+    let frames = sent(&out);
+    assert!(matches!(frames[0], ClientFrame::Auth { token, .. } if token == "tok"));
+    assert!(matches!(frames[1], ClientFrame::Pull { since: 0, .. }));
+    assert!(matches!(frames[2], ClientFrame::Push { operations, .. } if operations.len() == 1));
+    assert_eq!(c.status(), Status::Syncing);
+    let batch = push_id(&out);
+    c.handle_frame(
+        2_020,
+        ServerFrame::PushResult {
+            batch_id: batch,
+            results: vec![applied("op-1", 1, 1)],
+            current_version: 1,
+            conflicts: vec![],
+        },
+    );
+    assert!(c.queue().is_empty());
+    assert!(c.get(&key("a")).is_some(), "acknowledged but unconfirmed writes stay visible");
+    let entity = WireEntity {
+        entity_type: EntityType::new("todo").unwrap(),
+        entity_id: EntityId::new("a").unwrap(),
+        version: 1,
+        state: json!({"n": 1}),
+        crdt: None,
+        deleted: false,
+        vector_clock: [(ClientId::new("c1").unwrap(), 1)].into_iter().collect(),
+        timestamp: HlcTimestamp::new(1_000, 0),
+    };
+    c.handle_frame(
+        2_030,
+        ServerFrame::Delta {
+            since: 0,
+            version: 1,
+            entities: vec![entity],
+            has_more: false,
+            client_seq: Some(1),
+        },
+    );
+    // The first pull (sent before the push) may have confirmed nothing; the client pulls until it has.
+    drain(&mut c);
+    c.handle_frame(
+        2_040,
+        ServerFrame::Delta {
+            since: 1,
+            version: 1,
+            entities: vec![],
+            has_more: false,
+            client_seq: Some(1),
+        },
+    );
+    assert!(c.is_settled());
+    assert_eq!(c.status(), Status::Live);
+    assert_eq!(c.get(&key("a")).unwrap()["n"], 1);
+}
+
+#[test]
+fn reconnect_waits_follow_the_jittered_exponential_backoff() {
+    let mut c = client();
+    c.set_online(0, true);
+    let mut now = 0;
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        drain(&mut c);
+        c.link_closed(now);
+        let at = c.poll_timeout().unwrap();
+        waits.push(at - now);
+        now = at;
+        c.handle_timeout(now);
+    }
+    assert!((500..=3_000).contains(&waits[0]), "{waits:?}");
+    assert!((1_000..=6_000).contains(&waits[1]), "{waits:?}");
+    assert!(waits.iter().all(|w| *w <= 30_000), "{waits:?}");
+}
+
+#[test]
+fn repeated_websocket_failures_fall_back_to_long_polling_and_retry_the_socket_later() {
+    let mut c = client();
+    c.set_online(0, true);
+    let mut now = 0;
+    for _ in 0..3 {
+        drain(&mut c);
+        c.link_closed(now);
+        now = c.poll_timeout().unwrap();
+        c.handle_timeout(now);
+    }
+    let out = drain(&mut c);
+    assert!(out.contains(&Output::Connect(Transport::LongPoll)), "{out:?}");
+    c.link_opened(now, "tok");
+    let out = drain(&mut c);
+    assert!(
+        !sent(&out).iter().any(|f| matches!(f, ClientFrame::Auth { .. })),
+        "HTTP carries the token itself"
+    );
+    assert_eq!(c.status(), Status::Degraded);
+    // Degraded clients poll on their own: no pokes come over HTTP.
+    c.handle_frame(
+        now,
+        ServerFrame::Delta {
+            since: 0,
+            version: 0,
+            entities: vec![],
+            has_more: false,
+            client_seq: Some(0),
+        },
+    );
+    drain(&mut c);
+    let poll_at = c.poll_timeout().unwrap();
+    assert!(poll_at <= now + 5_000);
+    c.handle_timeout(now + 5_000);
+    assert!(sent(&drain(&mut c)).iter().any(|f| matches!(f, ClientFrame::Pull { .. })));
+    // After websocket_retry_ms it tries the socket again.
+    c.handle_timeout(now + 60_000);
+    let out = drain(&mut c);
+    assert!(
+        out.contains(&Output::Disconnect) && out.contains(&Output::Connect(Transport::WebSocket)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_silent_link_is_declared_dead_and_heartbeats_are_sent() {
+    let mut c = client();
+    live(&mut c, 0);
+    c.handle_timeout(30_000);
+    assert!(sent(&drain(&mut c)).iter().any(|f| matches!(f, ClientFrame::Ping { .. })));
+    c.handle_timeout(90_000);
+    let out = drain(&mut c);
+    assert!(out.contains(&Output::Disconnect));
+    assert_eq!(c.status(), Status::Connecting);
+}
+
+#[test]
+fn going_offline_closes_the_link_and_keeps_the_queue() {
+    let mut c = client();
+    live(&mut c, 0);
+    mutate(&mut c, 10, "op-1", "a", json!({"n": 1}));
+    c.set_online(20, false);
+    let out = drain(&mut c);
+    assert!(out.contains(&Output::Disconnect));
+    assert_eq!(c.status(), Status::Offline);
+    assert_eq!(c.queue().len(), 1);
+    assert_eq!(c.poll_timeout(), None, "no timers while offline");
+}
+
+#[test]
+fn events_resume_after_the_last_sequence_without_duplicates() {
+    let mut c = client();
+    c.subscribe(vec!["order.*".into()]);
+    live(&mut c, 0);
+    let event = |seq: u64| ServerFrame::Event {
+        event: crate::protocol::WireEvent {
+            sequence: seq,
+            event_id: format!("evt-{seq}"),
+            event_type: "order.placed".into(),
+            tenant_id: TenantId::new("t1").unwrap(),
+            timestamp: String::new(),
+            payload: Value::Null,
+            metadata: Value::Null,
+            schema_version: "1.0".into(),
+        },
+    };
+    for seq in [1, 2, 2, 1, 3] {
+        c.handle_frame(5, event(seq));
+    }
+    let delivered: Vec<u64> = drain(&mut c)
+        .into_iter()
+        .filter_map(
+            |o| if let Output::Event(AppEvent::Event(e)) = o { Some(e.sequence) } else { None },
+        )
+        .collect();
+    assert_eq!(delivered, vec![1, 2, 3]);
+    c.link_closed(10);
+    let at = c.poll_timeout().unwrap();
+    c.handle_timeout(at);
+    c.link_opened(at, "tok");
+    let out = drain(&mut c);
+    assert!(sent(&out).iter().any(|f| matches!(f, ClientFrame::Subscribe { after: Some(3), .. })));
+}
+
+#[test]
+fn a_permanent_refusal_quarantines_the_operation_and_reports_it() {
+    let mut c = client();
+    live(&mut c, 0);
+    mutate(&mut c, 10, "op-1", "a", json!({"n": 1}));
+    mutate(&mut c, 11, "op-2", "a", json!({"n": 2}));
+    let out = drain(&mut c);
+    let batch = push_id(&out);
+    let mut refused = applied("op-1", 1, 0);
+    refused.status = ResultStatus::Refused;
+    refused.version = None;
+    refused.error = Some(WireError { code: ErrorCode::InvalidOperation, message: "no".into() });
+    c.handle_frame(
+        20,
+        ServerFrame::PushResult {
+            batch_id: batch,
+            results: vec![refused, applied("op-2", 2, 1)],
+            current_version: 1,
+            conflicts: vec![],
+        },
+    );
+    let out = drain(&mut c);
+    assert!(
+        out.iter().any(
+            |o| matches!(o, Output::Event(AppEvent::Rejected(q)) if q.op.id.as_str() == "op-1")
+        )
+    );
+    assert!(c.queue().is_empty());
+    assert_eq!(c.queue().quarantined().len(), 1);
+}
+
+#[test]
+fn a_whole_batch_refused_is_retried_and_never_wedges_the_queue() {
+    let mut c = client();
+    live(&mut c, 0);
+    for i in 1..=3 {
+        mutate(&mut c, 10 + i, &format!("op-{i}"), "a", json!({"n": i}));
+    }
+    let mut out = drain(&mut c);
+    for _ in 0..10 {
+        let Some(batch) = try_push_id(&out) else { break };
+        c.handle_frame(20, ServerFrame::error(ErrorCode::InvalidRequest, "bad batch", Some(batch)));
+        out = drain(&mut c);
+        if !c.queue().quarantined().is_empty() {
+            break;
+        }
+    }
+    assert_eq!(c.queue().quarantined().len(), 1);
+    assert_eq!(c.queue().len(), 2, "the rest stays queued, renumbered from 1");
+    assert_eq!(c.queue().pending().next().unwrap().op.client_seq, Some(1));
+}
+
+#[test]
+fn token_refresh_goes_over_the_live_socket_and_auth_failure_is_reported() {
+    let mut c = client();
+    live(&mut c, 0);
+    c.refresh_token("fresh");
+    assert!(
+        sent(&drain(&mut c))
+            .iter()
+            .any(|f| matches!(f, ClientFrame::RefreshToken { token } if token == "fresh"))
+    );
+    c.handle_frame(1, ServerFrame::error(ErrorCode::AuthFailed, "expired", None));
+    assert!(drain(&mut c).contains(&Output::Event(AppEvent::AuthRequired)));
+}
+
+#[test]
+fn recovery_from_the_store_restores_queue_cache_and_cursors() {
+    use crate::queue::{MemoryQueueStore, QueueStore};
+    let mut c = client();
+    let mut store = MemoryQueueStore::default();
+    mutate(&mut c, 1_000, "op-1", "a", json!({"n": 1}));
+    mutate(&mut c, 1_001, "op-2", "b", json!({"n": 2}));
+    for o in drain(&mut c) {
+        if let Output::Store(w) = o {
+            store.apply(&w).unwrap();
+        }
+    }
+    let config = ClientConfig::new(ClientId::new("c1").unwrap(), TenantId::new("t1").unwrap(), 8);
+    let mut back = SyncClient::recover(config, StrategyRegistry::default(), store.load().unwrap());
+    assert_eq!(back.queue().len(), 2);
+    assert_eq!(back.get(&key("b")).unwrap()["n"], 2);
+    mutate(&mut back, 900, "op-3", "a", json!({"n": 3}));
+    let third = back.queue().pending().last().unwrap();
+    assert_eq!(third.op.client_seq, Some(3));
+    assert!(
+        third.op.timestamp > HlcTimestamp::new(1_001, 0),
+        "the HLC resumes past what it issued"
+    );
+}
+
+#[test]
+fn a_mutation_for_another_tenant_or_of_bad_shape_is_refused_and_changes_nothing() {
+    let mut c = client();
+    let other = EntityKey::parse("t2", "todo", "a").unwrap();
+    let kind = OperationKind::Update(json!({"n": 1}).as_object().unwrap().clone());
+    assert!(c.mutate(0, OperationId::new("x").unwrap(), other, kind).is_err());
+    let empty = OperationKind::Update(Object::new());
+    assert!(c.mutate(0, OperationId::new("y").unwrap(), key("a"), empty).is_err());
+    assert!(c.queue().is_empty());
+    assert_eq!(c.queue().next_seq(), 1);
+}
