@@ -154,6 +154,9 @@ pub enum AppEvent {
     Frame(ServerFrame),
 }
 
+// Outputs are drained right after each input, so the queue stays a few entries long; boxing the
+// frame variants would cost an allocation per frame for no memory gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Open a link over this transport (WebSocket, or long-polling + REST when degraded).
@@ -773,16 +776,13 @@ impl SyncClient {
             changed.insert(key);
         }
         self.cursor = self.cursor.max(version);
-        if !has_more {
-            if let Some(s) = client_seq.filter(|s| *s > self.confirmed_seq) {
-                self.confirmed_seq = s;
-                let floor = s;
-                let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
-                    .into_iter()
-                    .partition(|op| op.client_seq.unwrap_or(0) <= floor);
-                self.awaiting = keep;
-                changed.extend(done.into_iter().map(|op| op.key));
-            }
+        if !has_more && let Some(s) = client_seq.filter(|s| *s > self.confirmed_seq) {
+            self.confirmed_seq = s;
+            let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting)
+                .into_iter()
+                .partition(|op| op.client_seq.unwrap_or(0) <= s);
+            self.awaiting = keep;
+            changed.extend(done.into_iter().map(|op| op.key));
         }
         writes.push(StoreWrite::SetCursor {
             version: self.cursor,

@@ -48,7 +48,7 @@ impl HlcTimestamp {
             }
             None => (s, 0),
         };
-        let millis = parse_rfc3339_millis(time).map_err(|why| bad(why))?;
+        let millis = parse_rfc3339_millis(time).map_err(bad)?;
         Ok(Self { millis, counter })
     }
 }

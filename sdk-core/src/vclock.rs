@@ -66,12 +66,48 @@ impl VectorClock {
         other.0.iter().all(|(c, &v)| self.get(c) >= v)
     }
 
+    /// One walk over both sorted maps (O(n + m)).
     pub fn compare(&self, other: &VectorClock) -> ClockOrder {
-        match (self.dominates(other), other.dominates(self)) {
-            (true, true) => ClockOrder::Equal,
+        let (mut ahead, mut behind) = (false, false);
+        let mut a = self.0.iter().peekable();
+        let mut b = other.0.iter().peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => {
+                    ahead = true;
+                    break;
+                }
+                (None, Some(_)) => {
+                    behind = true;
+                    break;
+                }
+                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                    Ordering::Less => {
+                        ahead = true;
+                        a.next();
+                    }
+                    Ordering::Greater => {
+                        behind = true;
+                        b.next();
+                    }
+                    Ordering::Equal => {
+                        ahead |= va > vb;
+                        behind |= va < vb;
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+            if ahead && behind {
+                return ClockOrder::Concurrent;
+            }
+        }
+        match (ahead, behind) {
+            (false, false) => ClockOrder::Equal,
             (true, false) => ClockOrder::After,
             (false, true) => ClockOrder::Before,
-            (false, false) => ClockOrder::Concurrent,
+            (true, true) => ClockOrder::Concurrent,
         }
     }
 
@@ -287,6 +323,17 @@ mod tests {
             prop_assert_eq!(a.merged(&a), a.clone());
             let m = a.merged(&b);
             prop_assert!(m.dominates(&a) && m.dominates(&b));
+        }
+
+        #[test]
+        fn compare_agrees_with_dominates(a in arb_clock(), b in arb_clock()) {
+            let expected = match (a.dominates(&b), b.dominates(&a)) {
+                (true, true) => ClockOrder::Equal,
+                (true, false) => ClockOrder::After,
+                (false, true) => ClockOrder::Before,
+                (false, false) => ClockOrder::Concurrent,
+            };
+            prop_assert_eq!(a.compare(&b), expected);
         }
 
         #[test]

@@ -400,20 +400,20 @@ impl Sim {
             }
         }
         for i in 0..self.clients.len() {
-            if let Some((conn, at)) = self.clients[i].opening {
-                if at <= now {
-                    let c = &mut self.clients[i];
-                    c.opening = None;
-                    let local = c.local(now);
-                    if c.partitioned_until > now {
-                        c.client.link_closed(local);
-                    } else {
-                        c.conn = Some(conn);
-                        self.live_conns.insert(conn, i);
-                        c.client.link_opened(local, "token");
-                    }
-                    self.drain(i);
+            if let Some((conn, at)) = self.clients[i].opening
+                && at <= now
+            {
+                let c = &mut self.clients[i];
+                c.opening = None;
+                let local = c.local(now);
+                if c.partitioned_until > now {
+                    c.client.link_closed(local);
+                } else {
+                    c.conn = Some(conn);
+                    self.live_conns.insert(conn, i);
+                    c.client.link_opened(local, "token");
                 }
+                self.drain(i);
             }
             let c = &mut self.clients[i];
             if c.client.poll_timeout().is_some_and(|t| c.global(t) <= now) {

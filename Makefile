@@ -1,0 +1,59 @@
+# PF-2 Sync — the only entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+SIM_SOAK_CASES ?= 20000
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
+
+.PHONY: help run test prereqs fmt-check clippy unit wasm-build soak bench fuzz fuzz-prereqs docs
+
+help:
+	@echo "make run    - the two-client offline demo of sdk-core (the server arrives with issue 3)"
+	@echo "make test   - fmt, clippy -D warnings, every test, the wasm32 build (what CI runs)"
+	@echo "make soak   - the convergence simulator at $(SIM_SOAK_CASES) cases per strategy (release)"
+	@echo "make bench  - sdk-core benchmarks (docs/benchmarks.md)"
+	@echo "make fuzz   - every fuzz target for $(FUZZ_SECONDS) s (nightly + cargo-fuzz, installed if missing)"
+	@echo "make docs   - rustdoc for the workspace"
+
+run:
+	$(CARGO) run -q -p sdk-core --example two_clients
+
+# Installs what a fresh machine lacks, skipping what is present.
+prereqs:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown \
+	  || rustup target add wasm32-unknown-unknown
+
+test: prereqs fmt-check clippy unit wasm-build
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked
+
+wasm-build:
+	$(CARGO) build -p sdk-core --target wasm32-unknown-unknown --locked
+
+soak:
+	PF2_SIM_CASES=$(SIM_SOAK_CASES) $(CARGO) test --release -p sdk-core --test convergence
+
+bench:
+	$(CARGO) bench -p sdk-core --bench core
+
+fuzz-prereqs:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+fuzz: fuzz-prereqs
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  echo "== $$t"; \
+	  cargo +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 \
+	    | grep -E 'Done|stat::number_of_executed_units|ERROR|panicked' ; \
+	done
+
+docs:
+	$(CARGO) doc --workspace --no-deps
