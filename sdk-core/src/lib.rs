@@ -15,6 +15,7 @@
 //! | [`operation`] | the Operation (CREATE / UPDATE patch / DELETE / CRDT bytes) and its validation |
 //! | [`strategy`] | conflict strategies per entity type, custom merge and CRDT merger registries |
 //! | [`apply`] | the server's deterministic, idempotent apply engine |
+//! | [`persist`] | the versioned storage form of entity records |
 //! | [`snapshot`] | deltas, canonical snapshots, SHA-256 checksums, chunking |
 //! | [`interaction`] | interaction classes A–D and their transport policy |
 //! | [`protocol`] | versioned wire frames, JSON and MessagePack codecs |
@@ -59,6 +60,7 @@ pub mod hlc;
 pub mod ids;
 pub mod interaction;
 pub mod operation;
+pub mod persist;
 pub mod protocol;
 pub mod queue;
 pub mod rng;

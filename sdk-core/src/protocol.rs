@@ -204,6 +204,42 @@ impl WireOpResult {
     }
 }
 
+impl WireOpResult {
+    /// The engine outcome this result describes (for results stored and replayed by a server).
+    pub fn to_outcome(&self) -> Outcome {
+        match self.status {
+            ResultStatus::Applied => Outcome::Applied { version: self.version.unwrap_or(0) },
+            ResultStatus::Refused => {
+                let (code, message) = self
+                    .error
+                    .as_ref()
+                    .map(|e| (e.code, e.message.clone()))
+                    .unwrap_or((ErrorCode::InternalError, String::new()));
+                Outcome::Refused { code, message }
+            }
+            ResultStatus::Conflict => {
+                let resolution = match self.resolution.as_deref().unwrap_or("") {
+                    "incoming-won" => Resolution::IncomingWon,
+                    "fields-merged" => Resolution::FieldsMerged {
+                        from_client: self.fields_from_client.clone(),
+                        kept_server: self.fields_kept_server.clone(),
+                    },
+                    "manual" => Resolution::Manual,
+                    other => match other.strip_prefix("custom:") {
+                        Some(name) => Resolution::Custom(name.to_string()),
+                        None => Resolution::ServerKept,
+                    },
+                };
+                Outcome::Conflict {
+                    resolution,
+                    version: self.version,
+                    conflict_id: self.conflict_id.clone(),
+                }
+            }
+        }
+    }
+}
+
 /// An entity's current state, as deltas and snapshots carry it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

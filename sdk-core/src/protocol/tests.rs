@@ -255,3 +255,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn every_outcome_survives_its_wire_form() {
+    use crate::apply::{OpResult, Outcome, Resolution};
+    let outcomes = vec![
+        Outcome::Applied { version: 3 },
+        Outcome::Refused { code: ErrorCode::SeqGap, message: "gap".into() },
+        Outcome::Conflict {
+            resolution: Resolution::IncomingWon,
+            version: Some(4),
+            conflict_id: None,
+        },
+        Outcome::Conflict { resolution: Resolution::ServerKept, version: None, conflict_id: None },
+        Outcome::Conflict {
+            resolution: Resolution::FieldsMerged {
+                from_client: vec!["a".into()],
+                kept_server: vec!["b".into()],
+            },
+            version: Some(5),
+            conflict_id: None,
+        },
+        Outcome::Conflict {
+            resolution: Resolution::Custom("sum".into()),
+            version: Some(6),
+            conflict_id: None,
+        },
+        Outcome::Conflict {
+            resolution: Resolution::Manual,
+            version: None,
+            conflict_id: Some("conflict-x".into()),
+        },
+    ];
+    for outcome in outcomes {
+        let r = OpResult {
+            operation_id: OperationId::new("op").unwrap(),
+            client_seq: Some(1),
+            outcome: outcome.clone(),
+            duplicate: false,
+        };
+        assert_eq!(WireOpResult::from_result(&r).to_outcome(), outcome);
+    }
+}

@@ -1,0 +1,209 @@
+//! Configuration from flags and environment (`PF2_*`), and building the [`AppState`].
+//!
+//! With no JWT secret or key configured, development mode generates a 256-bit secret once, keeps
+//! it in the data folder (`jwt-secret`, mode 0600) and says so in the log: the server never runs
+//! with a guessable secret. The webhook signing secret works the same way (`webhook-secret`).
+
+use crate::auth::JwtConfig;
+use crate::ratelimit::Rate;
+use crate::state::{AppState, Limits};
+use crate::store::{SqliteSync, Store};
+use anyhow::Context;
+use jsonwebtoken::Algorithm;
+use sdk_core::apply::ApplyEngine;
+use sdk_core::strategy::StrategyRegistry;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    Eddsa,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "PF2_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: String,
+    /// `sqlite://path` (embedded, the default) or `postgres://…`.
+    #[arg(long, env = "PF2_DATABASE_URL", default_value = "sqlite://./data/pf2.db")]
+    pub database_url: String,
+    /// Folder for generated development secrets (default: the SQLite file's folder, or ./data).
+    #[arg(long, env = "PF2_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "PF2_SQLITE_SYNCHRONOUS", value_enum, default_value = "full")]
+    pub sqlite_synchronous: SqliteSync,
+    #[arg(long, env = "PF2_JWT_ALGORITHM", value_enum, default_value = "hs256")]
+    pub jwt_algorithm: JwtAlgorithm,
+    /// HS256 shared secret (≥ 32 bytes). Generated and kept in the data folder when absent.
+    #[arg(long, env = "PF2_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file of the RS256 / EdDSA public key.
+    #[arg(long, env = "PF2_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// PEM file of the matching private key (only for the `token` command).
+    #[arg(long, env = "PF2_JWT_PRIVATE_KEY")]
+    pub jwt_private_key: Option<PathBuf>,
+    #[arg(long, env = "PF2_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    #[arg(long, env = "PF2_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock leeway for exp/nbf, seconds (capped at 30).
+    #[arg(long, env = "PF2_JWT_LEEWAY", default_value_t = 5)]
+    pub jwt_leeway: u64,
+    #[arg(long, env = "PF2_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    #[arg(long, env = "PF2_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    #[arg(long, env = "PF2_MAX_BATCH", default_value_t = 500)]
+    pub max_batch: usize,
+    #[arg(long, env = "PF2_MAX_DELTA", default_value_t = 1000)]
+    pub max_delta: u64,
+    /// Requests per minute per user (api.md: polling 60, reconciliation 10).
+    #[arg(long, env = "PF2_RATE_POLL", default_value_t = 60)]
+    pub rate_poll: u32,
+    #[arg(long, env = "PF2_RATE_RECONCILE", default_value_t = 10)]
+    pub rate_reconcile: u32,
+    #[arg(long, env = "PF2_RATE_TRANSACTIONS", default_value_t = 60)]
+    pub rate_transactions: u32,
+    #[arg(long, env = "PF2_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    pub event_retention_days: u64,
+    #[arg(long, env = "PF2_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7)]
+    pub idempotency_retention_days: u64,
+}
+
+impl Config {
+    /// Defaults with a database URL and generous rate limits (tests raise or lower what they need).
+    pub fn for_tests(database_url: &str) -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            database_url: database_url.into(),
+            data_dir: None,
+            sqlite_synchronous: SqliteSync::Normal,
+            jwt_algorithm: JwtAlgorithm::Hs256,
+            jwt_secret: Some("test-secret-test-secret-test-secret-0123".into()),
+            jwt_public_key: None,
+            jwt_private_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: 5,
+            webhook_secret: Some("test-webhook-secret".into()),
+            max_body_bytes: 1024 * 1024,
+            max_batch: 500,
+            max_delta: 1000,
+            rate_poll: 100_000,
+            rate_reconcile: 100_000,
+            rate_transactions: 100_000,
+            event_retention_days: 7,
+            idempotency_retention_days: 7,
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        let path = self
+            .database_url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.database_url.strip_prefix("sqlite:"));
+        match path.map(|p| p.split('?').next().unwrap_or(p)).and_then(|p| Path::new(p).parent()) {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("./data"),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_batch: self.max_batch,
+            max_delta: self.max_delta,
+            poll_rate: Rate::per_minute(self.rate_poll),
+            reconcile_rate: Rate::per_minute(self.rate_reconcile),
+            transaction_rate: Rate::per_minute(self.rate_transactions),
+            event_retention: Duration::from_secs(self.event_retention_days * 86_400),
+            idempotency_retention: Duration::from_secs(
+                self.idempotency_retention_days.max(7) * 86_400,
+            ),
+            ..Limits::default()
+        }
+    }
+
+    pub fn jwt(&self) -> anyhow::Result<JwtConfig> {
+        let cfg = match self.jwt_algorithm {
+            JwtAlgorithm::Hs256 => {
+                let secret = match &self.jwt_secret {
+                    Some(s) => s.clone().into_bytes(),
+                    None => dev_secret(&self.data_dir(), "jwt-secret")?,
+                };
+                JwtConfig::hs256(&secret).map_err(anyhow::Error::msg)?
+            }
+            JwtAlgorithm::Rs256 | JwtAlgorithm::Eddsa => {
+                let alg = if self.jwt_algorithm == JwtAlgorithm::Rs256 {
+                    Algorithm::RS256
+                } else {
+                    Algorithm::EdDSA
+                };
+                let path = self
+                    .jwt_public_key
+                    .as_ref()
+                    .context("RS256/EdDSA needs --jwt-public-key (PF2_JWT_PUBLIC_KEY)")?;
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let mut cfg = JwtConfig::public_key(alg, &pem).map_err(anyhow::Error::msg)?;
+                if let Some(p) = &self.jwt_private_key {
+                    let pem =
+                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    cfg = cfg.with_private_key(&pem).map_err(anyhow::Error::msg)?;
+                }
+                cfg
+            }
+        };
+        Ok(cfg
+            .with_issuer(self.jwt_issuer.clone())
+            .with_audience(self.jwt_audience.clone())
+            .with_leeway(self.jwt_leeway))
+    }
+
+    /// Connect, migrate and assemble the state.
+    pub async fn build(&self) -> anyhow::Result<AppState> {
+        self.build_with(StrategyRegistry::default()).await
+    }
+
+    /// As [`Self::build`], with the entity types' conflict strategies.
+    pub async fn build_with(&self, strategies: StrategyRegistry) -> anyhow::Result<AppState> {
+        let store = Store::connect(&self.database_url, self.sqlite_synchronous)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let webhook = match &self.webhook_secret {
+            Some(s) => s.clone().into_bytes(),
+            None => dev_secret(&self.data_dir(), "webhook-secret")?,
+        };
+        let engine = ApplyEngine::new(strategies).with_limits(Default::default(), self.max_batch);
+        Ok(AppState::new(store, engine, self.jwt()?, self.limits(), webhook))
+    }
+}
+
+/// Read a development secret from `dir/name`, creating a random 256-bit one if missing.
+fn dev_secret(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(name);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_string();
+        anyhow::ensure!(s.len() >= 32, "{} is shorter than 32 characters", path.display());
+        return Ok(s.into_bytes());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &hex).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::warn!(path = %path.display(), "development mode: generated a new {name}; set it explicitly in production");
+    Ok(hex.into_bytes())
+}

@@ -1,0 +1,124 @@
+//! # sync-server — the PF-2 Sync server
+//!
+//! A thin axum + sqlx shell around sdk-core's apply engine. It applies batched idempotent
+//! operations (`POST /api/reconciliation/reconcile`), serves snapshots and deltas, the tenant's
+//! event log by long-polling, manual conflict resolution, Class D transactions with idempotency
+//! keys and signed webhooks, health, metrics and an OpenAPI document. Storage is an embedded
+//! SQLite file by default, PostgreSQL when one machine is not enough.
+//!
+//! ## Layout
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | [`config`] | flags and environment → [`state::AppState`] |
+//! | [`state`] | shared state, limits, the long-poll notifier |
+//! | [`auth`] | JWT verification, tenant isolation, super-admin access |
+//! | [`api`] | the REST handlers |
+//! | [`http`] | health, metrics, OpenAPI |
+//! | [`store`] | all SQL (SQLite and PostgreSQL) |
+//! | [`workers`] | transaction processing, webhooks, retention |
+//! | [`extract`], [`error`], [`ratelimit`], [`metrics`] | HTTP plumbing |
+//!
+//! ## Example
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use sync_server::{config::Config, serve};
+//! let config = Config::for_tests("sqlite://./data/example.db");
+//! let state = config.build().await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! serve(listener, state, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+pub mod state;
+pub mod store;
+pub mod workers;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use state::AppState;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// The HTTP application: every route, with body limits, request ids, tracing and metrics.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.limits.max_body_bytes;
+    Router::new()
+        .route("/api/reconciliation/reconcile", post(api::reconcile))
+        .route("/api/reconciliation/delta", get(api::delta))
+        .route("/api/reconciliation/snapshot/{entity_type}/{entity_id}", get(api::entity_snapshot))
+        .route("/api/reconciliation/snapshot/{entity_type}", get(api::collection_snapshot))
+        .route("/api/reconciliation/conflicts", get(api::list_conflicts))
+        .route("/api/reconciliation/conflicts/{conflict_id}/resolve", post(api::resolve_conflict))
+        .route("/api/events/poll", get(api::poll))
+        .route("/api/transactions", post(api::create_transaction))
+        .route("/api/transactions/{transaction_id}", get(api::get_transaction))
+        .route("/api/audit", get(api::audit))
+        .route("/health", get(http::health))
+        .route("/metrics", get(http::metrics))
+        .route("/openapi.json", get(http::openapi))
+        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    state.metrics.inc("pf2_http_requests_total", &[("route", &route), ("status", &status)]);
+    state.metrics.observe("pf2_http_request_duration_ms", &[("route", &route)], start.elapsed());
+    resp
+}
+
+/// Serve `state` on `listener` until `shutdown` resolves, with the background workers (Class D
+/// processing, webhooks, retention) running alongside.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let processor: Arc<dyn workers::TransactionProcessor> = Arc::new(workers::AcceptObjects);
+    let mut worker_stop = stop_rx.clone();
+    let worker = tokio::spawn(workers::run(state.clone(), processor, async move {
+        let _ = worker_stop.wait_for(|s| *s).await;
+    }));
+    let result =
+        axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+    let _ = stop_tx.send(true);
+    let _ = worker.await;
+    result
+}

@@ -1,0 +1,93 @@
+//! The `sync-server` binary: `serve` (default), `migrate`, `token`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sync_server::auth::Claims;
+use sync_server::config::Config;
+
+#[derive(Parser)]
+#[command(name = "sync-server", version, about = "PF-2 Sync server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Mint a JWT for development and tests.
+    Token {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Roles (repeatable), e.g. `--role admin`.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PF2_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let state = cli.config.build().await?;
+            let listener = tokio::net::TcpListener::bind(&cli.config.listen)
+                .await
+                .with_context(|| format!("binding {}", cli.config.listen))?;
+            tracing::info!(
+                address = %listener.local_addr()?,
+                database = state.store.backend().name(),
+                "PF-2 Sync server listening"
+            );
+            sync_server::serve(listener, state, shutdown_signal()).await?;
+            tracing::info!("stopped");
+        }
+        Command::Migrate => {
+            cli.config.build().await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Token { tenant, user, ttl, roles } => {
+            let jwt = cli.config.jwt()?;
+            let now = jsonwebtoken::get_current_timestamp();
+            let mut claims = Claims::new(&tenant, &user, now, ttl);
+            claims.roles = roles;
+            println!("{}", jwt.mint(&claims).map_err(anyhow::Error::msg)?);
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

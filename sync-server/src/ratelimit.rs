@@ -1,0 +1,71 @@
+//! Per-caller token buckets for api.md's rate limits (polling 60/min, reconcile 10/min, …).
+//! A bucket holds `limit` tokens and refills continuously over `window`; a refused call learns
+//! how many seconds until a token is back (`Retry-After`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl Rate {
+    pub const fn per_minute(limit: u32) -> Self {
+        Self { limit, window: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// Take a token for `key` at `now`; `Err(seconds until one is available)` when empty.
+    pub fn check(&self, key: &str, rate: Rate, now: Instant) -> Result<(), u64> {
+        if rate.limit == 0 {
+            return Err(rate.window.as_secs().max(1));
+        }
+        let per_sec = rate.limit as f64 / rate.window.as_secs_f64();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        if buckets.len() > 100_000 {
+            // Forget full buckets so memory stays bounded under many distinct callers.
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < rate.limit as f64
+            });
+        }
+        let (tokens, at) = buckets.entry(key.to_string()).or_insert((rate.limit as f64, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec)
+            .min(rate.limit as f64);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / per_sec).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_limit_then_refuses_and_refills_over_the_window() {
+        let rl = RateLimiter::default();
+        let t0 = Instant::now();
+        let rate = Rate::per_minute(10);
+        for _ in 0..10 {
+            rl.check("u", rate, t0).unwrap();
+        }
+        let wait = rl.check("u", rate, t0).unwrap_err();
+        assert_eq!(wait, 6, "one token per 6 s");
+        assert!(rl.check("other", rate, t0).is_ok(), "buckets are per caller");
+        assert!(rl.check("u", rate, t0 + Duration::from_secs(6)).is_ok());
+        assert!(rl.check("u", rate, t0 + Duration::from_secs(6)).is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! What every handler shares: the store, the apply engine, auth, limits, the long-poll
+//! notifier, rate limiter and metrics. Built once by [`crate::config`], passed to
+//! [`crate::app`] (dependencies are passed in, never global).
+
+use crate::auth::JwtConfig;
+use crate::metrics::Metrics;
+use crate::ratelimit::{Rate, RateLimiter};
+use crate::store::Store;
+use sdk_core::apply::ApplyEngine;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+    /// Largest gap answered with `deltaUpdates`; beyond it the response says to take a snapshot.
+    pub max_delta: u64,
+    pub poll_rate: Rate,
+    pub reconcile_rate: Rate,
+    pub transaction_rate: Rate,
+    pub event_retention: Duration,
+    pub idempotency_retention: Duration,
+    pub webhook_max_attempts: i64,
+    pub webhook_base_delay: Duration,
+}
+
+impl Default for Limits {
+    /// DESIGN.md and api.md defaults.
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_batch: sdk_core::apply::DEFAULT_MAX_BATCH,
+            max_delta: 1_000,
+            poll_rate: Rate::per_minute(60),
+            reconcile_rate: Rate::per_minute(10),
+            transaction_rate: Rate::per_minute(60),
+            event_retention: Duration::from_secs(7 * 24 * 3600),
+            idempotency_retention: Duration::from_secs(7 * 24 * 3600),
+            webhook_max_attempts: 8,
+            webhook_base_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Wakes long-polls when a tenant's log grows (in-process; across processes with issue 5's bus).
+#[derive(Debug, Default)]
+pub struct Notifier {
+    tenants: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Notifier {
+    pub fn subscribe(&self, tenant: &str) -> watch::Receiver<u64> {
+        let mut map = self.tenants.lock().expect("notifier lock");
+        map.entry(tenant.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    pub fn notify(&self, tenant: &str, seq: u64) {
+        let map = self.tenants.lock().expect("notifier lock");
+        if let Some(tx) = map.get(tenant) {
+            tx.send_if_modified(|v| {
+                let grew = seq > *v;
+                *v = (*v).max(seq);
+                grew
+            });
+        }
+    }
+}
+
+/// Wakes the Class D worker when a transaction is created.
+pub type Wakeup = Arc<tokio::sync::Notify>;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub engine: Arc<ApplyEngine>,
+    pub jwt: Arc<JwtConfig>,
+    pub limits: Arc<Limits>,
+    pub notifier: Arc<Notifier>,
+    pub rate: Arc<RateLimiter>,
+    pub metrics: Arc<Metrics>,
+    pub transactions: Wakeup,
+    pub webhook_secret: Arc<Vec<u8>>,
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        engine: ApplyEngine,
+        jwt: JwtConfig,
+        limits: Limits,
+        webhook_secret: Vec<u8>,
+    ) -> Self {
+        Self {
+            store: Arc::new(store),
+            engine: Arc::new(engine),
+            jwt: Arc::new(jwt),
+            limits: Arc::new(limits),
+            notifier: Arc::default(),
+            rate: Arc::default(),
+            metrics: Arc::default(),
+            transactions: Arc::default(),
+            webhook_secret: Arc::new(webhook_secret),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client builds"),
+        }
+    }
+}

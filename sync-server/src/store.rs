@@ -1,0 +1,1161 @@
+//! All SQL of the server, for SQLite (embedded default) and PostgreSQL (scale-out), through
+//! `sqlx::AnyPool`. One SQL text serves both backends where their dialects agree (`$n`
+//! placeholders, `ON CONFLICT`); the few statements that differ are chosen by [`Backend`].
+//!
+//! Concurrency: every write for a tenant first locks that tenant's row (`SELECT … FOR UPDATE` on
+//! PostgreSQL; on SQLite one in-process writer lock, as SQLite has a single writer anyway), so
+//! batches of one tenant apply one at a time, across processes too.
+
+use crate::error::ApiError;
+use sdk_core::apply::{
+    ApplyEngine, ApplyState, BatchOutcome, Change, EntityRecord, StoredResult, Submitted,
+};
+use sdk_core::ids::{ClientId, EntityId, EntityKey, EntityType, OperationId, TenantId};
+use sdk_core::persist::{decode_record, encode_record};
+use sdk_core::protocol::{WireConflict, WireEntity, WireEvent, WireOpResult};
+use serde_json::{Value, json};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// SQLite's `synchronous` pragma: `full` (default; every commit reaches the disk) or `normal`
+/// (WAL-safe against corruption, may lose the last commits on power loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    Full,
+    Normal,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite has one writer: serialize writers in-process instead of retrying `SQLITE_BUSY`.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// What a reconcile transaction produced.
+#[derive(Debug)]
+pub enum Reconciled {
+    /// First time this request id was seen: the response now stored for it.
+    Fresh { response: String, outcome: BatchOutcome, version: u64 },
+    /// Seen before: the stored response and the hash of the request that produced it.
+    Replay { response: String, request_hash: String },
+}
+
+/// What a reconcile response needs from inside the transaction.
+#[derive(Debug)]
+pub struct ReconcileView<'a> {
+    pub outcome: &'a BatchOutcome,
+    pub version: u64,
+    /// Entities changed after `lastKnownVersion`, when it was given and the gap is small.
+    pub delta: Option<Vec<WireEntity>>,
+    /// The gap was too large or below retention: the client should take a snapshot.
+    pub snapshot_required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event: WireEvent,
+    pub critical: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConflictRow {
+    pub conflict: WireConflict,
+    pub status: String,
+    pub resolution: Option<String>,
+    pub resolved_by: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransactionRow {
+    pub tenant_id: String,
+    pub transaction_id: String,
+    pub kind: String,
+    pub body: Value,
+    pub user_id: String,
+    pub status: String,
+    pub result: Option<Value>,
+    pub callback_url: Option<String>,
+    pub callback_state: String,
+    pub callback_attempts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An audit entry (security events, manual resolutions, cross-tenant access).
+#[derive(Debug, Clone)]
+pub struct AuditEntry<'a> {
+    pub tenant: &'a str,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub outcome: &'a str,
+    pub details: Value,
+}
+
+fn db(e: sqlx::Error) -> ApiError {
+    ApiError::internal(format!("database: {e}"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Connect to `sqlite://path` (created if missing; WAL) or `postgres://…`, and migrate.
+    pub async fn connect(url: &str, sync: SqliteSync) -> Result<Store, ApiError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(ApiError::internal(format!("unsupported database URL {url:?}")));
+        };
+        let url = match backend {
+            Backend::Sqlite => {
+                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(dir) =
+                    std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        ApiError::internal(format!("creating {}: {e}", dir.display()))
+                    })?;
+                }
+                if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") }
+            }
+            Backend::Postgres => url.to_string(),
+        };
+        let synchronous = match sync {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
+                            .await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("connecting to the {} database: {e}", backend.name()))
+            })?;
+        let store = Store { pool, backend, write_lock: tokio::sync::Mutex::new(()) };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn migrate(&self) -> Result<(), ApiError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator.run(&self.pool).await.map_err(|e| ApiError::internal(format!("migrations: {e}")))
+    }
+
+    /// Round-trip time of a trivial query.
+    pub async fn ping(&self) -> Result<Duration, ApiError> {
+        let start = Instant::now();
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db)?;
+        Ok(start.elapsed())
+    }
+
+    /// Begin a write transaction holding the tenant's lock; returns the tenant's sequence.
+    async fn begin_tenant(
+        &self,
+        tenant: &str,
+    ) -> Result<(Tx<'_>, Option<tokio::sync::MutexGuard<'_, ()>>, u64), ApiError> {
+        let guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("INSERT INTO tenants (tenant_id, seq, pruned_through) VALUES ($1, 0, 0) ON CONFLICT (tenant_id) DO NOTHING")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let lock = match self.backend {
+            Backend::Sqlite => "SELECT seq FROM tenants WHERE tenant_id = $1",
+            Backend::Postgres => "SELECT seq FROM tenants WHERE tenant_id = $1 FOR UPDATE",
+        };
+        let seq: i64 = sqlx::query(lock).bind(tenant).fetch_one(&mut *tx).await.map_err(db)?.get(0);
+        Ok((tx, guard, seq as u64))
+    }
+
+    pub async fn tenant_seq(&self, tenant: &str) -> Result<(u64, u64), ApiError> {
+        let row = sqlx::query("SELECT seq, pruned_through FROM tenants WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| (r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64)).unwrap_or((0, 0)))
+    }
+
+    /// Run a reconcile batch in one transaction: lock the tenant, answer a replayed request from
+    /// storage, otherwise load what the batch touches, run the apply engine, and write entities,
+    /// ledgers, results, conflicts, events and the response together.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reconcile(
+        &self,
+        engine: &ApplyEngine,
+        tenant: &TenantId,
+        request_id: &str,
+        request_hash: &str,
+        batch: Vec<Submitted>,
+        last_known: Option<u64>,
+        max_delta: u64,
+        respond: impl FnOnce(ReconcileView<'_>) -> String,
+    ) -> Result<Reconciled, ApiError> {
+        let t = tenant.as_str();
+        let (mut tx, _guard, seq) = self.begin_tenant(t).await?;
+        if let Some(row) = sqlx::query(
+            "SELECT response, request_hash FROM reconcile_requests WHERE tenant_id = $1 AND request_id = $2",
+        )
+        .bind(t)
+        .bind(request_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        {
+            return Ok(Reconciled::Replay { response: row.get(0), request_hash: row.get(1) });
+        }
+        let mut state = ApplyState { version: seq, ..ApplyState::default() };
+        let mut keys = BTreeSet::new();
+        let mut clients = BTreeSet::new();
+        let mut op_ids = BTreeSet::new();
+        for s in &batch {
+            match s {
+                Submitted::Valid(op) => {
+                    keys.insert(op.key.clone());
+                    clients.insert(op.client_id.clone());
+                    op_ids.insert(op.id.clone());
+                }
+                Submitted::Invalid { id, client_id, .. } => {
+                    clients.insert(client_id.clone());
+                    op_ids.insert(id.clone());
+                }
+            }
+        }
+        for key in keys.iter().filter(|k| &k.tenant == tenant) {
+            if let Some(rec) = load_entity(&mut tx, key).await? {
+                state.entities.insert(key.clone(), rec);
+            }
+        }
+        let existed: BTreeSet<EntityKey> = state.entities.keys().cloned().collect();
+        for c in &clients {
+            let row = sqlx::query(
+                "SELECT last_seq FROM client_ledgers WHERE tenant_id = $1 AND client_id = $2",
+            )
+            .bind(t)
+            .bind(c.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            if let Some(row) = row {
+                state.ledgers.insert(c.clone(), row.get::<i64, _>(0) as u64);
+            }
+        }
+        for id in &op_ids {
+            let row = sqlx::query(
+                "SELECT client_id, client_seq, result FROM operation_results WHERE tenant_id = $1 AND operation_id = $2",
+            )
+            .bind(t)
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            if let Some(row) = row {
+                let result: WireOpResult = serde_json::from_str(&row.get::<String, _>(2))
+                    .map_err(|e| ApiError::internal(format!("stored result: {e}")))?;
+                let client_id = ClientId::new(row.get::<String, _>(0))
+                    .map_err(|e| ApiError::internal(format!("stored client id: {e}")))?;
+                state.results.insert(
+                    id.clone(),
+                    StoredResult {
+                        client_id,
+                        client_seq: row.get::<Option<i64>, _>(1).map(|s| s as u64),
+                        outcome: result.to_outcome(),
+                    },
+                );
+            }
+        }
+        let ledgers_before = state.ledgers.clone();
+        let outcome = engine.apply_batch(tenant, batch, &mut state).map_err(ApiError::from)?;
+        let now = now_ms();
+        for change in &outcome.changes {
+            write_change(&mut tx, t, change, !existed.contains(&change.record.key), now).await?;
+        }
+        for (client, seq) in &state.ledgers {
+            if ledgers_before.get(client) != Some(seq) {
+                sqlx::query(
+                    "INSERT INTO client_ledgers (tenant_id, client_id, last_seq) VALUES ($1, $2, $3) \
+                     ON CONFLICT (tenant_id, client_id) DO UPDATE SET last_seq = excluded.last_seq",
+                )
+                .bind(t)
+                .bind(client.as_str())
+                .bind(*seq as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+        }
+        for r in outcome.results.iter().filter(|r| !r.duplicate) {
+            // Unrecorded refusals (gaps, reused numbers) are not stored: the engine did not record them.
+            let Some(stored) = state.results.get(&r.operation_id) else { continue };
+            if stored.client_seq != r.client_seq {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO operation_results (tenant_id, operation_id, client_id, client_seq, result, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, operation_id) DO NOTHING",
+            )
+            .bind(t)
+            .bind(r.operation_id.as_str())
+            .bind(stored.client_id.as_str())
+            .bind(r.client_seq.map(|s| s as i64))
+            .bind(serde_json::to_string(&WireOpResult::from_result(r)).expect("serializes"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        for c in &outcome.conflicts {
+            let wire = WireConflict::from_conflict(c);
+            sqlx::query(
+                "INSERT INTO conflicts (tenant_id, conflict_id, entity_type, entity_id, body, status, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'open', $6) ON CONFLICT (tenant_id, conflict_id) DO NOTHING",
+            )
+            .bind(t)
+            .bind(&c.id)
+            .bind(c.key.entity_type.as_str())
+            .bind(c.key.entity_id.as_str())
+            .bind(serde_json::to_string(&wire).expect("serializes"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        if state.version != seq {
+            set_seq(&mut tx, t, state.version).await?;
+        }
+        let (delta, snapshot_required) = match last_known {
+            None => (None, false),
+            Some(since) if state.version.saturating_sub(since) > max_delta => (None, true),
+            Some(since) => {
+                let pruned = pruned_through(&mut tx, t).await?;
+                if since < pruned {
+                    (None, true)
+                } else {
+                    let (items, _) = entities_since(&mut tx, t, since, max_delta as i64).await?;
+                    (Some(items), false)
+                }
+            }
+        };
+        let response = respond(ReconcileView {
+            outcome: &outcome,
+            version: state.version,
+            delta,
+            snapshot_required,
+        });
+        sqlx::query(
+            "INSERT INTO reconcile_requests (tenant_id, request_id, request_hash, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(t)
+        .bind(request_id)
+        .bind(request_hash)
+        .bind(&response)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Reconciled::Fresh { response, outcome, version: state.version })
+    }
+
+    /// Entities changed after `since`, oldest first; `has_more` when more than `limit`.
+    pub async fn delta(
+        &self,
+        tenant: &str,
+        since: u64,
+        limit: i64,
+    ) -> Result<(Vec<WireEntity>, bool), ApiError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        entities_since(&mut conn, tenant, since, limit).await
+    }
+
+    /// The last applied `clientSeq` of a client (0 if none).
+    pub async fn client_seq(&self, tenant: &str, client: &ClientId) -> Result<u64, ApiError> {
+        let row = sqlx::query(
+            "SELECT last_seq FROM client_ledgers WHERE tenant_id = $1 AND client_id = $2",
+        )
+        .bind(tenant)
+        .bind(client.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64).unwrap_or(0))
+    }
+
+    pub async fn entity(&self, key: &EntityKey) -> Result<Option<EntityRecord>, ApiError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        load_entity(&mut conn, key).await
+    }
+
+    /// A page of an entity type's entities in id order, after `cursor`.
+    pub async fn entities_page(
+        &self,
+        tenant: &str,
+        entity_type: &EntityType,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EntityRecord>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT entity_type, entity_id, record FROM entities \
+             WHERE tenant_id = $1 AND entity_type = $2 AND entity_id > $3 AND deleted = 0 \
+             ORDER BY entity_id LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(entity_type.as_str())
+        .bind(cursor.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|r| record_from_row(tenant, r)).collect()
+    }
+
+    /// Events after `after`, oldest first, at most `limit`.
+    pub async fn events_after(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, event_type, payload, metadata, schema_version, critical, created_at \
+             FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(after as i64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|r| event_from_row(tenant, r)).collect()
+    }
+
+    /// The sequence of the event with this id, if it exists.
+    pub async fn event_seq(&self, tenant: &str, event_id: &str) -> Result<Option<u64>, ApiError> {
+        let row = sqlx::query("SELECT seq FROM events WHERE tenant_id = $1 AND event_id = $2")
+            .bind(tenant)
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    /// Append an event outside a batch (transaction confirmations, published events).
+    pub async fn append_event(
+        &self,
+        tenant: &str,
+        event_id: &str,
+        event_type: &str,
+        payload: &Value,
+        metadata: &Value,
+        critical: bool,
+    ) -> Result<u64, ApiError> {
+        let (mut tx, _guard, seq) = self.begin_tenant(tenant).await?;
+        let seq = seq + 1;
+        insert_event(
+            &mut tx,
+            tenant,
+            seq,
+            event_id,
+            event_type,
+            payload,
+            metadata,
+            critical,
+            now_ms(),
+        )
+        .await?;
+        set_seq(&mut tx, tenant, seq).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(seq)
+    }
+
+    /// Delete non-critical events older than `older_than_ms` (epoch ms); records the highest
+    /// deleted sequence per tenant so readers below it get `SNAPSHOT_REQUIRED`.
+    pub async fn prune_events(&self, older_than_ms: i64) -> Result<u64, ApiError> {
+        let _guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let marks = sqlx::query(
+            "SELECT tenant_id, MAX(seq) FROM events WHERE created_at < $1 AND critical = 0 GROUP BY tenant_id",
+        )
+        .bind(older_than_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        for m in &marks {
+            sqlx::query("UPDATE tenants SET pruned_through = $2 WHERE tenant_id = $1 AND pruned_through < $2")
+                .bind(m.get::<String, _>(0))
+                .bind(m.get::<i64, _>(1))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let deleted = sqlx::query("DELETE FROM events WHERE created_at < $1 AND critical = 0")
+            .bind(older_than_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+
+    pub async fn conflicts(
+        &self,
+        tenant: &str,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ConflictRow>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT body, status, resolution, resolved_by FROM conflicts \
+             WHERE tenant_id = $1 AND ($2 = '' OR status = $2) ORDER BY created_at, conflict_id LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(status.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    /// Resolve an open conflict: `decide` gets the conflict and the current entity and returns
+    /// the change to write (or none for "keep the server's version"). Audited in the same
+    /// transaction. Returns the conflict row as resolved and the new tenant sequence.
+    pub async fn resolve_conflict(
+        &self,
+        tenant: &TenantId,
+        conflict_id: &str,
+        actor: &str,
+        resolution: &str,
+        decide: impl FnOnce(&WireConflict, &mut ApplyState) -> Result<Option<Change>, ApiError>,
+    ) -> Result<(ConflictRow, u64), ApiError> {
+        let t = tenant.as_str();
+        let (mut tx, _guard, seq) = self.begin_tenant(t).await?;
+        let row = sqlx::query(
+            "SELECT body, status, resolution, resolved_by FROM conflicts WHERE tenant_id = $1 AND conflict_id = $2",
+        )
+        .bind(t)
+        .bind(conflict_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found(format!("no conflict {conflict_id}")))?;
+        let mut row = conflict_from_row(&row)?;
+        if row.status != "open" {
+            return Err(ApiError::invalid(format!(
+                "conflict {conflict_id} is already {}",
+                row.status
+            )));
+        }
+        let key = EntityKey::new(
+            tenant.clone(),
+            row.conflict.entity_type.clone(),
+            row.conflict.entity_id.clone(),
+        );
+        let mut state = ApplyState { version: seq, ..ApplyState::default() };
+        if let Some(rec) = load_entity(&mut tx, &key).await? {
+            state.entities.insert(key.clone(), rec);
+        }
+        let existed = state.entities.contains_key(&key);
+        let change = decide(&row.conflict, &mut state)?;
+        let now = now_ms();
+        if let Some(change) = &change {
+            write_change(&mut tx, t, change, !existed, now).await?;
+            set_seq(&mut tx, t, state.version).await?;
+        }
+        sqlx::query(
+            "UPDATE conflicts SET status = 'resolved', resolution = $3, resolved_by = $4, resolved_at = $5 \
+             WHERE tenant_id = $1 AND conflict_id = $2",
+        )
+        .bind(t)
+        .bind(conflict_id)
+        .bind(resolution)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        insert_audit(
+            &mut tx,
+            &AuditEntry {
+                tenant: t,
+                actor,
+                action: "conflict.resolve",
+                target: conflict_id,
+                outcome: resolution,
+                details: json!({ "version": change.as_ref().map(|c| c.version) }),
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        row.status = "resolved".into();
+        row.resolution = Some(resolution.into());
+        row.resolved_by = Some(actor.into());
+        Ok((row, state.version))
+    }
+
+    pub async fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), ApiError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        insert_audit(&mut conn, entry, now_ms()).await
+    }
+
+    pub async fn audit_entries(&self, tenant: &str, limit: i64) -> Result<Vec<Value>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT actor, action, target, outcome, details, at FROM audit_log WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(tenant)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "actor": r.get::<String, _>(0),
+                    "action": r.get::<String, _>(1),
+                    "target": r.get::<String, _>(2),
+                    "outcome": r.get::<String, _>(3),
+                    "details": serde_json::from_str::<Value>(&r.get::<String, _>(4)).unwrap_or(Value::Null),
+                    "at": r.get::<i64, _>(5),
+                })
+            })
+            .collect())
+    }
+
+    /// Create a Class D transaction under an idempotency key, atomically. Returns the stored
+    /// response and request hash when the key was used before (the caller compares hashes).
+    pub async fn create_transaction(
+        &self,
+        row: &TransactionRow,
+        idem_key: &str,
+        request_hash: &str,
+        response: &str,
+    ) -> Result<Option<(String, String)>, ApiError> {
+        let (mut tx, _guard, _) = self.begin_tenant(&row.tenant_id).await?;
+        if let Some(existing) = sqlx::query(
+            "SELECT response, request_hash FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2",
+        )
+        .bind(&row.tenant_id)
+        .bind(idem_key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        {
+            return Ok(Some((existing.get(0), existing.get(1))));
+        }
+        sqlx::query(
+            "INSERT INTO transactions (tenant_id, transaction_id, kind, body, user_id, status, result, callback_url, \
+             callback_state, callback_attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, 0, $9, $9)",
+        )
+        .bind(&row.tenant_id)
+        .bind(&row.transaction_id)
+        .bind(&row.kind)
+        .bind(row.body.to_string())
+        .bind(&row.user_id)
+        .bind(&row.status)
+        .bind(row.callback_url.clone())
+        .bind(&row.callback_state)
+        .bind(row.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, transaction_id, response, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&row.tenant_id)
+        .bind(idem_key)
+        .bind(request_hash)
+        .bind(&row.transaction_id)
+        .bind(response)
+        .bind(row.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(None)
+    }
+
+    pub async fn transaction(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<TransactionRow>, ApiError> {
+        let row =
+            sqlx::query(&format!("{TX_COLUMNS} WHERE tenant_id = $1 AND transaction_id = $2"))
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        row.as_ref().map(transaction_from_row).transpose()
+    }
+
+    /// Transactions to execute: pending, or claimed by a worker whose lease expired.
+    pub async fn pending_transactions(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<TransactionRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "{TX_COLUMNS} WHERE status = 'pending' OR (status = 'processing' AND updated_at < $1) ORDER BY created_at LIMIT $2"
+        ))
+        .bind(now - lease_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(transaction_from_row).collect()
+    }
+
+    /// Claim a transaction for execution (a lease of `lease_ms`). Only one claimant wins, across
+    /// processes: the update is conditional on the row still being what the claimant read.
+    pub async fn claim_transaction(
+        &self,
+        t: &TransactionRow,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<bool, ApiError> {
+        let _guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        let claimed = sqlx::query(
+            "UPDATE transactions SET status = 'processing', updated_at = $3 WHERE tenant_id = $1 AND transaction_id = $2 \
+             AND (status = 'pending' OR (status = 'processing' AND updated_at < $4))",
+        )
+        .bind(&t.tenant_id)
+        .bind(&t.transaction_id)
+        .bind(now)
+        .bind(now - lease_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Settle a claimed transaction (confirmed / failed) and append its event to the log, in one
+    /// transaction. Returns false when it was no longer claimed (another worker settled it).
+    pub async fn settle_transaction(
+        &self,
+        t: &TransactionRow,
+        status: &str,
+        result: &Value,
+        event_id: &str,
+    ) -> Result<bool, ApiError> {
+        let (mut tx, _guard, seq) = self.begin_tenant(&t.tenant_id).await?;
+        let now = now_ms();
+        let updated = sqlx::query(
+            "UPDATE transactions SET status = $3, result = $4, updated_at = $5, \
+             callback_state = CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END \
+             WHERE tenant_id = $1 AND transaction_id = $2 AND status = 'processing'",
+        )
+        .bind(&t.tenant_id)
+        .bind(&t.transaction_id)
+        .bind(status)
+        .bind(result.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        let payload = json!({
+            "transactionId": t.transaction_id,
+            "type": t.kind,
+            "status": status,
+            "result": result,
+        });
+        let metadata = json!({ "source": "sync-server", "userId": t.user_id });
+        let seq = seq + 1;
+        insert_event(
+            &mut tx,
+            &t.tenant_id,
+            seq,
+            event_id,
+            &format!("transaction.{status}"),
+            &payload,
+            &metadata,
+            true,
+            now,
+        )
+        .await?;
+        set_seq(&mut tx, &t.tenant_id, seq).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// Transactions whose webhook is still owed.
+    pub async fn callbacks_due(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<TransactionRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "{TX_COLUMNS} WHERE callback_state = 'pending' AND callback_next_at <= $1 ORDER BY updated_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(transaction_from_row).collect()
+    }
+
+    pub async fn record_callback(
+        &self,
+        t: &TransactionRow,
+        state: &str,
+        attempts: i64,
+        next_at: i64,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE transactions SET callback_state = $3, callback_attempts = $4, callback_next_at = $5 \
+             WHERE tenant_id = $1 AND transaction_id = $2",
+        )
+        .bind(&t.tenant_id)
+        .bind(&t.transaction_id)
+        .bind(state)
+        .bind(attempts)
+        .bind(next_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Delete idempotency keys and reconcile responses older than `older_than_ms`.
+    pub async fn prune_idempotency(&self, older_than_ms: i64) -> Result<u64, ApiError> {
+        let a = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(older_than_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        let b = sqlx::query("DELETE FROM reconcile_requests WHERE created_at < $1")
+            .bind(older_than_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(a + b)
+    }
+
+    /// The raw floor for benchmarks: plain inserts of `rows` entity rows in one transaction.
+    pub async fn floor_insert(
+        &self,
+        tenant: &str,
+        rows: &[(String, Vec<u8>)],
+        base_version: i64,
+    ) -> Result<(), ApiError> {
+        let _guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for (i, (id, record)) in rows.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO entities (tenant_id, entity_type, entity_id, version, deleted, record) VALUES ($1, 'floor', $2, $3, 0, $4) \
+                 ON CONFLICT (tenant_id, entity_type, entity_id) DO UPDATE SET version = excluded.version, record = excluded.record",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(base_version + i as i64)
+            .bind(record.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+}
+
+const TX_COLUMNS: &str = "SELECT tenant_id, transaction_id, kind, body, user_id, status, result, callback_url, \
+    callback_state, callback_attempts, created_at, updated_at FROM transactions";
+
+fn transaction_from_row(r: &AnyRow) -> Result<TransactionRow, ApiError> {
+    let json = |s: String| {
+        serde_json::from_str::<Value>(&s)
+            .map_err(|e| ApiError::internal(format!("stored json: {e}")))
+    };
+    Ok(TransactionRow {
+        tenant_id: r.get(0),
+        transaction_id: r.get(1),
+        kind: r.get(2),
+        body: json(r.get(3))?,
+        user_id: r.get(4),
+        status: r.get(5),
+        result: r.get::<Option<String>, _>(6).map(json).transpose()?,
+        callback_url: r.get(7),
+        callback_state: r.get(8),
+        callback_attempts: r.get(9),
+        created_at: r.get(10),
+        updated_at: r.get(11),
+    })
+}
+
+fn conflict_from_row(r: &AnyRow) -> Result<ConflictRow, ApiError> {
+    Ok(ConflictRow {
+        conflict: serde_json::from_str(&r.get::<String, _>(0))
+            .map_err(|e| ApiError::internal(format!("stored conflict: {e}")))?,
+        status: r.get(1),
+        resolution: r.get(2),
+        resolved_by: r.get(3),
+    })
+}
+
+fn record_from_row(tenant: &str, r: &AnyRow) -> Result<EntityRecord, ApiError> {
+    let bad = |e: sdk_core::Error| ApiError::internal(format!("stored entity: {e}"));
+    let key = EntityKey::new(
+        TenantId::new(tenant).map_err(bad)?,
+        EntityType::new(r.get::<String, _>(0)).map_err(bad)?,
+        EntityId::new(r.get::<String, _>(1)).map_err(bad)?,
+    );
+    decode_record(key, &r.get::<Vec<u8>, _>(2)).map_err(bad)
+}
+
+fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, ApiError> {
+    let json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::Null);
+    let created: i64 = r.get(7);
+    Ok(StoredEvent {
+        event: WireEvent {
+            sequence: r.get::<i64, _>(0) as u64,
+            event_id: r.get(1),
+            event_type: r.get(2),
+            tenant_id: TenantId::new(tenant).map_err(|e| ApiError::internal(e.to_string()))?,
+            timestamp: sdk_core::hlc::HlcTimestamp::new(created.max(0) as u64, 0).to_string(),
+            payload: json(r.get(3)),
+            metadata: json(r.get(4)),
+            schema_version: r.get(5),
+        },
+        critical: r.get::<i64, _>(6) != 0,
+    })
+}
+
+async fn load_entity(
+    conn: &mut sqlx::AnyConnection,
+    key: &EntityKey,
+) -> Result<Option<EntityRecord>, ApiError> {
+    let row = sqlx::query(
+        "SELECT entity_type, entity_id, record FROM entities WHERE tenant_id = $1 AND entity_type = $2 AND entity_id = $3",
+    )
+    .bind(key.tenant.as_str())
+    .bind(key.entity_type.as_str())
+    .bind(key.entity_id.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    row.map(|r| record_from_row(key.tenant.as_str(), &r)).transpose()
+}
+
+async fn entities_since(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    since: u64,
+    limit: i64,
+) -> Result<(Vec<WireEntity>, bool), ApiError> {
+    let rows = sqlx::query(
+        "SELECT entity_type, entity_id, record FROM entities WHERE tenant_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+    )
+    .bind(tenant)
+    .bind(since as i64)
+    .bind(limit + 1)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let has_more = rows.len() as i64 > limit;
+    let items = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| record_from_row(tenant, r).map(|rec| WireEntity::from_record(&rec)))
+        .collect::<Result<_, _>>()?;
+    Ok((items, has_more))
+}
+
+async fn pruned_through(conn: &mut sqlx::AnyConnection, tenant: &str) -> Result<u64, ApiError> {
+    let row = sqlx::query("SELECT pruned_through FROM tenants WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(row.map(|r| r.get::<i64, _>(0) as u64).unwrap_or(0))
+}
+
+async fn set_seq(conn: &mut sqlx::AnyConnection, tenant: &str, seq: u64) -> Result<(), ApiError> {
+    sqlx::query("UPDATE tenants SET seq = $2 WHERE tenant_id = $1")
+        .bind(tenant)
+        .bind(seq as i64)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Upsert the changed entity and append its `<type>.created|updated|deleted` event.
+async fn write_change(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    change: &Change,
+    created: bool,
+    now: i64,
+) -> Result<(), ApiError> {
+    let rec = &change.record;
+    sqlx::query(
+        "INSERT INTO entities (tenant_id, entity_type, entity_id, version, deleted, record) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (tenant_id, entity_type, entity_id) DO UPDATE SET version = excluded.version, \
+         deleted = excluded.deleted, record = excluded.record",
+    )
+    .bind(tenant)
+    .bind(rec.key.entity_type.as_str())
+    .bind(rec.key.entity_id.as_str())
+    .bind(change.version as i64)
+    .bind(rec.is_deleted() as i64)
+    .bind(encode_record(rec))
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    let verb = if rec.is_deleted() {
+        "deleted"
+    } else if created {
+        "created"
+    } else {
+        "updated"
+    };
+    let payload = json!({
+        "entity": WireEntity::from_record(rec),
+        "operationId": change.operation_id.as_ref().map(OperationId::as_str),
+        "clientId": change.client_id.as_ref().map(ClientId::as_str),
+    });
+    let metadata = json!({ "source": "reconciliation" });
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let event_type = format!("{}.{verb}", rec.key.entity_type);
+    insert_event(
+        conn,
+        tenant,
+        change.version,
+        &event_id,
+        &event_type,
+        &payload,
+        &metadata,
+        false,
+        now,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_event(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    seq: u64,
+    event_id: &str,
+    event_type: &str,
+    payload: &Value,
+    metadata: &Value,
+    critical: bool,
+    now: i64,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO events (tenant_id, seq, event_id, event_type, payload, metadata, schema_version, critical, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, '1.0', $7, $8)",
+    )
+    .bind(tenant)
+    .bind(seq as i64)
+    .bind(event_id)
+    .bind(event_type)
+    .bind(payload.to_string())
+    .bind(metadata.to_string())
+    .bind(critical as i64)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+async fn insert_audit(
+    conn: &mut sqlx::AnyConnection,
+    e: &AuditEntry<'_>,
+    now: i64,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, details, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(e.tenant)
+    .bind(e.actor)
+    .bind(e.action)
+    .bind(e.target)
+    .bind(e.outcome)
+    .bind(e.details.to_string())
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
