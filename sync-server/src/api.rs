@@ -22,14 +22,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-pub(crate) fn iso_now() -> String {
+pub fn iso_now() -> String {
     HlcTimestamp::new(now_ms(), 0).to_string()
 }
 

@@ -11,7 +11,8 @@ use crate::store::{SqliteSync, Store};
 use anyhow::Context;
 use jsonwebtoken::Algorithm;
 use sdk_core::apply::ApplyEngine;
-use sdk_core::strategy::StrategyRegistry;
+use sdk_core::ids::EntityType;
+use sdk_core::strategy::{ConflictStrategy, OnOverlap, StrategyRegistry};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,6 +69,11 @@ pub struct Config {
     pub rate_reconcile: u32,
     #[arg(long, env = "PF2_RATE_TRANSACTIONS", default_value_t = 60)]
     pub rate_transactions: u32,
+    /// Conflict strategy of an entity type, repeatable: `--strategy document=manual`. Strategies:
+    /// `lww`, `field-merge` (the default for every type), `field-merge-manual`, `manual`.
+    /// Custom merge functions and CRDT mergers are registered in code (`Config::build_with`).
+    #[arg(long = "strategy", env = "PF2_STRATEGIES", value_delimiter = ',')]
+    pub strategies: Vec<String>,
     #[arg(long, env = "PF2_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
     #[arg(long, env = "PF2_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7)]
@@ -96,6 +102,7 @@ impl Config {
             rate_poll: 100_000,
             rate_reconcile: 100_000,
             rate_transactions: 100_000,
+            strategies: Vec::new(),
             event_retention_days: 7,
             idempotency_retention_days: 7,
         }
@@ -167,12 +174,32 @@ impl Config {
             .with_leeway(self.jwt_leeway))
     }
 
-    /// Connect, migrate and assemble the state.
-    pub async fn build(&self) -> anyhow::Result<AppState> {
-        self.build_with(StrategyRegistry::default()).await
+    /// The strategy registry from `--strategy` flags.
+    pub fn strategy_registry(&self) -> anyhow::Result<StrategyRegistry> {
+        let mut r = StrategyRegistry::default();
+        for spec in &self.strategies {
+            let (ty, name) = spec.split_once('=').context("a strategy is TYPE=STRATEGY")?;
+            let ty = EntityType::new(ty.trim()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let strategy = match name.trim() {
+                "lww" | "last-write-wins" => ConflictStrategy::LastWriteWins,
+                "field-merge" => ConflictStrategy::FieldMerge(OnOverlap::LastWriteWins),
+                "field-merge-manual" => ConflictStrategy::FieldMerge(OnOverlap::Manual),
+                "manual" => ConflictStrategy::Manual,
+                other => anyhow::bail!(
+                    "unknown strategy {other:?} (lww, field-merge, field-merge-manual, manual)"
+                ),
+            };
+            r.set(ty, strategy);
+        }
+        Ok(r)
     }
 
-    /// As [`Self::build`], with the entity types' conflict strategies.
+    /// Connect, migrate and assemble the state.
+    pub async fn build(&self) -> anyhow::Result<AppState> {
+        self.build_with(self.strategy_registry()?).await
+    }
+
+    /// As [`Self::build`], with a strategy registry built in code (custom merges, CRDT mergers).
     pub async fn build_with(&self, strategies: StrategyRegistry) -> anyhow::Result<AppState> {
         let store = Store::connect(&self.database_url, self.sqlite_synchronous)
             .await

@@ -11,10 +11,17 @@ const BUCKETS_MS: [f64; 10] = [1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 10
 type Key = (String, Vec<(String, String)>);
 
 #[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS_MS.len()],
+    sum_ms: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<Key, u64>>,
     gauges: Mutex<BTreeMap<Key, f64>>,
-    histograms: Mutex<BTreeMap<Key, (Vec<u64>, f64, u64)>>,
+    histograms: Mutex<BTreeMap<Key, Histogram>>,
 }
 
 fn key(name: &str, labels: &[(&str, &str)]) -> Key {
@@ -52,14 +59,14 @@ impl Metrics {
     pub fn observe(&self, name: &str, labels: &[(&str, &str)], d: Duration) {
         let ms = d.as_secs_f64() * 1000.0;
         let mut h = self.histograms.lock().expect("metrics lock");
-        let e = h.entry(key(name, labels)).or_insert_with(|| (vec![0; BUCKETS_MS.len()], 0.0, 0));
+        let e = h.entry(key(name, labels)).or_default();
         for (i, b) in BUCKETS_MS.iter().enumerate() {
             if ms <= *b {
-                e.0[i] += 1;
+                e.buckets[i] += 1;
             }
         }
-        e.1 += ms;
-        e.2 += 1;
+        e.sum_ms += ms;
+        e.count += 1;
     }
 
     pub fn render(&self) -> String {
@@ -79,7 +86,7 @@ impl Metrics {
             }
             let _ = writeln!(out, "{name}{} {v}", render_labels(labels, None));
         }
-        for ((name, labels), (buckets, sum, count)) in
+        for ((name, labels), Histogram { buckets, sum_ms: sum, count }) in
             self.histograms.lock().expect("metrics lock").iter()
         {
             if *name != last {

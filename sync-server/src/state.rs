@@ -57,6 +57,12 @@ impl Notifier {
         map.entry(tenant.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
+    /// How many long-polls are parked on `tenant` (tests wait for this instead of sleeping).
+    pub fn waiting(&self, tenant: &str) -> usize {
+        let map = self.tenants.lock().expect("notifier lock");
+        map.get(tenant).map(|tx| tx.receiver_count()).unwrap_or(0)
+    }
+
     pub fn notify(&self, tenant: &str, seq: u64) {
         let map = self.tenants.lock().expect("notifier lock");
         if let Some(tx) = map.get(tenant) {

@@ -752,18 +752,22 @@ impl Store {
         row.as_ref().map(transaction_from_row).transpose()
     }
 
-    /// Transactions to execute: pending, or claimed by a worker whose lease expired.
+    /// Transactions to execute: pending, or claimed by a worker whose lease expired. `tenant`
+    /// limits the scan to one tenant (`None`: all tenants).
     pub async fn pending_transactions(
         &self,
         now: i64,
         lease_ms: i64,
         limit: i64,
+        tenant: Option<&str>,
     ) -> Result<Vec<TransactionRow>, ApiError> {
         let rows = sqlx::query(&format!(
-            "{TX_COLUMNS} WHERE status = 'pending' OR (status = 'processing' AND updated_at < $1) ORDER BY created_at LIMIT $2"
+            "{TX_COLUMNS} WHERE (status = 'pending' OR (status = 'processing' AND updated_at < $1)) \
+             AND ($3 = '' OR tenant_id = $3) ORDER BY created_at LIMIT $2"
         ))
         .bind(now - lease_ms)
         .bind(limit)
+        .bind(tenant.unwrap_or(""))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;

@@ -55,8 +55,17 @@ pub async fn process_pending(
     state: &AppState,
     processor: &dyn TransactionProcessor,
 ) -> Result<usize, ApiError> {
+    process_pending_in(state, processor, None).await
+}
+
+/// Settle the pending transactions of one tenant (`None`: every tenant) once.
+pub async fn process_pending_in(
+    state: &AppState,
+    processor: &dyn TransactionProcessor,
+    tenant: Option<&str>,
+) -> Result<usize, ApiError> {
     const LEASE_MS: i64 = 60_000;
-    let pending = state.store.pending_transactions(now_ms() as i64, LEASE_MS, 100).await?;
+    let pending = state.store.pending_transactions(now_ms() as i64, LEASE_MS, 100, tenant).await?;
     let mut settled = 0;
     for t in pending {
         if !state.store.claim_transaction(&t, now_ms() as i64, LEASE_MS).await? {

@@ -1,0 +1,242 @@
+//! The test harness: a real server state on a real SQLite file or the real PostgreSQL, requests
+//! through the router (`tower::ServiceExt::oneshot`), tokens minted with the test secret.
+//!
+//! PostgreSQL: `PF2_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`). When
+//! it is unreachable the test fails if `PF2_REQUIRE_POSTGRES=1` (CI sets it) and otherwise says
+//! loudly that it skipped.
+
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde_json::{Value, json};
+use sync_server::auth::Claims;
+use sync_server::config::Config;
+use sync_server::state::AppState;
+use tower::ServiceExt;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct TestApp {
+    pub state: AppState,
+    pub tenant: String,
+    pub backend: Backend,
+    pub config: Config,
+    _dir: Option<std::sync::Arc<TempDir>>,
+}
+
+/// A temporary folder removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("pf2-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("PF2_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "body: {}", String::from_utf8_lossy(&self.body));
+        self
+    }
+}
+
+impl TestApp {
+    /// A fresh app on `backend`, or `None` (with a loud message) if PostgreSQL is not reachable
+    /// and not required.
+    pub async fn start(backend: Backend) -> Option<TestApp> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+        let (url, dir) = match backend {
+            Backend::Sqlite => {
+                let dir = TempDir::new();
+                (format!("sqlite://{}/pf2.db", dir.0.display()), Some(dir))
+            }
+            Backend::Postgres => (postgres_url(), None),
+        };
+        let mut config = Config::for_tests(&url);
+        tweak(&mut config);
+        let state = match config.build().await {
+            Ok(s) => s,
+            Err(e)
+                if backend == Backend::Postgres
+                    && std::env::var("PF2_REQUIRE_POSTGRES").as_deref() != Ok("1") =>
+            {
+                eprintln!(
+                    "SKIPPED (PostgreSQL test): PostgreSQL is not reachable at {url}: {e}. Set PF2_REQUIRE_POSTGRES=1 to make this fail."
+                );
+                return None;
+            }
+            Err(e) => panic!("cannot start the app on {backend:?}: {e}"),
+        };
+        let tenant = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Some(TestApp { state, tenant, backend, config, _dir: dir.map(std::sync::Arc::new) })
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.token_for(&self.tenant, user, &[])
+    }
+
+    pub fn token_for(&self, tenant: &str, user: &str, roles: &[&str]) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut c = Claims::new(tenant, user, now, 600);
+        c.roles = roles.iter().map(|r| r.to_string()).collect();
+        self.state.jwt.mint(&c).unwrap()
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Response {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(body.map(Body::from).unwrap_or_else(Body::empty)).unwrap();
+        let resp = sync_server::app(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec();
+        Response { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.send(Method::GET, path, Some(token), &[], None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.send(Method::POST, path, Some(token), &[], Some(serde_json::to_vec(body).unwrap()))
+            .await
+    }
+
+    /// A reconcile request body for `client` with `ops`.
+    pub fn reconcile_body(&self, request_id: &str, client: &str, ops: Vec<Value>) -> Value {
+        json!({
+            "requestId": request_id,
+            "clientId": client,
+            "tenantId": self.tenant,
+            "operations": ops,
+            "requestedAt": "2026-01-30T12:00:00Z",
+        })
+    }
+
+    /// A wire operation. `base` is the vector clock the operation was made against.
+    #[allow(clippy::too_many_arguments)]
+    pub fn op(
+        &self,
+        client: &str,
+        seq: u64,
+        entity_type: &str,
+        entity: &str,
+        kind: &str,
+        payload: Value,
+        millis: u64,
+        base: &Value,
+    ) -> Value {
+        let mut clock = base.as_object().cloned().unwrap_or_default();
+        clock.insert(client.into(), json!(seq));
+        json!({
+            "operationId": format!("{client}-{seq}-{}", self.tenant),
+            "clientId": client,
+            "clientSeq": seq,
+            "tenantId": self.tenant,
+            "entityType": entity_type,
+            "entityId": entity,
+            "operationType": kind,
+            "payload": payload,
+            "timestamp": sdk_core::hlc::HlcTimestamp::new(1_800_000_000_000 + millis, 0).to_string(),
+            "vectorClock": clock,
+        })
+    }
+
+    pub async fn reconcile(
+        &self,
+        token: &str,
+        request_id: &str,
+        client: &str,
+        ops: Vec<Value>,
+    ) -> Response {
+        self.post(
+            "/api/reconciliation/reconcile",
+            token,
+            &self.reconcile_body(request_id, client, ops),
+        )
+        .await
+    }
+}
+
+/// An HS256 token with an arbitrary header, signed with `secret` (for the JWT attack matrix).
+pub fn raw_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let h = B64.encode(serde_json::to_vec(header).unwrap());
+    let c = B64.encode(serde_json::to_vec(claims).unwrap());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{h}.{c}").as_bytes());
+    format!("{h}.{c}.{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+/// Generate `#[tokio::test]`s for SQLite and PostgreSQL from `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::common::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::common::Backend::Postgres).await } )*
+        }
+    };
+}
