@@ -6,17 +6,32 @@ SIM_SOAK_CASES ?= 20000
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 
-.PHONY: help run test prereqs fmt-check clippy unit wasm-build soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core test prereqs fmt-check clippy unit wasm-build soak bench fuzz fuzz-prereqs docs
 
 help:
-	@echo "make run    - the two-client offline demo of sdk-core (the server arrives with issue 3)"
+	@echo "make run    - build and start the sync server on embedded SQLite at http://127.0.0.1:3000"
 	@echo "make test   - fmt, clippy -D warnings, every test, the wasm32 build (what CI runs)"
 	@echo "make soak   - the convergence simulator at $(SIM_SOAK_CASES) cases per strategy (release)"
-	@echo "make bench  - sdk-core benchmarks (docs/benchmarks.md)"
+	@echo "make bench  - sdk-core and server benchmarks (docs/benchmarks.md)"
+	@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
 	@echo "make fuzz   - every fuzz target for $(FUZZ_SECONDS) s (nightly + cargo-fuzz, installed if missing)"
 	@echo "make docs   - rustdoc for the workspace"
 
+PF2_DATABASE_URL ?= sqlite://./data/pf2.db
+PF2_LISTEN ?= 127.0.0.1:3000
+export PF2_DATABASE_URL PF2_LISTEN
+
 run:
+	$(CARGO) build --release -p sync-server
+	@echo
+	@echo "PF-2 Sync server on http://$(PF2_LISTEN) (SQLite at $(PF2_DATABASE_URL))."
+	@echo "Get a token in another shell:"
+	@echo "  TOKEN=\$$(./target/release/sync-server token --tenant demo --user alice)"
+	@echo "Then follow the walkthrough in README.md. Ctrl-C stops the server."
+	@echo
+	./target/release/sync-server serve
+
+demo-core:
 	$(CARGO) run -q -p sdk-core --example two_clients
 
 # Installs what a fresh machine lacks, skipping what is present.
@@ -43,6 +58,7 @@ soak:
 
 bench:
 	$(CARGO) bench -p sdk-core --bench core
+	$(CARGO) bench -p sync-server --bench apply
 
 fuzz-prereqs:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

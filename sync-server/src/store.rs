@@ -323,8 +323,11 @@ impl Store {
         let ledgers_before = state.ledgers.clone();
         let outcome = engine.apply_batch(tenant, batch, &mut state).map_err(ApiError::from)?;
         let now = now_ms();
+        // An entity is created by its first change when it did not exist before the batch.
+        let mut exists = existed;
         for change in &outcome.changes {
-            write_change(&mut tx, t, change, !existed.contains(&change.record.key), now).await?;
+            let created = exists.insert(change.record.key.clone());
+            write_change(&mut tx, t, change, created, now).await?;
         }
         for (client, seq) in &state.ledgers {
             if ledgers_before.get(client) != Some(seq) {

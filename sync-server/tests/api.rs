@@ -25,6 +25,7 @@ macro_rules! app {
 on_both_backends!(
     api_md_request_is_accepted,
     replay_gives_a_byte_identical_response,
+    events_name_what_happened_to_the_entity,
     same_request_id_with_another_body_is_refused,
     a_gap_is_refused_and_heals,
     conflicts_follow_each_strategy,
@@ -103,6 +104,26 @@ async fn replay_gives_a_byte_identical_response(backend: Backend) {
         first.json()["resolvedOperations"][0]["version"]
     );
     assert_eq!(v["currentVersion"], "2", "nothing was applied twice");
+}
+
+async fn events_name_what_happened_to_the_entity(backend: Backend) {
+    // Regression: two changes to a new entity in one batch were both logged as `created`.
+    let app = app!(backend);
+    let token = app.token("u");
+    let ops = vec![
+        app.op("c1", 1, "todo", "a", "CREATE", json!({"title": "milk"}), 1, &json!({})),
+        app.op("c1", 2, "todo", "a", "UPDATE", json!({"done": true}), 2, &json!({})),
+        app.op("c1", 3, "todo", "a", "DELETE", Value::Null, 3, &json!({})),
+    ];
+    app.reconcile(&token, "r", "c1", ops).await.expect(200);
+    let events = app.get("/api/events/poll", &token).await.json();
+    let types: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["todo.created", "todo.updated", "todo.deleted"]);
 }
 
 async fn same_request_id_with_another_body_is_refused(backend: Backend) {

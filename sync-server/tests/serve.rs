@@ -1,0 +1,124 @@
+//! The server over real TCP: `serve` on port 0 with its background workers, a stock HTTP
+//! client, graceful shutdown. Plus a property test: arbitrary bytes posted to reconcile never
+//! produce a 500 and never change state.
+
+mod common;
+
+use common::{Backend, TestApp};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_over_tcp_runs_workers_and_shuts_down_gracefully() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sync_server::serve(listener, app.state.clone(), async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let health: Value =
+        http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "healthy");
+    let token = app.token("payer");
+    // A Class D transaction is confirmed by the server's own worker; the confirmation event ends
+    // a long-poll (no sleeping, no manual processing).
+    let r = http
+        .post(format!("{base}/api/transactions"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "tcp-1")
+        .json(&json!({"type": "payment.create", "payload": {"amount": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(r.headers().contains_key("x-request-id"), "every response carries a request id");
+    let id = r.json::<Value>().await.unwrap()["transactionId"].as_str().unwrap().to_string();
+    let poll: Value = http
+        .get(format!("{base}/api/events/poll?types=transaction.*&wait=20"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(poll["events"][0]["eventType"], "transaction.confirmed");
+    assert_eq!(poll["events"][0]["payload"]["transactionId"], id.as_str());
+    let status: Value = http
+        .get(format!("{base}/api/transactions/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "confirmed");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert!(http.get(format!("{base}/health")).send().await.is_err(), "the listener is closed");
+}
+
+#[test]
+fn arbitrary_reconcile_bodies_never_fail_inside_and_change_nothing_when_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(TestApp::start(Backend::Sqlite)).unwrap();
+    let token = app.token("u");
+    let tenant = app.tenant.clone();
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Default::default()
+    });
+    let strategy = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6).prop_map(move |flips| {
+            let mut b = valid_body_bytes(&tenant);
+            for (at, x) in flips {
+                let i = at % b.len();
+                b[i] = x;
+            }
+            b
+        }),
+    ];
+    runner
+        .run(&strategy, |body| {
+            rt.block_on(async {
+                let (before, _) = app.state.store.tenant_seq(&app.tenant).await.unwrap();
+                let r = app
+                    .send(
+                        axum::http::Method::POST,
+                        "/api/reconciliation/reconcile",
+                        Some(&token),
+                        &[],
+                        Some(body),
+                    )
+                    .await;
+                let code = r.status.as_u16();
+                prop_assert!(
+                    matches!(code, 200 | 400 | 403 | 413 | 422),
+                    "status {code}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
+                if code != 200 {
+                    let (after, _) = app.state.store.tenant_seq(&app.tenant).await.unwrap();
+                    prop_assert_eq!(before, after, "a refused request changed state");
+                    prop_assert!(!r.error_code().is_empty());
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+/// A valid reconcile body for `tenant`, the seed the mutations start from.
+fn valid_body_bytes(tenant: &str) -> Vec<u8> {
+    let op = json!({
+        "operationId": "op-1", "clientId": "c1", "clientSeq": 1, "tenantId": tenant,
+        "entityType": "todo", "entityId": "a", "operationType": "CREATE", "payload": {"x": 1},
+        "timestamp": "2026-01-30T12:00:00Z", "vectorClock": {"c1": 1}
+    });
+    serde_json::to_vec(&json!({"requestId": "r", "clientId": "c1", "operations": [op]})).unwrap()
+}
