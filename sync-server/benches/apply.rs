@@ -24,7 +24,9 @@ fn op(tenant: &TenantId, client: &ClientId, seq: u64, entities: u64) -> Operatio
             json!({"title": "buy milk", "done": false, "n": seq}).as_object().unwrap().clone(),
         )
     } else {
-        OperationKind::Update(json!({"done": seq % 2 == 0, "n": seq}).as_object().unwrap().clone())
+        OperationKind::Update(
+            json!({"done": seq.is_multiple_of(2), "n": seq}).as_object().unwrap().clone(),
+        )
     };
     Operation {
         id: OperationId::new(format!("op-{seq}")).unwrap(),
