@@ -277,10 +277,9 @@ impl Store {
                 }
             }
         }
-        for key in keys.iter().filter(|k| &k.tenant == tenant) {
-            if let Some(rec) = load_entity(&mut tx, key).await? {
-                state.entities.insert(key.clone(), rec);
-            }
+        let own_keys: Vec<&EntityKey> = keys.iter().filter(|k| &k.tenant == tenant).collect();
+        for rec in load_entities(&mut tx, t, &own_keys).await? {
+            state.entities.insert(rec.key.clone(), rec);
         }
         let existed: BTreeSet<EntityKey> = state.entities.keys().cloned().collect();
         for c in &clients {
@@ -296,39 +295,14 @@ impl Store {
                 state.ledgers.insert(c.clone(), row.get::<i64, _>(0) as u64);
             }
         }
-        for id in &op_ids {
-            let row = sqlx::query(
-                "SELECT client_id, client_seq, result FROM operation_results WHERE tenant_id = $1 AND operation_id = $2",
-            )
-            .bind(t)
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-            if let Some(row) = row {
-                let result: WireOpResult = serde_json::from_str(&row.get::<String, _>(2))
-                    .map_err(|e| ApiError::internal(format!("stored result: {e}")))?;
-                let client_id = ClientId::new(row.get::<String, _>(0))
-                    .map_err(|e| ApiError::internal(format!("stored client id: {e}")))?;
-                state.results.insert(
-                    id.clone(),
-                    StoredResult {
-                        client_id,
-                        client_seq: row.get::<Option<i64>, _>(1).map(|s| s as u64),
-                        outcome: result.to_outcome(),
-                    },
-                );
-            }
+        let ids: Vec<&OperationId> = op_ids.iter().collect();
+        for (id, stored) in load_results(&mut tx, t, &ids).await? {
+            state.results.insert(id, stored);
         }
         let ledgers_before = state.ledgers.clone();
         let outcome = engine.apply_batch(tenant, batch, &mut state).map_err(ApiError::from)?;
         let now = now_ms();
-        // An entity is created by its first change when it did not exist before the batch.
-        let mut exists = existed;
-        for change in &outcome.changes {
-            let created = exists.insert(change.record.key.clone());
-            write_change(&mut tx, t, change, created, now).await?;
-        }
+        write_changes(&mut tx, t, &outcome.changes, &existed, now).await?;
         for (client, seq) in &state.ledgers {
             if ledgers_before.get(client) != Some(seq) {
                 sqlx::query(
@@ -343,26 +317,20 @@ impl Store {
                 .map_err(db)?;
             }
         }
-        for r in outcome.results.iter().filter(|r| !r.duplicate) {
-            // Unrecorded refusals (gaps, reused numbers) are not stored: the engine did not record them.
-            let Some(stored) = state.results.get(&r.operation_id) else { continue };
-            if stored.client_seq != r.client_seq {
-                continue;
-            }
-            sqlx::query(
-                "INSERT INTO operation_results (tenant_id, operation_id, client_id, client_seq, result, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, operation_id) DO NOTHING",
-            )
-            .bind(t)
-            .bind(r.operation_id.as_str())
-            .bind(stored.client_id.as_str())
-            .bind(r.client_seq.map(|s| s as i64))
-            .bind(serde_json::to_string(&WireOpResult::from_result(r)).expect("serializes"))
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
+        // Unrecorded refusals (gaps, reused numbers) are not stored: the engine did not record them.
+        let fresh: Vec<(&sdk_core::apply::OpResult, &StoredResult)> = outcome
+            .results
+            .iter()
+            .filter(|r| !r.duplicate)
+            .filter_map(|r| {
+                state
+                    .results
+                    .get(&r.operation_id)
+                    .filter(|s| s.client_seq == r.client_seq)
+                    .map(|s| (r, s))
+            })
+            .collect();
+        insert_results(&mut tx, t, &fresh, now).await?;
         for c in &outcome.conflicts {
             let wire = WireConflict::from_conflict(c);
             sqlx::query(
@@ -622,7 +590,9 @@ impl Store {
         let change = decide(&row.conflict, &mut state)?;
         let now = now_ms();
         if let Some(change) = &change {
-            write_change(&mut tx, t, change, !existed, now).await?;
+            let before: BTreeSet<EntityKey> =
+                if existed { [key.clone()].into() } else { BTreeSet::new() };
+            write_changes(&mut tx, t, std::slice::from_ref(change), &before, now).await?;
             set_seq(&mut tx, t, state.version).await?;
         }
         sqlx::query(
@@ -1064,56 +1034,179 @@ async fn set_seq(conn: &mut sqlx::AnyConnection, tenant: &str, seq: u64) -> Resu
     Ok(())
 }
 
-/// Upsert the changed entity and append its `<type>.created|updated|deleted` event.
-async fn write_change(
+/// `($a, $b, …)` placeholders for `rows` rows of `cols` values, numbered from `first`.
+fn placeholders(rows: usize, cols: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> =
+                (0..cols).map(|c| format!("${}", first + r * cols + c)).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows per multi-row statement (well under SQLite's and PostgreSQL's parameter limits).
+const CHUNK: usize = 100;
+
+async fn load_entities(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
-    change: &Change,
-    created: bool,
+    keys: &[&EntityKey],
+) -> Result<Vec<EntityRecord>, ApiError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT entity_type, entity_id, record FROM entities WHERE tenant_id = $1 AND (entity_type, entity_id) IN ({})",
+            placeholders(chunk.len(), 2, 2)
+        );
+        let mut q = sqlx::query(&sql).bind(tenant);
+        for k in chunk {
+            q = q.bind(k.entity_type.as_str()).bind(k.entity_id.as_str());
+        }
+        for row in q.fetch_all(&mut *conn).await.map_err(db)? {
+            out.push(record_from_row(tenant, &row)?);
+        }
+    }
+    Ok(out)
+}
+
+async fn load_results(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    ids: &[&OperationId],
+) -> Result<Vec<(OperationId, StoredResult)>, ApiError> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT operation_id, client_id, client_seq, result FROM operation_results WHERE tenant_id = $1 AND operation_id IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(tenant);
+        for id in chunk {
+            q = q.bind(id.as_str());
+        }
+        for row in q.fetch_all(&mut *conn).await.map_err(db)? {
+            let bad = |e: String| ApiError::internal(format!("stored result: {e}"));
+            let id = OperationId::new(row.get::<String, _>(0)).map_err(|e| bad(e.to_string()))?;
+            let client_id =
+                ClientId::new(row.get::<String, _>(1)).map_err(|e| bad(e.to_string()))?;
+            let result: WireOpResult =
+                serde_json::from_str(&row.get::<String, _>(3)).map_err(|e| bad(e.to_string()))?;
+            out.push((
+                id,
+                StoredResult {
+                    client_id,
+                    client_seq: row.get::<Option<i64>, _>(2).map(|s| s as u64),
+                    outcome: result.to_outcome(),
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+async fn insert_results(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    results: &[(&sdk_core::apply::OpResult, &StoredResult)],
     now: i64,
 ) -> Result<(), ApiError> {
-    let rec = &change.record;
-    sqlx::query(
-        "INSERT INTO entities (tenant_id, entity_type, entity_id, version, deleted, record) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (tenant_id, entity_type, entity_id) DO UPDATE SET version = excluded.version, \
-         deleted = excluded.deleted, record = excluded.record",
-    )
-    .bind(tenant)
-    .bind(rec.key.entity_type.as_str())
-    .bind(rec.key.entity_id.as_str())
-    .bind(change.version as i64)
-    .bind(rec.is_deleted() as i64)
-    .bind(encode_record(rec))
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    let verb = if rec.is_deleted() {
-        "deleted"
-    } else if created {
-        "created"
-    } else {
-        "updated"
-    };
-    let payload = json!({
-        "entity": WireEntity::from_record(rec),
-        "operationId": change.operation_id.as_ref().map(OperationId::as_str),
-        "clientId": change.client_id.as_ref().map(ClientId::as_str),
-    });
-    let metadata = json!({ "source": "reconciliation" });
-    let event_id = uuid::Uuid::new_v4().to_string();
-    let event_type = format!("{}.{verb}", rec.key.entity_type);
-    insert_event(
-        conn,
-        tenant,
-        change.version,
-        &event_id,
-        &event_type,
-        &payload,
-        &metadata,
-        false,
-        now,
-    )
-    .await
+    for chunk in results.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO operation_results (tenant_id, operation_id, client_id, client_seq, result, created_at) VALUES {} \
+             ON CONFLICT (tenant_id, operation_id) DO NOTHING",
+            placeholders(chunk.len(), 6, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (r, stored) in chunk {
+            q = q
+                .bind(tenant)
+                .bind(r.operation_id.as_str())
+                .bind(stored.client_id.as_str())
+                .bind(r.client_seq.map(|s| s as i64))
+                .bind(serde_json::to_string(&WireOpResult::from_result(r)).expect("serializes"))
+                .bind(now);
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Write a batch's changes: each changed entity once with its final record, and one
+/// `<type>.created|updated|deleted` event per change (an entity is created by its first change
+/// when it did not exist before the batch).
+async fn write_changes(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    changes: &[Change],
+    existed: &BTreeSet<EntityKey>,
+    now: i64,
+) -> Result<(), ApiError> {
+    let mut latest: std::collections::BTreeMap<&EntityKey, &Change> =
+        std::collections::BTreeMap::new();
+    for c in changes {
+        latest.insert(&c.record.key, c);
+    }
+    let finals: Vec<&Change> = latest.into_values().collect();
+    for chunk in finals.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO entities (tenant_id, entity_type, entity_id, version, deleted, record) VALUES {} \
+             ON CONFLICT (tenant_id, entity_type, entity_id) DO UPDATE SET version = excluded.version, \
+             deleted = excluded.deleted, record = excluded.record",
+            placeholders(chunk.len(), 6, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for c in chunk {
+            let rec = &c.record;
+            q = q
+                .bind(tenant)
+                .bind(rec.key.entity_type.as_str())
+                .bind(rec.key.entity_id.as_str())
+                .bind(c.version as i64)
+                .bind(rec.is_deleted() as i64)
+                .bind(encode_record(rec));
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    let mut exists = existed.clone();
+    let metadata = json!({ "source": "reconciliation" }).to_string();
+    for chunk in changes.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO events (tenant_id, seq, event_id, event_type, payload, metadata, schema_version, critical, created_at) VALUES {}",
+            placeholders(chunk.len(), 9, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for c in chunk {
+            let rec = &c.record;
+            let created = exists.insert(rec.key.clone());
+            let verb = if rec.is_deleted() {
+                "deleted"
+            } else if created {
+                "created"
+            } else {
+                "updated"
+            };
+            let payload = json!({
+                "entity": WireEntity::from_record(rec),
+                "operationId": c.operation_id.as_ref().map(OperationId::as_str),
+                "clientId": c.client_id.as_ref().map(ClientId::as_str),
+            });
+            q = q
+                .bind(tenant)
+                .bind(c.version as i64)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(format!("{}.{verb}", rec.key.entity_type))
+                .bind(payload.to_string())
+                .bind(metadata.clone())
+                .bind("1.0")
+                .bind(0i64)
+                .bind(now);
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

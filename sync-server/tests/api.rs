@@ -26,6 +26,7 @@ on_both_backends!(
     api_md_request_is_accepted,
     replay_gives_a_byte_identical_response,
     events_name_what_happened_to_the_entity,
+    a_large_gap_answers_a_snapshot_signal_instead_of_a_delta,
     same_request_id_with_another_body_is_refused,
     a_gap_is_refused_and_heals,
     conflicts_follow_each_strategy,
@@ -124,6 +125,32 @@ async fn events_name_what_happened_to_the_entity(backend: Backend) {
         .map(|e| e["eventType"].as_str().unwrap())
         .collect();
     assert_eq!(types, vec!["todo.created", "todo.updated", "todo.deleted"]);
+    // The entity row holds the final state of the batch.
+    app.get("/api/reconciliation/snapshot/todo/a", &token).await.expect(404);
+    let delta = app.get("/api/reconciliation/delta?since=0", &token).await.json();
+    assert_eq!(delta["entities"][0]["deleted"], true);
+    assert_eq!(delta["entities"][0]["version"], 3);
+}
+
+async fn a_large_gap_answers_a_snapshot_signal_instead_of_a_delta(backend: Backend) {
+    let app = app!(backend, |c| c.max_delta = 3);
+    let token = app.token("u");
+    let ops: Vec<Value> = (1..=5)
+        .map(|i| {
+            app.op("c1", i, "todo", &format!("e{i}"), "CREATE", json!({"i": i}), i, &json!({}))
+        })
+        .collect();
+    app.reconcile(&token, "r1", "c1", ops).await.expect(200);
+    let mut body = app.reconcile_body("r2", "c1", vec![]);
+    body["lastKnownVersion"] = json!("1");
+    let v = app.post("/api/reconciliation/reconcile", &token, &body).await.json();
+    assert_eq!(v["snapshot"]["required"], true, "{v}");
+    assert!(v.get("deltaUpdates").is_none());
+    body["requestId"] = json!("r3");
+    body["lastKnownVersion"] = json!("3");
+    let v = app.post("/api/reconciliation/reconcile", &token, &body).await.json();
+    assert!(v.get("snapshot").is_none());
+    assert_eq!(v["deltaUpdates"].as_array().unwrap().len(), 2);
 }
 
 async fn same_request_id_with_another_body_is_refused(backend: Backend) {
