@@ -105,24 +105,7 @@ pub async fn reconcile(
             state.limits.max_batch
         )));
     }
-    let mut batch = Vec::with_capacity(req.operations.len());
-    for w in req.operations {
-        let s =
-            w.into_submitted().map_err(|e| ApiError::invalid(format!("operation header: {e}")))?;
-        let op_client = match &s {
-            Submitted::Valid(op) => &op.client_id,
-            Submitted::Invalid { client_id, .. } => client_id,
-        };
-        if op_client != &client {
-            return Err(ApiError::invalid(
-                "every operation's clientId must be the request's clientId",
-            ));
-        }
-        if let Submitted::Valid(op) = &s {
-            op.class.check_transport(sdk_core::interaction::Transport::Rest)?;
-        }
-        batch.push(s);
-    }
+    let batch = prepare_batch(req.operations, &client, sdk_core::interaction::Transport::Rest)?;
     let last_known = req.last_known_version.as_ref().and_then(parse_version);
     let request_id = req.request_id.clone();
     let tenant = auth.tenant.clone();
@@ -169,6 +152,35 @@ pub async fn reconcile(
     }
 }
 
+/// Decode a batch's operations for the apply engine: the header of each must parse (else the
+/// whole batch is invalid), each must belong to `client`, and each interaction class must be
+/// allowed on `transport` (Class D never travels realtime).
+pub fn prepare_batch(
+    operations: Vec<WireOperation>,
+    client: &ClientId,
+    transport: sdk_core::interaction::Transport,
+) -> Result<Vec<Submitted>, ApiError> {
+    let mut batch = Vec::with_capacity(operations.len());
+    for w in operations {
+        let s =
+            w.into_submitted().map_err(|e| ApiError::invalid(format!("operation header: {e}")))?;
+        let op_client = match &s {
+            Submitted::Valid(op) => &op.client_id,
+            Submitted::Invalid { client_id, .. } => client_id,
+        };
+        if op_client != client {
+            return Err(ApiError::invalid(
+                "every operation's clientId must be the request's clientId",
+            ));
+        }
+        if let Submitted::Valid(op) = &s {
+            op.class.check_transport(transport)?;
+        }
+        batch.push(s);
+    }
+    Ok(batch)
+}
+
 fn reconcile_response(request_id: &str, tenant: &str, view: ReconcileView<'_>) -> String {
     let mut body = json!({
         "requestId": request_id,
@@ -210,27 +222,12 @@ pub async fn delta(
     rate_limit(&state, &auth, "poll", state.limits.poll_rate)?;
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(500).clamp(1, 1000);
-    let t = auth.tenant.as_str();
-    let (seq, _) = state.store.tenant_seq(t).await?;
-    let client_seq = match q.client_id {
-        Some(c) => Some(
-            state
-                .store
-                .client_seq(t, &ClientId::new(c).map_err(|e| ApiError::invalid(e.to_string()))?)
-                .await?,
-        ),
-        None => None,
-    };
-    let (entities, has_more) = state.store.delta(t, since, limit).await?;
-    let version =
-        if has_more { entities.last().map(|e| e.version).unwrap_or(since) } else { seq.max(since) };
-    let frame = sdk_core::protocol::ServerFrame::Delta {
-        since,
-        version,
-        entities,
-        has_more,
-        client_seq: if has_more { None } else { client_seq },
-    };
+    let client =
+        q.client_id.map(ClientId::new).transpose().map_err(|e| ApiError::invalid(e.to_string()))?;
+    let (entities, has_more, version, client_seq) =
+        state.store.pull(auth.tenant.as_str(), since, limit, client.as_ref()).await?;
+    let frame =
+        sdk_core::protocol::ServerFrame::Delta { since, version, entities, has_more, client_seq };
     Ok(Json(frame).into_response())
 }
 

@@ -74,6 +74,17 @@ pub struct Config {
     /// Custom merge functions and CRDT mergers are registered in code (`Config::build_with`).
     #[arg(long = "strategy", env = "PF2_STRATEGIES", value_delimiter = ',')]
     pub strategies: Vec<String>,
+    /// Browser origins allowed to open WebSockets (repeatable; `*`, exact, or `http://host:*`).
+    /// Default: localhost and 127.0.0.1 on any port.
+    #[arg(long = "ws-allowed-origin", env = "PF2_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub ws_allowed_origins: Vec<String>,
+    #[arg(long, env = "PF2_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub ws_max_connections: usize,
+    /// Messages per minute per WebSocket connection (api.md: 100).
+    #[arg(long, env = "PF2_WS_RATE", default_value_t = 100)]
+    pub ws_rate: u32,
+    #[arg(long, env = "PF2_WS_SEND_BUFFER", default_value_t = 256)]
+    pub ws_send_buffer: usize,
     #[arg(long, env = "PF2_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
     #[arg(long, env = "PF2_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7)]
@@ -103,6 +114,10 @@ impl Config {
             rate_reconcile: 100_000,
             rate_transactions: 100_000,
             strategies: Vec::new(),
+            ws_allowed_origins: Vec::new(),
+            ws_max_connections: 10_000,
+            ws_rate: 100_000,
+            ws_send_buffer: 256,
             event_retention_days: 7,
             idempotency_retention_days: 7,
         }
@@ -123,7 +138,7 @@ impl Config {
     }
 
     pub fn limits(&self) -> Limits {
-        Limits {
+        let mut limits = Limits {
             max_body_bytes: self.max_body_bytes,
             max_batch: self.max_batch,
             max_delta: self.max_delta,
@@ -134,8 +149,15 @@ impl Config {
             idempotency_retention: Duration::from_secs(
                 self.idempotency_retention_days.max(7) * 86_400,
             ),
+            ws_max_connections: self.ws_max_connections,
+            ws_rate: Rate::per_minute(self.ws_rate),
+            ws_send_buffer: self.ws_send_buffer,
             ..Limits::default()
+        };
+        if !self.ws_allowed_origins.is_empty() {
+            limits.ws_allowed_origins = self.ws_allowed_origins.clone();
         }
+        limits
     }
 
     pub fn jwt(&self) -> anyhow::Result<JwtConfig> {

@@ -25,7 +25,13 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 "latency": latency,
                 "lastCheck": now,
             },
-            "websocket": { "status": "healthy", "activeConnections": 0, "lastCheck": now },
+                        "websocket": {
+                "status": "healthy",
+                "activeConnections": state.hub.connections(),
+                "rooms": state.hub.rooms(),
+                "presenceEntries": state.hub.presence_entries(),
+                "lastCheck": now,
+            },
             "eventbus": {
                 "status": service(db_ok),
                 "eventsPerSecond": 0,
@@ -86,7 +92,8 @@ pub fn openapi_document() -> Value {
             "/api/events/poll": { "get": op("Long-poll the tenant's event log", "events", true) },
             "/api/transactions": { "post": op("Create a Class D transaction (Idempotency-Key required); 202", "transactions", true) },
             "/api/transactions/{transactionId}": { "get": op("A transaction's status", "transactions", true) },
-            "/api/audit": { "get": op("The tenant's audit log (admin)", "audit", true) },
+                        "/api/audit": { "get": op("The tenant's audit log (admin)", "audit", true) },
+            "/v1/ws": { "get": op("The native WebSocket protocol (docs/protocol.md); token by ?token= or the first frame", "realtime", false) },
             "/health": { "get": op("Health per service", "operations", false) },
             "/metrics": { "get": op("Prometheus metrics", "operations", false) },
             "/openapi.json": { "get": op("This document", "operations", false) }

@@ -16,7 +16,8 @@
 //! | [`api`] | the REST handlers |
 //! | [`http`] | health, metrics, OpenAPI |
 //! | [`store`] | all SQL (SQLite and PostgreSQL) |
-//! | [`workers`] | transaction processing, webhooks, retention |
+//! | [`realtime`] | the realtime hub and the native WebSocket endpoint `/v1/ws` |
+//! | [`workers`] | transaction processing, webhooks, retention, presence sweeps |
 //! | [`extract`], [`error`], [`ratelimit`], [`metrics`] | HTTP plumbing |
 //!
 //! ## Example
@@ -39,6 +40,8 @@ pub mod extract;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;
+pub mod realtime;
+
 pub mod state;
 pub mod store;
 pub mod workers;
@@ -70,7 +73,8 @@ pub fn app(state: AppState) -> Router {
         .route("/api/events/poll", get(api::poll))
         .route("/api/transactions", post(api::create_transaction))
         .route("/api/transactions/{transaction_id}", get(api::get_transaction))
-        .route("/api/audit", get(api::audit))
+                .route("/api/audit", get(api::audit))
+        .route("/v1/ws", get(realtime::native::upgrade))
         .route("/health", get(http::health))
         .route("/metrics", get(http::metrics))
         .route("/openapi.json", get(http::openapi))

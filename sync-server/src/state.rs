@@ -25,6 +25,18 @@ pub struct Limits {
     pub idempotency_retention: Duration,
     pub webhook_max_attempts: i64,
     pub webhook_base_delay: Duration,
+    /// Browser origins allowed to open a socket (`*`, exact, or `scheme://host:*`).
+    pub ws_allowed_origins: Vec<String>,
+    pub ws_max_connections: usize,
+    /// Largest WebSocket message; larger ones close the connection with 1009.
+    pub ws_frame_bytes: usize,
+    /// Messages per connection (api.md: 100 a minute).
+    pub ws_rate: Rate,
+    /// Frames buffered per connection before it counts as a slow consumer.
+    pub ws_send_buffer: usize,
+    pub ws_heartbeat: Duration,
+    /// Silence after which a connection is dead (and its presence with it).
+    pub ws_stale: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +53,18 @@ impl Default for Limits {
             idempotency_retention: Duration::from_secs(7 * 24 * 3600),
             webhook_max_attempts: 8,
             webhook_base_delay: Duration::from_secs(1),
+            ws_allowed_origins: vec![
+                "http://localhost:*".into(),
+                "https://localhost:*".into(),
+                "http://127.0.0.1:*".into(),
+                "https://127.0.0.1:*".into(),
+            ],
+            ws_max_connections: 10_000,
+            ws_frame_bytes: sdk_core::protocol::DEFAULT_MAX_FRAME,
+            ws_rate: Rate::per_minute(100),
+            ws_send_buffer: 256,
+            ws_heartbeat: Duration::from_secs(30),
+            ws_stale: Duration::from_secs(90),
         }
     }
 }
@@ -88,6 +112,7 @@ pub struct AppState {
     pub rate: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
     pub transactions: Wakeup,
+    pub hub: Arc<crate::realtime::hub::Hub>,
     pub webhook_secret: Arc<Vec<u8>>,
     pub http: reqwest::Client,
 }
@@ -100,14 +125,18 @@ impl AppState {
         limits: Limits,
         webhook_secret: Vec<u8>,
     ) -> Self {
+        let metrics: Arc<Metrics> = Arc::default();
+        let hub =
+            crate::realtime::hub::Hub::new(metrics.clone(), limits.ws_send_buffer, limits.ws_stale);
         Self {
+            hub: Arc::new(hub),
             store: Arc::new(store),
             engine: Arc::new(engine),
             jwt: Arc::new(jwt),
             limits: Arc::new(limits),
             notifier: Arc::default(),
             rate: Arc::default(),
-            metrics: Arc::default(),
+            metrics,
             transactions: Arc::default(),
             webhook_secret: Arc::new(webhook_secret),
             http: reqwest::Client::builder()

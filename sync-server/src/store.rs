@@ -395,6 +395,32 @@ impl Store {
         entities_since(&mut conn, tenant, since, limit).await
     }
 
+    /// A pull: entities changed after `since` (at most `limit`), the version to continue from,
+    /// and — on the last page — the last `clientSeq` of `client` that the state includes. The
+    /// sequence numbers are read before the entities, so a batch committing in between can only
+    /// make the confirmation conservative (the client keeps an operation a little longer), never
+    /// early.
+    pub async fn pull(
+        &self,
+        tenant: &str,
+        since: u64,
+        limit: i64,
+        client: Option<&ClientId>,
+    ) -> Result<(Vec<WireEntity>, bool, u64, Option<u64>), ApiError> {
+        let client_seq = match client {
+            Some(c) => Some(self.client_seq(tenant, c).await?),
+            None => None,
+        };
+        let (seq, _) = self.tenant_seq(tenant).await?;
+        let (entities, has_more) = self.delta(tenant, since, limit).await?;
+        let version = if has_more {
+            entities.last().map(|e| e.version).unwrap_or(since)
+        } else {
+            seq.max(since)
+        };
+        Ok((entities, has_more, version, if has_more { None } else { client_seq }))
+    }
+
     /// The last applied `clientSeq` of a client (0 if none).
     pub async fn client_seq(&self, tenant: &str, client: &ClientId) -> Result<u64, ApiError> {
         let row = sqlx::query(

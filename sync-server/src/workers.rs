@@ -161,12 +161,14 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
+    let mut sweep_tick = tokio::time::interval(Duration::from_secs(5));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = state.transactions.notified() => {}
-            _ = tick.tick() => {}
+                        _ = tick.tick() => {}
+            _ = sweep_tick.tick() => state.hub.sweep(),
             _ = retention_tick.tick() => {
                 match retention(&state).await {
                     Ok((events, keys)) => tracing::info!(events, keys, "retention pass"),

@@ -1,0 +1,537 @@
+//! The realtime hub: who is connected, which rooms each client is in, presence, and fan-out.
+//! Shared by every realtime endpoint (native WebSocket now, Socket.IO next).
+//!
+//! - Every key is tenant-scoped `(tenant, id)`: no frame can reach another tenant's room or user.
+//! - Room membership belongs to the **client id**, not the connection, so it survives reconnects;
+//!   a client's memberships are forgotten `membership_ttl` after its last connection closed.
+//! - Each connection has a bounded outbound buffer. Fan-out uses `try_send`: when a buffer is full
+//!   the connection is a slow consumer and is disconnected; memory never grows without bound.
+//! - Presence (Class A) lives only in memory with a TTL and disappears with the connection.
+
+use crate::metrics::Metrics;
+use sdk_core::ids::{ClientId, RoomId, TenantId, UserId};
+use sdk_core::protocol::{PresenceStatus, ServerFrame};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// The hub's handle on one connection.
+#[derive(Debug)]
+struct Conn {
+    tenant: TenantId,
+    user: UserId,
+    client: ClientId,
+    tx: mpsc::Sender<ServerFrame>,
+    kill: watch::Sender<bool>,
+}
+
+#[derive(Debug, Clone)]
+struct Presence {
+    user: UserId,
+    status: PresenceStatus,
+    metadata: Option<Value>,
+    expires: Instant,
+}
+
+type Scoped = (TenantId, String);
+
+#[derive(Debug, Default)]
+struct Inner {
+    conns: HashMap<u64, Conn>,
+    by_tenant: HashMap<TenantId, HashSet<u64>>,
+    by_user: HashMap<Scoped, HashSet<u64>>,
+    by_client: HashMap<Scoped, HashSet<u64>>,
+    rooms: HashMap<Scoped, HashSet<ClientId>>,
+    client_rooms: HashMap<Scoped, HashSet<RoomId>>,
+    /// Clients with memberships but no connection, and since when.
+    idle_since: HashMap<Scoped, Instant>,
+    presence: HashMap<Scoped, Presence>,
+}
+
+/// What a new connection gets from the hub.
+#[derive(Debug)]
+pub struct Registration {
+    pub id: u64,
+    /// The connection's outbound buffer (the session sends its own replies through `tx`).
+    pub tx: mpsc::Sender<ServerFrame>,
+    pub rx: mpsc::Receiver<ServerFrame>,
+    /// Becomes `true` when the hub disconnects a slow consumer.
+    pub kill: watch::Receiver<bool>,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+    send_buffer: usize,
+    presence_ttl: Duration,
+    membership_ttl: Duration,
+}
+
+fn scoped(tenant: &TenantId, id: &str) -> Scoped {
+    (tenant.clone(), id.to_string())
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>, send_buffer: usize, presence_ttl: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            metrics,
+            send_buffer: send_buffer.max(1),
+            presence_ttl,
+            membership_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("hub lock")
+    }
+
+    pub fn connections(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    pub fn rooms(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    pub fn presence_entries(&self) -> usize {
+        self.lock().presence.len()
+    }
+
+    fn gauges(&self, inner: &Inner) {
+        self.metrics.set_gauge("pf2_ws_active_connections", &[], inner.conns.len() as f64);
+        self.metrics.set_gauge("pf2_ws_rooms", &[], inner.rooms.len() as f64);
+        self.metrics.set_gauge("pf2_ws_presence_entries", &[], inner.presence.len() as f64);
+    }
+
+    pub fn register(&self, tenant: &TenantId, user: &UserId, client: &ClientId) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.send_buffer);
+        let (kill_tx, kill) = watch::channel(false);
+        let mut inner = self.lock();
+        inner.conns.insert(
+            id,
+            Conn {
+                tenant: tenant.clone(),
+                user: user.clone(),
+                client: client.clone(),
+                tx: tx.clone(),
+                kill: kill_tx,
+            },
+        );
+        inner.by_tenant.entry(tenant.clone()).or_default().insert(id);
+        inner.by_user.entry(scoped(tenant, user.as_str())).or_default().insert(id);
+        inner.by_client.entry(scoped(tenant, client.as_str())).or_default().insert(id);
+        inner.idle_since.remove(&scoped(tenant, client.as_str()));
+        self.prune(&mut inner, Instant::now());
+        self.gauges(&inner);
+        Registration { id, tx, rx, kill }
+    }
+
+    /// Remove a connection; its presence goes offline when it was the client's last connection.
+    pub fn unregister(&self, id: u64) {
+        let offline = {
+            let mut inner = self.lock();
+            let Some(conn) = inner.conns.remove(&id) else { return };
+            if let Some(set) = inner.by_tenant.get_mut(&conn.tenant) {
+                set.remove(&id);
+                if set.is_empty() {
+                    inner.by_tenant.remove(&conn.tenant);
+                }
+            }
+            let user_key = scoped(&conn.tenant, conn.user.as_str());
+            let client_key = scoped(&conn.tenant, conn.client.as_str());
+            if let Some(set) = inner.by_user.get_mut(&user_key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    inner.by_user.remove(&user_key);
+                }
+            }
+            let last = match inner.by_client.get_mut(&client_key) {
+                Some(set) => {
+                    set.remove(&id);
+                    set.is_empty()
+                }
+                None => true,
+            };
+            let offline = if last {
+                inner.by_client.remove(&client_key);
+                if inner.client_rooms.contains_key(&client_key) {
+                    inner.idle_since.insert(client_key.clone(), Instant::now());
+                }
+                inner
+                    .presence
+                    .remove(&client_key)
+                    .map(|p| (conn.tenant.clone(), conn.client.clone(), p))
+            } else {
+                None
+            };
+            self.gauges(&inner);
+            offline
+        };
+        if let Some((tenant, client, p)) = offline {
+            self.broadcast_presence(&tenant, &client, &p.user, PresenceStatus::Offline, None);
+        }
+    }
+
+    /// Queue a frame for one connection; a full buffer marks it a slow consumer and kills it.
+    fn offer(&self, conn: &Conn, frame: ServerFrame) -> bool {
+        match conn.tx.try_send(frame) {
+            Ok(()) => {
+                self.metrics.inc("pf2_ws_messages_out_total", &[]);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !conn.kill.send_replace(true) {
+                    self.metrics.inc("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]);
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Join `room`; returns whether the client was not yet a member.
+    pub fn join(&self, tenant: &TenantId, client: &ClientId, room: &RoomId) -> bool {
+        let mut inner = self.lock();
+        let added =
+            inner.rooms.entry(scoped(tenant, room.as_str())).or_default().insert(client.clone());
+        inner.client_rooms.entry(scoped(tenant, client.as_str())).or_default().insert(room.clone());
+        self.gauges(&inner);
+        added
+    }
+
+    pub fn leave(&self, tenant: &TenantId, client: &ClientId, room: &RoomId) -> bool {
+        let mut inner = self.lock();
+        let key = scoped(tenant, room.as_str());
+        let removed = inner.rooms.get_mut(&key).is_some_and(|m| m.remove(client));
+        if inner.rooms.get(&key).is_some_and(HashSet::is_empty) {
+            inner.rooms.remove(&key);
+        }
+        let ckey = scoped(tenant, client.as_str());
+        if let Some(rs) = inner.client_rooms.get_mut(&ckey) {
+            rs.remove(room);
+            if rs.is_empty() {
+                inner.client_rooms.remove(&ckey);
+            }
+        }
+        self.gauges(&inner);
+        removed
+    }
+
+    pub fn is_member(&self, tenant: &TenantId, client: &ClientId, room: &RoomId) -> bool {
+        self.lock().rooms.get(&scoped(tenant, room.as_str())).is_some_and(|m| m.contains(client))
+    }
+
+    pub fn rooms_of(&self, tenant: &TenantId, client: &ClientId) -> Vec<RoomId> {
+        let inner = self.lock();
+        let mut rooms: Vec<RoomId> = inner
+            .client_rooms
+            .get(&scoped(tenant, client.as_str()))
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// Send to every connection of every member of `room` except the `skip` connection.
+    /// Returns how many connections were offered the frame.
+    pub fn to_room(
+        &self,
+        tenant: &TenantId,
+        room: &RoomId,
+        frame: &ServerFrame,
+        skip: Option<u64>,
+    ) -> usize {
+        let inner = self.lock();
+        let Some(members) = inner.rooms.get(&scoped(tenant, room.as_str())) else { return 0 };
+        let mut n = 0;
+        for client in members {
+            for id in inner.by_client.get(&scoped(tenant, client.as_str())).into_iter().flatten() {
+                if Some(*id) != skip
+                    && let Some(conn) = inner.conns.get(id)
+                {
+                    n += self.offer(conn, frame.clone()) as usize;
+                }
+            }
+        }
+        n
+    }
+
+    /// Send to every connection of `tenant` (pokes).
+    pub fn to_tenant(&self, tenant: &TenantId, frame: &ServerFrame) -> usize {
+        let inner = self.lock();
+        let mut n = 0;
+        for id in inner.by_tenant.get(tenant).into_iter().flatten() {
+            if let Some(conn) = inner.conns.get(id) {
+                n += self.offer(conn, frame.clone()) as usize;
+            }
+        }
+        n
+    }
+
+    /// Send to every connection of `user` in `tenant`.
+    pub fn to_user(&self, tenant: &TenantId, user: &UserId, frame: &ServerFrame) -> usize {
+        let inner = self.lock();
+        let mut n = 0;
+        for id in inner.by_user.get(&scoped(tenant, user.as_str())).into_iter().flatten() {
+            if let Some(conn) = inner.conns.get(id) {
+                n += self.offer(conn, frame.clone()) as usize;
+            }
+        }
+        n
+    }
+
+    /// Set a client's presence and tell the members of its rooms (or of `room` only).
+    pub fn set_presence(
+        &self,
+        tenant: &TenantId,
+        client: &ClientId,
+        user: &UserId,
+        status: PresenceStatus,
+        metadata: Option<Value>,
+    ) {
+        {
+            let mut inner = self.lock();
+            let key = scoped(tenant, client.as_str());
+            if status == PresenceStatus::Offline {
+                inner.presence.remove(&key);
+            } else {
+                inner.presence.insert(
+                    key,
+                    Presence {
+                        user: user.clone(),
+                        status,
+                        metadata: metadata.clone(),
+                        expires: Instant::now() + self.presence_ttl,
+                    },
+                );
+            }
+            self.gauges(&inner);
+        }
+        self.broadcast_presence(tenant, client, user, status, metadata);
+    }
+
+    /// Keep a client's presence alive (any frame from it counts).
+    pub fn touch(&self, tenant: &TenantId, client: &ClientId) {
+        let mut inner = self.lock();
+        if let Some(p) = inner.presence.get_mut(&scoped(tenant, client.as_str())) {
+            p.expires = Instant::now() + self.presence_ttl;
+        }
+    }
+
+    fn broadcast_presence(
+        &self,
+        tenant: &TenantId,
+        client: &ClientId,
+        user: &UserId,
+        status: PresenceStatus,
+        metadata: Option<Value>,
+    ) {
+        let ttl_ms = Some(self.presence_ttl.as_millis() as u64);
+        for room in self.rooms_of(tenant, client) {
+            let frame = ServerFrame::Presence {
+                user_id: user.clone(),
+                client_id: client.clone(),
+                status,
+                metadata: metadata.clone(),
+                room_id: Some(room.clone()),
+                ttl_ms,
+            };
+            self.to_room(tenant, &room, &frame, None);
+        }
+    }
+
+    /// Presence entries in `room`, as frames (what a joiner is told).
+    pub fn presence_in(&self, tenant: &TenantId, room: &RoomId) -> Vec<ServerFrame> {
+        let inner = self.lock();
+        let now = Instant::now();
+        let Some(members) = inner.rooms.get(&scoped(tenant, room.as_str())) else {
+            return Vec::new();
+        };
+        let mut frames: Vec<ServerFrame> = members
+            .iter()
+            .filter_map(|c| {
+                inner
+                    .presence
+                    .get(&scoped(tenant, c.as_str()))
+                    .filter(|p| p.expires > now)
+                    .map(|p| (c, p))
+            })
+            .map(|(c, p)| ServerFrame::Presence {
+                user_id: p.user.clone(),
+                client_id: c.clone(),
+                status: p.status,
+                metadata: p.metadata.clone(),
+                room_id: Some(room.clone()),
+                ttl_ms: Some(p.expires.saturating_duration_since(now).as_millis() as u64),
+            })
+            .collect();
+        frames.sort_by_key(|f| format!("{f:?}"));
+        frames
+    }
+
+    /// Drop expired presence (announcing it offline) and memberships of long-gone clients.
+    pub fn sweep(&self) {
+        let expired: Vec<(TenantId, ClientId, UserId)> = {
+            let mut inner = self.lock();
+            let now = Instant::now();
+            let gone: Vec<Scoped> = inner
+                .presence
+                .iter()
+                .filter(|(_, p)| p.expires <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut out = Vec::new();
+            for k in gone {
+                if let (Some(p), Ok(client)) =
+                    (inner.presence.remove(&k), ClientId::new(k.1.clone()))
+                {
+                    out.push((k.0.clone(), client, p.user));
+                }
+            }
+            self.prune(&mut inner, now);
+            self.gauges(&inner);
+            out
+        };
+        for (tenant, client, user) in expired {
+            self.broadcast_presence(&tenant, &client, &user, PresenceStatus::Offline, None);
+        }
+    }
+
+    fn prune(&self, inner: &mut Inner, now: Instant) {
+        let stale: Vec<Scoped> = inner
+            .idle_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) > self.membership_ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            inner.idle_since.remove(&key);
+            let Ok(client) = ClientId::new(key.1.clone()) else { continue };
+            for room in inner.client_rooms.remove(&key).into_iter().flatten() {
+                let rkey = scoped(&key.0, room.as_str());
+                if let Some(m) = inner.rooms.get_mut(&rkey) {
+                    m.remove(&client);
+                    if m.is_empty() {
+                        inner.rooms.remove(&rkey);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(t: &str, u: &str, c: &str) -> (TenantId, UserId, ClientId) {
+        (TenantId::new(t).unwrap(), UserId::new(u).unwrap(), ClientId::new(c).unwrap())
+    }
+
+    fn pong() -> ServerFrame {
+        ServerFrame::Pong { nonce: 1 }
+    }
+
+    #[test]
+    fn rooms_are_tenant_scoped_and_membership_survives_reconnects() {
+        let hub = Hub::new(Arc::default(), 8, Duration::from_secs(90));
+        let room = RoomId::new("r").unwrap();
+        let (t1, u1, c1) = ids("t1", "u1", "c1");
+        let (t2, u2, c2) = ids("t2", "u2", "c2");
+        let mut a = hub.register(&t1, &u1, &c1);
+        let mut b = hub.register(&t2, &u2, &c2);
+        hub.join(&t1, &c1, &room);
+        hub.join(&t2, &c2, &room);
+        assert_eq!(
+            hub.to_room(&t1, &room, &pong(), None),
+            1,
+            "same room name, other tenant: not reached"
+        );
+        assert!(a.rx.try_recv().is_ok());
+        assert!(b.rx.try_recv().is_err());
+        hub.unregister(a.id);
+        let mut again = hub.register(&t1, &u1, &c1);
+        assert!(hub.is_member(&t1, &c1, &room), "membership belongs to the client id");
+        assert_eq!(hub.to_room(&t1, &room, &pong(), None), 1);
+        assert!(again.rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn direct_messages_reach_every_connection_of_the_user() {
+        let hub = Hub::new(Arc::default(), 8, Duration::from_secs(90));
+        let (t, u, c) = ids("t", "u", "phone");
+        let laptop = ClientId::new("laptop").unwrap();
+        let mut a = hub.register(&t, &u, &c);
+        let mut b = hub.register(&t, &u, &laptop);
+        assert_eq!(hub.to_user(&t, &u, &pong()), 2);
+        assert!(a.rx.try_recv().is_ok() && b.rx.try_recv().is_ok());
+        assert_eq!(hub.to_user(&TenantId::new("other").unwrap(), &u, &pong()), 0);
+    }
+
+    #[test]
+    fn a_full_buffer_kills_the_slow_consumer_once() {
+        let metrics: Arc<Metrics> = Arc::default();
+        let hub = Hub::new(metrics.clone(), 2, Duration::from_secs(90));
+        let (t, u, c) = ids("t", "u", "c");
+        let reg = hub.register(&t, &u, &c);
+        for _ in 0..5 {
+            hub.to_user(&t, &u, &pong());
+        }
+        assert!(*reg.kill.borrow());
+        assert_eq!(metrics.counter("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]), 1);
+    }
+
+    #[test]
+    fn presence_is_broadcast_to_rooms_and_goes_offline_with_the_last_connection() {
+        let hub = Hub::new(Arc::default(), 16, Duration::from_secs(90));
+        let room = RoomId::new("r").unwrap();
+        let (t, u1, c1) = ids("t", "u1", "c1");
+        let (_, u2, c2) = ids("t", "u2", "c2");
+        let a = hub.register(&t, &u1, &c1);
+        let mut b = hub.register(&t, &u2, &c2);
+        hub.join(&t, &c1, &room);
+        hub.join(&t, &c2, &room);
+        hub.set_presence(&t, &c1, &u1, PresenceStatus::Away, None);
+        assert!(matches!(
+            b.rx.try_recv(),
+            Ok(ServerFrame::Presence { status: PresenceStatus::Away, .. })
+        ));
+        assert_eq!(hub.presence_in(&t, &room).len(), 1);
+        hub.unregister(a.id);
+        assert!(matches!(
+            b.rx.try_recv(),
+            Ok(ServerFrame::Presence { status: PresenceStatus::Offline, .. })
+        ));
+        assert_eq!(hub.presence_entries(), 0);
+    }
+
+    #[test]
+    fn expired_presence_is_swept_and_announced() {
+        let hub = Hub::new(Arc::default(), 16, Duration::ZERO);
+        let room = RoomId::new("r").unwrap();
+        let (t, u1, c1) = ids("t", "u1", "c1");
+        let (_, u2, c2) = ids("t", "u2", "c2");
+        let _a = hub.register(&t, &u1, &c1);
+        let mut b = hub.register(&t, &u2, &c2);
+        hub.join(&t, &c1, &room);
+        hub.join(&t, &c2, &room);
+        hub.set_presence(&t, &c1, &u1, PresenceStatus::Online, None);
+        let _ = b.rx.try_recv();
+        hub.sweep();
+        assert_eq!(hub.presence_entries(), 0);
+        assert!(matches!(
+            b.rx.try_recv(),
+            Ok(ServerFrame::Presence { status: PresenceStatus::Offline, .. })
+        ));
+    }
+}

@@ -1,0 +1,808 @@
+//! `GET /v1/ws`: the native WebSocket endpoint, speaking sdk-core's protocol (docs/protocol.md).
+//!
+//! One connection = one reader loop (this module's `Session`) and one writer task. The writer
+//! drains two bounded queues: the connection's own buffer (replies and hub fan-out; fan-out never
+//! waits, a full buffer disconnects the slow consumer) and the event stream (Class B, which waits:
+//! replay is paced by the client's reading speed). Nothing is unbounded.
+
+use crate::api::{iso_now, prepare_batch};
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::ratelimit::Rate;
+use crate::realtime::origin_allowed;
+use crate::state::AppState;
+use crate::store::AuditEntry;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use sdk_core::ErrorCode;
+use sdk_core::ids::{ClientId, TenantId};
+use sdk_core::interaction::{InteractionClass, Transport};
+use sdk_core::protocol::{
+    ClientFrame, Codec, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, ServerFrame, WireConflict,
+    WireOpResult,
+};
+use sdk_core::snapshot::{canonical_json, checksum, chunk};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant as TokioInstant;
+
+/// Close codes.
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
+/// Authentication failed or the token expired (4000–4999 are the application's).
+pub const CLOSE_AUTH: u16 = 4401;
+
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages over the rate limit tolerated (each answered with a warning) before disconnecting.
+const RATE_GRACE: u32 = 10;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WsQuery {
+    token: Option<String>,
+    client_id: Option<String>,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let ip = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let origin = header(&headers, "origin");
+    if !origin_allowed(&state.limits.ws_allowed_origins, origin) {
+        state.metrics.inc("pf2_ws_refused_total", &[("reason", "origin")]);
+        let _ = state
+            .store
+            .audit(&AuditEntry {
+                tenant: "-",
+                actor: "-",
+                action: "ws.refused",
+                target: "/v1/ws",
+                outcome: "origin",
+                details: json!({ "origin": origin, "ip": ip }),
+            })
+            .await;
+        return ApiError::new(ErrorCode::AuthzFailed, "this origin may not open a socket")
+            .into_response();
+    }
+    if state.hub.connections() >= state.limits.ws_max_connections {
+        state.metrics.inc("pf2_ws_refused_total", &[("reason", "capacity")]);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "5")],
+            "connection limit reached",
+        )
+            .into_response();
+    }
+    let offered: Vec<&str> = header(&headers, "sec-websocket-protocol")
+        .map(|v| v.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let codec =
+        if offered.contains(&MSGPACK_SUBPROTOCOL) { Codec::MessagePack } else { Codec::Json };
+    let limit = state.limits.ws_frame_bytes;
+    let meta =
+        Meta { ip, user_agent: header(&headers, "user-agent").unwrap_or_default().to_string() };
+    ws.protocols([MSGPACK_SUBPROTOCOL, JSON_SUBPROTOCOL])
+        // The library refuses frames far over the limit; the session enforces the limit exactly
+        // and closes with 1009.
+        .max_message_size(limit * 2)
+        .max_frame_size(limit * 2)
+        .on_upgrade(move |socket| run(socket, state, codec, q, meta))
+}
+
+#[derive(Debug, Clone)]
+struct Meta {
+    ip: String,
+    user_agent: String,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+struct Closing {
+    code: u16,
+    reason: &'static str,
+}
+
+fn closing(code: u16, reason: &'static str) -> Closing {
+    Closing { code, reason }
+}
+
+fn encode(codec: Codec, frame: &ServerFrame) -> Message {
+    let bytes = codec.encode(frame);
+    match codec {
+        Codec::Json => Message::Text(String::from_utf8(bytes).expect("JSON is UTF-8").into()),
+        Codec::MessagePack => Message::Binary(bytes.into()),
+    }
+}
+
+fn close_message(c: &Closing) -> Message {
+    Message::Close(Some(CloseFrame { code: c.code, reason: c.reason.into() }))
+}
+
+async fn audit(
+    state: &AppState,
+    tenant: &str,
+    actor: &str,
+    action: &str,
+    outcome: &str,
+    details: Value,
+) {
+    let entry = AuditEntry { tenant, actor, action, target: "/v1/ws", outcome, details };
+    if let Err(e) = state.store.audit(&entry).await {
+        tracing::warn!(error = %e, "audit write failed");
+    }
+}
+
+async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta: Meta) {
+    let (mut sink, mut stream) = socket.split();
+    let (identity, client) = match authenticate(&mut stream, &state, codec, q).await {
+        Ok(ok) => ok,
+        Err((e, reason)) => {
+            state.metrics.inc("pf2_ws_auth_failures_total", &[]);
+            audit(
+                &state,
+                "-",
+                "-",
+                "ws.auth_failed",
+                "denied",
+                json!({ "ip": meta.ip, "userAgent": meta.user_agent, "reason": e.message }),
+            )
+            .await;
+            let frame = ServerFrame::error(e.code, e.message, None);
+            let _ = sink.send(encode(codec, &frame)).await;
+            let _ = sink.send(close_message(&closing(CLOSE_AUTH, reason))).await;
+            return;
+        }
+    };
+    let tenant = identity.tenant.clone();
+    let reg = state.hub.register(&tenant, &identity.user, &client);
+    let conn_id = reg.id;
+    state.metrics.inc("pf2_ws_connections_total", &[]);
+    audit(
+        &state,
+        tenant.as_str(),
+        identity.user.as_str(),
+        "ws.opened",
+        "ok",
+        json!({ "ip": meta.ip, "userAgent": meta.user_agent, "clientId": client.as_str(), "connectionId": conn_id }),
+    )
+    .await;
+    let connected = ServerFrame::Connected {
+        connection_id: conn_id.to_string(),
+        server_time: iso_now(),
+        interaction_classes: InteractionClass::ALL.to_vec(),
+        protocol_version: sdk_core::protocol::PROTOCOL_VERSION,
+        heartbeat_ms: state.limits.ws_heartbeat.as_millis() as u64,
+    };
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let (close_tx, close_rx) = mpsc::channel(1);
+    let _ = reg.tx.try_send(connected);
+    let writer = tokio::spawn(write_loop(sink, reg.rx, ev_rx, reg.kill.clone(), close_rx, codec));
+    let mut session = Session {
+        state: state.clone(),
+        codec,
+        conn_id,
+        token_deadline: deadline_of(&identity),
+        identity,
+        client,
+        tx: reg.tx,
+        ev_tx,
+        subscription: None,
+        over_limit: 0,
+        last_heard: Instant::now(),
+    };
+    let outcome = session.read_loop(&mut stream, reg.kill).await;
+    if let Some(sub) = session.subscription.take() {
+        sub.abort();
+    }
+    let reason = outcome.reason;
+    if outcome.code != CLOSE_NORMAL || reason != "client closed" {
+        let _ = close_tx.try_send(outcome);
+    } else {
+        drop(close_tx);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    state.hub.unregister(conn_id);
+    state.metrics.inc("pf2_ws_closed_total", &[("reason", reason)]);
+    audit(
+        &state,
+        tenant.as_str(),
+        session.identity.user.as_str(),
+        "ws.closed",
+        reason,
+        json!({ "clientId": session.client.as_str(), "connectionId": conn_id }),
+    )
+    .await;
+}
+
+fn deadline_of(identity: &Identity) -> TokioInstant {
+    let now = jsonwebtoken::get_current_timestamp();
+    TokioInstant::now() + Duration::from_secs(identity.exp.saturating_sub(now))
+}
+
+/// Authenticate by `?token=` or by the first frame (`auth`), within [`AUTH_TIMEOUT`].
+async fn authenticate(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    state: &AppState,
+    codec: Codec,
+    q: WsQuery,
+) -> Result<(Identity, ClientId), (ApiError, &'static str)> {
+    let query_client = q
+        .client_id
+        .map(ClientId::new)
+        .transpose()
+        .map_err(|e| (ApiError::invalid(e.to_string()), "bad client id"))?;
+    if let Some(token) = q.token {
+        let identity = state.jwt.verify(&token).map_err(|e| (e, "auth failed"))?;
+        let client = query_client.unwrap_or_else(|| {
+            ClientId::new(format!("anon-{}", uuid::Uuid::new_v4().simple())).expect("valid")
+        });
+        return Ok((identity, client));
+    }
+    let first = tokio::time::timeout(AUTH_TIMEOUT, stream.next())
+        .await
+        .map_err(|_| (ApiError::auth("no auth frame within 10 s"), "auth timeout"))?;
+    let bytes = match first {
+        Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+        Some(Ok(Message::Binary(b))) => b.to_vec(),
+        _ => return Err((ApiError::auth("the first frame must be auth"), "auth failed")),
+    };
+    match codec.decode::<ClientFrame>(&bytes, state.limits.ws_frame_bytes) {
+        Ok(ClientFrame::Auth { token, client_id }) => {
+            let identity = state.jwt.verify(&token).map_err(|e| (e, "auth failed"))?;
+            Ok((identity, client_id))
+        }
+        _ => Err((ApiError::auth("the first frame must be auth"), "auth failed")),
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<ServerFrame>,
+    mut ev_rx: mpsc::Receiver<ServerFrame>,
+    mut kill: watch::Receiver<bool>,
+    mut close_rx: mpsc::Receiver<Closing>,
+    codec: Codec,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = kill.changed() => {
+                // A slow consumer: try to say why, but never wait on it.
+                let _ = tokio::time::timeout(Duration::from_millis(100), sink.send(close_message(&closing(CLOSE_TRY_AGAIN, "slow consumer")))).await;
+                return;
+            }
+            c = close_rx.recv() => {
+                if let Some(c) = c {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&c))).await;
+                }
+                return;
+            }
+            f = rx.recv() => match f { Some(f) => encode(codec, &f), None => return },
+            e = ev_rx.recv() => match e { Some(e) => encode(codec, &e), None => continue },
+        };
+        tokio::select! {
+            r = sink.send(msg) => if r.is_err() { return },
+            _ = kill.changed() => return,
+        }
+    }
+}
+
+struct Session {
+    state: AppState,
+    codec: Codec,
+    conn_id: u64,
+    identity: Identity,
+    client: ClientId,
+    tx: mpsc::Sender<ServerFrame>,
+    ev_tx: mpsc::Sender<ServerFrame>,
+    subscription: Option<JoinHandle<()>>,
+    token_deadline: TokioInstant,
+    over_limit: u32,
+    last_heard: Instant,
+}
+
+impl Session {
+    fn tenant(&self) -> &TenantId {
+        &self.identity.tenant
+    }
+
+    /// A reply to this connection: waits for buffer space (the client asked for it).
+    async fn reply(&self, frame: ServerFrame) {
+        if self.tx.send(frame).await.is_ok() {
+            self.state.metrics.inc("pf2_ws_messages_out_total", &[]);
+        }
+    }
+
+    async fn error(&self, e: ApiError, request_id: Option<String>) {
+        self.reply(ServerFrame::error(e.code, e.message, request_id)).await;
+    }
+
+    async fn read_loop(
+        &mut self,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        mut kill: watch::Receiver<bool>,
+    ) -> Closing {
+        let stale = self.state.limits.ws_stale;
+        loop {
+            let stale_at = TokioInstant::from_std(self.last_heard + stale);
+            let msg = tokio::select! {
+                _ = kill.changed() => return closing(CLOSE_TRY_AGAIN, "slow consumer"),
+                _ = tokio::time::sleep_until(stale_at) => {
+                    self.state.metrics.inc("pf2_ws_disconnects_total", &[("reason", "stale")]);
+                    return closing(CLOSE_GOING_AWAY, "heartbeat timeout");
+                }
+                _ = tokio::time::sleep_until(self.token_deadline) => {
+                    self.state.metrics.inc("pf2_ws_disconnects_total", &[("reason", "token_expired")]);
+                    return closing(CLOSE_AUTH, "token expired");
+                }
+                m = stream.next() => m,
+            };
+            let bytes = match msg {
+                None | Some(Err(_)) => return closing(CLOSE_NORMAL, "client closed"),
+                Some(Ok(Message::Close(_))) => return closing(CLOSE_NORMAL, "client closed"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    self.last_heard = Instant::now();
+                    continue;
+                }
+                Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+                Some(Ok(Message::Binary(b))) => b.to_vec(),
+            };
+            self.last_heard = Instant::now();
+            self.state.metrics.inc("pf2_ws_messages_in_total", &[]);
+            self.state.hub.touch(self.tenant(), &self.client);
+            if bytes.len() > self.state.limits.ws_frame_bytes {
+                self.state
+                    .metrics
+                    .inc("pf2_ws_disconnects_total", &[("reason", "frame_too_large")]);
+                return closing(CLOSE_TOO_BIG, "frame too large");
+            }
+            if let Err(c) = self.rate_limit().await {
+                return c;
+            }
+            match self.codec.decode::<ClientFrame>(&bytes, self.state.limits.ws_frame_bytes) {
+                Ok(frame) => self.handle(frame).await,
+                Err(e) => self.error(e.into(), None).await,
+            }
+        }
+    }
+
+    /// api.md: 100 messages a minute per connection; over it, a warning per message, and after
+    /// [`RATE_GRACE`] such warnings, a disconnect.
+    async fn rate_limit(&mut self) -> Result<(), Closing> {
+        let key = format!("ws\u{0}{}", self.conn_id);
+        let rate: Rate = self.state.limits.ws_rate;
+        match self.state.rate.check(&key, rate, Instant::now()) {
+            Ok(()) => Ok(()),
+            Err(retry) => {
+                self.over_limit += 1;
+                if self.over_limit > RATE_GRACE {
+                    self.state.metrics.inc("pf2_ws_disconnects_total", &[("reason", "rate_limit")]);
+                    audit(
+                        &self.state,
+                        self.tenant().as_str(),
+                        self.identity.user.as_str(),
+                        "ws.rate_limited",
+                        "disconnected",
+                        json!({ "connectionId": self.conn_id }),
+                    )
+                    .await;
+                    return Err(closing(CLOSE_POLICY, "rate limit exceeded"));
+                }
+                self.error(ApiError::rate_limited(retry), None).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Ping { nonce } => self.reply(ServerFrame::Pong { nonce }).await,
+            ClientFrame::Auth { .. } => {
+                self.error(ApiError::invalid("this socket is already authenticated"), None).await
+            }
+            ClientFrame::RefreshToken { token } => match self.state.jwt.verify(&token) {
+                Ok(id) if id.tenant == self.identity.tenant && id.user == self.identity.user => {
+                    self.token_deadline = deadline_of(&id);
+                    self.identity = id;
+                }
+                Ok(_) => {
+                    self.error(
+                        ApiError::new(
+                            ErrorCode::AuthzFailed,
+                            "a refreshed token must name the same user and tenant",
+                        ),
+                        None,
+                    )
+                    .await
+                }
+                Err(e) => self.error(e, None).await,
+            },
+            ClientFrame::Push { batch_id, operations } => self.push(batch_id, operations).await,
+            ClientFrame::Pull { since, limit } => {
+                let limit = limit.unwrap_or(500).clamp(1, 1000) as i64;
+                match self
+                    .state
+                    .store
+                    .pull(self.tenant().as_str(), since, limit, Some(&self.client))
+                    .await
+                {
+                    Ok((entities, has_more, version, client_seq)) => {
+                        self.reply(ServerFrame::Delta {
+                            since,
+                            version,
+                            entities,
+                            has_more,
+                            client_seq,
+                        })
+                        .await
+                    }
+                    Err(e) => self.error(e, None).await,
+                }
+            }
+            ClientFrame::Subscribe { after, event_types } => {
+                self.subscribe(after, event_types).await
+            }
+            ClientFrame::Unsubscribe {} => {
+                if let Some(s) = self.subscription.take() {
+                    s.abort();
+                }
+            }
+            ClientFrame::Presence { status, metadata, .. } => {
+                let (t, c, u) =
+                    (self.identity.tenant.clone(), self.client.clone(), self.identity.user.clone());
+                self.state.hub.set_presence(&t, &c, &u, status, metadata);
+            }
+            ClientFrame::JoinRoom { room_id } => {
+                self.state.hub.join(self.tenant(), &self.client, &room_id);
+                self.reply(ServerFrame::RoomJoined { room_id: room_id.clone() }).await;
+                for p in self.state.hub.presence_in(self.tenant(), &room_id) {
+                    self.reply(p).await;
+                }
+            }
+            ClientFrame::LeaveRoom { room_id } => {
+                self.state.hub.leave(self.tenant(), &self.client, &room_id);
+                self.reply(ServerFrame::RoomLeft { room_id }).await;
+            }
+            ClientFrame::Message {
+                message_id,
+                message_type,
+                interaction_class,
+                recipient_id,
+                room_id,
+                payload,
+                metadata,
+            } => {
+                self.message(
+                    message_id,
+                    message_type,
+                    interaction_class,
+                    recipient_id,
+                    room_id,
+                    payload,
+                    metadata,
+                )
+                .await
+            }
+            ClientFrame::Ack { .. } => {}
+            ClientFrame::SnapshotRequest { request_id, entity_type, entity_id, cursor } => {
+                self.snapshot(request_id, entity_type, entity_id, cursor).await
+            }
+        }
+    }
+
+    async fn push(&mut self, batch_id: String, operations: Vec<sdk_core::protocol::WireOperation>) {
+        let hash =
+            checksum(&canonical_json(&serde_json::to_value(&operations).unwrap_or(Value::Null)));
+        let batch = match prepare_batch(operations, &self.client, Transport::WebSocket) {
+            Ok(b) => b,
+            Err(e) => return self.error(e, Some(batch_id)).await,
+        };
+        let request_id = format!("ws:{}:{batch_id}", self.client);
+        let tenant = self.identity.tenant.clone();
+        let id = batch_id.clone();
+        let result = self
+            .state
+            .store
+            .reconcile(&self.state.engine, &tenant, &request_id, &hash, batch, None, 0, |view| {
+                let frame = ServerFrame::PushResult {
+                    batch_id: id,
+                    results: view.outcome.results.iter().map(WireOpResult::from_result).collect(),
+                    current_version: view.version,
+                    conflicts: view
+                        .outcome
+                        .conflicts
+                        .iter()
+                        .map(WireConflict::from_conflict)
+                        .collect(),
+                };
+                serde_json::to_string(&frame).expect("frames serialize")
+            })
+            .await;
+        let (response, changed_to) = match result {
+            Ok(crate::store::Reconciled::Fresh { response, outcome, version }) => {
+                (response, (!outcome.changes.is_empty()).then_some(version))
+            }
+            Ok(crate::store::Reconciled::Replay { response, request_hash })
+                if request_hash == hash =>
+            {
+                (response, None)
+            }
+            Ok(crate::store::Reconciled::Replay { .. }) => {
+                return self
+                    .error(
+                        ApiError::new(
+                            ErrorCode::IdempotencyMismatch,
+                            "this batchId was used with other operations",
+                        ),
+                        Some(batch_id),
+                    )
+                    .await;
+            }
+            Err(e) => return self.error(e, Some(batch_id)).await,
+        };
+        match serde_json::from_str::<ServerFrame>(&response) {
+            Ok(frame) => self.reply(frame).await,
+            Err(e) => {
+                self.error(ApiError::internal(format!("stored push result: {e}")), Some(batch_id))
+                    .await
+            }
+        }
+        if let Some(version) = changed_to {
+            self.state.notifier.notify(tenant.as_str(), version);
+            self.state.hub.to_tenant(&tenant, &ServerFrame::Poke { version });
+        }
+    }
+
+    async fn subscribe(&mut self, after: Option<u64>, event_types: Vec<String>) {
+        if let Some(s) = self.subscription.take() {
+            s.abort();
+        }
+        let tenant = self.tenant().as_str().to_string();
+        let (current, pruned) = match self.state.store.tenant_seq(&tenant).await {
+            Ok(v) => v,
+            Err(e) => return self.error(e, None).await,
+        };
+        let after = after.unwrap_or(current);
+        if after < pruned {
+            return self
+                .error(
+                    ApiError::new(
+                        ErrorCode::SnapshotRequired,
+                        format!("events up to {pruned} are past retention"),
+                    ),
+                    None,
+                )
+                .await;
+        }
+        let state = self.state.clone();
+        let tx = self.ev_tx.clone();
+        self.subscription = Some(tokio::spawn(follow(state, tenant, after, event_types, tx)));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn message(
+        &mut self,
+        message_id: Option<String>,
+        message_type: String,
+        class: Option<InteractionClass>,
+        recipient: Option<sdk_core::ids::UserId>,
+        room: Option<sdk_core::ids::RoomId>,
+        payload: Value,
+        metadata: Option<Value>,
+    ) {
+        let message_id = message_id
+            .filter(|m| !m.is_empty() && m.len() <= 128)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let class = class.unwrap_or(InteractionClass::C);
+        if let Err(e) = class.check_transport(Transport::WebSocket) {
+            self.state.metrics.inc("pf2_ws_class_d_refused_total", &[]);
+            return self.error(e.into(), Some(message_id)).await;
+        }
+        if message_type.is_empty() || message_type.len() > 128 {
+            return self
+                .error(
+                    ApiError::invalid("messageType must be 1 to 128 characters"),
+                    Some(message_id),
+                )
+                .await;
+        }
+        let tenant = self.identity.tenant.clone();
+        let frame = ServerFrame::Message {
+            message_id: message_id.clone(),
+            message_type: message_type.clone(),
+            interaction_class: class,
+            tenant_id: tenant.clone(),
+            sender_id: self.identity.user.clone(),
+            recipient_id: recipient.clone(),
+            room_id: room.clone(),
+            payload: payload.clone(),
+            timestamp: iso_now(),
+            metadata: metadata.clone(),
+        };
+        match (&recipient, &room) {
+            (Some(user), None) => {
+                self.state.hub.to_user(&tenant, user, &frame);
+            }
+            (None, Some(room)) => {
+                if !self.state.hub.is_member(&tenant, &self.client, room) {
+                    return self
+                        .error(
+                            ApiError::new(
+                                ErrorCode::AuthzFailed,
+                                "join the room before sending to it",
+                            ),
+                            Some(message_id),
+                        )
+                        .await;
+                }
+                self.state.hub.to_room(&tenant, room, &frame, Some(self.conn_id));
+            }
+            _ => {
+                return self
+                    .error(
+                        ApiError::invalid("a message names exactly one of recipientId or roomId"),
+                        Some(message_id),
+                    )
+                    .await;
+            }
+        }
+        // Class B messages are durable: they also go to the tenant's event log.
+        if class == InteractionClass::B {
+            let body = json!({ "messageId": message_id, "senderId": self.identity.user.as_str(), "recipientId": recipient, "roomId": room, "payload": payload });
+            let meta = json!({ "source": "realtime", "metadata": metadata });
+            match self
+                .state
+                .store
+                .append_event(
+                    tenant.as_str(),
+                    &uuid::Uuid::new_v4().to_string(),
+                    &format!("message.{message_type}"),
+                    &body,
+                    &meta,
+                    false,
+                )
+                .await
+            {
+                Ok(seq) => self.state.notifier.notify(tenant.as_str(), seq),
+                Err(e) => return self.error(e, Some(message_id)).await,
+            }
+        }
+        self.reply(ServerFrame::MessageAck { message_id }).await;
+    }
+
+    async fn snapshot(
+        &mut self,
+        request_id: String,
+        entity_type: sdk_core::ids::EntityType,
+        entity_id: Option<sdk_core::ids::EntityId>,
+        cursor: Option<String>,
+    ) {
+        let t = self.tenant().as_str().to_string();
+        let (version, _) = match self.state.store.tenant_seq(&t).await {
+            Ok(v) => v,
+            Err(e) => return self.error(e, Some(request_id)).await,
+        };
+        let (items, next_cursor): (Value, Option<String>) = match entity_id {
+            Some(id) => {
+                let key = sdk_core::ids::EntityKey::new(self.tenant().clone(), entity_type, id);
+                match self.state.store.entity(&key).await {
+                    Ok(Some(r)) if !r.is_deleted() => {
+                        (json!([sdk_core::protocol::WireEntity::from_record(&r)]), None)
+                    }
+                    Ok(_) => {
+                        return self
+                            .error(ApiError::not_found("no such entity"), Some(request_id))
+                            .await;
+                    }
+                    Err(e) => return self.error(e, Some(request_id)).await,
+                }
+            }
+            None => match self
+                .state
+                .store
+                .entities_page(&t, &entity_type, cursor.as_deref(), 501)
+                .await
+            {
+                Ok(mut page) => {
+                    let more = page.len() > 500;
+                    page.truncate(500);
+                    let next =
+                        if more { page.last().map(|r| r.key.entity_id.to_string()) } else { None };
+                    (
+                        json!(
+                            page.iter()
+                                .map(sdk_core::protocol::WireEntity::from_record)
+                                .collect::<Vec<_>>()
+                        ),
+                        next,
+                    )
+                }
+                Err(e) => return self.error(e, Some(request_id)).await,
+            },
+        };
+        let bytes = canonical_json(&items);
+        let snapshot_id = uuid::Uuid::new_v4().to_string();
+        // Chunks leave room for base64 growth and the frame's other fields within the frame limit.
+        let size = (self.state.limits.ws_frame_bytes / 2).max(1024);
+        use base64::Engine as _;
+        for c in chunk(&bytes, size) {
+            self.reply(ServerFrame::SnapshotChunk {
+                request_id: request_id.clone(),
+                snapshot_id: snapshot_id.clone(),
+                version,
+                index: c.index,
+                total: c.total,
+                data: base64::engine::general_purpose::STANDARD.encode(&c.data),
+                checksum: c.checksum,
+                total_checksum: c.total_checksum,
+                next_cursor: next_cursor.clone(),
+            })
+            .await;
+        }
+    }
+}
+
+fn type_matches(patterns: &[String], event_type: &str) -> bool {
+    patterns.is_empty()
+        || patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => event_type.starts_with(prefix),
+            None => p == event_type,
+        })
+}
+
+/// Class B: replay the log after `after`, then follow it. Both phases read the log by sequence
+/// (`seq > last sent`), so the switch from replay to live has no gap and no duplicate.
+async fn follow(
+    state: AppState,
+    tenant: String,
+    mut after: u64,
+    patterns: Vec<String>,
+    tx: mpsc::Sender<ServerFrame>,
+) {
+    let mut wake = state.notifier.subscribe(&tenant);
+    loop {
+        wake.borrow_and_update();
+        let rows = match state.store.events_after(&tenant, after, 500).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(ServerFrame::error(e.code, e.message, None)).await;
+                return;
+            }
+        };
+        if rows.is_empty() {
+            if wake.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        for e in rows {
+            after = e.event.sequence;
+            if type_matches(&patterns, &e.event.event_type)
+                && tx.send(ServerFrame::Event { event: e.event }).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+}

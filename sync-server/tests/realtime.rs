@@ -1,0 +1,521 @@
+//! The native WebSocket endpoint `/v1/ws`, driven by a stock tokio-tungstenite client over real
+//! TCP. Waits are for frames, closes or counts — never fixed sleeps (a safety timeout only turns a
+//! hang into a failure).
+
+mod common;
+
+use common::{Backend, TestApp};
+use futures_util::{SinkExt, StreamExt};
+use sdk_core::ids::{ClientId, RoomId, UserId};
+use sdk_core::interaction::InteractionClass;
+use sdk_core::protocol::{ClientFrame, Codec, PresenceStatus, ServerFrame, WireOperation};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+const SAFETY: Duration = Duration::from_secs(20);
+
+struct Server {
+    app: TestApp,
+    addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn server(tweak: impl FnOnce(&mut sync_server::config::Config)) -> Server {
+    let app = TestApp::start_with(Backend::Sqlite, tweak).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(sync_server::serve(listener, app.state.clone(), async {
+        let _ = stopped.await;
+    }));
+    Server { app, addr, _stop: stop }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: Ws,
+    codec: Codec,
+}
+
+impl Client {
+    async fn send(&mut self, f: &ClientFrame) {
+        let bytes = self.codec.encode(f);
+        let msg = match self.codec {
+            Codec::Json => Message::Text(String::from_utf8(bytes).unwrap().into()),
+            Codec::MessagePack => Message::Binary(bytes.into()),
+        };
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// The next protocol frame (panics on close or after the safety timeout).
+    async fn recv(&mut self) -> ServerFrame {
+        loop {
+            let msg = tokio::time::timeout(SAFETY, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("ok");
+            let bytes = match msg {
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            };
+            return self.codec.decode(&bytes, usize::MAX).unwrap();
+        }
+    }
+
+    /// Skip frames until one matches.
+    async fn recv_until(&mut self, mut pred: impl FnMut(&ServerFrame) -> bool) -> ServerFrame {
+        loop {
+            let f = self.recv().await;
+            if pred(&f) {
+                return f;
+            }
+        }
+    }
+
+    /// Read until the server closes; returns the close code and reason.
+    async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match tokio::time::timeout(SAFETY, self.ws.next()).await.expect("a close in time") {
+                Some(Ok(Message::Close(Some(c)))) => {
+                    return (u16::from(c.code), c.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return (1006, String::new()),
+            }
+        }
+    }
+}
+
+async fn connect_raw(
+    s: &Server,
+    query: &str,
+    protocol: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Ws, WsError> {
+    let mut req = format!("ws://{}/v1/ws{query}", s.addr).into_client_request().unwrap();
+    if let Some(p) = protocol {
+        req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+}
+
+/// Connect and authenticate with the first frame; returns after `connected`.
+async fn connect(s: &Server, user: &str, client: &str) -> Client {
+    connect_with(s, &s.app.token(user), client, Codec::Json).await
+}
+
+async fn connect_with(s: &Server, token: &str, client: &str, codec: Codec) -> Client {
+    let proto = (codec == Codec::MessagePack).then_some("pf2.v1.msgpack");
+    let ws = connect_raw(s, "", proto, None).await.unwrap();
+    let mut c = Client { ws, codec };
+    c.send(&ClientFrame::Auth { token: token.into(), client_id: ClientId::new(client).unwrap() })
+        .await;
+    let first = c.recv().await;
+    assert!(matches!(first, ServerFrame::Connected { .. }), "{first:?}");
+    c
+}
+
+fn room(r: &str) -> RoomId {
+    RoomId::new(r).unwrap()
+}
+
+fn wire_op(app: &TestApp, client: &str, seq: u64, entity: &str) -> WireOperation {
+    serde_json::from_value(app.op(
+        client,
+        seq,
+        "todo",
+        entity,
+        "CREATE",
+        json!({"n": seq}),
+        seq,
+        &json!({}),
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticates_by_first_frame_or_query_and_refuses_bad_tokens() {
+    let s = server(|_| {}).await;
+    let mut a = connect(&s, "alice", "c1").await;
+    a.send(&ClientFrame::Ping { nonce: 7 }).await;
+    assert_eq!(a.recv().await, ServerFrame::Pong { nonce: 7 });
+    let ws = connect_raw(&s, &format!("?token={}&clientId=c2", s.app.token("alice")), None, None)
+        .await
+        .unwrap();
+    let mut b = Client { ws, codec: Codec::Json };
+    assert!(matches!(b.recv().await, ServerFrame::Connected { .. }));
+    let ws = connect_raw(&s, "?token=nope", None, None).await.unwrap();
+    let mut bad = Client { ws, codec: Codec::Json };
+    let e = bad.recv().await;
+    assert!(matches!(e, ServerFrame::Error { code: sdk_core::ErrorCode::AuthFailed, .. }), "{e:?}");
+    assert_eq!(bad.closed().await.0, 4401);
+    let entries = s.app.state.store.audit_entries(&s.app.tenant, 100).await.unwrap();
+    assert!(entries.iter().any(|e| e["action"] == "ws.opened" && e["details"]["clientId"] == "c1"));
+    let failures = s.app.state.store.audit_entries("-", 1000).await.unwrap();
+    assert!(failures.iter().any(|e| e["action"] == "ws.auth_failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_is_negotiated_by_subprotocol() {
+    let s = server(|_| {}).await;
+    let mut c = connect_with(&s, &s.app.token("u"), "c1", Codec::MessagePack).await;
+    c.send(&ClientFrame::Ping { nonce: 3 }).await;
+    assert_eq!(c.recv().await, ServerFrame::Pong { nonce: 3 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_apply_through_the_reconcile_path_and_poke_others() {
+    let s = server(|_| {}).await;
+    let mut a = connect(&s, "alice", "laptop").await;
+    let mut b = connect(&s, "bob", "phone").await;
+    let ops = vec![wire_op(&s.app, "laptop", 1, "x"), wire_op(&s.app, "laptop", 2, "y")];
+    a.send(&ClientFrame::Push { batch_id: "b1".into(), operations: ops.clone() }).await;
+    let r = a.recv_until(|f| matches!(f, ServerFrame::PushResult { .. })).await;
+    let ServerFrame::PushResult { results, current_version, .. } = &r else { unreachable!() };
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|r| r.status == sdk_core::protocol::ResultStatus::Applied));
+    assert_eq!(*current_version, 2);
+    assert_eq!(
+        b.recv_until(|f| matches!(f, ServerFrame::Poke { .. })).await,
+        ServerFrame::Poke { version: 2 }
+    );
+    // The same batch again: the identical result, nothing applied twice.
+    a.send(&ClientFrame::Push { batch_id: "b1".into(), operations: ops }).await;
+    assert_eq!(a.recv_until(|f| matches!(f, ServerFrame::PushResult { .. })).await, r);
+    b.send(&ClientFrame::Pull { since: 0, limit: None }).await;
+    let ServerFrame::Delta { entities, has_more, client_seq, version, .. } =
+        b.recv_until(|f| matches!(f, ServerFrame::Delta { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!((entities.len(), has_more, client_seq, version), (2, false, Some(0), 2));
+    // REST sees the same log.
+    let events = s.app.get("/api/events/poll", &s.app.token("bob")).await.json();
+    assert_eq!(events["events"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class_d_is_refused_on_the_socket() {
+    let s = server(|_| {}).await;
+    let mut a = connect(&s, "alice", "c1").await;
+    a.send(&ClientFrame::Message {
+        message_id: Some("m1".into()),
+        message_type: "payment.create".into(),
+        interaction_class: Some(InteractionClass::D),
+        recipient_id: Some(UserId::new("bob").unwrap()),
+        room_id: None,
+        payload: json!({"amount": 1}),
+        metadata: None,
+    })
+    .await;
+    let e = a.recv().await;
+    assert!(
+        matches!(&e, ServerFrame::Error { code: sdk_core::ErrorCode::ClassDRealtimeForbidden, request_id: Some(r), .. } if r == "m1"),
+        "{e:?}"
+    );
+    let mut op = wire_op(&s.app, "c1", 1, "p");
+    op.interaction_class = Some("CLASS_D".into());
+    a.send(&ClientFrame::Push { batch_id: "b".into(), operations: vec![op] }).await;
+    let e = a.recv().await;
+    assert!(
+        matches!(&e, ServerFrame::Error { code: sdk_core::ErrorCode::ClassDRealtimeForbidden, request_id: Some(r), .. } if r == "b"),
+        "{e:?}"
+    );
+    assert_eq!(s.app.state.store.tenant_seq(&s.app.tenant).await.unwrap().0, 0, "nothing applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_resume_gap_free_across_a_disconnect_of_1000_events() {
+    let s = server(|_| {}).await;
+    let token = s.app.token("writer");
+    let mut reader = connect(&s, "reader", "r1").await;
+    reader.send(&ClientFrame::Subscribe { after: Some(0), event_types: vec![] }).await;
+    s.app
+        .reconcile(
+            &token,
+            "first",
+            "w",
+            vec![s.app.op("w", 1, "todo", "e0", "CREATE", json!({}), 1, &json!({}))],
+        )
+        .await
+        .expect(200);
+    let ServerFrame::Event { event } =
+        reader.recv_until(|f| matches!(f, ServerFrame::Event { .. })).await
+    else {
+        unreachable!()
+    };
+    let last = event.sequence;
+    drop(reader);
+    // 1,000 events while the reader is away.
+    for b in 0..2 {
+        let ops: Vec<Value> = (1..=500)
+            .map(|i| {
+                let seq = 1 + b * 500 + i;
+                s.app.op(
+                    "w",
+                    seq,
+                    "todo",
+                    &format!("e{seq}"),
+                    "CREATE",
+                    json!({"i": seq}),
+                    seq,
+                    &json!({}),
+                )
+            })
+            .collect();
+        s.app.reconcile(&token, &format!("batch-{b}"), "w", ops).await.expect(200);
+    }
+    let mut reader = connect(&s, "reader", "r1").await;
+    reader.send(&ClientFrame::Subscribe { after: Some(last), event_types: vec![] }).await;
+    // More events arrive during the replay: the switch to live must not skip or repeat.
+    let writer = {
+        let app = s.app.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            for i in 0..20u64 {
+                let seq = 1002 + i;
+                app.reconcile(
+                    &token,
+                    &format!("live-{i}"),
+                    "w",
+                    vec![app.op(
+                        "w",
+                        seq,
+                        "todo",
+                        &format!("l{i}"),
+                        "CREATE",
+                        json!({}),
+                        seq,
+                        &json!({}),
+                    )],
+                )
+                .await
+                .expect(200);
+            }
+        })
+    };
+    let mut seqs = Vec::new();
+    while seqs.len() < 1020 {
+        if let ServerFrame::Event { event } = reader.recv().await {
+            seqs.push(event.sequence);
+        }
+    }
+    writer.await.unwrap();
+    let expected: Vec<u64> = (last + 1..=last + 1020).collect();
+    assert_eq!(seqs, expected, "every event once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_direct_messages_and_presence() {
+    let s = server(|_| {}).await;
+    let mut a = connect(&s, "alice", "alice-laptop").await;
+    let mut b = connect(&s, "bob", "bob-phone").await;
+    let mut b2 = connect(&s, "bob", "bob-laptop").await;
+    for c in [&mut a, &mut b] {
+        c.send(&ClientFrame::JoinRoom { room_id: room("lobby") }).await;
+        assert_eq!(
+            c.recv_until(|f| matches!(f, ServerFrame::RoomJoined { .. })).await,
+            ServerFrame::RoomJoined { room_id: room("lobby") }
+        );
+    }
+    let msg = |room_id: Option<RoomId>, to: Option<&str>| ClientFrame::Message {
+        message_id: Some(format!("m-{}", uuid_like())),
+        message_type: "chat.message".into(),
+        interaction_class: None,
+        recipient_id: to.map(|u| UserId::new(u).unwrap()),
+        room_id,
+        payload: json!({"text": "hi"}),
+        metadata: None,
+    };
+    a.send(&msg(Some(room("lobby")), None)).await;
+    assert!(matches!(
+        a.recv_until(|f| matches!(f, ServerFrame::MessageAck { .. })).await,
+        ServerFrame::MessageAck { .. }
+    ));
+    let got = b.recv_until(|f| matches!(f, ServerFrame::Message { .. })).await;
+    assert!(
+        matches!(&got, ServerFrame::Message { sender_id, room_id: Some(r), .. } if sender_id.as_str() == "alice" && r.as_str() == "lobby")
+    );
+    // A direct message reaches every connection of the user.
+    a.send(&msg(None, Some("bob"))).await;
+    for c in [&mut b, &mut b2] {
+        let got =
+            c.recv_until(|f| matches!(f, ServerFrame::Message { recipient_id: Some(_), .. })).await;
+        assert!(matches!(got, ServerFrame::Message { .. }));
+    }
+    // Presence goes to room members, and offline when the connection dies.
+    a.send(&ClientFrame::Presence {
+        status: PresenceStatus::Away,
+        metadata: Some(json!({"statusMessage": "In a meeting"})),
+        room_id: None,
+    })
+    .await;
+    let p = b.recv_until(|f| matches!(f, ServerFrame::Presence { .. })).await;
+    assert!(matches!(p, ServerFrame::Presence { status: PresenceStatus::Away, .. }));
+    drop(a);
+    let p = b.recv_until(|f| matches!(f, ServerFrame::Presence { .. })).await;
+    assert!(matches!(p, ServerFrame::Presence { status: PresenceStatus::Offline, .. }), "{p:?}");
+    // Membership belongs to the client id: alice reconnects and receives room messages unjoined.
+    let mut a = connect(&s, "alice", "alice-laptop").await;
+    b.send(&msg(Some(room("lobby")), None)).await;
+    let got = a.recv_until(|f| matches!(f, ServerFrame::Message { .. })).await;
+    assert!(matches!(got, ServerFrame::Message { room_id: Some(_), .. }));
+    // Sending to a room one has not joined is refused.
+    b2.send(&msg(Some(room("lobby")), None)).await;
+    let e = b2.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await;
+    assert!(matches!(e, ServerFrame::Error { code: sdk_core::ErrorCode::AuthzFailed, .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_do_not_cross_tenants() {
+    let s = server(|_| {}).await;
+    let mut ours = connect(&s, "alice", "c1").await;
+    let other_token = s.app.token_for("another-tenant", "mallory", &[]);
+    let mut theirs = connect_with(&s, &other_token, "c2", Codec::Json).await;
+    for c in [&mut ours, &mut theirs] {
+        c.send(&ClientFrame::JoinRoom { room_id: room("shared-name") }).await;
+        c.recv_until(|f| matches!(f, ServerFrame::RoomJoined { .. })).await;
+    }
+    theirs
+        .send(&ClientFrame::Message {
+            message_id: Some("x".into()),
+            message_type: "chat".into(),
+            interaction_class: None,
+            recipient_id: None,
+            room_id: Some(room("shared-name")),
+            payload: json!("secret"),
+            metadata: None,
+        })
+        .await;
+    theirs.recv_until(|f| matches!(f, ServerFrame::MessageAck { .. })).await;
+    // Ours gets nothing from the other tenant; a ping round-trip proves the queue is empty.
+    ours.send(&ClientFrame::Ping { nonce: 1 }).await;
+    assert_eq!(ours.recv().await, ServerFrame::Pong { nonce: 1 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_closes_the_socket_unless_refreshed() {
+    let s = server(|_| {}).await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let short = |user: &str| {
+        let c = sync_server::auth::Claims::new(&s.app.tenant, user, now, 2);
+        s.app.state.jwt.mint(&c).unwrap()
+    };
+    let mut lapsing = connect_with(&s, &short("u"), "c1", Codec::Json).await;
+    let mut refreshed = connect_with(&s, &short("u"), "c2", Codec::Json).await;
+    refreshed.send(&ClientFrame::RefreshToken { token: s.app.token("u") }).await;
+    // A refresh naming someone else is refused.
+    refreshed.send(&ClientFrame::RefreshToken { token: s.app.token("other") }).await;
+    assert!(matches!(
+        refreshed.recv().await,
+        ServerFrame::Error { code: sdk_core::ErrorCode::AuthzFailed, .. }
+    ));
+    assert_eq!(lapsing.closed().await, (4401, "token expired".to_string()));
+    refreshed.send(&ClientFrame::Ping { nonce: 9 }).await;
+    assert_eq!(
+        refreshed.recv().await,
+        ServerFrame::Pong { nonce: 9 },
+        "the refreshed socket outlives the old token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_close_with_1009() {
+    let s = server(|_| {}).await;
+    let mut c = connect(&s, "u", "c1").await;
+    let big = "x".repeat(70 * 1024);
+    c.ws.send(Message::Text(format!("{{\"v\":1,\"type\":\"ping\",\"pad\":\"{big}\"}}").into()))
+        .await
+        .unwrap();
+    assert_eq!(c.closed().await, (1009, "frame too large".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_warns_then_disconnects() {
+    let s = server(|c| c.ws_rate = 5).await;
+    let mut c = connect(&s, "u", "c1").await;
+    for i in 0..5 {
+        c.send(&ClientFrame::Ping { nonce: i }).await;
+        assert_eq!(c.recv().await, ServerFrame::Pong { nonce: i });
+    }
+    c.send(&ClientFrame::Ping { nonce: 99 }).await;
+    assert!(matches!(
+        c.recv().await,
+        ServerFrame::Error { code: sdk_core::ErrorCode::RateLimit, .. }
+    ));
+    for i in 0..20 {
+        if c.ws
+            .send(Message::Text(format!("{{\"v\":1,\"type\":\"ping\",\"nonce\":{i}}}").into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(c.closed().await.0, 1008);
+    let entries = s.app.state.store.audit_entries(&s.app.tenant, 100).await.unwrap();
+    assert!(entries.iter().any(|e| e["action"] == "ws.rate_limited"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_origins_and_connections_over_the_cap_are_refused() {
+    let s = server(|c| c.ws_max_connections = 1).await;
+    let refused = connect_raw(&s, "", None, Some("https://evil.example")).await;
+    assert!(matches!(refused, Err(WsError::Http(r)) if r.status() == 403));
+    let _first = connect(&s, "u", "c1").await;
+    let over = connect_raw(&s, "", None, Some("http://localhost:5173")).await;
+    assert!(matches!(over, Err(WsError::Http(r)) if r.status() == 503));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_dropped_and_memory_stays_bounded() {
+    let s = server(|c| c.ws_send_buffer = 8).await;
+    let mut sender = connect(&s, "fast", "fast-1").await;
+    let mut slow = connect(&s, "slow", "slow-1").await;
+    for c in [&mut sender, &mut slow] {
+        c.send(&ClientFrame::JoinRoom { room_id: room("firehose") }).await;
+        c.recv_until(|f| matches!(f, ServerFrame::RoomJoined { .. })).await;
+    }
+    assert_eq!(s.app.state.hub.connections(), 2);
+    // The slow client never reads again; the sender floods the room with 40 KB messages.
+    let payload = json!("y".repeat(40 * 1024));
+    let mut sent = 0;
+    while s.app.state.hub.connections() == 2 {
+        let frame = ClientFrame::Message {
+            message_id: None,
+            message_type: "blob".into(),
+            interaction_class: None,
+            recipient_id: None,
+            room_id: Some(room("firehose")),
+            payload: payload.clone(),
+            metadata: None,
+        };
+        sender.send(&frame).await;
+        sender.recv_until(|f| matches!(f, ServerFrame::MessageAck { .. })).await;
+        sent += 1;
+        assert!(sent < 5_000, "the slow consumer was never dropped");
+    }
+    let m = &s.app.state.metrics;
+    assert_eq!(m.counter("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]), 1);
+    // At most the buffer (8 frames) plus what the kernel held was ever queued for it.
+    assert!(sent > 8);
+    let _ = slow;
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
