@@ -53,7 +53,6 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use state::AppState;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tower_http::LatencyUnit;
@@ -111,23 +110,60 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// Serve `state` on `listener` until `shutdown` resolves, with the background workers (Class D
-/// processing, webhooks, retention) running alongside.
+/// processing, webhooks, retention, presence sweeps) running alongside.
+///
+/// Connections are served by hyper directly (not `axum::serve`) so that a client that does not
+/// finish its request headers within `header_read_timeout` is dropped (slowloris). On shutdown
+/// the listener closes, in-flight requests get up to 10 s to finish, then the workers stop.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let processor: Arc<dyn workers::TransactionProcessor> = Arc::new(workers::AcceptObjects);
     let mut worker_stop = stop_rx.clone();
     let worker = tokio::spawn(workers::run(state.clone(), processor, async move {
         let _ = worker_stop.wait_for(|s| *s).await;
     }));
-    let result =
-        axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(state.limits.header_read_timeout);
+    let router = app(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = router.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+            req
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            )
+            .into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = watched.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
     let _ = stop_tx.send(true);
     let _ = worker.await;
-    result
+    Ok(())
 }

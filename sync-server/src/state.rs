@@ -37,6 +37,8 @@ pub struct Limits {
     pub ws_heartbeat: Duration,
     /// Silence after which a connection is dead (and its presence with it).
     pub ws_stale: Duration,
+    /// Time a client has to send its request headers (slowloris).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +67,7 @@ impl Default for Limits {
             ws_send_buffer: 256,
             ws_heartbeat: Duration::from_secs(30),
             ws_stale: Duration::from_secs(90),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }

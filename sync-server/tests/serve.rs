@@ -122,3 +122,29 @@ fn valid_body_bytes(tenant: &str) -> Vec<u8> {
     });
     serde_json::to_vec(&json!({"requestId": "r", "clientId": "c1", "operations": [op]})).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let mut state = app.state.clone();
+    let mut limits = (*state.limits).clone();
+    limits.header_read_timeout = std::time::Duration::from_millis(500);
+    state.limits = std::sync::Arc::new(limits);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(sync_server::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // The server hangs up (EOF) instead of waiting forever for the rest of the headers.
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(20), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was never closed");
+    // A well-behaved client is still served.
+    let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
