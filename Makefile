@@ -38,6 +38,9 @@ demo-core:
 prereqs:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown \
 	  || rustup target add wasm32-unknown-unknown
+	@command -v node >/dev/null || { echo "node (20+) is required for the Socket.IO conformance test"; exit 1; }
+	@test -d sync-server/tests/socketio/node_modules/socket.io-client \
+	  || npm ci --prefix sync-server/tests/socketio --no-audit --no-fund
 
 test: prereqs fmt-check clippy unit wasm-build
 

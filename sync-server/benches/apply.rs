@@ -2,7 +2,8 @@
 //! the same number of entity rows, same transaction sizes, no ledger, clocks, results or log).
 //! `make bench-server`; results go to docs/benchmarks.md.
 //!
-//! Env: `PF2_BENCH_OPS` (operations per configuration, default 2000), `PF2_TEST_POSTGRES_URL`.
+//! Each configuration alternates apply and floor runs, three rounds each, and reports medians.
+//! Env: `PF2_BENCH_OPS` (operations per run, default 1000), `PF2_TEST_POSTGRES_URL`.
 
 use sdk_core::apply::{ApplyEngine, Submitted};
 use sdk_core::hlc::HlcTimestamp;
@@ -40,55 +41,71 @@ fn op(tenant: &TenantId, client: &ClientId, seq: u64, entities: u64) -> Operatio
     }
 }
 
+/// Apply `n` operations in batches of `batch` for a fresh tenant; ops/s.
+async fn apply_rate(store: &Store, engine: &ApplyEngine, n: u64, batch: u64) -> f64 {
+    let tenant = TenantId::new(format!("bench-{}", uuid::Uuid::new_v4().simple())).unwrap();
+    let client = ClientId::new("bench-client").unwrap();
+    let start = Instant::now();
+    let (mut seq, mut req) = (0, 0);
+    while seq < n {
+        let ops: Vec<Submitted> = (0..batch.min(n - seq))
+            .map(|i| Submitted::Valid(op(&tenant, &client, seq + i + 1, ENTITIES)))
+            .collect();
+        seq += ops.len() as u64;
+        req += 1;
+        store
+            .reconcile(engine, &tenant, &format!("req-{req}"), "h", ops, None, 1000, |_| {
+                "{}".into()
+            })
+            .await
+            .unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The floor: the same number of entity rows with plain single-row upserts, same transaction sizes.
+async fn floor_rate(store: &Store, n: u64, batch: u64) -> f64 {
+    let record = serde_json::to_vec(&json!({"title": "buy milk", "done": false, "n": 1})).unwrap();
+    let tenant = format!("floor-{}", uuid::Uuid::new_v4().simple());
+    let start = Instant::now();
+    let mut written = 0;
+    while written < n {
+        let rows: Vec<(String, Vec<u8>)> = (0..batch.min(n - written))
+            .map(|i| (format!("e{}", (written + i) % ENTITIES), record.clone()))
+            .collect();
+        store.floor_insert(&tenant, &rows, written as i64).await.unwrap();
+        written += rows.len() as u64;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+const ENTITIES: u64 = 200;
+const ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Apply and floor alternate, `ROUNDS` times each; medians and their ratio.
 async fn run(store: &Store, label: &str, total: u64) {
     let engine = ApplyEngine::new(StrategyRegistry::default());
     for batch in [1u64, 10, 100, 500] {
-        let n = if batch == 1 { total.min(500) } else { total };
-        let tenant = TenantId::new(format!("bench-{}", uuid::Uuid::new_v4().simple())).unwrap();
-        let client = ClientId::new("bench-client").unwrap();
-        let entities = 200;
-        let start = Instant::now();
-        let mut seq = 0;
-        let mut req = 0;
-        while seq < n {
-            let ops: Vec<Submitted> = (0..batch.min(n - seq))
-                .map(|i| Submitted::Valid(op(&tenant, &client, seq + i + 1, entities)))
-                .collect();
-            seq += ops.len() as u64;
-            req += 1;
-            store
-                .reconcile(&engine, &tenant, &format!("req-{req}"), "h", ops, None, 1000, |_| {
-                    "{}".into()
-                })
-                .await
-                .unwrap();
+        let n = if batch == 1 { total.min(300) } else { total };
+        let (mut applied, mut floor) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            applied.push(apply_rate(store, &engine, n, batch).await);
+            floor.push(floor_rate(store, n, batch).await);
         }
-        let applied = n as f64 / start.elapsed().as_secs_f64();
-        // The floor: the same number of rows, same transaction sizes, plain upserts.
-        let record =
-            serde_json::to_vec(&json!({"title": "buy milk", "done": false, "n": 1})).unwrap();
-        let floor_tenant = format!("floor-{}", uuid::Uuid::new_v4().simple());
-        let start = Instant::now();
-        let mut written = 0;
-        while written < n {
-            let rows: Vec<(String, Vec<u8>)> = (0..batch.min(n - written))
-                .map(|i| (format!("e{}", (written + i) % entities), record.clone()))
-                .collect();
-            store.floor_insert(&floor_tenant, &rows, written as i64).await.unwrap();
-            written += rows.len() as u64;
-        }
-        let floor = n as f64 / start.elapsed().as_secs_f64();
-        println!(
-            "| {label} | {batch} | {n} | {applied:.0} | {floor:.0} | {:.2} |",
-            applied / floor
-        );
+        let (a, f) = (median(applied), median(floor));
+        println!("| {label} | {batch} | {n} × {ROUNDS} | {a:.0} | {f:.0} | {:.2} |", a / f);
     }
 }
 
 #[tokio::main]
 async fn main() {
     let total: u64 =
-        std::env::var("PF2_BENCH_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+        std::env::var("PF2_BENCH_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     println!(
         "| backend | batch size | operations | apply ops/s | raw floor ops/s | apply / floor |"
     );

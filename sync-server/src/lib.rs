@@ -78,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(http::metrics))
         .route("/openapi.json", get(http::openapi))
         .fallback(|| async { error::ApiError::not_found("no such route") })
+                .layer(realtime::socketio::layer(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(

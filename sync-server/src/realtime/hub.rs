@@ -290,9 +290,12 @@ impl Hub {
         n
     }
 
-    /// Set a client's presence and tell the members of its rooms (or of `room` only).
+    /// Set a client's presence from connection `conn` and tell the members of its rooms.
+    /// Ignored when `conn` is no longer registered (a presence update racing its own disconnect
+    /// must not leave a ghost entry behind).
     pub fn set_presence(
         &self,
+        conn: u64,
         tenant: &TenantId,
         client: &ClientId,
         user: &UserId,
@@ -301,6 +304,9 @@ impl Hub {
     ) {
         {
             let mut inner = self.lock();
+            if !inner.conns.contains_key(&conn) {
+                return;
+            }
             let key = scoped(tenant, client.as_str());
             if status == PresenceStatus::Offline {
                 inner.presence.remove(&key);
@@ -501,7 +507,7 @@ mod tests {
         let mut b = hub.register(&t, &u2, &c2);
         hub.join(&t, &c1, &room);
         hub.join(&t, &c2, &room);
-        hub.set_presence(&t, &c1, &u1, PresenceStatus::Away, None);
+        hub.set_presence(a.id, &t, &c1, &u1, PresenceStatus::Away, None);
         assert!(matches!(
             b.rx.try_recv(),
             Ok(ServerFrame::Presence { status: PresenceStatus::Away, .. })
@@ -521,11 +527,11 @@ mod tests {
         let room = RoomId::new("r").unwrap();
         let (t, u1, c1) = ids("t", "u1", "c1");
         let (_, u2, c2) = ids("t", "u2", "c2");
-        let _a = hub.register(&t, &u1, &c1);
+        let a = hub.register(&t, &u1, &c1);
         let mut b = hub.register(&t, &u2, &c2);
         hub.join(&t, &c1, &room);
         hub.join(&t, &c2, &room);
-        hub.set_presence(&t, &c1, &u1, PresenceStatus::Online, None);
+        hub.set_presence(a.id, &t, &c1, &u1, PresenceStatus::Online, None);
         let _ = b.rx.try_recv();
         hub.sweep();
         assert_eq!(hub.presence_entries(), 0);

@@ -471,7 +471,7 @@ impl Session {
             ClientFrame::Presence { status, metadata, .. } => {
                 let (t, c, u) =
                     (self.identity.tenant.clone(), self.client.clone(), self.identity.user.clone());
-                self.state.hub.set_presence(&t, &c, &u, status, metadata);
+                self.state.hub.set_presence(self.conn_id, &t, &c, &u, status, metadata);
             }
             ClientFrame::JoinRoom { room_id } => {
                 self.state.hub.join(self.tenant(), &self.client, &room_id);
@@ -493,15 +493,15 @@ impl Session {
                 payload,
                 metadata,
             } => {
-                self.message(
+                self.message(crate::realtime::Outgoing {
                     message_id,
                     message_type,
-                    interaction_class,
-                    recipient_id,
-                    room_id,
+                    class: interaction_class,
+                    recipient: recipient_id,
+                    room: room_id,
                     payload,
                     metadata,
-                )
+                })
                 .await
             }
             ClientFrame::Ack { .. } => {}
@@ -600,95 +600,20 @@ impl Session {
         self.subscription = Some(tokio::spawn(follow(state, tenant, after, event_types, tx)));
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn message(
-        &mut self,
-        message_id: Option<String>,
-        message_type: String,
-        class: Option<InteractionClass>,
-        recipient: Option<sdk_core::ids::UserId>,
-        room: Option<sdk_core::ids::RoomId>,
-        payload: Value,
-        metadata: Option<Value>,
-    ) {
-        let message_id = message_id
-            .filter(|m| !m.is_empty() && m.len() <= 128)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let class = class.unwrap_or(InteractionClass::C);
-        if let Err(e) = class.check_transport(Transport::WebSocket) {
-            self.state.metrics.inc("pf2_ws_class_d_refused_total", &[]);
-            return self.error(e.into(), Some(message_id)).await;
+    async fn message(&mut self, m: crate::realtime::Outgoing) {
+        match crate::realtime::relay_message(
+            &self.state,
+            &self.identity,
+            &self.client,
+            self.conn_id,
+            Transport::WebSocket,
+            m,
+        )
+        .await
+        {
+            Ok(message_id) => self.reply(ServerFrame::MessageAck { message_id }).await,
+            Err((e, message_id)) => self.error(e, Some(message_id)).await,
         }
-        if message_type.is_empty() || message_type.len() > 128 {
-            return self
-                .error(
-                    ApiError::invalid("messageType must be 1 to 128 characters"),
-                    Some(message_id),
-                )
-                .await;
-        }
-        let tenant = self.identity.tenant.clone();
-        let frame = ServerFrame::Message {
-            message_id: message_id.clone(),
-            message_type: message_type.clone(),
-            interaction_class: class,
-            tenant_id: tenant.clone(),
-            sender_id: self.identity.user.clone(),
-            recipient_id: recipient.clone(),
-            room_id: room.clone(),
-            payload: payload.clone(),
-            timestamp: iso_now(),
-            metadata: metadata.clone(),
-        };
-        match (&recipient, &room) {
-            (Some(user), None) => {
-                self.state.hub.to_user(&tenant, user, &frame);
-            }
-            (None, Some(room)) => {
-                if !self.state.hub.is_member(&tenant, &self.client, room) {
-                    return self
-                        .error(
-                            ApiError::new(
-                                ErrorCode::AuthzFailed,
-                                "join the room before sending to it",
-                            ),
-                            Some(message_id),
-                        )
-                        .await;
-                }
-                self.state.hub.to_room(&tenant, room, &frame, Some(self.conn_id));
-            }
-            _ => {
-                return self
-                    .error(
-                        ApiError::invalid("a message names exactly one of recipientId or roomId"),
-                        Some(message_id),
-                    )
-                    .await;
-            }
-        }
-        // Class B messages are durable: they also go to the tenant's event log.
-        if class == InteractionClass::B {
-            let body = json!({ "messageId": message_id, "senderId": self.identity.user.as_str(), "recipientId": recipient, "roomId": room, "payload": payload });
-            let meta = json!({ "source": "realtime", "metadata": metadata });
-            match self
-                .state
-                .store
-                .append_event(
-                    tenant.as_str(),
-                    &uuid::Uuid::new_v4().to_string(),
-                    &format!("message.{message_type}"),
-                    &body,
-                    &meta,
-                    false,
-                )
-                .await
-            {
-                Ok(seq) => self.state.notifier.notify(tenant.as_str(), seq),
-                Err(e) => return self.error(e, Some(message_id)).await,
-            }
-        }
-        self.reply(ServerFrame::MessageAck { message_id }).await;
     }
 
     async fn snapshot(
