@@ -168,6 +168,37 @@ async fn authenticates_by_first_frame_or_query_and_refuses_bad_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwt_matrix_is_refused_over_the_socket() {
+    let s = server(|_| {}).await;
+    for (name, token) in common::bad_tokens(&s.app.tenant) {
+        // By URL …
+        let ws = connect_raw(&s, &format!("?token={token}"), None, None).await.unwrap();
+        let mut c = Client { ws, codec: Codec::Json };
+        let e = c.recv().await;
+        assert!(
+            matches!(e, ServerFrame::Error { code: sdk_core::ErrorCode::AuthFailed, .. }),
+            "{name}: {e:?}"
+        );
+        assert_eq!(c.closed().await.0, 4401, "{name}");
+        // … and by the first frame.
+        let ws = connect_raw(&s, "", None, None).await.unwrap();
+        let mut c = Client { ws, codec: Codec::Json };
+        c.send(&ClientFrame::Auth { token: token.clone(), client_id: ClientId::new("c").unwrap() })
+            .await;
+        let e = c.recv().await;
+        assert!(
+            matches!(e, ServerFrame::Error { code: sdk_core::ErrorCode::AuthFailed, .. }),
+            "{name}: {e:?}"
+        );
+        assert_eq!(c.closed().await.0, 4401, "{name}");
+    }
+    // The control.
+    let ok = connect_with(&s, &common::good_raw_token(&s.app.tenant), "c1", Codec::Json).await;
+    drop(ok);
+    assert!(s.app.state.hub.connections() <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msgpack_is_negotiated_by_subprotocol() {
     let s = server(|_| {}).await;
     let mut c = connect_with(&s, &s.app.token("u"), "c1", Codec::MessagePack).await;

@@ -67,6 +67,7 @@ async fn a_stock_socket_io_client_speaks_every_api_md_event() {
         .env("TOKEN_B", app.token("user-b"))
         .env("TOKEN_OTHER", app.token_for("another-tenant", "user-x", &[]))
         .env("ROOM", &room)
+        .env("BAD_TOKENS", serde_json::to_string(&common::bad_tokens(&app.tenant)).unwrap())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -240,3 +240,80 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Tokens every surface must refuse with `AUTH_FAILED`, for `tenant` on a server whose HS256
+/// secret is [`SECRET`]: (what is wrong, the token).
+pub fn bad_tokens(tenant: &str) -> Vec<(&'static str, String)> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = |extra: Value| {
+        let mut c = json!({"sub": "u", "tenantId": tenant, "exp": now + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let hs = json!({"alg": "HS256", "typ": "JWT"});
+    let b64 = |v: &Value| B64.encode(serde_json::to_vec(v).unwrap());
+    let rsa_public =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rsa-public.pem")).unwrap();
+    let rsa_private =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rsa-private.pem")).unwrap();
+    let hs512 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &claims(json!({})),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let rs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims(json!({})),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&rsa_private).unwrap(),
+    )
+    .unwrap();
+    vec![
+        ("garbage", "not.a.jwt".into()),
+        (
+            "alg none",
+            format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims(json!({})))),
+        ),
+        ("wrong algorithm (HS512)", hs512),
+        (
+            "HS/RS confusion: HS256 signed with the RSA public key",
+            raw_token(&hs, &claims(json!({})), &rsa_public),
+        ),
+        ("RS256 token on an HS256 server", rs256),
+        ("expired", raw_token(&hs, &claims(json!({"exp": now - 3600})), SECRET.as_bytes())),
+        (
+            "nbf in the future",
+            raw_token(&hs, &claims(json!({"nbf": now + 3600})), SECRET.as_bytes()),
+        ),
+        ("no exp", raw_token(&hs, &claims(json!({"exp": null})), SECRET.as_bytes())),
+        (
+            "bad signature",
+            raw_token(&hs, &claims(json!({})), b"another-secret-another-secret-0123456"),
+        ),
+        (
+            "key in header (jwk)",
+            raw_token(
+                &json!({"alg": "HS256", "typ": "JWT", "jwk": {"kty": "oct", "k": "YXR0YWNrZXI"}, "kid": "attacker"}),
+                &claims(json!({})),
+                b"attacker",
+            ),
+        ),
+        ("no tenant", raw_token(&hs, &claims(json!({"tenantId": null})), SECRET.as_bytes())),
+    ]
+}
+
+/// A valid token made the same way as [`bad_tokens`] (the control).
+pub fn good_raw_token(tenant: &str) -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    raw_token(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        &json!({"sub": "u", "tenantId": tenant, "exp": now + 600}),
+        SECRET.as_bytes(),
+    )
+}
