@@ -127,6 +127,20 @@ async fn connect_with(s: &Server, token: &str, client: &str, codec: Codec) -> Cl
     c
 }
 
+/// Wait until the audit log of `tenant` holds an entry for which `pred` is true (the socket
+/// writes its audit entries off the connection's path).
+async fn audited(s: &Server, tenant: &str, pred: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        let entries = s.app.state.store.audit_entries(tenant, 1000).await.unwrap();
+        if entries.iter().any(&pred) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no matching audit entry for {tenant}");
+        tokio::task::yield_now().await;
+    }
+}
+
 fn room(r: &str) -> RoomId {
     RoomId::new(r).unwrap()
 }
@@ -161,10 +175,9 @@ async fn authenticates_by_first_frame_or_query_and_refuses_bad_tokens() {
     let e = bad.recv().await;
     assert!(matches!(e, ServerFrame::Error { code: sdk_core::ErrorCode::AuthFailed, .. }), "{e:?}");
     assert_eq!(bad.closed().await.0, 4401);
-    let entries = s.app.state.store.audit_entries(&s.app.tenant, 100).await.unwrap();
-    assert!(entries.iter().any(|e| e["action"] == "ws.opened" && e["details"]["clientId"] == "c1"));
-    let failures = s.app.state.store.audit_entries("-", 1000).await.unwrap();
-    assert!(failures.iter().any(|e| e["action"] == "ws.auth_failed"));
+    audited(&s, &s.app.tenant, |e| e["action"] == "ws.opened" && e["details"]["clientId"] == "c1")
+        .await;
+    audited(&s, "-", |e| e["action"] == "ws.auth_failed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,8 +509,7 @@ async fn the_rate_limit_warns_then_disconnects() {
         }
     }
     assert_eq!(c.closed().await.0, 1008);
-    let entries = s.app.state.store.audit_entries(&s.app.tenant, 100).await.unwrap();
-    assert!(entries.iter().any(|e| e["action"] == "ws.rate_limited"));
+    audited(&s, &s.app.tenant, |e| e["action"] == "ws.rate_limited").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

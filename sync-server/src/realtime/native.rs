@@ -139,6 +139,8 @@ fn close_message(c: &Closing) -> Message {
     Message::Close(Some(CloseFrame { code: c.code, reason: c.reason.into() }))
 }
 
+/// Write an audit entry without holding up the connection (lifecycle events are frequent: a
+/// reconnect storm must not queue behind the audit table).
 async fn audit(
     state: &AppState,
     tenant: &str,
@@ -147,10 +149,26 @@ async fn audit(
     outcome: &str,
     details: Value,
 ) {
-    let entry = AuditEntry { tenant, actor, action, target: "/v1/ws", outcome, details };
-    if let Err(e) = state.store.audit(&entry).await {
-        tracing::warn!(error = %e, "audit write failed");
-    }
+    let (state, tenant, actor, action, outcome) = (
+        state.clone(),
+        tenant.to_string(),
+        actor.to_string(),
+        action.to_string(),
+        outcome.to_string(),
+    );
+    tokio::spawn(async move {
+        let entry = AuditEntry {
+            tenant: &tenant,
+            actor: &actor,
+            action: &action,
+            target: "/v1/ws",
+            outcome: &outcome,
+            details,
+        };
+        if let Err(e) = state.store.audit(&entry).await {
+            tracing::warn!(error = %e, "audit write failed");
+        }
+    });
 }
 
 async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta: Meta) {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Fan-out benchmark: PF-2's /v1/ws against a bare tokio-tungstenite broadcast server (the floor)
+# and a Socket.IO 4.8 Node server (the peer), same load, one run; then idle memory per connection.
+# Prints markdown rows for docs/benchmarks.md. Usage: tests/bench/fanout.sh [connections] [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CONNS=${1:-1000}
+SECS=${2:-10}
+IDLE=${IDLE_CONNECTIONS:-10000}
+TICKS=$(getconf CLK_TCK)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release -q -p sync-server -p pf2-e2e
+test -d tests/bench/node_modules/socket.io || npm ci --prefix tests/bench --no-audit --no-fund >/dev/null
+DATA=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
+
+wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+start_native() {
+  PF2_DATABASE_URL="sqlite://$DATA/pf2.db" PF2_LISTEN=127.0.0.1:3100 PF2_JWT_SECRET=bench-secret-bench-secret-bench-secret-01 \
+    PF2_WS_RATE=1000000 PF2_WS_MAX_CONNECTIONS=100000 PF2_LOG=warn ./target/release/sync-server serve 2>>"$DATA/server.log" & echo $! > "$DATA/pid"
+  wait_port 3100
+}
+start_floor() { ./target/release/broadcast-floor 127.0.0.1:3101 >/dev/null & echo $! > "$DATA/pid"; wait_port 3101; }
+start_socketio() { node tests/bench/socketio-server.mjs 3102 >/dev/null & echo $! > "$DATA/pid"; wait_port 3102; }
+stop() { kill "$(cat "$DATA/pid")"; wait "$(cat "$DATA/pid")" 2>/dev/null || true; }
+
+TOKEN=$(PF2_JWT_SECRET=bench-secret-bench-secret-bench-secret-01 ./target/release/sync-server token --tenant bench --user load --ttl 3600)
+run() { # label target addr extra-args...
+  local label=$1 target=$2 addr=$3; shift 3
+  ./target/release/fanout --target "$target" --addr "$addr" --pid "$(cat "$DATA/pid")" --token "$TOKEN" \
+    --clock-ticks "$TICKS" --label "$label" "$@"
+}
+
+echo "Fan-out: $CONNS connections, rooms of 10, 1 sender per room at 20 msg/s, ${SECS}s measured"
+echo
+echo "| server | delivered | delivered/s | of expected | server CPU s | delivered per CPU-second | p50 ms | p99 ms |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+start_floor;    run "tokio-tungstenite floor" floor 127.0.0.1:3101 --connections "$CONNS" --seconds "$SECS"; stop
+start_native;   run "PF-2 /v1/ws" native 127.0.0.1:3100 --connections "$CONNS" --seconds "$SECS"; stop
+start_socketio; run "socket.io 4.8 (Node)" socketio 127.0.0.1:3102 --connections "$CONNS" --seconds "$SECS"; stop
+echo
+echo "| server | load | RSS before → after | per idle connection |"
+echo "| --- | --- | --- | --- |"
+start_floor;    run "tokio-tungstenite floor" floor 127.0.0.1:3101 --connections "$IDLE" --idle; stop
+start_native;   run "PF-2 /v1/ws" native 127.0.0.1:3100 --connections "$IDLE" --idle; stop
+start_socketio; run "socket.io 4.8 (Node)" socketio 127.0.0.1:3102 --connections "$IDLE" --idle; stop
