@@ -19,6 +19,9 @@ struct Histogram {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Hot-path counters (one increment per realtime message): atomics, no lock, no allocation.
+    pub ws_messages_in: std::sync::atomic::AtomicU64,
+    pub ws_messages_out: std::sync::atomic::AtomicU64,
     counters: Mutex<BTreeMap<Key, u64>>,
     gauges: Mutex<BTreeMap<Key, f64>>,
     histograms: Mutex<BTreeMap<Key, Histogram>>,
@@ -70,7 +73,12 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut out = String::new();
+        let _ = writeln!(out, "# TYPE pf2_ws_messages_in_total counter");
+        let _ = writeln!(out, "pf2_ws_messages_in_total {}", self.ws_messages_in.load(Relaxed));
+        let _ = writeln!(out, "# TYPE pf2_ws_messages_out_total counter");
+        let _ = writeln!(out, "pf2_ws_messages_out_total {}", self.ws_messages_out.load(Relaxed));
         let mut last = String::new();
         for ((name, labels), v) in self.counters.lock().expect("metrics lock").iter() {
             if *name != last {

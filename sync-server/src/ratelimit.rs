@@ -18,9 +18,40 @@ impl Rate {
     }
 }
 
+/// One caller's bucket, for a caller that owns its own (a connection): no shared lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    pub fn full(rate: Rate, now: Instant) -> Self {
+        Self { tokens: rate.limit as f64, at: now }
+    }
+
+    /// Take a token at `now`; `Err(seconds until one is available)` when empty.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), u64> {
+        if rate.limit == 0 {
+            return Err(rate.window.as_secs().max(1));
+        }
+        let per_sec = rate.limit as f64 / rate.window.as_secs_f64();
+        self.tokens = (self.tokens
+            + now.saturating_duration_since(self.at).as_secs_f64() * per_sec)
+            .min(rate.limit as f64);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) / per_sec).ceil().max(1.0) as u64)
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl RateLimiter {
@@ -33,20 +64,12 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         if buckets.len() > 100_000 {
             // Forget full buckets so memory stays bounded under many distinct callers.
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < rate.limit as f64
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < rate.limit as f64
             });
         }
-        let (tokens, at) = buckets.entry(key.to_string()).or_insert((rate.limit as f64, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec)
-            .min(rate.limit as f64);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / per_sec).ceil().max(1.0) as u64)
-        }
+        let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::full(rate, now));
+        bucket.take(rate, now)
     }
 }
 

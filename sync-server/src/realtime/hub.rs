@@ -14,9 +14,41 @@ use sdk_core::protocol::{PresenceStatus, ServerFrame};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+
+/// A frame on its way to one or many connections: shared, and encoded at most once per codec
+/// however many recipients it has.
+#[derive(Debug)]
+pub struct Outbound {
+    pub frame: ServerFrame,
+    json: OnceLock<axum::extract::ws::Utf8Bytes>,
+    msgpack: OnceLock<axum::body::Bytes>,
+}
+
+impl Outbound {
+    pub fn new(frame: ServerFrame) -> Arc<Self> {
+        Arc::new(Self { frame, json: OnceLock::new(), msgpack: OnceLock::new() })
+    }
+
+    /// The WebSocket message for `codec`, encoding on first use only.
+    pub fn message(&self, codec: sdk_core::protocol::Codec) -> axum::extract::ws::Message {
+        use axum::extract::ws::Message;
+        match codec {
+            sdk_core::protocol::Codec::Json => Message::Text(
+                self.json
+                    .get_or_init(|| {
+                        String::from_utf8(codec.encode(&self.frame)).expect("JSON is UTF-8").into()
+                    })
+                    .clone(),
+            ),
+            sdk_core::protocol::Codec::MessagePack => Message::Binary(
+                self.msgpack.get_or_init(|| codec.encode(&self.frame).into()).clone(),
+            ),
+        }
+    }
+}
 
 /// The hub's handle on one connection.
 #[derive(Debug)]
@@ -24,7 +56,7 @@ struct Conn {
     tenant: TenantId,
     user: UserId,
     client: ClientId,
-    tx: mpsc::Sender<ServerFrame>,
+    tx: mpsc::Sender<Arc<Outbound>>,
     kill: watch::Sender<bool>,
 }
 
@@ -56,8 +88,8 @@ struct Inner {
 pub struct Registration {
     pub id: u64,
     /// The connection's outbound buffer (the session sends its own replies through `tx`).
-    pub tx: mpsc::Sender<ServerFrame>,
-    pub rx: mpsc::Receiver<ServerFrame>,
+    pub tx: mpsc::Sender<Arc<Outbound>>,
+    pub rx: mpsc::Receiver<Arc<Outbound>>,
     /// Becomes `true` when the hub disconnects a slow consumer.
     pub kill: watch::Receiver<bool>,
 }
@@ -181,10 +213,10 @@ impl Hub {
     }
 
     /// Queue a frame for one connection; a full buffer marks it a slow consumer and kills it.
-    fn offer(&self, conn: &Conn, frame: ServerFrame) -> bool {
-        match conn.tx.try_send(frame) {
+    fn offer(&self, conn: &Conn, frame: &Arc<Outbound>) -> bool {
+        match conn.tx.try_send(frame.clone()) {
             Ok(()) => {
-                self.metrics.inc("pf2_ws_messages_out_total", &[]);
+                self.metrics.ws_messages_out.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -251,6 +283,7 @@ impl Hub {
         frame: &ServerFrame,
         skip: Option<u64>,
     ) -> usize {
+        let frame = Outbound::new(frame.clone());
         let inner = self.lock();
         let Some(members) = inner.rooms.get(&scoped(tenant, room.as_str())) else { return 0 };
         let mut n = 0;
@@ -259,7 +292,7 @@ impl Hub {
                 if Some(*id) != skip
                     && let Some(conn) = inner.conns.get(id)
                 {
-                    n += self.offer(conn, frame.clone()) as usize;
+                    n += self.offer(conn, &frame) as usize;
                 }
             }
         }
@@ -268,11 +301,12 @@ impl Hub {
 
     /// Send to every connection of `tenant` (pokes).
     pub fn to_tenant(&self, tenant: &TenantId, frame: &ServerFrame) -> usize {
+        let frame = Outbound::new(frame.clone());
         let inner = self.lock();
         let mut n = 0;
         for id in inner.by_tenant.get(tenant).into_iter().flatten() {
             if let Some(conn) = inner.conns.get(id) {
-                n += self.offer(conn, frame.clone()) as usize;
+                n += self.offer(conn, &frame) as usize;
             }
         }
         n
@@ -280,11 +314,12 @@ impl Hub {
 
     /// Send to every connection of `user` in `tenant`.
     pub fn to_user(&self, tenant: &TenantId, user: &UserId, frame: &ServerFrame) -> usize {
+        let frame = Outbound::new(frame.clone());
         let inner = self.lock();
         let mut n = 0;
         for id in inner.by_user.get(&scoped(tenant, user.as_str())).into_iter().flatten() {
             if let Some(conn) = inner.conns.get(id) {
-                n += self.offer(conn, frame.clone()) as usize;
+                n += self.offer(conn, &frame) as usize;
             }
         }
         n
@@ -509,13 +544,13 @@ mod tests {
         hub.join(&t, &c2, &room);
         hub.set_presence(a.id, &t, &c1, &u1, PresenceStatus::Away, None);
         assert!(matches!(
-            b.rx.try_recv(),
+            b.rx.try_recv().map(|o| o.frame.clone()),
             Ok(ServerFrame::Presence { status: PresenceStatus::Away, .. })
         ));
         assert_eq!(hub.presence_in(&t, &room).len(), 1);
         hub.unregister(a.id);
         assert!(matches!(
-            b.rx.try_recv(),
+            b.rx.try_recv().map(|o| o.frame.clone()),
             Ok(ServerFrame::Presence { status: PresenceStatus::Offline, .. })
         ));
         assert_eq!(hub.presence_entries(), 0);
@@ -536,7 +571,7 @@ mod tests {
         hub.sweep();
         assert_eq!(hub.presence_entries(), 0);
         assert!(matches!(
-            b.rx.try_recv(),
+            b.rx.try_recv().map(|o| o.frame.clone()),
             Ok(ServerFrame::Presence { status: PresenceStatus::Offline, .. })
         ));
     }

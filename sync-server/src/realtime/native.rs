@@ -9,6 +9,7 @@ use crate::api::{iso_now, prepare_batch};
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::ratelimit::Rate;
+use crate::realtime::hub::Outbound;
 use crate::realtime::origin_allowed;
 use crate::state::AppState;
 use crate::store::AuditEntry;
@@ -106,6 +107,10 @@ pub async fn upgrade(
         // The library refuses frames far over the limit; the session enforces the limit exactly
         // and closes with 1009.
         .max_message_size(limit * 2)
+        // Small per-connection buffers: an idle socket should cost kilobytes, not the library's
+        // 128 KiB defaults. They grow for large frames and shrink back.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .max_frame_size(limit * 2)
         .on_upgrade(move |socket| run(socket, state, codec, q, meta))
 }
@@ -214,7 +219,7 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
     };
     let (ev_tx, ev_rx) = mpsc::channel(64);
     let (close_tx, close_rx) = mpsc::channel(1);
-    let _ = reg.tx.try_send(connected);
+    let _ = reg.tx.try_send(Outbound::new(connected));
     let writer = tokio::spawn(write_loop(sink, reg.rx, ev_rx, reg.kill.clone(), close_rx, codec));
     let mut session = Session {
         state: state.clone(),
@@ -227,6 +232,7 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
         ev_tx,
         subscription: None,
         over_limit: 0,
+        bucket: crate::ratelimit::Bucket::full(state.limits.ws_rate, Instant::now()),
         last_heard: Instant::now(),
     };
     let outcome = session.read_loop(&mut stream, reg.kill).await;
@@ -296,8 +302,8 @@ async fn authenticate(
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<ServerFrame>,
-    mut ev_rx: mpsc::Receiver<ServerFrame>,
+    mut rx: mpsc::Receiver<std::sync::Arc<Outbound>>,
+    mut ev_rx: mpsc::Receiver<std::sync::Arc<Outbound>>,
     mut kill: watch::Receiver<bool>,
     mut close_rx: mpsc::Receiver<Closing>,
     codec: Codec,
@@ -316,8 +322,8 @@ async fn write_loop(
                 }
                 return;
             }
-            f = rx.recv() => match f { Some(f) => encode(codec, &f), None => return },
-            e = ev_rx.recv() => match e { Some(e) => encode(codec, &e), None => continue },
+            f = rx.recv() => match f { Some(f) => f.message(codec), None => return },
+            e = ev_rx.recv() => match e { Some(e) => e.message(codec), None => continue },
         };
         tokio::select! {
             r = sink.send(msg) => if r.is_err() { return },
@@ -332,11 +338,13 @@ struct Session {
     conn_id: u64,
     identity: Identity,
     client: ClientId,
-    tx: mpsc::Sender<ServerFrame>,
-    ev_tx: mpsc::Sender<ServerFrame>,
+    tx: mpsc::Sender<std::sync::Arc<Outbound>>,
+    ev_tx: mpsc::Sender<std::sync::Arc<Outbound>>,
     subscription: Option<JoinHandle<()>>,
     token_deadline: TokioInstant,
     over_limit: u32,
+    /// This connection's own rate bucket (no shared lock on the message path).
+    bucket: crate::ratelimit::Bucket,
     last_heard: Instant,
 }
 
@@ -347,8 +355,8 @@ impl Session {
 
     /// A reply to this connection: waits for buffer space (the client asked for it).
     async fn reply(&self, frame: ServerFrame) {
-        if self.tx.send(frame).await.is_ok() {
-            self.state.metrics.inc("pf2_ws_messages_out_total", &[]);
+        if self.tx.send(Outbound::new(frame)).await.is_ok() {
+            self.state.metrics.ws_messages_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -387,7 +395,7 @@ impl Session {
                 Some(Ok(Message::Binary(b))) => b.to_vec(),
             };
             self.last_heard = Instant::now();
-            self.state.metrics.inc("pf2_ws_messages_in_total", &[]);
+            self.state.metrics.ws_messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.state.hub.touch(self.tenant(), &self.client);
             if bytes.len() > self.state.limits.ws_frame_bytes {
                 self.state
@@ -408,9 +416,9 @@ impl Session {
     /// api.md: 100 messages a minute per connection; over it, a warning per message, and after
     /// [`RATE_GRACE`] such warnings, a disconnect.
     async fn rate_limit(&mut self) -> Result<(), Closing> {
-        let key = format!("ws\u{0}{}", self.conn_id);
         let rate: Rate = self.state.limits.ws_rate;
-        match self.state.rate.check(&key, rate, Instant::now()) {
+
+        match self.bucket.take(rate, Instant::now()) {
             Ok(()) => Ok(()),
             Err(retry) => {
                 self.over_limit += 1;
@@ -721,7 +729,7 @@ async fn follow(
     tenant: String,
     mut after: u64,
     patterns: Vec<String>,
-    tx: mpsc::Sender<ServerFrame>,
+    tx: mpsc::Sender<std::sync::Arc<Outbound>>,
 ) {
     let mut wake = state.notifier.subscribe(&tenant);
     loop {
@@ -729,7 +737,7 @@ async fn follow(
         let rows = match state.store.events_after(&tenant, after, 500).await {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx.send(ServerFrame::error(e.code, e.message, None)).await;
+                let _ = tx.send(Outbound::new(ServerFrame::error(e.code, e.message, None))).await;
                 return;
             }
         };
@@ -742,7 +750,7 @@ async fn follow(
         for e in rows {
             after = e.event.sequence;
             if type_matches(&patterns, &e.event.event_type)
-                && tx.send(ServerFrame::Event { event: e.event }).await.is_err()
+                && tx.send(Outbound::new(ServerFrame::Event { event: e.event })).await.is_err()
             {
                 return;
             }

@@ -186,7 +186,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
         loop {
             tokio::select! {
                 f = rx.recv() => match f {
-                    Some(frame) => if let Some((event, payload)) = to_event(&frame) { emit(&fstate, &fs, event, &payload) },
+                    Some(out) => if let Some((event, payload)) = to_event(&out.frame) { emit(&fstate, &fs, event, &payload) },
                     None => return,
                 },
                 _ = kill.changed() => {

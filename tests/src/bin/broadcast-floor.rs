@@ -24,6 +24,8 @@ async fn main() -> anyhow::Result<()> {
         let (id, rooms) = (next, rooms.clone());
         tokio::spawn(async move {
             let mut room = String::new();
+            // tungstenite's callback signature fixes the (large) error type.
+            #[allow(clippy::result_large_err)]
             let callback = |req: &Request, resp: Response| {
                 room = req
                     .uri()
