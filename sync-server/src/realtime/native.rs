@@ -178,7 +178,7 @@ async fn audit(
 
 async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta: Meta) {
     let (mut sink, mut stream) = socket.split();
-    let (identity, client) = match authenticate(&mut stream, &state, codec, q).await {
+    let (identity, client) = match Box::pin(authenticate(&mut stream, &state, codec, q)).await {
         Ok(ok) => ok,
         Err((e, reason)) => {
             state.metrics.inc("pf2_ws_auth_failures_total", &[]);
@@ -407,7 +407,9 @@ impl Session {
                 return c;
             }
             match self.codec.decode::<ClientFrame>(&bytes, self.state.limits.ws_frame_bytes) {
-                Ok(frame) => self.handle(frame).await,
+                // Boxed: the handlers (push → reconcile …) are large state machines; inline they
+                // would make every idle connection carry their size.
+                Ok(frame) => Box::pin(self.handle(frame)).await,
                 Err(e) => self.error(e.into(), None).await,
             }
         }
