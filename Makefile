@@ -6,14 +6,15 @@ SIM_SOAK_CASES ?= 20000
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 
-.PHONY: help run demo-core test prereqs fmt-check clippy unit wasm-build soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core bench-realtime test prereqs fmt-check clippy unit wasm-build soak bench fuzz fuzz-prereqs docs
 
 help:
 	@echo "make run    - build and start the sync server on embedded SQLite at http://127.0.0.1:3000"
 	@echo "make test   - fmt, clippy -D warnings, every test, the wasm32 build (what CI runs)"
 	@echo "make soak   - the convergence simulator at $(SIM_SOAK_CASES) cases per strategy (release)"
 	@echo "make bench  - sdk-core and server benchmarks (docs/benchmarks.md)"
-	@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
+		@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
+	@echo "make bench-realtime - fan-out vs a tokio-tungstenite floor and socket.io (docs/benchmarks.md)"
 	@echo "make fuzz   - every fuzz target for $(FUZZ_SECONDS) s (nightly + cargo-fuzz, installed if missing)"
 	@echo "make docs   - rustdoc for the workspace"
 
@@ -62,6 +63,9 @@ soak:
 bench:
 	$(CARGO) bench -p sdk-core --bench core
 	$(CARGO) bench -p sync-server --bench apply
+
+bench-realtime:
+	tests/bench/fanout.sh 1000 10
 
 fuzz-prereqs:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
