@@ -53,7 +53,9 @@ fn op_from(chunk: &[u8], seqs: &mut [u64; 4]) -> Submitted {
         clock.set(ClientId::new(format!("c{}", (c + i + 1) % 4)).unwrap(), (*b % 4) as u64);
     }
     clock.set(client.clone(), seq.unwrap_or(chunk[7] as u64 % 5 + 1));
-    let id = OperationId::new(format!("op-{}-{}", c, u16::from_le_bytes([chunk[10], chunk[11]]) % 512)).unwrap();
+    let id =
+        OperationId::new(format!("op-{}-{}", c, u16::from_le_bytes([chunk[10], chunk[11]]) % 512))
+            .unwrap();
     Submitted::Valid(Operation {
         id,
         client_id: client,
@@ -77,7 +79,8 @@ fuzz_target!(|data: &[u8]| {
         _ => ConflictStrategy::Crdt("concat".into()),
     };
     let mut registry = StrategyRegistry::new(strategy);
-    registry.register_custom("keep", |i: &sdk_core::strategy::MergeInput<'_>| Ok(i.server.cloned()));
+    registry
+        .register_custom("keep", |i: &sdk_core::strategy::MergeInput<'_>| Ok(i.server.cloned()));
     registry.register_crdt("concat", Concat);
     let engine = ApplyEngine::new(registry);
     let tenant = TenantId::new("t1").unwrap();

@@ -220,33 +220,13 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     s.on(
         "join_room",
         async |s: SocketRef, TryData(r): TryData<RoomRequest>, State(state): State<AppState>| {
-            let Some((identity, conn)) = admit(&state, &s).await else { return };
-            let Some(room) = r.ok().and_then(|r| RoomId::new(r.room_id).ok()) else {
-                return emit(
-                    &state,
-                    &s,
-                    "error",
-                    &error_payload(ErrorCode::InvalidRequest, "join_room needs a valid roomId"),
-                );
-            };
-            state.hub.join(&identity.tenant, &conn.client, &room);
-            emit(&state, &s, "room_joined", &json!({ "roomId": room }));
+            room_change(&state, &s, r.ok(), true).await
         },
     );
     s.on(
         "leave_room",
         async |s: SocketRef, TryData(r): TryData<RoomRequest>, State(state): State<AppState>| {
-            let Some((identity, conn)) = admit(&state, &s).await else { return };
-            let Some(room) = r.ok().and_then(|r| RoomId::new(r.room_id).ok()) else {
-                return emit(
-                    &state,
-                    &s,
-                    "error",
-                    &error_payload(ErrorCode::InvalidRequest, "leave_room needs a valid roomId"),
-                );
-            };
-            state.hub.leave(&identity.tenant, &conn.client, &room);
-            emit(&state, &s, "room_left", &json!({ "roomId": room }));
+            room_change(&state, &s, r.ok(), false).await
         },
     );
     s.on(
@@ -327,6 +307,27 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
             "interactionClasses": InteractionClass::ALL,
         }),
     );
+}
+
+/// `join_room` / `leave_room`: change membership and confirm with `room_joined` / `room_left`.
+async fn room_change(state: &AppState, s: &SocketRef, request: Option<RoomRequest>, join: bool) {
+    let Some((identity, conn)) = admit(state, s).await else { return };
+    let (verb, answer) =
+        if join { ("join_room", "room_joined") } else { ("leave_room", "room_left") };
+    let Some(room) = request.and_then(|r| RoomId::new(r.room_id).ok()) else {
+        return emit(
+            state,
+            s,
+            "error",
+            &error_payload(ErrorCode::InvalidRequest, &format!("{verb} needs a valid roomId")),
+        );
+    };
+    if join {
+        state.hub.join(&identity.tenant, &conn.client, &room);
+    } else {
+        state.hub.leave(&identity.tenant, &conn.client, &room);
+    }
+    emit(state, s, answer, &json!({ "roomId": room }));
 }
 
 /// Count the message, keep presence alive, apply the per-connection rate limit (a warning per
