@@ -308,25 +308,45 @@ async fn write_loop(
     mut close_rx: mpsc::Receiver<Closing>,
     codec: Codec,
 ) {
+    /// Frames written per flush when several are already queued (one syscall for a burst).
+    const BURST: usize = 32;
+    let mut events_open = true;
     loop {
-        let msg = tokio::select! {
+        // Idle: wait for a frame or a close. A kill always comes with a full buffer, so `rx`
+        // answers at once and the flag is checked right after.
+        let first = tokio::select! {
             biased;
-            _ = kill.changed() => {
-                // A slow consumer: try to say why, but never wait on it.
-                let _ = tokio::time::timeout(Duration::from_millis(100), sink.send(close_message(&closing(CLOSE_TRY_AGAIN, "slow consumer")))).await;
-                return;
-            }
             c = close_rx.recv() => {
                 if let Some(c) = c {
                     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&c))).await;
                 }
                 return;
             }
-            f = rx.recv() => match f { Some(f) => f.message(codec), None => return },
-            e = ev_rx.recv() => match e { Some(e) => e.message(codec), None => continue },
+            f = rx.recv() => match f { Some(f) => f, None => return },
+            e = ev_rx.recv(), if events_open => match e {
+                Some(e) => e,
+                None => { events_open = false; continue }
+            },
         };
+        if *kill.borrow() {
+            // A slow consumer: try to say why, but never wait on it.
+            let close = close_message(&closing(CLOSE_TRY_AGAIN, "slow consumer"));
+            let _ = tokio::time::timeout(Duration::from_millis(100), sink.send(close)).await;
+            return;
+        }
+        let write = async {
+            sink.feed(first.message(codec)).await?;
+            for _ in 1..BURST {
+                match rx.try_recv() {
+                    Ok(f) => sink.feed(f.message(codec)).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        // Only a blocked write needs the kill signal: it is how a slow consumer is cut off.
         tokio::select! {
-            r = sink.send(msg) => if r.is_err() { return },
+            r = write => if r.is_err() { return },
             _ = kill.changed() => return,
         }
     }
