@@ -760,17 +760,7 @@ async fn class_d_travels_rest_and_never_realtime(backend: Backend) {
 async fn jwt_matrix_is_refused_with_auth_failed(backend: Backend) {
     let app = app!(backend);
     let now = jsonwebtoken::get_current_timestamp();
-    let claims = |extra: Value| {
-        let mut c = json!({"sub": "u", "tenantId": app.tenant, "exp": now + 600});
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c
-    };
+    let claims = |extra: Value| common::claims(&app.tenant, extra);
     let hs = json!({"alg": "HS256", "typ": "JWT"});
     let rsa_public = std::fs::read("tests/data/rsa-public.pem").unwrap();
     let mut cases = common::bad_tokens(&app.tenant);

@@ -241,21 +241,26 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Claims for user `u` of `tenant`, valid for 10 minutes, with `extra` fields set (a `null`
+/// removes the field).
+pub fn claims(tenant: &str, extra: Value) -> Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut c = json!({"sub": "u", "tenantId": tenant, "exp": now + 600});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
 /// Tokens every surface must refuse with `AUTH_FAILED`, for `tenant` on a server whose HS256
 /// secret is [`SECRET`]: (what is wrong, the token).
 pub fn bad_tokens(tenant: &str) -> Vec<(&'static str, String)> {
     let now = jsonwebtoken::get_current_timestamp();
-    let claims = |extra: Value| {
-        let mut c = json!({"sub": "u", "tenantId": tenant, "exp": now + 600});
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                c.as_object_mut().unwrap().remove(k);
-            } else {
-                c[k] = v.clone();
-            }
-        }
-        c
-    };
+    let claims = |extra: Value| claims(tenant, extra);
     let hs = json!({"alg": "HS256", "typ": "JWT"});
     let b64 = |v: &Value| B64.encode(serde_json::to_vec(v).unwrap());
     let rsa_public =
