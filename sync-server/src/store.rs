@@ -522,18 +522,26 @@ impl Store {
         Ok(seq)
     }
 
-    /// Delete non-critical events older than `older_than_ms` (epoch ms); records the highest
-    /// deleted sequence per tenant so readers below it get `SNAPSHOT_REQUIRED`.
-    pub async fn prune_events(&self, older_than_ms: i64) -> Result<u64, ApiError> {
+    /// Delete non-critical events older than `older_than_ms` (epoch ms) of one tenant (`None`:
+    /// every tenant); records the highest deleted sequence per tenant so readers below it get
+    /// `SNAPSHOT_REQUIRED`.
+    pub async fn prune_events(
+        &self,
+        older_than_ms: i64,
+        tenant: Option<&str>,
+    ) -> Result<u64, ApiError> {
         let _guard = match self.backend {
             Backend::Sqlite => Some(self.write_lock.lock().await),
             Backend::Postgres => None,
         };
+        let tenant = tenant.unwrap_or("");
         let mut tx = self.pool.begin().await.map_err(db)?;
         let marks = sqlx::query(
-            "SELECT tenant_id, MAX(seq) FROM events WHERE created_at < $1 AND critical = 0 GROUP BY tenant_id",
+            "SELECT tenant_id, MAX(seq) FROM events WHERE created_at < $1 AND critical = 0 \
+             AND ($2 = '' OR tenant_id = $2) GROUP BY tenant_id",
         )
         .bind(older_than_ms)
+        .bind(tenant)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
@@ -545,12 +553,15 @@ impl Store {
                 .await
                 .map_err(db)?;
         }
-        let deleted = sqlx::query("DELETE FROM events WHERE created_at < $1 AND critical = 0")
-            .bind(older_than_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE created_at < $1 AND critical = 0 AND ($2 = '' OR tenant_id = $2)",
+        )
+        .bind(older_than_ms)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
         tx.commit().await.map_err(db)?;
         Ok(deleted)
     }
@@ -853,20 +864,23 @@ impl Store {
         Ok(true)
     }
 
-    /// Transactions whose webhook is still owed.
+    /// Transactions whose webhook is due, of one tenant (`None`: every tenant).
     pub async fn callbacks_due(
         &self,
         now: i64,
         limit: i64,
+        tenant: Option<&str>,
     ) -> Result<Vec<TransactionRow>, ApiError> {
         let rows = sqlx::query(&format!(
-            "{TX_COLUMNS} WHERE callback_state = 'pending' AND callback_next_at <= $1 ORDER BY updated_at LIMIT $2"
+            "{TX_COLUMNS} WHERE callback_state = 'pending' AND callback_next_at <= $1 \
+             AND ($3 = '' OR tenant_id = $3) ORDER BY updated_at LIMIT $2"
         ))
         .bind(now)
         .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        .bind(tenant.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
         rows.iter().map(transaction_from_row).collect()
     }
 

@@ -89,7 +89,15 @@ pub async fn process_pending_in(
 
 /// Deliver every webhook that is due once; failures are retried with exponential backoff.
 pub async fn deliver_callbacks(state: &AppState) -> Result<usize, ApiError> {
-    let due = state.store.callbacks_due(now_ms() as i64, 50).await?;
+    deliver_callbacks_in(state, None).await
+}
+
+/// Deliver the due webhooks of one tenant (`None`: every tenant) once.
+pub async fn deliver_callbacks_in(
+    state: &AppState,
+    tenant: Option<&str>,
+) -> Result<usize, ApiError> {
+    let due = state.store.callbacks_due(now_ms() as i64, 50, tenant).await?;
     let mut delivered = 0;
     for t in due {
         if deliver(state, &t).await {
@@ -144,8 +152,10 @@ async fn deliver(state: &AppState, t: &TransactionRow) -> bool {
 /// Delete events and idempotency keys past retention.
 pub async fn retention(state: &AppState) -> Result<(u64, u64), ApiError> {
     let now = now_ms() as i64;
-    let events =
-        state.store.prune_events(now - state.limits.event_retention.as_millis() as i64).await?;
+    let events = state
+        .store
+        .prune_events(now - state.limits.event_retention.as_millis() as i64, None)
+        .await?;
     let keys = state
         .store
         .prune_idempotency(now - state.limits.idempotency_retention.as_millis() as i64)

@@ -530,9 +530,14 @@ async fn poll_below_retention_requires_a_snapshot(backend: Backend) {
         })
         .collect();
     app.reconcile(&token, "r", "c1", ops).await.expect(200);
-    // Everything older than a second from now is past retention.
-    let pruned =
-        app.state.store.prune_events(sync_server::api::now_ms() as i64 + 1000).await.unwrap();
+    // Everything of this tenant older than a second from now is past retention (scoped to the
+    // tenant: other tests share the PostgreSQL database).
+    let pruned = app
+        .state
+        .store
+        .prune_events(sync_server::api::now_ms() as i64 + 1000, Some(&app.tenant))
+        .await
+        .unwrap();
     assert!(pruned >= 3);
     let r = app.get("/api/events/poll?lastEventId=1", &token).await;
     r.expect(410);
@@ -716,17 +721,17 @@ async fn class_d_webhook_is_signed_and_retried(backend: Backend) {
     .await
     .unwrap();
     assert_eq!(
-        sync_server::workers::deliver_callbacks(&state).await.unwrap(),
+        sync_server::workers::deliver_callbacks_in(&state, Some(&app.tenant)).await.unwrap(),
         0,
         "first attempt fails"
     );
     assert_eq!(
-        sync_server::workers::deliver_callbacks(&state).await.unwrap(),
+        sync_server::workers::deliver_callbacks_in(&state, Some(&app.tenant)).await.unwrap(),
         1,
         "the retry succeeds"
     );
     assert_eq!(
-        sync_server::workers::deliver_callbacks(&state).await.unwrap(),
+        sync_server::workers::deliver_callbacks_in(&state, Some(&app.tenant)).await.unwrap(),
         0,
         "nothing more is owed"
     );
