@@ -122,7 +122,7 @@ struct Meta {
 }
 
 /// Why a connection ended.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Closing {
     code: u16,
     reason: &'static str,
@@ -218,7 +218,8 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
         heartbeat_ms: state.limits.ws_heartbeat.as_millis() as u64,
     };
     let (ev_tx, ev_rx) = mpsc::channel(64);
-    let (close_tx, close_rx) = mpsc::channel(1);
+    // A watch, not a one-slot channel: tokio's mpsc allocates a 32-slot block up front.
+    let (close_tx, close_rx) = watch::channel(None::<Closing>);
     let _ = reg.tx.try_send(Outbound::new(connected));
     let writer = tokio::spawn(write_loop(sink, reg.rx, ev_rx, reg.kill.clone(), close_rx, codec));
     let mut session = Session {
@@ -241,7 +242,7 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
     }
     let reason = outcome.reason;
     if outcome.code != CLOSE_NORMAL || reason != "client closed" {
-        let _ = close_tx.try_send(outcome);
+        close_tx.send_replace(Some(outcome));
     } else {
         drop(close_tx);
     }
@@ -305,7 +306,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<std::sync::Arc<Outbound>>,
     mut ev_rx: mpsc::Receiver<std::sync::Arc<Outbound>>,
     mut kill: watch::Receiver<bool>,
-    mut close_rx: mpsc::Receiver<Closing>,
+    mut close_rx: watch::Receiver<Option<Closing>>,
     codec: Codec,
 ) {
     /// Frames written per flush when several are already queued (one syscall for a burst).
@@ -316,8 +317,10 @@ async fn write_loop(
         // answers at once and the flag is checked right after.
         let first = tokio::select! {
             biased;
-            c = close_rx.recv() => {
-                if let Some(c) = c {
+            // A close was requested (or the session ended without one: the sender is gone).
+            _ = close_rx.changed() => {
+                let requested = *close_rx.borrow();
+                if let Some(c) = requested {
                     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&c))).await;
                 }
                 return;
