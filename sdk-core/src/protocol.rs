@@ -348,6 +348,16 @@ pub enum PresenceStatus {
     Offline,
 }
 
+/// Whether `event_type` matches any of `patterns` (exact names, or a prefix ending in `*`:
+/// `order.*`). No patterns match everything. Used by subscriptions on every transport.
+pub fn event_type_matches(patterns: &[String], event_type: &str) -> bool {
+    patterns.is_empty()
+        || patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => event_type.starts_with(prefix),
+            None => p == event_type,
+        })
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]

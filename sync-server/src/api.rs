@@ -318,14 +318,6 @@ pub struct PollQuery {
     types: Option<String>,
 }
 
-fn type_matches(patterns: &[String], event_type: &str) -> bool {
-    patterns.is_empty()
-        || patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => event_type.starts_with(prefix),
-            None => p == event_type,
-        })
-}
-
 /// `GET /api/events/poll`: events after `lastEventId` (a sequence number or an event id), at
 /// most `limit` (default 100, at most 1000), waiting up to `wait` seconds (≤ 30) for the first.
 pub async fn poll(
@@ -371,7 +363,7 @@ pub async fn poll(
             let next = scanned.last().map(|e| e.event.sequence).unwrap_or(after);
             let events: Vec<Value> = scanned
                 .into_iter()
-                .filter(|e| type_matches(&patterns, &e.event.event_type))
+                .filter(|e| sdk_core::protocol::event_type_matches(&patterns, &e.event.event_type))
                 .map(|e| serde_json::to_value(&e.event).expect("events serialize"))
                 .collect();
             state.metrics.add("pf2_events_polled_total", &[], events.len() as u64);

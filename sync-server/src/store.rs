@@ -117,13 +117,6 @@ fn db(e: sqlx::Error) -> ApiError {
     ApiError::internal(format!("database: {e}"))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Connect to `sqlite://path` (created if missing; WAL) or `postgres://…`, and migrate.
     pub async fn connect(url: &str, sync: SqliteSync) -> Result<Store, ApiError> {
@@ -200,15 +193,21 @@ impl Store {
         Ok(start.elapsed())
     }
 
+    /// On SQLite, the in-process writer lock (SQLite has one writer; waiting here beats retrying
+    /// `SQLITE_BUSY`). On PostgreSQL, nothing: row locks do the work.
+    async fn sqlite_writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        }
+    }
+
     /// Begin a write transaction holding the tenant's lock; returns the tenant's sequence.
     async fn begin_tenant(
         &self,
         tenant: &str,
     ) -> Result<(Tx<'_>, Option<tokio::sync::MutexGuard<'_, ()>>, u64), ApiError> {
-        let guard = match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().await),
-            Backend::Postgres => None,
-        };
+        let guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("INSERT INTO tenants (tenant_id, seq, pruned_through) VALUES ($1, 0, 0) ON CONFLICT (tenant_id) DO NOTHING")
             .bind(tenant)
@@ -301,7 +300,7 @@ impl Store {
         }
         let ledgers_before = state.ledgers.clone();
         let outcome = engine.apply_batch(tenant, batch, &mut state).map_err(ApiError::from)?;
-        let now = now_ms();
+        let now = crate::api::now_ms() as i64;
         write_changes(&mut tx, t, &outcome.changes, &existed, now).await?;
         for (client, seq) in &state.ledgers {
             if ledgers_before.get(client) != Some(seq) {
@@ -514,7 +513,7 @@ impl Store {
             payload,
             metadata,
             critical,
-            now_ms(),
+            crate::api::now_ms() as i64,
         )
         .await?;
         set_seq(&mut tx, tenant, seq).await?;
@@ -530,10 +529,7 @@ impl Store {
         older_than_ms: i64,
         tenant: Option<&str>,
     ) -> Result<u64, ApiError> {
-        let _guard = match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().await),
-            Backend::Postgres => None,
-        };
+        let _guard = self.sqlite_writer().await;
         let tenant = tenant.unwrap_or("");
         let mut tx = self.pool.begin().await.map_err(db)?;
         let marks = sqlx::query(
@@ -625,7 +621,7 @@ impl Store {
         }
         let existed = state.entities.contains_key(&key);
         let change = decide(&row.conflict, &mut state)?;
-        let now = now_ms();
+        let now = crate::api::now_ms() as i64;
         if let Some(change) = &change {
             let before: BTreeSet<EntityKey> =
                 if existed { [key.clone()].into() } else { BTreeSet::new() };
@@ -666,7 +662,7 @@ impl Store {
 
     pub async fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), ApiError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        insert_audit(&mut conn, entry, now_ms()).await
+        insert_audit(&mut conn, entry, crate::api::now_ms() as i64).await
     }
 
     pub async fn audit_entries(&self, tenant: &str, limit: i64) -> Result<Vec<Value>, ApiError> {
@@ -792,10 +788,7 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<bool, ApiError> {
-        let _guard = match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().await),
-            Backend::Postgres => None,
-        };
+        let _guard = self.sqlite_writer().await;
         let claimed = sqlx::query(
             "UPDATE transactions SET status = 'processing', updated_at = $3 WHERE tenant_id = $1 AND transaction_id = $2 \
              AND (status = 'pending' OR (status = 'processing' AND updated_at < $4))",
@@ -821,7 +814,7 @@ impl Store {
         event_id: &str,
     ) -> Result<bool, ApiError> {
         let (mut tx, _guard, seq) = self.begin_tenant(&t.tenant_id).await?;
-        let now = now_ms();
+        let now = crate::api::now_ms() as i64;
         let updated = sqlx::query(
             "UPDATE transactions SET status = $3, result = $4, updated_at = $5, \
              callback_state = CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END \
@@ -930,10 +923,7 @@ impl Store {
         rows: &[(String, Vec<u8>)],
         base_version: i64,
     ) -> Result<(), ApiError> {
-        let _guard = match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().await),
-            Backend::Postgres => None,
-        };
+        let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         for (i, (id, record)) in rows.iter().enumerate() {
             sqlx::query(

@@ -297,3 +297,13 @@ fn every_outcome_survives_its_wire_form() {
         assert_eq!(WireOpResult::from_result(&r).to_outcome(), outcome);
     }
 }
+
+#[test]
+fn event_type_patterns_match_exactly_or_by_prefix() {
+    let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(event_type_matches(&[], "anything"));
+    assert!(event_type_matches(&p(&["order.*"]), "order.placed"));
+    assert!(!event_type_matches(&p(&["order.*"]), "orders.placed"));
+    assert!(event_type_matches(&p(&["todo.created", "x.*"]), "todo.created"));
+    assert!(!event_type_matches(&p(&["todo.created"]), "todo.created.more"));
+}

@@ -739,14 +739,6 @@ impl Session {
     }
 }
 
-fn type_matches(patterns: &[String], event_type: &str) -> bool {
-    patterns.is_empty()
-        || patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => event_type.starts_with(prefix),
-            None => p == event_type,
-        })
-}
-
 /// Class B: replay the log after `after`, then follow it. Both phases read the log by sequence
 /// (`seq > last sent`), so the switch from replay to live has no gap and no duplicate.
 async fn follow(
@@ -774,7 +766,7 @@ async fn follow(
         }
         for e in rows {
             after = e.event.sequence;
-            if type_matches(&patterns, &e.event.event_type)
+            if sdk_core::protocol::event_type_matches(&patterns, &e.event.event_type)
                 && tx.send(Outbound::new(ServerFrame::Event { event: e.event })).await.is_err()
             {
                 return;
