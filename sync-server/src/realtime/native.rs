@@ -44,6 +44,8 @@ pub const CLOSE_TRY_AGAIN: u16 = 1013;
 pub const CLOSE_AUTH: u16 = 4401;
 
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the closing handshake may wait for the peer's Close.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// Messages over the rate limit tolerated (each answered with a warning) before disconnecting.
 const RATE_GRACE: u32 = 10;
 
@@ -109,7 +111,7 @@ pub async fn upgrade(
         .max_message_size(limit * 2)
         // Small per-connection buffers: an idle socket should cost kilobytes, not the library's
         // 128 KiB defaults. They grow for large frames and shrink back.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_frame_size(limit * 2)
         .on_upgrade(move |socket| run(socket, state, codec, q, meta))
@@ -194,6 +196,7 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
             let frame = ServerFrame::error(e.code, e.message, None);
             let _ = sink.send(encode(codec, &frame)).await;
             let _ = sink.send(close_message(&closing(CLOSE_AUTH, reason))).await;
+            drain_until_close(&mut stream).await;
             return;
         }
     };
@@ -241,12 +244,16 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
         sub.abort();
     }
     let reason = outcome.reason;
-    if outcome.code != CLOSE_NORMAL || reason != "client closed" {
+    let we_close = outcome.code != CLOSE_NORMAL || reason != "client closed";
+    if we_close {
         close_tx.send_replace(Some(outcome));
     } else {
         drop(close_tx);
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if we_close {
+        drain_until_close(&mut stream).await;
+    }
     state.hub.unregister(conn_id);
     state.metrics.inc("pf2_ws_closed_total", &[("reason", reason)]);
     audit(
@@ -257,6 +264,20 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
         reason,
         json!({ "clientId": session.client.as_str(), "connectionId": conn_id }),
     )
+    .await;
+}
+
+/// The closing handshake (RFC 6455 §7.1.1): after our Close, read — and discard — until the
+/// peer's Close or EOF, for at most [`CLOSE_DRAIN`]. Dropping the socket with unread bytes in the
+/// kernel's receive buffer makes it send RST, and the client would see 1006 instead of our code.
+async fn drain_until_close(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
     .await;
 }
 
