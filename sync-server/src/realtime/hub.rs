@@ -8,6 +8,7 @@
 //!   the connection is a slow consumer and is disconnected; memory never grows without bound.
 //! - Presence (Class A) lives only in memory with a TTL and disappears with the connection.
 
+use super::mailbox::{Mailbox, Offered};
 use crate::metrics::Metrics;
 use sdk_core::ids::{ClientId, RoomId, TenantId, UserId};
 use sdk_core::protocol::{PresenceStatus, ServerFrame};
@@ -16,7 +17,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
 
 /// A frame on its way to one or many connections: shared, and encoded at most once per codec
 /// however many recipients it has.
@@ -56,8 +56,7 @@ struct Conn {
     tenant: TenantId,
     user: UserId,
     client: ClientId,
-    tx: mpsc::Sender<Arc<Outbound>>,
-    kill: watch::Sender<bool>,
+    mailbox: Arc<Mailbox>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,11 +86,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct Registration {
     pub id: u64,
-    /// The connection's outbound buffer (the session sends its own replies through `tx`).
-    pub tx: mpsc::Sender<Arc<Outbound>>,
-    pub rx: mpsc::Receiver<Arc<Outbound>>,
-    /// Becomes `true` when the hub disconnects a slow consumer.
-    pub kill: watch::Receiver<bool>,
+    /// The connection's bounded outbound queue: the hub offers fan-out, the session sends its
+    /// replies, the writer drains it. Killed when the connection is a slow consumer.
+    pub mailbox: Arc<Mailbox>,
 }
 
 #[derive(Debug)]
@@ -144,8 +141,7 @@ impl Hub {
 
     pub fn register(&self, tenant: &TenantId, user: &UserId, client: &ClientId) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.send_buffer);
-        let (kill_tx, kill) = watch::channel(false);
+        let mailbox = Mailbox::new(self.send_buffer);
         let mut inner = self.lock();
         inner.conns.insert(
             id,
@@ -153,8 +149,7 @@ impl Hub {
                 tenant: tenant.clone(),
                 user: user.clone(),
                 client: client.clone(),
-                tx: tx.clone(),
-                kill: kill_tx,
+                mailbox: mailbox.clone(),
             },
         );
         inner.by_tenant.entry(tenant.clone()).or_default().insert(id);
@@ -163,7 +158,7 @@ impl Hub {
         inner.idle_since.remove(&scoped(tenant, client.as_str()));
         self.prune(&mut inner, Instant::now());
         self.gauges(&inner);
-        Registration { id, tx, rx, kill }
+        Registration { id, mailbox }
     }
 
     /// Remove a connection; its presence goes offline when it was the client's last connection.
@@ -171,6 +166,9 @@ impl Hub {
         let offline = {
             let mut inner = self.lock();
             let Some(conn) = inner.conns.remove(&id) else { return };
+            // Ends the connection's writer if it is still waiting (a no-op after the session's
+            // own close, which came first).
+            conn.mailbox.close(None);
             if let Some(set) = inner.by_tenant.get_mut(&conn.tenant) {
                 set.remove(&id);
                 if set.is_empty() {
@@ -214,18 +212,16 @@ impl Hub {
 
     /// Queue a frame for one connection; a full buffer marks it a slow consumer and kills it.
     fn offer(&self, conn: &Conn, frame: &Arc<Outbound>) -> bool {
-        match conn.tx.try_send(frame.clone()) {
-            Ok(()) => {
+        match conn.mailbox.offer(frame.clone()) {
+            Offered::Queued => {
                 self.metrics.ws_messages_out.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !conn.kill.send_replace(true) {
-                    self.metrics.inc("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]);
-                }
+            Offered::Full => {
+                self.metrics.inc("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Offered::Closed => false,
         }
     }
 
@@ -479,6 +475,13 @@ mod tests {
         (TenantId::new(t).unwrap(), UserId::new(u).unwrap(), ClientId::new(c).unwrap())
     }
 
+    fn next_frame(r: &Registration) -> Option<ServerFrame> {
+        match r.mailbox.try_next() {
+            Some(crate::realtime::mailbox::Next::Frame(f)) => Some(f.frame.clone()),
+            _ => None,
+        }
+    }
+
     fn pong() -> ServerFrame {
         ServerFrame::Pong { nonce: 1 }
     }
@@ -489,8 +492,8 @@ mod tests {
         let room = RoomId::new("r").unwrap();
         let (t1, u1, c1) = ids("t1", "u1", "c1");
         let (t2, u2, c2) = ids("t2", "u2", "c2");
-        let mut a = hub.register(&t1, &u1, &c1);
-        let mut b = hub.register(&t2, &u2, &c2);
+        let a = hub.register(&t1, &u1, &c1);
+        let b = hub.register(&t2, &u2, &c2);
         hub.join(&t1, &c1, &room);
         hub.join(&t2, &c2, &room);
         assert_eq!(
@@ -498,13 +501,13 @@ mod tests {
             1,
             "same room name, other tenant: not reached"
         );
-        assert!(a.rx.try_recv().is_ok());
-        assert!(b.rx.try_recv().is_err());
+        assert!(next_frame(&a).is_some());
+        assert!(next_frame(&b).is_none());
         hub.unregister(a.id);
-        let mut again = hub.register(&t1, &u1, &c1);
+        let again = hub.register(&t1, &u1, &c1);
         assert!(hub.is_member(&t1, &c1, &room), "membership belongs to the client id");
         assert_eq!(hub.to_room(&t1, &room, &pong(), None), 1);
-        assert!(again.rx.try_recv().is_ok());
+        assert!(next_frame(&again).is_some());
     }
 
     #[test]
@@ -512,10 +515,10 @@ mod tests {
         let hub = Hub::new(Arc::default(), 8, Duration::from_secs(90));
         let (t, u, c) = ids("t", "u", "phone");
         let laptop = ClientId::new("laptop").unwrap();
-        let mut a = hub.register(&t, &u, &c);
-        let mut b = hub.register(&t, &u, &laptop);
+        let a = hub.register(&t, &u, &c);
+        let b = hub.register(&t, &u, &laptop);
         assert_eq!(hub.to_user(&t, &u, &pong()), 2);
-        assert!(a.rx.try_recv().is_ok() && b.rx.try_recv().is_ok());
+        assert!(next_frame(&a).is_some() && next_frame(&b).is_some());
         assert_eq!(hub.to_user(&TenantId::new("other").unwrap(), &u, &pong()), 0);
     }
 
@@ -528,7 +531,7 @@ mod tests {
         for _ in 0..5 {
             hub.to_user(&t, &u, &pong());
         }
-        assert!(*reg.kill.borrow());
+        assert!(reg.mailbox.killed());
         assert_eq!(metrics.counter("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]), 1);
     }
 
@@ -539,19 +542,19 @@ mod tests {
         let (t, u1, c1) = ids("t", "u1", "c1");
         let (_, u2, c2) = ids("t", "u2", "c2");
         let a = hub.register(&t, &u1, &c1);
-        let mut b = hub.register(&t, &u2, &c2);
+        let b = hub.register(&t, &u2, &c2);
         hub.join(&t, &c1, &room);
         hub.join(&t, &c2, &room);
         hub.set_presence(a.id, &t, &c1, &u1, PresenceStatus::Away, None);
         assert!(matches!(
-            b.rx.try_recv().map(|o| o.frame.clone()),
-            Ok(ServerFrame::Presence { status: PresenceStatus::Away, .. })
+            next_frame(&b),
+            Some(ServerFrame::Presence { status: PresenceStatus::Away, .. })
         ));
         assert_eq!(hub.presence_in(&t, &room).len(), 1);
         hub.unregister(a.id);
         assert!(matches!(
-            b.rx.try_recv().map(|o| o.frame.clone()),
-            Ok(ServerFrame::Presence { status: PresenceStatus::Offline, .. })
+            next_frame(&b),
+            Some(ServerFrame::Presence { status: PresenceStatus::Offline, .. })
         ));
         assert_eq!(hub.presence_entries(), 0);
     }
@@ -563,16 +566,16 @@ mod tests {
         let (t, u1, c1) = ids("t", "u1", "c1");
         let (_, u2, c2) = ids("t", "u2", "c2");
         let a = hub.register(&t, &u1, &c1);
-        let mut b = hub.register(&t, &u2, &c2);
+        let b = hub.register(&t, &u2, &c2);
         hub.join(&t, &c1, &room);
         hub.join(&t, &c2, &room);
         hub.set_presence(a.id, &t, &c1, &u1, PresenceStatus::Online, None);
-        let _ = b.rx.try_recv();
+        let _ = next_frame(&b);
         hub.sweep();
         assert_eq!(hub.presence_entries(), 0);
         assert!(matches!(
-            b.rx.try_recv().map(|o| o.frame.clone()),
-            Ok(ServerFrame::Presence { status: PresenceStatus::Offline, .. })
+            next_frame(&b),
+            Some(ServerFrame::Presence { status: PresenceStatus::Offline, .. })
         ));
     }
 }

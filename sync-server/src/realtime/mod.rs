@@ -3,6 +3,7 @@
 //! endpoint `/socket.io` ([`socketio`]) speaking api.md's events.
 
 pub mod hub;
+pub mod mailbox;
 pub mod native;
 pub mod socketio;
 

@@ -1,15 +1,16 @@
 //! `GET /v1/ws`: the native WebSocket endpoint, speaking sdk-core's protocol (docs/protocol.md).
 //!
 //! One connection = one reader loop (this module's `Session`) and one writer task. The writer
-//! drains two bounded queues: the connection's own buffer (replies and hub fan-out; fan-out never
-//! waits, a full buffer disconnects the slow consumer) and the event stream (Class B, which waits:
-//! replay is paced by the client's reading speed). Nothing is unbounded.
+//! drains the connection's bounded [`Mailbox`]: hub fan-out never waits (a full mailbox disconnects
+//! the slow consumer); replies and the event stream (Class B) wait for room, so replay is paced by
+//! the client's reading speed. Nothing is unbounded.
 
 use crate::api::{iso_now, prepare_batch};
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::ratelimit::Rate;
 use crate::realtime::hub::Outbound;
+use crate::realtime::mailbox::{Closing, Mailbox, Next};
 use crate::realtime::origin_allowed;
 use crate::state::AppState;
 use crate::store::AuditEntry;
@@ -29,8 +30,8 @@ use sdk_core::snapshot::{canonical_json, checksum, chunk};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 
@@ -123,13 +124,6 @@ struct Meta {
     user_agent: String,
 }
 
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy)]
-struct Closing {
-    code: u16,
-    reason: &'static str,
-}
-
 fn closing(code: u16, reason: &'static str) -> Closing {
     Closing { code, reason }
 }
@@ -178,8 +172,28 @@ async fn audit(
     });
 }
 
-async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta: Meta) {
-    let (mut sink, mut stream) = socket.split();
+/// Not `async`: the socket is split before the connection's future is built, so that future
+/// holds the two small halves, not the 368-byte socket, for its whole life (an async fn keeps
+/// its arguments' space even after they are moved out).
+fn run(
+    socket: WebSocket,
+    state: AppState,
+    codec: Codec,
+    q: WsQuery,
+    meta: Meta,
+) -> impl std::future::Future<Output = ()> {
+    let (sink, stream) = socket.split();
+    connection(sink, stream, state, codec, q, meta)
+}
+
+async fn connection(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    state: AppState,
+    codec: Codec,
+    q: WsQuery,
+    meta: Meta,
+) {
     let (identity, client) = match Box::pin(authenticate(&mut stream, &state, codec, q)).await {
         Ok(ok) => ok,
         Err((e, reason)) => {
@@ -220,11 +234,9 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
         protocol_version: sdk_core::protocol::PROTOCOL_VERSION,
         heartbeat_ms: state.limits.ws_heartbeat.as_millis() as u64,
     };
-    let (ev_tx, ev_rx) = mpsc::channel(64);
-    // A watch, not a one-slot channel: tokio's mpsc allocates a 32-slot block up front.
-    let (close_tx, close_rx) = watch::channel(None::<Closing>);
-    let _ = reg.tx.try_send(Outbound::new(connected));
-    let writer = tokio::spawn(write_loop(sink, reg.rx, ev_rx, reg.kill.clone(), close_rx, codec));
+    let mailbox = reg.mailbox;
+    let _ = mailbox.offer(Outbound::new(connected));
+    let mut writer = tokio::spawn(write_loop(sink, mailbox.clone(), codec));
     let mut session = Session {
         state: state.clone(),
         codec,
@@ -232,25 +244,22 @@ async fn run(socket: WebSocket, state: AppState, codec: Codec, q: WsQuery, meta:
         token_deadline: deadline_of(&identity),
         identity,
         client,
-        tx: reg.tx,
-        ev_tx,
+        tx: mailbox.clone(),
         subscription: None,
         over_limit: 0,
         bucket: crate::ratelimit::Bucket::full(state.limits.ws_rate, Instant::now()),
         last_heard: Instant::now(),
     };
-    let outcome = session.read_loop(&mut stream, reg.kill).await;
+    let outcome = session.read_loop(&mut stream, &mut writer).await;
     if let Some(sub) = session.subscription.take() {
         sub.abort();
     }
     let reason = outcome.reason;
     let we_close = outcome.code != CLOSE_NORMAL || reason != "client closed";
-    if we_close {
-        close_tx.send_replace(Some(outcome));
-    } else {
-        drop(close_tx);
+    mailbox.close(we_close.then_some(outcome));
+    if !writer.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     if we_close {
         drain_until_close(&mut stream).await;
     }
@@ -324,46 +333,33 @@ async fn authenticate(
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<std::sync::Arc<Outbound>>,
-    mut ev_rx: mpsc::Receiver<std::sync::Arc<Outbound>>,
-    mut kill: watch::Receiver<bool>,
-    mut close_rx: watch::Receiver<Option<Closing>>,
+    mailbox: Arc<Mailbox>,
     codec: Codec,
 ) {
     /// Frames written per flush when several are already queued (one syscall for a burst).
     const BURST: usize = 32;
-    let mut events_open = true;
     loop {
-        // Idle: wait for a frame or a close. A kill always comes with a full buffer, so `rx`
-        // answers at once and the flag is checked right after.
-        let first = tokio::select! {
-            biased;
-            // A close was requested (or the session ended without one: the sender is gone).
-            _ = close_rx.changed() => {
-                let requested = *close_rx.borrow();
-                if let Some(c) = requested {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&c))).await;
+        let first = match mailbox.next().await {
+            Next::Frame(f) => f,
+            Next::Killed => {
+                // A slow consumer: try to say why, but never wait on it.
+                let close = close_message(&closing(CLOSE_TRY_AGAIN, "slow consumer"));
+                let _ = tokio::time::timeout(Duration::from_millis(100), sink.send(close)).await;
+                return;
+            }
+            Next::Close(c) => {
+                if let Some(c) = c {
+                    let _ = tokio::time::timeout(CLOSE_DRAIN, sink.send(close_message(&c))).await;
                 }
                 return;
             }
-            f = rx.recv() => match f { Some(f) => f, None => return },
-            e = ev_rx.recv(), if events_open => match e {
-                Some(e) => e,
-                None => { events_open = false; continue }
-            },
         };
-        if *kill.borrow() {
-            // A slow consumer: try to say why, but never wait on it.
-            let close = close_message(&closing(CLOSE_TRY_AGAIN, "slow consumer"));
-            let _ = tokio::time::timeout(Duration::from_millis(100), sink.send(close)).await;
-            return;
-        }
         let write = async {
             sink.feed(first.message(codec)).await?;
             for _ in 1..BURST {
-                match rx.try_recv() {
-                    Ok(f) => sink.feed(f.message(codec)).await?,
-                    Err(_) => break,
+                match mailbox.try_next() {
+                    Some(Next::Frame(f)) => sink.feed(f.message(codec)).await?,
+                    _ => break,
                 }
             }
             sink.flush().await
@@ -371,7 +367,7 @@ async fn write_loop(
         // Only a blocked write needs the kill signal: it is how a slow consumer is cut off.
         tokio::select! {
             r = write => if r.is_err() { return },
-            _ = kill.changed() => return,
+            _ = mailbox.until_killed() => return,
         }
     }
 }
@@ -382,8 +378,8 @@ struct Session {
     conn_id: u64,
     identity: Identity,
     client: ClientId,
-    tx: mpsc::Sender<std::sync::Arc<Outbound>>,
-    ev_tx: mpsc::Sender<std::sync::Arc<Outbound>>,
+    /// This connection's outbound queue (replies and the event stream wait for room in it).
+    tx: Arc<Mailbox>,
     subscription: Option<JoinHandle<()>>,
     token_deadline: TokioInstant,
     over_limit: u32,
@@ -411,20 +407,29 @@ impl Session {
     async fn read_loop(
         &mut self,
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
-        mut kill: watch::Receiver<bool>,
+        writer: &mut JoinHandle<()>,
     ) -> Closing {
         let stale = self.state.limits.ws_stale;
         loop {
             let stale_at = TokioInstant::from_std(self.last_heard + stale);
+            // One timer for both deadlines (an idle connection carries one `Sleep`, not two).
+            let wake_at = stale_at.min(self.token_deadline);
             let msg = tokio::select! {
-                _ = kill.changed() => return closing(CLOSE_TRY_AGAIN, "slow consumer"),
-                _ = tokio::time::sleep_until(stale_at) => {
+                // The writer stops on its own only for a slow consumer or a dead socket.
+                _ = &mut *writer => {
+                    return if self.tx.killed() {
+                        closing(CLOSE_TRY_AGAIN, "slow consumer")
+                    } else {
+                        closing(CLOSE_NORMAL, "client closed")
+                    };
+                }
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if TokioInstant::now() >= self.token_deadline {
+                        self.state.metrics.inc("pf2_ws_disconnects_total", &[("reason", "token_expired")]);
+                        return closing(CLOSE_AUTH, "token expired");
+                    }
                     self.state.metrics.inc("pf2_ws_disconnects_total", &[("reason", "stale")]);
                     return closing(CLOSE_GOING_AWAY, "heartbeat timeout");
-                }
-                _ = tokio::time::sleep_until(self.token_deadline) => {
-                    self.state.metrics.inc("pf2_ws_disconnects_total", &[("reason", "token_expired")]);
-                    return closing(CLOSE_AUTH, "token expired");
                 }
                 m = stream.next() => m,
             };
@@ -447,16 +452,24 @@ impl Session {
                     .inc("pf2_ws_disconnects_total", &[("reason", "frame_too_large")]);
                 return closing(CLOSE_TOO_BIG, "frame too large");
             }
-            if let Err(c) = self.rate_limit().await {
+            // Boxed: the handlers (push → reconcile …) are large state machines; inline, every
+            // idle connection would carry their size in its task.
+            if let Some(c) = Box::pin(self.on_frame(bytes)).await {
                 return c;
             }
-            match self.codec.decode::<ClientFrame>(&bytes, self.state.limits.ws_frame_bytes) {
-                // Boxed: the handlers (push → reconcile …) are large state machines; inline they
-                // would make every idle connection carry their size.
-                Ok(frame) => Box::pin(self.handle(frame)).await,
-                Err(e) => self.error(e.into(), None).await,
-            }
         }
+    }
+
+    /// One frame from the client, after the size check: rate limit, decode, handle.
+    async fn on_frame(&mut self, bytes: Vec<u8>) -> Option<Closing> {
+        if let Err(c) = self.rate_limit().await {
+            return Some(c);
+        }
+        match self.codec.decode::<ClientFrame>(&bytes, self.state.limits.ws_frame_bytes) {
+            Ok(frame) => self.handle(frame).await,
+            Err(e) => self.error(e.into(), None).await,
+        }
+        None
     }
 
     /// api.md: 100 messages a minute per connection; over it, a warning per message, and after
@@ -668,7 +681,7 @@ impl Session {
                 .await;
         }
         let state = self.state.clone();
-        let tx = self.ev_tx.clone();
+        let tx = self.tx.clone();
         self.subscription = Some(tokio::spawn(follow(state, tenant, after, event_types, tx)));
     }
 
@@ -767,7 +780,7 @@ async fn follow(
     tenant: String,
     mut after: u64,
     patterns: Vec<String>,
-    tx: mpsc::Sender<std::sync::Arc<Outbound>>,
+    tx: Arc<Mailbox>,
 ) {
     let mut wake = state.notifier.subscribe(&tenant);
     loop {

@@ -16,6 +16,7 @@
 use crate::api::iso_now;
 use crate::auth::Identity;
 use crate::ratelimit::Rate;
+use crate::realtime::mailbox::Next;
 use crate::realtime::{Outgoing, origin_allowed, relay_message};
 use crate::state::AppState;
 use crate::store::AuditEntry;
@@ -180,19 +181,20 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     let conn = Conn { id: reg.id, client: client.clone(), over_limit: Arc::default() };
     s.extensions.insert(conn.clone());
     // Forward hub fan-out to this socket; a slow consumer is disconnected.
-    let (mut rx, mut kill) = (reg.rx, reg.kill);
-    let (fs, fstate) = (s.clone(), state.clone());
+    let (mailbox, fs, fstate) = (reg.mailbox, s.clone(), state.clone());
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                f = rx.recv() => match f {
-                    Some(out) => if let Some((event, payload)) = to_event(&out.frame) { emit(&fstate, &fs, event, &payload) },
-                    None => return,
-                },
-                _ = kill.changed() => {
+            match mailbox.next().await {
+                Next::Frame(out) => {
+                    if let Some((event, payload)) = to_event(&out.frame) {
+                        emit(&fstate, &fs, event, &payload)
+                    }
+                }
+                Next::Killed => {
                     let _ = fs.disconnect();
                     return;
                 }
+                Next::Close(_) => return,
             }
         }
     });
