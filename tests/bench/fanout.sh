@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 CONNS=${1:-1000}
 SECS=${2:-10}
 IDLE=${IDLE_CONNECTIONS:-10000}
+# FANOUT_ARGS: extra load-generator flags, e.g. "--room-size 100 --rate 5"; IDLE_CONNECTIONS=0 skips the idle part.
 TICKS=$(getconf CLK_TCK)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p sync-server -p pf2-e2e
@@ -32,13 +33,14 @@ run() { # label target addr extra-args...
     --clock-ticks "$TICKS" --label "$label" "$@"
 }
 
-echo "Fan-out: $CONNS connections, rooms of 10, 1 sender per room at 20 msg/s, ${SECS}s measured"
+echo "Fan-out: $CONNS connections, ${FANOUT_ARGS:-rooms of 10, 1 sender per room at 20 msg/s}, ${SECS}s measured"
 echo
 echo "| server | delivered | delivered/s | of expected | server CPU s | delivered per CPU-second | p50 ms | p99 ms |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-start_floor;    run "tokio-tungstenite floor" floor 127.0.0.1:3101 --connections "$CONNS" --seconds "$SECS"; stop
-start_native;   run "PF-2 /v1/ws" native 127.0.0.1:3100 --connections "$CONNS" --seconds "$SECS"; stop
-start_socketio; run "socket.io 4.8 (Node)" socketio 127.0.0.1:3102 --connections "$CONNS" --seconds "$SECS"; stop
+start_floor;    run "tokio-tungstenite floor" floor 127.0.0.1:3101 --connections "$CONNS" --seconds "$SECS" ${FANOUT_ARGS:-}; stop
+start_native;   run "PF-2 /v1/ws" native 127.0.0.1:3100 --connections "$CONNS" --seconds "$SECS" ${FANOUT_ARGS:-}; stop
+start_socketio; run "socket.io 4.8 (Node)" socketio 127.0.0.1:3102 --connections "$CONNS" --seconds "$SECS" ${FANOUT_ARGS:-}; stop
+[ "$IDLE" -gt 0 ] || exit 0
 echo
 echo "| server | load | RSS before → after | per idle connection |"
 echo "| --- | --- | --- | --- |"
