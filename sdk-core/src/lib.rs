@@ -15,6 +15,7 @@
 //! | [`operation`] | the Operation (CREATE / UPDATE patch / DELETE / CRDT bytes) and its validation |
 //! | [`strategy`] | conflict strategies per entity type, custom merge and CRDT merger registries |
 //! | [`apply`] | the server's deterministic, idempotent apply engine |
+//! | [`local_store`] | the client's key-value database layout (IndexedDB in the browser) |
 //! | [`persist`] | the versioned storage form of entity records |
 //! | [`snapshot`] | deltas, canonical snapshots, SHA-256 checksums, chunking |
 //! | [`interaction`] | interaction classes A–D and their transport policy |
@@ -59,6 +60,7 @@ pub mod error;
 pub mod hlc;
 pub mod ids;
 pub mod interaction;
+pub mod local_store;
 pub mod operation;
 pub mod persist;
 pub mod protocol;
