@@ -5,8 +5,10 @@ CARGO ?= cargo
 SIM_SOAK_CASES ?= 20000
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
+# Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
+WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run demo-core bench-realtime test prereqs fmt-check clippy unit wasm-build soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core bench-realtime test prereqs fmt-check clippy unit wasm-build wasm-test soak bench fuzz fuzz-prereqs docs
 
 help:
 	@echo "make run    - build and start the sync server on embedded SQLite at http://127.0.0.1:3000"
@@ -42,8 +44,14 @@ prereqs:
 	@command -v node >/dev/null || { echo "node (20+) is required for the Socket.IO conformance test"; exit 1; }
 	@test -d sync-server/tests/socketio/node_modules/socket.io-client \
 	  || npm ci --prefix sync-server/tests/socketio --no-audit --no-fund
+	@# The browser suites: Debian's Chromium + ChromeDriver, and the pinned wasm-bindgen CLI
+	@# (TOOLCHAIN.md: without --locked; ~2.5 min the first time).
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver \
+	  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)' \
+	  || $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 
-test: prereqs fmt-check clippy unit wasm-build
+test: prereqs fmt-check clippy unit wasm-build wasm-test
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -55,7 +63,12 @@ unit:
 	$(CARGO) test --workspace --locked
 
 wasm-build:
-	$(CARGO) build -p sdk-core --target wasm32-unknown-unknown --locked
+	$(CARGO) build -p sdk-core -p sdk-wasm --target wasm32-unknown-unknown --locked
+	$(CARGO) clippy -p sdk-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+
+# sdk-wasm's tests in headless Chromium (wasm-bindgen-test-runner + ChromeDriver).
+wasm-test:
+	cd sdk-wasm && CHROMEDRIVER=/usr/bin/chromedriver $(CARGO) test --target wasm32-unknown-unknown --locked
 
 soak:
 	PF2_SIM_CASES=$(SIM_SOAK_CASES) $(CARGO) test --release -p sdk-core --test convergence
