@@ -89,6 +89,10 @@ pub struct Config {
     pub event_retention_days: u64,
     #[arg(long, env = "PF2_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7)]
     pub idempotency_retention_days: u64,
+    /// Serve the files of this directory at `/` (the demo app, a browser test page). API routes
+    /// take precedence.
+    #[arg(long, env = "PF2_STATIC_DIR")]
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -120,6 +124,7 @@ impl Config {
             ws_send_buffer: 256,
             event_retention_days: 7,
             idempotency_retention_days: 7,
+            static_dir: None,
         }
     }
 
@@ -152,6 +157,7 @@ impl Config {
             ws_max_connections: self.ws_max_connections,
             ws_rate: Rate::per_minute(self.ws_rate),
             ws_send_buffer: self.ws_send_buffer,
+            static_dir: self.static_dir.clone(),
             ..Limits::default()
         };
         if !self.ws_allowed_origins.is_empty() {

@@ -62,7 +62,19 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 /// The HTTP application: every route, with body limits, request ids, tracing and metrics.
 pub fn app(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
-    Router::new()
+    let router = Router::new();
+    // Static files (the demo) only where no API route matched; unknown `/api/…` paths still get
+    // the JSON 404.
+    let router = match &state.limits.static_dir {
+        Some(dir) => router
+            .route(
+                "/api/{*rest}",
+                axum::routing::any(|| async { error::ApiError::not_found("no such route") }),
+            )
+            .fallback_service(tower_http::services::ServeDir::new(dir)),
+        None => router.fallback(|| async { error::ApiError::not_found("no such route") }),
+    };
+    router
         .route("/api/reconciliation/reconcile", post(api::reconcile))
         .route("/api/reconciliation/delta", get(api::delta))
         .route("/api/reconciliation/snapshot/{entity_type}/{entity_id}", get(api::entity_snapshot))
@@ -77,7 +89,6 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(http::health))
         .route("/metrics", get(http::metrics))
         .route("/openapi.json", get(http::openapi))
-        .fallback(|| async { error::ApiError::not_found("no such route") })
                 .layer(realtime::socketio::layer(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(max_body))

@@ -39,6 +39,8 @@ pub struct Limits {
     pub ws_stale: Duration,
     /// Time a client has to send its request headers (slowloris).
     pub header_read_timeout: Duration,
+    /// Files served at `/` when no API route matches (the demo app); `None`: JSON 404s.
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Limits {
@@ -68,6 +70,7 @@ impl Default for Limits {
             ws_heartbeat: Duration::from_secs(30),
             ws_stale: Duration::from_secs(90),
             header_read_timeout: Duration::from_secs(10),
+            static_dir: None,
         }
     }
 }

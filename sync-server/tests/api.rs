@@ -1030,3 +1030,20 @@ async fn health_metrics_and_openapi(backend: Backend) {
     r.expect(404);
     assert_eq!(r.error_code(), "NOT_FOUND");
 }
+
+/// `--static-dir` serves the demo's files at `/`, while API paths keep their JSON errors.
+#[tokio::test]
+async fn static_files_are_served_beside_the_api() {
+    let dir = common::TempDir::new();
+    std::fs::write(dir.0.join("index.html"), "<h1>demo</h1>").unwrap();
+    let static_dir = dir.0.clone();
+    let app = app!(Backend::Sqlite, move |c| c.static_dir = Some(static_dir));
+    let page = app.send(Method::GET, "/", None, &[], None).await;
+    page.expect(200);
+    assert_eq!(page.body, b"<h1>demo</h1>");
+    assert_eq!(app.send(Method::GET, "/missing.js", None, &[], None).await.status.as_u16(), 404);
+    let api = app.send(Method::GET, "/api/nope", None, &[], None).await;
+    assert_eq!(api.expect(404).error_code(), "NOT_FOUND");
+    let token = app.token("u");
+    app.get("/api/reconciliation/delta?since=0", &token).await.expect(200);
+}
