@@ -8,7 +8,7 @@ FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 # Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
 WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run demo-core bench-realtime test prereqs fmt-check clippy unit wasm-build wasm-test soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core bench-realtime test prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
 
 help:
 	@echo "make run    - build and start the sync server on embedded SQLite at http://127.0.0.1:3000"
@@ -51,7 +51,7 @@ prereqs:
 	@wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)' \
 	  || $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
 
-test: prereqs fmt-check clippy unit wasm-build wasm-test
+test: prereqs fmt-check clippy unit wasm-build wasm-test js-test
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -65,6 +65,16 @@ unit:
 wasm-build:
 	$(CARGO) build -p sdk-core -p sdk-wasm --target wasm32-unknown-unknown --locked
 	$(CARGO) clippy -p sdk-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+
+# The npm package (@pf2/sync): built, packed with `npm pack`, and driven in headless Chromium
+# by playwright-core against a real sync-server (js/test/).
+js-build:
+	@test -d js/node_modules/playwright-core || npm ci --prefix js --no-audit --no-fund
+	cd js && node build.mjs
+
+js-test: js-build
+	$(CARGO) build -p sync-server --locked
+	cd js && node --test test/*.test.mjs
 
 # sdk-wasm's tests in headless Chromium (wasm-bindgen-test-runner + ChromeDriver).
 wasm-test:

@@ -29,7 +29,13 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { max_batch_ops: 500, max_batch_bytes: 512 * 1024, max_attempts: 3 }
+        // A batch travels as one WebSocket frame: three quarters of the frame limit leaves room
+        // for the envelope and for JSON escaping the size estimate does not see.
+        Self {
+            max_batch_ops: 500,
+            max_batch_bytes: crate::protocol::DEFAULT_MAX_FRAME * 3 / 4,
+            max_attempts: 3,
+        }
     }
 }
 
@@ -359,6 +365,24 @@ mod tests {
 
     fn seqs(q: &OutboundQueue) -> Vec<u64> {
         q.pending().map(QueuedOp::seq).collect()
+    }
+
+    /// Found by the browser suite: with the old 512 KiB default a 500-operation push was larger
+    /// than a WebSocket frame may be, and the server closed every attempt with 1009.
+    #[test]
+    fn a_default_batch_fits_in_one_websocket_frame() {
+        let mut q = OutboundQueue::new(ClientId::new("c1").unwrap(), QueueConfig::default());
+        for i in 1..=1000 {
+            q.push(update("c1", i, &format!("e{i}"), json!({ "title": format!("item {i}"), "n": i }), i));
+        }
+        let batch = q.take_batch().unwrap();
+        let frame = crate::protocol::ClientFrame::Push {
+            batch_id: "b".repeat(36),
+            operations: batch.iter().map(WireOperation::from_operation).collect(),
+        };
+        let bytes = crate::protocol::Codec::Json.encode(&frame).len();
+        assert!(batch.len() > 50, "batches stay useful: {}", batch.len());
+        assert!(bytes <= crate::protocol::DEFAULT_MAX_FRAME, "{bytes} bytes");
     }
 
     #[test]

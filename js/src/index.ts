@@ -1,0 +1,401 @@
+/**
+ * @pf2/sync — offline-first sync for the browser.
+ *
+ * ```ts
+ * const client = await createSyncClient({ url, tenantId, clientId, getToken })
+ * await client.mutate('todo', 't1', { title: 'milk', done: false }) // works offline
+ * client.on('change', () => render(client.query('todo')))
+ * ```
+ *
+ * Everything a client decides (queueing, retries, conflicts, the optimistic view) happens in
+ * sdk-core, compiled to WebAssembly; this module is the typed surface over it. See docs/api/js.md.
+ */
+import init, { SyncEngine } from './wasm/pf2_sync.js'
+
+export type Status = 'offline' | 'connecting' | 'syncing' | 'live' | 'degraded'
+
+export type Fields = Record<string, unknown>
+
+export interface SyncOptions {
+  /** The sync server, e.g. `https://sync.example.com` (WebSocket and REST share it). */
+  url: string
+  tenantId: string
+  /** Stable per device/tab profile: the queue and cache are stored under it. */
+  clientId: string
+  /** Returns a JWT; called on connect and again whenever the server refuses the token. */
+  getToken: () => string | Promise<string>
+  /** IndexedDB database name (default `pf2-sync:<tenant>:<client>`). */
+  dbName?: string
+  /**
+   * Follow the browser's `online` / `offline` events (default `true`). With `false`, call
+   * `client.connect()` / `client.disconnect()` yourself.
+   */
+  autoConnect?: boolean
+  /** Where the `.wasm` file is served from, when a bundler moved it. */
+  wasmUrl?: string | URL
+}
+
+export interface EntityRef {
+  entityType: string
+  entityId: string
+}
+
+/** A Class B event from the tenant's log, in order, each once. */
+export interface SyncEvent {
+  sequence: number
+  eventId: string
+  eventType: string
+  tenantId: string
+  timestamp: string
+  payload: unknown
+  metadata?: Record<string, unknown>
+  schemaVersion?: number
+}
+
+export interface ConflictNotice {
+  result: { operationId: string; status: string; resolution?: string; version?: number }
+  conflict: unknown
+}
+
+export interface Rejection {
+  operationId: string
+  entityType: string
+  entityId: string
+  code: string
+  message: string
+}
+
+/** A conflict recorded by a manual strategy, waiting for a person. */
+export interface ManualConflict {
+  conflictId: string
+  entityType: string
+  entityId: string
+  operationId: string
+  clientId: string
+  fields: string[]
+  serverState: Fields | null
+  clientState: Fields | null
+  serverVersion: number
+  at: string
+  status: 'open' | 'resolved'
+  resolution?: string
+}
+
+export type ConflictChoice =
+  | 'server'
+  | 'client'
+  | 'delete'
+  | { merged: Fields }
+
+export interface PresenceChange {
+  userId: string
+  clientId?: string
+  status: 'online' | 'away' | 'offline'
+  metadata?: unknown
+  roomId?: string
+}
+
+export interface RoomMessage {
+  messageId: string
+  messageType: string
+  senderId?: string
+  roomId?: string
+  payload: unknown
+  metadata?: unknown
+}
+
+export interface TransactionResult {
+  transactionId: string
+  type: string
+  status: 'confirmed' | 'failed'
+  result: unknown
+}
+
+export class SyncError extends Error {
+  constructor(readonly code: string, message: string, readonly status?: number) {
+    super(message)
+    this.name = 'SyncError'
+  }
+}
+
+type Events = {
+  status: (status: Status) => void
+  change: (changed: EntityRef[]) => void
+  conflict: (notice: ConflictNotice) => void
+  rejected: (rejection: Rejection) => void
+  event: (event: SyncEvent) => void
+  error: (error: { message: string }) => void
+}
+
+type Handler = (payload: any) => void
+
+class Emitter {
+  private handlers = new Map<string, Set<Handler>>()
+  on(kind: string, h: Handler): () => void {
+    let set = this.handlers.get(kind)
+    if (!set) this.handlers.set(kind, (set = new Set()))
+    set.add(h)
+    return () => set!.delete(h)
+  }
+  emit(kind: string, payload: unknown) {
+    for (const h of this.handlers.get(kind) ?? []) {
+      try {
+        h(payload)
+      } catch (e) {
+        // One app handler's bug must not stop the others or the engine.
+        queueMicrotask(() => {
+          throw e
+        })
+      }
+    }
+  }
+}
+
+let ready: Promise<unknown> | undefined
+
+function loadWasm(url?: string | URL): Promise<unknown> {
+  ready ??= init(url ? { module_or_path: url } : undefined)
+  return ready
+}
+
+/**
+ * Load and compile the WebAssembly module now (it is fetched from the network once). Call it at
+ * startup in an app that may go offline before its first `createSyncClient`.
+ */
+export async function preload(wasmUrl?: string | URL): Promise<void> {
+  await loadWasm(wasmUrl)
+}
+
+function uuid(): string {
+  return crypto.randomUUID()
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** Open a client: recovers whatever the last session left queued, then connects when online. */
+export async function createSyncClient(options: SyncOptions): Promise<SyncClient> {
+  await loadWasm(options.wasmUrl)
+  const emitter = new Emitter()
+  const engine = await SyncEngine.open(
+    { url: options.url, tenantId: options.tenantId, clientId: options.clientId, dbName: options.dbName },
+    async () => await options.getToken(),
+    (kind: string, payload: unknown) => emitter.emit(kind, payload),
+  )
+  return new SyncClient(engine, emitter, options)
+}
+
+export class SyncClient {
+  readonly presence: Presence
+  readonly rooms: Rooms
+  readonly conflicts: Conflicts
+  private readonly detach: () => void
+
+  /** @internal use {@link createSyncClient} */
+  constructor(
+    private readonly engine: SyncEngine,
+    private readonly emitter: Emitter,
+    private readonly options: SyncOptions,
+  ) {
+    this.presence = new Presence(engine, emitter)
+    this.rooms = new Rooms(engine, emitter)
+    this.conflicts = new Conflicts(this)
+    if (options.autoConnect ?? true) {
+      const online = () => engine.setOnline(true)
+      const offline = () => engine.setOnline(false)
+      addEventListener('online', online)
+      addEventListener('offline', offline)
+      this.detach = () => {
+        removeEventListener('online', online)
+        removeEventListener('offline', offline)
+      }
+      if (navigator.onLine) engine.setOnline(true)
+    } else {
+      this.detach = () => {}
+    }
+  }
+
+  get status(): Status {
+    return this.engine.status as Status
+  }
+
+  get clientId(): string {
+    return this.engine.clientId
+  }
+
+  /** Operations made locally and not yet acknowledged by the server. */
+  get pendingCount(): number {
+    return this.engine.pendingCount
+  }
+
+  on<K extends keyof Events>(kind: K, handler: Events[K]): () => void {
+    return this.emitter.on(kind, handler as Handler)
+  }
+
+  /** Connect now (with `autoConnect: false`). */
+  connect(): void {
+    this.engine.setOnline(true)
+  }
+
+  /** Disconnect; mutations keep queueing locally. */
+  disconnect(): void {
+    this.engine.setOnline(false)
+  }
+
+  /**
+   * Class C: change an entity. Visible at once in `get` / `query`, durable in IndexedDB when the
+   * promise resolves, sent when connected, exactly once. `patch` sets fields (creating the entity
+   * when unknown locally); `null` deletes it.
+   */
+  mutate(entityType: string, entityId: string, patch: Fields | null): Promise<void> {
+    return this.engine.mutate(entityType, entityId, patch)
+  }
+
+  /** The local view of an entity (confirmed state plus own unconfirmed changes). */
+  get<T = Fields>(entityType: string, entityId: string): T | undefined {
+    return this.engine.get(entityType, entityId) as T | undefined
+  }
+
+  /** Every entity of a type in the local view, ordered by id. */
+  query<T = Fields>(entityType: string): Array<{ id: string; value: T }> {
+    return this.engine.query(entityType) as Array<{ id: string; value: T }>
+  }
+
+  /** Resolves when every change so far is in IndexedDB. */
+  flushed(): Promise<void> {
+    return this.engine.flushed()
+  }
+
+  /** Resolves when the queue is empty (everything acknowledged), or rejects after `timeoutMs`. */
+  async settled(timeoutMs = 30_000): Promise<void> {
+    const until = Date.now() + timeoutMs
+    while (this.engine.pendingCount > 0) {
+      if (Date.now() > until) throw new SyncError('TIMEOUT', `${this.engine.pendingCount} operations still queued`)
+      await new Promise<void>((resolve) => {
+        const off = this.on('change', () => {
+          off()
+          resolve()
+        })
+        setTimeout(() => {
+          off()
+          resolve()
+        }, 250)
+      })
+    }
+  }
+
+  /**
+   * Class B: events matching `pattern` (`order.*`, `*`), in order, each once, resuming after the
+   * last event this client saw — across reloads.
+   */
+  subscribe(pattern: string | string[], handler: (event: SyncEvent) => void): () => void {
+    const patterns = Array.isArray(pattern) ? pattern : [pattern]
+    this.engine.subscribe(patterns)
+    return this.on('event', handler)
+  }
+
+  /**
+   * Class D: a critical transaction, over REST with an idempotency key (never over the socket).
+   * Resolves with the server's confirmation; rejects if it failed. Retrying with the same
+   * `idempotencyKey` never executes it twice.
+   */
+  async transact(
+    type: string,
+    payload: unknown,
+    opts: { idempotencyKey?: string; timeoutMs?: number } = {},
+  ): Promise<TransactionResult> {
+    const key = opts.idempotencyKey ?? uuid()
+    const created = await this.rest('POST', '/api/transactions', { type, payload }, { 'Idempotency-Key': key })
+    const id = created.transactionId as string
+    const until = Date.now() + (opts.timeoutMs ?? 30_000)
+    for (let wait = 100; ; wait = Math.min(wait * 2, 2_000)) {
+      const t = await this.rest('GET', `/api/transactions/${encodeURIComponent(id)}`)
+      if (t.status === 'confirmed') return t as TransactionResult
+      if (t.status === 'failed') throw new SyncError('TRANSACTION_FAILED', JSON.stringify(t.result ?? null))
+      if (Date.now() > until) throw new SyncError('TIMEOUT', `transaction ${id} still ${t.status}`)
+      await sleep(wait)
+    }
+  }
+
+  /** @internal an authenticated REST call to the server. */
+  async rest(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<any> {
+    const res = await fetch(new URL(path, this.options.url), {
+      method,
+      headers: {
+        authorization: `Bearer ${await this.options.getToken()}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        ...headers,
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    })
+    const text = await res.text()
+    const json = text ? JSON.parse(text) : null
+    if (!res.ok) {
+      const e = json?.error ?? {}
+      throw new SyncError(e.code ?? 'HTTP_ERROR', e.message ?? `${method} ${path}: ${res.status}`, res.status)
+    }
+    return json
+  }
+
+  /** Disconnect and release the database handle; the data stays for the next session. */
+  close(): void {
+    this.detach()
+    this.engine.close()
+    this.engine.free()
+  }
+}
+
+/** Class A: who is here. Best effort: presence is never queued and may vanish. */
+export class Presence {
+  constructor(private readonly engine: SyncEngine, private readonly emitter: Emitter) {}
+
+  /** Announce this client's status (to its rooms); `false` when not connected. */
+  set(p: { status: 'online' | 'away' | 'offline'; metadata?: unknown; roomId?: string }): boolean {
+    return this.engine.sendRealtime({ type: 'presence', ...p })
+  }
+
+  on(kind: 'change', handler: (p: PresenceChange) => void): () => void {
+    return this.emitter.on('frame', (f: any) => {
+      if (f?.type === 'presence' && kind === 'change') handler(f as PresenceChange)
+    })
+  }
+}
+
+/** Rooms: membership belongs to the client id and survives reconnects. */
+export class Rooms {
+  constructor(private readonly engine: SyncEngine, private readonly emitter: Emitter) {}
+
+  join(roomId: string): boolean {
+    return this.engine.sendRealtime({ type: 'join_room', roomId })
+  }
+
+  leave(roomId: string): boolean {
+    return this.engine.sendRealtime({ type: 'leave_room', roomId })
+  }
+
+  /** Send to everyone else in the room; `false` when not connected (not queued). */
+  send(roomId: string, payload: unknown, messageType = 'message'): boolean {
+    return this.engine.sendRealtime({ type: 'message', roomId, messageType, payload })
+  }
+
+  on(kind: 'message', handler: (m: RoomMessage) => void): () => void {
+    return this.emitter.on('frame', (f: any) => {
+      if (f?.type === 'message' && kind === 'message') handler(f as RoomMessage)
+    })
+  }
+}
+
+/** Manual-strategy conflicts, held for a person to decide. */
+export class Conflicts {
+  constructor(private readonly client: SyncClient) {}
+
+  async list(status: 'open' | 'resolved' | 'all' = 'open'): Promise<ManualConflict[]> {
+    const r = await this.client.rest('GET', `/api/reconciliation/conflicts?status=${status}`)
+    return r.conflicts as ManualConflict[]
+  }
+
+  /** Decide a conflict; the decision syncs back to every client as a normal change. */
+  async resolve(conflictId: string, choice: ConflictChoice): Promise<void> {
+    const body = typeof choice === 'string' ? { choice } : { choice: 'merged', state: choice.merged }
+    await this.client.rest('POST', `/api/reconciliation/conflicts/${encodeURIComponent(conflictId)}/resolve`, body)
+  }
+}

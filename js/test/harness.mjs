@@ -1,0 +1,127 @@
+// Test harness: a real sync-server (embedded SQLite in a temp dir) serving the packed npm
+// tarball and a test page, and Debian's Chromium driven by playwright-core.
+import { execFileSync, spawn } from 'node:child_process'
+import { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { chromium } from 'playwright-core'
+
+const here = dirname(fileURLToPath(import.meta.url))
+export const jsDir = join(here, '..')
+export const root = join(jsDir, '..')
+const SECRET = 'browser-test-secret-browser-test-secret-01'
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+/** Pack the package as `npm pack` would publish it, and unpack it where the server serves it. */
+function stagePackage(www) {
+  const out = join(www, '..', 'pack')
+  mkdirSync(out, { recursive: true })
+  execFileSync('npm', ['pack', '--pack-destination', out, '--silent'], { cwd: jsDir, stdio: ['ignore', 'ignore', 'inherit'] })
+  const tgz = readdirSync(out).find((f) => f.endsWith('.tgz'))
+  if (!tgz) throw new Error('npm pack produced no tarball')
+  mkdirSync(join(www, 'pkg'), { recursive: true })
+  execFileSync('tar', ['xzf', join(out, tgz), '-C', join(www, 'pkg'), '--strip-components=1'])
+}
+
+const PAGE = `<!doctype html><meta charset="utf-8"><link rel="icon" href="data:,"><title>pf2 test</title>
+<script type="module">
+  import * as pf2 from '/pkg/dist/index.js'
+  window.pf2 = pf2
+  await pf2.preload()
+  window.pf2Ready = true
+</script>`
+
+export async function startServer({ env = {} } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'pf2-browser-'))
+  const www = join(dir, 'www')
+  mkdirSync(www, { recursive: true })
+  stagePackage(www)
+  writeFileSync(join(www, 'index.html'), PAGE)
+  const port = await freePort()
+  const bin = process.env.PF2_SERVER_BIN ?? join(root, 'target', 'debug', 'sync-server')
+  const serverEnv = {
+    ...process.env,
+    PF2_DATABASE_URL: `sqlite://${join(dir, 'pf2.db')}`,
+    PF2_LISTEN: `127.0.0.1:${port}`,
+    PF2_JWT_SECRET: SECRET,
+    PF2_STATIC_DIR: www,
+    PF2_LOG: 'warn',
+    PF2_RATE_RECONCILE: '100000',
+    PF2_RATE_POLL: '100000',
+    PF2_RATE_TRANSACTIONS: '100000',
+    ...env,
+  }
+  const child = spawn(bin, ['serve'], { env: serverEnv, stdio: ['ignore', 'inherit', 'inherit'] })
+  const url = `http://127.0.0.1:${port}`
+  for (let i = 0; ; i++) {
+    try {
+      const r = await fetch(`${url}/health`)
+      if (r.ok) break
+    } catch {}
+    if (child.exitCode !== null) throw new Error(`sync-server exited with ${child.exitCode}`)
+    if (i > 400) throw new Error('sync-server did not become healthy')
+    await new Promise((r) => setTimeout(r, 25))
+  }
+  const token = (tenant, user, ttl = 3600) =>
+    execFileSync(bin, ['token', '--tenant', tenant, '--user', user, '--ttl', String(ttl)], { env: serverEnv })
+      .toString()
+      .trim()
+  const api = async (method, path, tok, body) => {
+    const r = await fetch(url + path, {
+      method,
+      headers: { authorization: `Bearer ${tok}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    })
+    const text = await r.text()
+    if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`)
+    return JSON.parse(text)
+  }
+  /** Every event of the tenant's log, paging to the end. */
+  const events = async (tok) => {
+    const all = []
+    for (let last = 0; ; ) {
+      const page = await api('GET', `/api/events/poll?lastEventId=${last}&limit=1000`, tok)
+      all.push(...page.events)
+      if (!page.hasMore) return all
+      last = page.nextEventId
+    }
+  }
+  const stop = async () => {
+    child.kill('SIGTERM')
+    await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)))
+    rmSync(dir, { recursive: true, force: true })
+  }
+  return { url, token, api, events, stop }
+}
+
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
+    ],
+  })
+}
+
+/** A page of the test site with the package loaded as `window.pf2`. */
+export async function openPage(context, url) {
+  const page = await context.newPage()
+  page.on('pageerror', (e) => console.error('[page error]', e))
+  page.on('console', (m) => m.type() === 'error' && console.error('[page console]', m.text()))
+  await page.goto(`${url}/index.html`)
+  await page.waitForFunction(() => window.pf2Ready === true)
+  return page
+}
