@@ -373,7 +373,13 @@ mod tests {
     fn a_default_batch_fits_in_one_websocket_frame() {
         let mut q = OutboundQueue::new(ClientId::new("c1").unwrap(), QueueConfig::default());
         for i in 1..=1000 {
-            q.push(update("c1", i, &format!("e{i}"), json!({ "title": format!("item {i}"), "n": i }), i));
+            q.push(update(
+                "c1",
+                i,
+                &format!("e{i}"),
+                json!({ "title": format!("item {i}"), "n": i }),
+                i,
+            ));
         }
         let batch = q.take_batch().unwrap();
         let frame = crate::protocol::ClientFrame::Push {
