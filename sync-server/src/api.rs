@@ -145,7 +145,7 @@ pub async fn reconcile(
             }
             state.metrics.observe("pf2_reconcile_duration_ms", &[], started.elapsed());
             if !outcome.changes.is_empty() {
-                state.notifier.notify(auth.tenant.as_str(), version);
+                state.entities_changed(&auth.tenant, version);
             }
             Ok(json_text(StatusCode::OK, response))
         }
@@ -471,7 +471,7 @@ pub async fn resolve_conflict(
             ))
         })
         .await?;
-    state.notifier.notify(auth.tenant.as_str(), version);
+    state.entities_changed(&auth.tenant, version);
     state.metrics.inc("pf2_conflicts_resolved_total", &[("choice", &req.choice)]);
     let mut v = serde_json::to_value(&row.conflict).expect("serializes");
     v["status"] = json!(row.status);

@@ -124,6 +124,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Entities of `tenant` changed, up to `version`, whoever wrote them (REST reconcile, a push
+    /// over `/v1/ws`, a conflict resolution): wake long-polls and event followers, and poke every
+    /// live socket of the tenant to pull. One place, so no writer forgets the sockets.
+    pub fn entities_changed(&self, tenant: &sdk_core::ids::TenantId, version: u64) {
+        self.notifier.notify(tenant.as_str(), version);
+        self.hub.to_tenant(tenant, &sdk_core::protocol::ServerFrame::Poke { version });
+    }
+
     pub fn new(
         store: Store,
         engine: ApplyEngine,

@@ -250,6 +250,33 @@ async fn pushes_apply_through_the_reconcile_path_and_poke_others() {
     assert_eq!(events["events"].as_array().unwrap().len(), 2);
 }
 
+/// Found by the browser suite: a change written over REST (a reconcile, a conflict resolution)
+/// must poke live sockets too, or they learn of it only on their next pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_writes_poke_live_sockets() {
+    let s = server(|_| {}).await;
+    let mut b = connect(&s, "bob", "phone").await;
+    let body = s.app.reconcile_body(
+        "r1",
+        "laptop",
+        vec![s.app.op(
+            "laptop",
+            1,
+            "todo",
+            "x",
+            "CREATE",
+            serde_json::json!({"a": 1}),
+            0,
+            &serde_json::json!({}),
+        )],
+    );
+    s.app.post("/api/reconciliation/reconcile", &s.app.token("alice"), &body).await.expect(200);
+    assert_eq!(
+        b.recv_until(|f| matches!(f, ServerFrame::Poke { .. })).await,
+        ServerFrame::Poke { version: 1 }
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn class_d_is_refused_on_the_socket() {
     let s = server(|_| {}).await;

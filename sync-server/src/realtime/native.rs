@@ -654,8 +654,7 @@ impl Session {
             }
         }
         if let Some(version) = changed_to {
-            self.state.notifier.notify(tenant.as_str(), version);
-            self.state.hub.to_tenant(&tenant, &ServerFrame::Poke { version });
+            self.state.entities_changed(&tenant, version);
         }
     }
 
