@@ -8,14 +8,14 @@ FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 # Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
 WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run demo-core bench-realtime test prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core bench-realtime test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
 
 help:
-	@echo "make run    - build and start the sync server on embedded SQLite at http://127.0.0.1:3000"
-	@echo "make test   - fmt, clippy -D warnings, every test, the wasm32 build (what CI runs)"
+	@echo "make run    - the sync server on embedded SQLite with the demo app at http://127.0.0.1:3000"
+	@echo "make test   - fmt, clippy -D warnings, every test incl. the Chromium suites (what CI runs)"
 	@echo "make soak   - the convergence simulator at $(SIM_SOAK_CASES) cases per strategy (release)"
 	@echo "make bench  - sdk-core and server benchmarks (docs/benchmarks.md)"
-		@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
+	@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
 	@echo "make bench-realtime - fan-out vs a tokio-tungstenite floor and socket.io (docs/benchmarks.md)"
 	@echo "make fuzz   - every fuzz target for $(FUZZ_SECONDS) s (nightly + cargo-fuzz, installed if missing)"
 	@echo "make docs   - rustdoc for the workspace"
@@ -24,32 +24,36 @@ PF2_DATABASE_URL ?= sqlite://./data/pf2.db
 PF2_LISTEN ?= 127.0.0.1:3000
 export PF2_DATABASE_URL PF2_LISTEN
 
-run:
+run: wasm-prereqs js-build
 	$(CARGO) build --release -p sync-server
+	node demo/stage.mjs data/www ./target/release/sync-server demo
 	@echo
-	@echo "PF-2 Sync server on http://$(PF2_LISTEN) (SQLite at $(PF2_DATABASE_URL))."
-	@echo "Get a token in another shell:"
+	@echo "PF-2 Sync on http://$(PF2_LISTEN)  (SQLite at $(PF2_DATABASE_URL))"
+	@echo "Demo: http://$(PF2_LISTEN)/ (alice; ?user=bob in another browser or window)."
+	@echo "API token for the curl walkthrough in README.md, in another shell:"
 	@echo "  TOKEN=\$$(./target/release/sync-server token --tenant demo --user alice)"
-	@echo "Then follow the walkthrough in README.md. Ctrl-C stops the server."
+	@echo "Ctrl-C stops the server."
 	@echo
-	./target/release/sync-server serve
+	PF2_STATIC_DIR=data/www PF2_STRATEGIES=todo=field-merge-manual ./target/release/sync-server serve
 
 demo-core:
 	$(CARGO) run -q -p sdk-core --example two_clients
 
 # Installs what a fresh machine lacks, skipping what is present.
-prereqs:
+wasm-prereqs:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown \
 	  || rustup target add wasm32-unknown-unknown
-	@command -v node >/dev/null || { echo "node (20+) is required for the Socket.IO conformance test"; exit 1; }
-	@test -d sync-server/tests/socketio/node_modules/socket.io-client \
-	  || npm ci --prefix sync-server/tests/socketio --no-audit --no-fund
-	@# The browser suites: Debian's Chromium + ChromeDriver, and the pinned wasm-bindgen CLI
-	@# (TOOLCHAIN.md: without --locked; ~2.5 min the first time).
-	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver \
-	  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@command -v node >/dev/null || { echo "node (20+) and npm are required (the npm package, the browser and Socket.IO tests)"; exit 1; }
+	@# The pinned wasm-bindgen CLI (TOOLCHAIN.md: without --locked; ~2.5 min the first time).
 	@wasm-bindgen --version 2>/dev/null | grep -qx 'wasm-bindgen $(WASM_BINDGEN_VERSION)' \
 	  || $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+prereqs: wasm-prereqs
+	@test -d sync-server/tests/socketio/node_modules/socket.io-client \
+	  || npm ci --prefix sync-server/tests/socketio --no-audit --no-fund
+	@# The browser suites: Debian's Chromium + ChromeDriver.
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver \
+	  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: prereqs fmt-check clippy unit wasm-build wasm-test js-test
 
@@ -68,7 +72,7 @@ wasm-build:
 
 # The npm package (@pf2/sync): built, packed with `npm pack`, and driven in headless Chromium
 # by playwright-core against a real sync-server (js/test/).
-js-build:
+js-build: wasm-prereqs
 	@test -d js/node_modules/playwright-core || npm ci --prefix js --no-audit --no-fund
 	cd js && node build.mjs
 

@@ -1,12 +1,13 @@
 // Test harness: a real sync-server (embedded SQLite in a temp dir) serving the packed npm
 // tarball and a test page, and Debian's Chromium driven by playwright-core.
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdtempSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
+import { stageDemo, stagePackage } from '../../demo/stage.mjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 export const jsDir = join(here, '..')
@@ -24,17 +25,6 @@ function freePort() {
   })
 }
 
-/** Pack the package as `npm pack` would publish it, and unpack it where the server serves it. */
-function stagePackage(www) {
-  const out = join(www, '..', 'pack')
-  mkdirSync(out, { recursive: true })
-  execFileSync('npm', ['pack', '--pack-destination', out, '--silent'], { cwd: jsDir, stdio: ['ignore', 'ignore', 'inherit'] })
-  const tgz = readdirSync(out).find((f) => f.endsWith('.tgz'))
-  if (!tgz) throw new Error('npm pack produced no tarball')
-  mkdirSync(join(www, 'pkg'), { recursive: true })
-  execFileSync('tar', ['xzf', join(out, tgz), '-C', join(www, 'pkg'), '--strip-components=1'])
-}
-
 const PAGE = `<!doctype html><meta charset="utf-8"><link rel="icon" href="data:,"><title>pf2 test</title>
 <script type="module">
   import * as pf2 from '/pkg/dist/index.js'
@@ -43,12 +33,12 @@ const PAGE = `<!doctype html><meta charset="utf-8"><link rel="icon" href="data:,
   window.pf2Ready = true
 </script>`
 
-export async function startServer({ env = {} } = {}) {
+/** A sync-server on a free port, on SQLite in a temp dir, serving the test page (or, with
+ * `demo`, the demo app for tenant `demo`). */
+export async function startServer({ env = {}, demo = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'pf2-browser-'))
   const www = join(dir, 'www')
   mkdirSync(www, { recursive: true })
-  stagePackage(www)
-  writeFileSync(join(www, 'index.html'), PAGE)
   const port = await freePort()
   const bin = process.env.PF2_SERVER_BIN ?? join(root, 'target', 'debug', 'sync-server')
   const serverEnv = {
@@ -62,6 +52,12 @@ export async function startServer({ env = {} } = {}) {
     PF2_RATE_POLL: '100000',
     PF2_RATE_TRANSACTIONS: '100000',
     ...env,
+  }
+  if (demo) {
+    stageDemo(www, bin, 'demo', serverEnv)
+  } else {
+    stagePackage(www)
+    writeFileSync(join(www, 'index.html'), PAGE)
   }
   const child = spawn(bin, ['serve'], { env: serverEnv, stdio: ['ignore', 'inherit', 'inherit'] })
   const url = `http://127.0.0.1:${port}`
