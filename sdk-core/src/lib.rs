@@ -20,6 +20,7 @@
 //! | [`snapshot`] | deltas, canonical snapshots, SHA-256 checksums, chunking |
 //! | [`interaction`] | interaction classes A–D and their transport policy |
 //! | [`protocol`] | versioned wire frames, JSON and MessagePack codecs |
+//! | [`rest`] | the long-polling transport: frames as REST requests and back |
 //! | [`queue`] | the client's persistent outbound operation queue |
 //! | [`client`] | the client sync state machine |
 //! | [`error`] | the crate's one error type and the wire error codes |
@@ -65,6 +66,7 @@ pub mod operation;
 pub mod persist;
 pub mod protocol;
 pub mod queue;
+pub mod rest;
 pub mod rng;
 pub mod snapshot;
 pub mod strategy;

@@ -1,0 +1,223 @@
+//! The long-polling transport, sans-io: how a degraded client's frames become REST requests and
+//! the server's answers become frames again, so that [`SyncClient`] runs unchanged over HTTP.
+//!
+//! | frame | request | answer → frame |
+//! | --- | --- | --- |
+//! | `push` | `POST /api/reconciliation/reconcile` (`requestId` = the batch id, so a retried batch replays) | `push_result` |
+//! | `pull` | `GET /api/reconciliation/delta?since&limit&clientId` | `delta` (the body is the frame) |
+//! | `subscribe` | `GET /api/events/poll?lastEventId&wait&types`, repeated | one `event` per event |
+//! | anything else | — (realtime only) | — |
+//!
+//! [`SyncClient`]: crate::client::SyncClient
+
+use crate::error::Error;
+use crate::ids::{ClientId, TenantId};
+use crate::protocol::{ClientFrame, ServerFrame, WireConflict, WireEvent, WireOpResult};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// An HTTP request for the shell to make (with `Authorization: Bearer <token>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: &'static str,
+    /// Path and query, to join to the server's base URL.
+    pub path: String,
+    pub body: Option<Value>,
+    /// What the answer becomes: pass it to [`answer`].
+    pub expects: Expect,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    PushResult { batch_id: String },
+    Delta,
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The request that carries `frame` over HTTP, or `None` for frames that only exist on a socket
+/// (ping, presence, rooms, …) and for `subscribe`, which is [`poll_request`]'s loop.
+pub fn request(frame: &ClientFrame, tenant: &TenantId, client: &ClientId) -> Option<HttpRequest> {
+    match frame {
+        ClientFrame::Push { batch_id, operations } => Some(HttpRequest {
+            method: "POST",
+            path: "/api/reconciliation/reconcile".into(),
+            body: Some(json!({
+                "requestId": batch_id,
+                "clientId": client.as_str(),
+                "tenantId": tenant.as_str(),
+                "operations": operations,
+            })),
+            expects: Expect::PushResult { batch_id: batch_id.clone() },
+        }),
+        ClientFrame::Pull { since, limit } => {
+            let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+            Some(HttpRequest {
+                method: "GET",
+                path: format!(
+                    "/api/reconciliation/delta?since={since}{limit}&clientId={}",
+                    encode(client.as_str())
+                ),
+                body: None,
+                expects: Expect::Delta,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReconcileAnswer {
+    #[serde(default)]
+    conflicts: Vec<WireConflict>,
+    resolved_operations: Vec<WireOpResult>,
+    current_version: String,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Decode(format!("{what}: {e}")))
+}
+
+/// The frame a successful (2xx) answer to `expects` stands for.
+pub fn answer(expects: &Expect, body: &[u8]) -> Result<ServerFrame, Error> {
+    match expects {
+        Expect::PushResult { batch_id } => {
+            let a: ReconcileAnswer = decode("reconcile answer", body)?;
+            let current_version = a
+                .current_version
+                .parse()
+                .map_err(|_| Error::Decode(format!("currentVersion {:?}", a.current_version)))?;
+            Ok(ServerFrame::PushResult {
+                batch_id: batch_id.clone(),
+                results: a.resolved_operations,
+                current_version,
+                conflicts: a.conflicts,
+            })
+        }
+        Expect::Delta => match decode::<ServerFrame>("delta answer", body)? {
+            f @ ServerFrame::Delta { .. } => Ok(f),
+            _ => Err(Error::Decode("delta answer: not a delta".into())),
+        },
+    }
+}
+
+/// One long-poll for events after `after` (the beginning when `None`) matching `patterns`,
+/// waiting up to `wait_s` seconds for the first.
+pub fn poll_request(after: Option<u64>, patterns: &[String], wait_s: u32) -> String {
+    let mut path =
+        format!("/api/events/poll?lastEventId={}&limit=500&wait={wait_s}", after.unwrap_or(0));
+    if !patterns.is_empty() {
+        path.push_str("&types=");
+        path.push_str(&encode(&patterns.join(",")));
+    }
+    path
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PollAnswer {
+    events: Vec<WireEvent>,
+    next_event_id: String,
+}
+
+/// The events of a poll answer as frames, and where the next poll resumes.
+pub fn poll_answer(body: &[u8]) -> Result<(Vec<ServerFrame>, u64), Error> {
+    let a: PollAnswer = decode("poll answer", body)?;
+    let next = a
+        .next_event_id
+        .parse()
+        .map_err(|_| Error::Decode(format!("nextEventId {:?}", a.next_event_id)))?;
+    Ok((a.events.into_iter().map(|event| ServerFrame::Event { event }).collect(), next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (TenantId, ClientId) {
+        (TenantId::new("acme").unwrap(), ClientId::new("tab-1").unwrap())
+    }
+
+    #[test]
+    fn a_push_becomes_an_idempotent_reconcile_and_its_answer_a_push_result() {
+        let (t, c) = ids();
+        let frame = ClientFrame::Push { batch_id: "b-7".into(), operations: vec![] };
+        let r = request(&frame, &t, &c).unwrap();
+        assert_eq!((r.method, r.path.as_str()), ("POST", "/api/reconciliation/reconcile"));
+        assert_eq!(r.body.as_ref().unwrap()["requestId"], "b-7");
+        let body = json!({
+            "requestId": "b-7", "conflicts": [], "currentVersion": "42", "completedAt": "x",
+            "resolvedOperations": [{"operationId": "o1", "clientSeq": 1, "status": "applied", "duplicate": false, "version": 42}],
+        });
+        let ServerFrame::PushResult { batch_id, results, current_version, conflicts } =
+            answer(&r.expects, body.to_string().as_bytes()).unwrap()
+        else {
+            panic!("not a push result")
+        };
+        assert_eq!(
+            (batch_id.as_str(), results.len(), current_version, conflicts.len()),
+            ("b-7", 1, 42, 0)
+        );
+    }
+
+    #[test]
+    fn a_pull_becomes_a_delta_request_whose_body_is_the_frame() {
+        let (t, c) = ids();
+        let r = request(&ClientFrame::Pull { since: 5, limit: Some(100) }, &t, &c).unwrap();
+        assert_eq!(
+            r.path,
+            format!("/api/reconciliation/delta?since=5&limit=100&clientId={}", c.as_str())
+        );
+        let body =
+            json!({"type": "delta", "since": 5, "version": 6, "entities": [], "hasMore": false});
+        assert!(matches!(
+            answer(&Expect::Delta, body.to_string().as_bytes()),
+            Ok(ServerFrame::Delta { version: 6, .. })
+        ));
+        assert!(answer(&Expect::Delta, br#"{"type":"poke","version":1}"#).is_err());
+    }
+
+    #[test]
+    fn realtime_frames_have_no_http_form() {
+        let (t, c) = ids();
+        assert!(request(&ClientFrame::Ping { nonce: 1 }, &t, &c).is_none());
+        assert!(
+            request(&ClientFrame::Subscribe { after: None, event_types: vec![] }, &t, &c).is_none()
+        );
+    }
+
+    #[test]
+    fn polls_resume_where_the_last_answer_ended() {
+        assert_eq!(
+            poll_request(Some(9), &["order.*".into(), "todo.created".into()], 25),
+            "/api/events/poll?lastEventId=9&limit=500&wait=25&types=order.*%2Ctodo.created"
+        );
+        let body = json!({"events": [{"sequence": 10, "eventId": "e", "eventType": "order.paid", "tenantId": "acme",
+            "timestamp": "2026-11-23T10:00:00Z", "payload": {}, "metadata": {}, "schemaVersion": "1.0"}],
+            "hasMore": false, "nextEventId": "12"});
+        let (frames, next) = poll_answer(body.to_string().as_bytes()).unwrap();
+        assert_eq!((frames.len(), next), (1, 12));
+    }
+
+    proptest::proptest! {
+        /// Answers are outside bytes: anything decodes to a frame or an error, never a panic.
+        #[test]
+        fn arbitrary_answers_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = answer(&Expect::Delta, &body);
+            let _ = answer(&Expect::PushResult { batch_id: "b".into() }, &body);
+            let _ = poll_answer(&body);
+        }
+    }
+}
