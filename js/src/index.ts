@@ -31,6 +31,10 @@ export interface SyncOptions {
    * `client.connect()` / `client.disconnect()` yourself.
    */
   autoConnect?: boolean
+  /** WebSocket failures in a row before falling back to HTTP long-polling (default 3). */
+  wsFailuresBeforeDegraded?: number
+  /** While degraded, how often to try the WebSocket again, in ms (default 60,000). */
+  websocketRetryMs?: number
   /** Where the `.wasm` file is served from, when a bundler moved it. */
   wasmUrl?: string | URL
 }
@@ -177,7 +181,14 @@ export async function createSyncClient(options: SyncOptions): Promise<SyncClient
   await loadWasm(options.wasmUrl)
   const emitter = new Emitter()
   const engine = await SyncEngine.open(
-    { url: options.url, tenantId: options.tenantId, clientId: options.clientId, dbName: options.dbName },
+    {
+      url: options.url,
+      tenantId: options.tenantId,
+      clientId: options.clientId,
+      dbName: options.dbName,
+      wsFailuresBeforeDegraded: options.wsFailuresBeforeDegraded,
+      websocketRetryMs: options.websocketRetryMs,
+    },
     async () => await options.getToken(),
     (kind: string, payload: unknown) => emitter.emit(kind, payload),
   )

@@ -70,7 +70,14 @@ struct Inner {
     core: RefCell<SyncClient>,
     store: IdbStore,
     tenant: TenantId,
+    client_id: ClientId,
     ws_url: String,
+    /// The server's base URL for REST (the long-polling transport).
+    http_url: String,
+    /// The long-polling link's generation, while that is the link.
+    polling: Cell<Option<u32>>,
+    /// The event patterns subscribed to (the long-poll loop follows them).
+    subscription: RefCell<Option<Vec<String>>>,
     get_token: js_sys::Function,
     listener: js_sys::Function,
     socket: RefCell<Option<Socket>>,
@@ -98,6 +105,12 @@ struct Options {
     /// IndexedDB database name; defaults to `pf2-sync:<tenant>:<client>`.
     #[serde(default)]
     db_name: Option<String>,
+    /// WebSocket failures in a row before falling back to long-polling (default 3).
+    #[serde(default)]
+    ws_failures_before_degraded: Option<u32>,
+    /// While degraded, how often to try the WebSocket again (default 60 s).
+    #[serde(default)]
+    websocket_retry_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -125,9 +138,15 @@ impl SyncEngine {
         let store = IdbStore::open(&db_name).await.map_err(js_err)?;
         let stored = local_store::load(store.contents().await.map_err(js_err)?).map_err(js_err)?;
         let seed = u64::from_str_radix(&random_hex()[..16], 16).unwrap_or(1);
-        let config = ClientConfig::new(client_id, tenant.clone(), seed);
+        let mut config = ClientConfig::new(client_id.clone(), tenant.clone(), seed);
+        if let Some(n) = o.ws_failures_before_degraded {
+            config.ws_failures_before_degraded = n.max(1);
+        }
+        if let Some(ms) = o.websocket_retry_ms {
+            config.websocket_retry_ms = ms;
+        }
         let core = SyncClient::recover(config, Default::default(), stored);
-        let base = o.url.trim_end_matches('/');
+        let base = o.url.trim_end_matches('/').to_string();
         let ws_url = if let Some(rest) = base.strip_prefix("https://") {
             format!("wss://{rest}/v1/ws")
         } else if let Some(rest) = base.strip_prefix("http://") {
@@ -135,12 +154,17 @@ impl SyncEngine {
         } else {
             format!("{base}/v1/ws")
         };
+        let http_url = base;
         Ok(SyncEngine {
             inner: Rc::new(Inner {
                 core: RefCell::new(core),
                 store,
                 tenant,
+                client_id,
                 ws_url,
+                http_url,
+                polling: Cell::new(None),
+                subscription: RefCell::new(None),
                 get_token,
                 listener,
                 socket: RefCell::new(None),
@@ -315,23 +339,20 @@ fn drive(inner: &Rc<Inner>) -> Option<oneshot::Receiver<Result<(), String>>> {
         for o in outputs {
             match o {
                 Output::Connect(Transport::WebSocket) => open_socket(inner),
-                Output::Connect(transport) => {
-                    // Long-polling is not wired in this shell yet: report the link as failed,
-                    // which makes the core retry the WebSocket on its schedule.
-                    emit(
-                        inner,
-                        "error",
-                        &json!({ "message": format!("{transport:?} unavailable") }),
-                    );
-                    let inner = inner.clone();
-                    spawn_local(async move {
-                        inner.core.borrow_mut().link_closed(now_ms());
-                        drive(&inner);
-                    });
+                Output::Connect(_) => open_polling(inner),
+                Output::Disconnect => {
+                    close_socket(inner);
+                    inner.polling.set(None);
                 }
-                Output::Disconnect => close_socket(inner),
                 Output::Send(frame) => {
-                    send(inner, &frame);
+                    if let ClientFrame::Subscribe { event_types, .. } = &frame {
+                        *inner.subscription.borrow_mut() = Some(event_types.clone());
+                    }
+                    if inner.polling.get().is_some() {
+                        send_http(inner, &frame);
+                    } else {
+                        send(inner, &frame);
+                    }
                 }
                 Output::Store(writes) => {
                     inner.pending.borrow_mut().extend(local_store::records(&writes));
@@ -434,6 +455,149 @@ fn send(inner: &Inner, frame: &ClientFrame) -> bool {
     s.ws.send_with_str(&text).is_ok()
 }
 
+// ---- the long-polling link (degraded: WebSocket failed or is blocked) -----------------------
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = fetch)]
+    fn fetch_with(url: &str, init: &JsValue) -> js_sys::Promise;
+}
+
+/// One REST call; `Ok((status, body))` for any HTTP answer, `Err` when the network failed.
+async fn http(
+    inner: &Inner,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String), String> {
+    let token = token(inner).await?;
+    let mut init =
+        json!({ "method": method, "headers": { "authorization": format!("Bearer {token}") } });
+    if let Some(b) = body {
+        init["headers"]["content-type"] = json!("application/json");
+        init["body"] = json!(b.to_string());
+    }
+    let url = format!("{}{path}", inner.http_url);
+    let resp =
+        JsFuture::from(fetch_with(&url, &to_js(&init))).await.map_err(|e| format!("{e:?}"))?;
+    let resp: web_sys::Response =
+        resp.dyn_into().map_err(|_| "fetch answered no Response".to_string())?;
+    let text = JsFuture::from(resp.text().map_err(|e| format!("{e:?}"))?)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok((resp.status(), text.as_string().unwrap_or_default()))
+}
+
+/// The long-polling link: "open" once a token is at hand; the core then pulls and pushes, and
+/// each of its frames becomes a REST call (`sdk_core::rest`).
+fn open_polling(inner: &Rc<Inner>) {
+    close_socket(inner);
+    let generation = inner.generation.get().wrapping_add(1);
+    inner.generation.set(generation);
+    inner.polling.set(Some(generation));
+    let inner = inner.clone();
+    spawn_local(async move {
+        match token(&inner).await {
+            Ok(t) if inner.polling.get() == Some(generation) => {
+                inner.core.borrow_mut().link_opened(now_ms(), &t);
+                drive(&inner);
+                follow_events(inner, generation).await;
+            }
+            Ok(_) => {}
+            Err(e) => polling_failed(&inner, generation, &format!("getToken: {e}")),
+        }
+    });
+}
+
+/// The link failed: tell the core (once per link).
+fn polling_failed(inner: &Rc<Inner>, generation: u32, why: &str) {
+    if inner.polling.get() != Some(generation) {
+        return;
+    }
+    inner.polling.set(None);
+    emit(inner, "error", &json!({ "message": why }));
+    inner.core.borrow_mut().link_closed(now_ms());
+    drive(inner);
+}
+
+fn send_http(inner: &Rc<Inner>, frame: &ClientFrame) {
+    let Some(generation) = inner.polling.get() else { return };
+    let Some(req) = sdk_core::rest::request(frame, &inner.tenant, &inner.client_id) else {
+        return;
+    };
+    let inner = inner.clone();
+    spawn_local(async move {
+        let answer = http(&inner, req.method, &req.path, req.body.as_ref()).await;
+        if inner.polling.get() != Some(generation) {
+            return;
+        }
+        match answer {
+            Ok((status, body)) if (200..300).contains(&status) => {
+                match sdk_core::rest::answer(&req.expects, body.as_bytes()) {
+                    Ok(frame) => inner.core.borrow_mut().handle_frame(now_ms(), frame),
+                    Err(e) => emit(&inner, "error", &json!({ "message": e.to_string() })),
+                }
+                drive(&inner);
+            }
+            // The request itself was refused: the core's request timeout sends it again (a 401
+            // fetches a fresh token on the next call).
+            Ok((status, body)) if status < 500 => emit(
+                &inner,
+                "error",
+                &json!({ "message": format!("{} {}: {status} {body}", req.method, req.path) }),
+            ),
+            Ok((status, _)) => {
+                polling_failed(&inner, generation, &format!("server answered {status}"))
+            }
+            Err(e) => polling_failed(&inner, generation, &format!("network: {e}")),
+        }
+    });
+}
+
+/// Class B over HTTP: long-poll the event log while this link lasts, feeding each event to the
+/// core (which keeps the position, so the WebSocket resumes exactly where polling stopped).
+async fn follow_events(inner: Rc<Inner>, generation: u32) {
+    while inner.polling.get() == Some(generation) {
+        let patterns = inner.subscription.borrow().clone();
+        let Some(patterns) = patterns else {
+            // Nothing subscribed: the core's periodic pulls carry the data; look again later.
+            sleep_ms(1_000).await;
+            continue;
+        };
+        let after = inner.core.borrow().last_event();
+        let path = sdk_core::rest::poll_request(after, &patterns, 25);
+        match http(&inner, "GET", &path, None).await {
+            Ok((200, body)) => match sdk_core::rest::poll_answer(body.as_bytes()) {
+                Ok((frames, _)) => {
+                    if inner.polling.get() != Some(generation) {
+                        return;
+                    }
+                    for f in frames {
+                        inner.core.borrow_mut().handle_frame(now_ms(), f);
+                    }
+                    drive(&inner);
+                }
+                Err(e) => return polling_failed(&inner, generation, &e.to_string()),
+            },
+            Ok((status, body)) if status < 500 => {
+                emit(&inner, "error", &json!({ "message": format!("events: {status} {body}") }));
+                sleep_ms(5_000).await;
+            }
+            Ok((status, _)) => {
+                return polling_failed(&inner, generation, &format!("events: {status}"));
+            }
+            Err(e) => return polling_failed(&inner, generation, &format!("events: {e}")),
+        }
+    }
+}
+
+async fn sleep_ms(ms: u32) {
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        set_timeout(&resolve, f64::from(ms));
+    });
+    let _ = JsFuture::from(p).await;
+}
+
 fn close_socket(inner: &Inner) {
     let s = inner.socket.borrow_mut().take();
     if let Some(s) = s {
@@ -454,6 +618,7 @@ fn retire(s: Socket) {
 
 fn open_socket(inner: &Rc<Inner>) {
     close_socket(inner);
+    inner.polling.set(None);
     let generation = inner.generation.get().wrapping_add(1);
     inner.generation.set(generation);
     let ws = match WebSocket::new(&inner.ws_url) {
