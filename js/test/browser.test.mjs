@@ -1,31 +1,21 @@
-// The packed @pf2/sync tarball in headless Chromium against a real sync-server.
+// The packed @pf2/sync tarball in headless Chromium against a real sync-env.server.
 // Run: node --test test/ (make test runs it after building the package).
 import assert from 'node:assert/strict'
-import { after, before, test } from 'node:test'
-import { launchBrowser, openPage, startServer } from './harness.mjs'
+import { test } from 'node:test'
+import { openPage, useServerAndBrowser } from './harness.mjs'
 
-let server, browser
-
-before(async () => {
-  server = await startServer()
-  browser = await launchBrowser()
-})
-
-after(async () => {
-  await browser?.close()
-  await server?.stop()
-})
+const env = useServerAndBrowser()
 
 const tenant = () => `t-${Math.random().toString(36).slice(2, 10)}`
 
 test('offline: 1,000 mutations survive a reload and reach the server exactly once', async () => {
   const t = tenant()
-  const token = server.token(t, 'alice')
-  const context = await browser.newContext()
-  const opts = { url: server.url, tenantId: t, clientId: 'laptop', token }
+  const token = env.server.token(t, 'alice')
+  const context = await env.browser.newContext()
+  const opts = { url: env.server.url, tenantId: t, clientId: 'laptop', token }
 
   // Offline from the start: everything queues in IndexedDB.
-  let page = await openPage(context, server.url)
+  let page = await openPage(context, env.server.url)
   await context.setOffline(true)
   const queued = await page.evaluate(async ({ url, tenantId, clientId, token }) => {
     const client = await pf2.createSyncClient({ url, tenantId, clientId, getToken: () => token })
@@ -38,13 +28,13 @@ test('offline: 1,000 mutations survive a reload and reach the server exactly onc
   }, opts)
   assert.equal(queued.pending, 1001)
   assert.deepEqual(queued.t7, { title: 'item 7', n: 7, done: true })
-  assert.equal((await server.events(token)).length, 0, 'nothing reached the server while offline')
+  assert.equal((await env.server.events(token)).length, 0, 'nothing reached the server while offline')
 
   // The tab goes away; a new one loads the page (the network is needed for that) and starts
   // offline again: the queue is still there.
   await page.close()
   await context.setOffline(false)
-  page = await openPage(context, server.url)
+  page = await openPage(context, env.server.url)
   await context.setOffline(true)
   const recovered = await page.evaluate(async ({ url, tenantId, clientId, token }) => {
     window.client = await pf2.createSyncClient({ url, tenantId, clientId, getToken: () => token })
@@ -62,7 +52,7 @@ test('offline: 1,000 mutations survive a reload and reach the server exactly onc
   assert.equal(synced.status, 'live')
 
   // The server holds all 1,000, each created once (and t7 updated once).
-  const events = await server.events(token)
+  const events = await env.server.events(token)
   const created = events.filter((e) => e.eventType === 'todo.created')
   const updated = events.filter((e) => e.eventType === 'todo.updated')
   assert.equal(created.length, 1000)
@@ -71,7 +61,7 @@ test('offline: 1,000 mutations survive a reload and reach the server exactly onc
   const ops = events.map((e) => e.payload.operationId)
   assert.equal(new Set(ops).size, 1001, 'one event per operation: none applied twice')
   assert.ok(events.every((e) => e.payload.clientId === 'laptop'))
-  const t7 = await server.api('GET', '/api/reconciliation/snapshot/todo/t7', token)
+  const t7 = await env.server.api('GET', '/api/reconciliation/snapshot/todo/t7', token)
   assert.deepEqual(t7.data, { title: 'item 7', n: 7, done: true })
   await context.close()
 })

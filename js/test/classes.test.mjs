@@ -1,26 +1,16 @@
 // Two browsers converging, a manual conflict through the inbox, and Class D over REST only.
 import assert from 'node:assert/strict'
-import { after, before, test } from 'node:test'
-import { launchBrowser, openPage, startServer } from './harness.mjs'
+import { test } from 'node:test'
+import { openPage, useServerAndBrowser } from './harness.mjs'
 
-let server, browser
-
-before(async () => {
-  server = await startServer({ env: { PF2_STRATEGIES: 'note=manual' } })
-  browser = await launchBrowser()
-})
-
-after(async () => {
-  await browser?.close()
-  await server?.stop()
-})
+const env = useServerAndBrowser({ env: { PF2_STRATEGIES: 'note=manual' } })
 
 const tenant = () => `t-${Math.random().toString(36).slice(2, 10)}`
 
 /** A browser context with a connected client as `window.client`. */
 async function connected(t, clientId, token) {
-  const context = await browser.newContext()
-  const page = await openPage(context, server.url)
+  const context = await env.browser.newContext()
+  const page = await openPage(context, env.server.url)
   const frames = []
   page.on('websocket', (ws) => ws.on('framesent', (f) => frames.push(String(f.payload))))
   await page.evaluate(async ({ url, t, clientId, token }) => {
@@ -29,7 +19,7 @@ async function connected(t, clientId, token) {
       if (client.status === 'live') return resolve()
       const off = client.on('status', (s) => s === 'live' && (off(), resolve()))
     })
-  }, { url: server.url, t, clientId, token })
+  }, { url: env.server.url, t, clientId, token })
   return { context, page, frames }
 }
 
@@ -38,7 +28,7 @@ const view = (page, type) => page.evaluate((type) => client.query(type), type)
 async function serverView(type, token) {
   const items = []
   for (let cursor = ''; ; ) {
-    const page = await server.api('GET', `/api/reconciliation/snapshot/${type}?limit=500${cursor ? `&cursor=${cursor}` : ''}`, token)
+    const page = await env.server.api('GET', `/api/reconciliation/snapshot/${type}?limit=500${cursor ? `&cursor=${cursor}` : ''}`, token)
     items.push(...page.items.map((i) => ({ id: i.entityId, value: i.data })))
     if (!page.nextCursor) return items
     cursor = encodeURIComponent(page.nextCursor)
@@ -56,9 +46,9 @@ async function until(page, type, expected) {
 
 test('two browsers edit the same entities offline and converge to the server state', async () => {
   const t = tenant()
-  const a = await connected(t, 'browser-a', server.token(t, 'ann'))
-  const b = await connected(t, 'browser-b', server.token(t, 'bob'))
-  const token = server.token(t, 'checker')
+  const a = await connected(t, 'browser-a', env.server.token(t, 'ann'))
+  const b = await connected(t, 'browser-b', env.server.token(t, 'bob'))
+  const token = env.server.token(t, 'checker')
 
   await a.page.evaluate(async () => {
     await Promise.all(Array.from({ length: 20 }, (_, i) => client.mutate('todo', `x${i}`, { title: `todo ${i}`, done: false })))
@@ -98,8 +88,8 @@ test('two browsers edit the same entities offline and converge to the server sta
 
 test('a manual-strategy conflict surfaces in conflicts.list() and resolves', async () => {
   const t = tenant()
-  const a = await connected(t, 'desk', server.token(t, 'ann'))
-  const b = await connected(t, 'phone', server.token(t, 'bob'))
+  const a = await connected(t, 'desk', env.server.token(t, 'ann'))
+  const b = await connected(t, 'phone', env.server.token(t, 'bob'))
   await a.page.evaluate(async () => {
     await client.mutate('note', 'n1', { text: 'first draft' })
     await client.settled()
@@ -131,7 +121,7 @@ test('a manual-strategy conflict surfaces in conflicts.list() and resolves', asy
 
 test('a Class D transaction goes over REST, resolves on confirmation, never touches the socket', async () => {
   const t = tenant()
-  const a = await connected(t, 'till', server.token(t, 'ann'))
+  const a = await connected(t, 'till', env.server.token(t, 'ann'))
   const result = await a.page.evaluate(() =>
     client.transact('payment.create', { amount: 4200, currency: 'EUR' }, { idempotencyKey: 'order-17' }),
   )

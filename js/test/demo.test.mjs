@@ -3,26 +3,16 @@
 import assert from 'node:assert/strict'
 import { mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { after, before, test } from 'node:test'
-import { launchBrowser, root, startServer } from './harness.mjs'
+import { test } from 'node:test'
+import { root, useServerAndBrowser } from './harness.mjs'
 
-let server, browser
-
-before(async () => {
-  server = await startServer({ demo: true, env: { PF2_STRATEGIES: 'todo=field-merge-manual' } })
-  browser = await launchBrowser()
-})
-
-after(async () => {
-  await browser?.close()
-  await server?.stop()
-})
+const env = useServerAndBrowser({ demo: true, env: { PF2_STRATEGIES: 'todo=field-merge-manual' } })
 
 async function open(user) {
-  const context = await browser.newContext({ viewport: { width: 760, height: 560 } })
+  const context = await env.browser.newContext({ viewport: { width: 760, height: 560 } })
   const page = await context.newPage()
   page.on('pageerror', (e) => console.error(`[${user} page error]`, e))
-  await page.goto(`${server.url}/?user=${user}`)
+  await page.goto(`${env.server.url}/?user=${user}`)
   await page.waitForSelector('#status[data-status="live"]')
   return { context, page }
 }

@@ -6,6 +6,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { after, before } from 'node:test'
 import { chromium } from 'playwright-core'
 import { stageDemo, stagePackage } from '../../demo/stage.mjs'
 
@@ -120,4 +121,19 @@ export async function openPage(context, url) {
   await page.goto(`${url}/index.html`)
   await page.waitForFunction(() => window.pf2Ready === true)
   return page
+}
+
+/** Register a suite's server and browser (started before its tests, stopped after):
+ * `const env = useServerAndBrowser(opts)`, then `env.server`, `env.browser` inside tests. */
+export function useServerAndBrowser(opts = {}) {
+  const env = { server: undefined, browser: undefined }
+  before(async () => {
+    env.server = await startServer(opts)
+    env.browser = await launchBrowser()
+  })
+  after(async () => {
+    await env.browser?.close()
+    await env.server?.stop()
+  })
+  return env
 }
