@@ -77,7 +77,8 @@ js-build: wasm-prereqs
 	cd js && node build.mjs
 
 js-test: js-build
-	$(CARGO) build -p sync-server --locked
+	@# The same build as `unit` (so a no-op after it): it includes target/debug/sync-server.
+	$(CARGO) test --workspace --no-run --locked
 	cd js && node --test test/*.test.mjs
 
 # sdk-wasm's tests in headless Chromium (wasm-bindgen-test-runner + ChromeDriver).
