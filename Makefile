@@ -8,7 +8,7 @@ FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 # Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
 WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run demo-core bench-realtime test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core bench-browser bench-realtime test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
 
 help:
 	@echo "make run    - the sync server on embedded SQLite with the demo app at http://127.0.0.1:3000"
@@ -16,6 +16,7 @@ help:
 	@echo "make soak   - the convergence simulator at $(SIM_SOAK_CASES) cases per strategy (release)"
 	@echo "make bench  - sdk-core and server benchmarks (docs/benchmarks.md)"
 	@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
+	@echo "make bench-browser - IndexedDB enqueue through @pf2/sync vs raw IndexedDB, in Chromium"
 	@echo "make bench-realtime - fan-out vs a tokio-tungstenite floor and socket.io (docs/benchmarks.md)"
 	@echo "make fuzz   - every fuzz target for $(FUZZ_SECONDS) s (nightly + cargo-fuzz, installed if missing)"
 	@echo "make docs   - rustdoc for the workspace"
@@ -91,6 +92,10 @@ soak:
 bench:
 	$(CARGO) bench -p sdk-core --bench core
 	$(CARGO) bench -p sync-server --bench apply
+
+bench-browser: js-build
+	$(CARGO) test --workspace --no-run --locked
+	cd js && node bench/idb.mjs
 
 bench-realtime:
 	tests/bench/fanout.sh 1000 10

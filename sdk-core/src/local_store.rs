@@ -156,6 +156,22 @@ pub fn records(writes: &[StoreWrite]) -> Vec<RecordWrite> {
         .collect()
 }
 
+/// Writes applied in one transaction need only the last write of each key: a group commit of
+/// many mutations rewrites `meta/nextSeq` and `meta/clock` once per mutation. Keeps the order of
+/// each key's last write.
+pub fn compact(writes: Vec<RecordWrite>) -> Vec<RecordWrite> {
+    let key = |w: &RecordWrite| match w {
+        RecordWrite::Put { store, key, .. } | RecordWrite::Delete { store, key } => {
+            (*store, key.clone())
+        }
+    };
+    let mut last = std::collections::HashMap::with_capacity(writes.len());
+    for (i, w) in writes.iter().enumerate() {
+        last.insert(key(w), i);
+    }
+    writes.into_iter().enumerate().filter(|(i, w)| last[&key(w)] == *i).map(|(_, w)| w).collect()
+}
+
 fn bad(store: &str, e: impl std::fmt::Display) -> Error {
     Error::Decode(format!("local store `{store}`: {e}"))
 }
@@ -361,6 +377,27 @@ mod tests {
         // And a client recovered from it carries on with the same queue.
         let recovered = SyncClient::recover(config, Default::default(), from_kv);
         assert_eq!(recovered.queue().len(), client.queue().len());
+    }
+
+    #[test]
+    fn compacting_keeps_each_keys_last_write_and_the_same_outcome() {
+        let p =
+            |store, key: &str, v: u64| RecordWrite::Put { store, key: key.into(), value: json!(v) };
+        let d = |store, key: &str| RecordWrite::Delete { store, key: key.into() };
+        let writes = vec![
+            p(META, "nextSeq", 1),
+            p(OPS, "a", 1),
+            p(META, "nextSeq", 2),
+            p(OPS, "b", 2),
+            d(OPS, "a"),
+            p(META, "nextSeq", 3),
+        ];
+        let compacted = compact(writes.clone());
+        assert_eq!(compacted, vec![p(OPS, "b", 2), d(OPS, "a"), p(META, "nextSeq", 3)]);
+        let (mut full, mut short) = (Kv::default(), Kv::default());
+        full.apply(writes);
+        short.apply(compacted);
+        assert_eq!(full.0, short.0);
     }
 
     #[test]

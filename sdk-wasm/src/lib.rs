@@ -378,7 +378,7 @@ fn drive(inner: &Rc<Inner>) -> Option<oneshot::Receiver<Result<(), String>>> {
 /// for the next.
 async fn flush(inner: Rc<Inner>) {
     loop {
-        let batch = std::mem::take(&mut *inner.pending.borrow_mut());
+        let batch = local_store::compact(std::mem::take(&mut *inner.pending.borrow_mut()));
         let waiters = std::mem::take(&mut *inner.waiters.borrow_mut());
         if batch.is_empty() && waiters.is_empty() {
             inner.flushing.set(false);
