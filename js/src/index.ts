@@ -35,6 +35,11 @@ export interface SyncOptions {
   wsFailuresBeforeDegraded?: number
   /** While degraded, how often to try the WebSocket again, in ms (default 60,000). */
   websocketRetryMs?: number
+  /**
+   * Share one connection among the tabs of this origin that use the same tenant and client id
+   * (default `true`): one tab owns it (Web Locks), the others go through it (BroadcastChannel).
+   */
+  multiTab?: boolean
   /** Where the `.wasm` file is served from, when a bundler moved it. */
   wasmUrl?: string | URL
 }
@@ -180,6 +185,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 export async function createSyncClient(options: SyncOptions): Promise<SyncClient> {
   await loadWasm(options.wasmUrl)
   const emitter = new Emitter()
+  let tabs: Tabs | undefined
   const engine = await SyncEngine.open(
     {
       url: options.url,
@@ -190,43 +196,197 @@ export async function createSyncClient(options: SyncOptions): Promise<SyncClient
       websocketRetryMs: options.websocketRetryMs,
     },
     async () => await options.getToken(),
-    (kind: string, payload: unknown) => emitter.emit(kind, payload),
+    (kind: string, payload: unknown) => tabs?.fromEngine(kind, payload),
   )
-  return new SyncClient(engine, emitter, options)
+  tabs = new Tabs(engine, emitter, options)
+  return new SyncClient(engine, emitter, options, tabs)
+}
+
+type TabMessage =
+  | { t: 'hello' }
+  | { t: 'mutate'; rid: string; args: [string, string, Fields | null, string] }
+  | { t: 'done'; rid: string; error?: string }
+  | { t: 'subscribe'; patterns: string[] }
+  | { t: 'realtime'; frame: unknown }
+  | { t: 'changed'; refs: unknown }
+  | { t: 'event'; kind: string; payload: unknown }
+
+/**
+ * Several tabs, one connection: the tab holding the Web Lock owns the engine's connection and
+ * its queue; the others send their mutations to it over a BroadcastChannel and re-read the
+ * shared IndexedDB when it reports a change. When the owner closes, the next tab in the lock's
+ * queue takes over and re-sends what was not answered (operation ids make that idempotent).
+ */
+class Tabs {
+  owner = false
+  private status: Status = 'offline'
+  private readonly channel?: BroadcastChannel
+  private readonly waiting = new Map<string, { args: TabMessage & { t: 'mutate' }; resolve: () => void; reject: (e: Error) => void }>()
+  private patterns = new Set<string>()
+  private release?: () => void
+  private retry?: ReturnType<typeof setInterval>
+  private detachOnline: () => void = () => {}
+
+  constructor(
+    private readonly engine: SyncEngine,
+    private readonly emitter: Emitter,
+    private readonly options: SyncOptions,
+  ) {
+    const name = `pf2-sync:${options.tenantId}:${options.clientId}`
+    if ((options.multiTab ?? true) && typeof BroadcastChannel !== 'undefined' && navigator.locks) {
+      this.channel = new BroadcastChannel(name)
+      this.channel.onmessage = (e) => this.onMessage(e.data as TabMessage)
+      this.post({ t: 'hello' })
+      navigator.locks.request(name, () => {
+        this.promote()
+        return new Promise<void>((resolve) => (this.release = resolve))
+      })
+    } else {
+      this.promote()
+    }
+  }
+
+  get currentStatus(): Status {
+    return this.owner ? (this.engine.status as Status) : this.status
+  }
+
+  private post(m: TabMessage) {
+    this.channel?.postMessage(m)
+  }
+
+  private async promote() {
+    await this.engine.reload() // catch up with what the previous owner wrote
+    this.owner = true
+    clearInterval(this.retry)
+    this.retry = undefined
+    if (this.patterns.size) this.engine.subscribe([...this.patterns])
+    if (this.options.autoConnect ?? true) {
+      const online = () => this.engine.setOnline(true)
+      const offline = () => this.engine.setOnline(false)
+      addEventListener('online', online)
+      addEventListener('offline', offline)
+      this.detachOnline = () => {
+        removeEventListener('online', online)
+        removeEventListener('offline', offline)
+      }
+      if (navigator.onLine) this.engine.setOnline(true)
+    }
+    for (const [rid, w] of this.waiting) {
+      this.waiting.delete(rid)
+      const [type, id, patch, opId] = w.args.args
+      this.engine.mutate(type, id, patch, opId).then(w.resolve, w.reject)
+    }
+    this.emitter.emit('status', this.engine.status)
+  }
+
+  /** An event of this tab's engine: the app hears it; as owner, the other tabs too. */
+  fromEngine(kind: string, payload: unknown) {
+    this.emitter.emit(kind, payload)
+    if (!this.owner) return
+    if (kind === 'change') {
+      // Tell the others once it is in IndexedDB, where they read it.
+      this.engine.flushed().then(() => this.post({ t: 'changed', refs: payload }))
+    } else {
+      this.post({ t: 'event', kind, payload })
+    }
+  }
+
+  private async onMessage(m: TabMessage) {
+    if (this.owner) {
+      if (m.t === 'hello') this.post({ t: 'event', kind: 'status', payload: this.engine.status })
+      if (m.t === 'mutate') {
+        const [type, id, patch, opId] = m.args
+        this.engine.mutate(type, id, patch, opId).then(
+          () => this.post({ t: 'done', rid: m.rid }),
+          (e) => this.post({ t: 'done', rid: m.rid, error: String(e?.message ?? e) }),
+        )
+      }
+      if (m.t === 'subscribe') this.subscribe(m.patterns)
+      if (m.t === 'realtime') this.engine.sendRealtime(m.frame)
+      return
+    }
+    if (m.t === 'changed') {
+      await this.engine.reload()
+      this.emitter.emit('change', m.refs)
+    } else if (m.t === 'event') {
+      if (m.kind === 'status') this.status = m.payload as Status
+      this.emitter.emit(m.kind, m.payload)
+    } else if (m.t === 'done') {
+      const w = this.waiting.get(m.rid)
+      if (!w) return
+      this.waiting.delete(m.rid)
+      if (m.error) return w.reject(new SyncError('MUTATION_FAILED', m.error))
+      await this.engine.reload()
+      w.resolve()
+    }
+  }
+
+  mutate(type: string, id: string, patch: Fields | null): Promise<void> {
+    if (this.owner) return this.engine.mutate(type, id, patch, undefined)
+    const args: TabMessage & { t: 'mutate' } = { t: 'mutate', rid: uuid(), args: [type, id, patch, uuid().replaceAll('-', '')] }
+    return new Promise((resolve, reject) => {
+      this.waiting.set(args.rid, { args, resolve, reject })
+      this.post(args)
+      // No owner yet, or it went away before answering: ask again until one answers (the
+      // operation id keeps it from being queued twice).
+      this.retry ??= setInterval(() => {
+        for (const w of this.waiting.values()) this.post(w.args)
+        if (!this.waiting.size) {
+          clearInterval(this.retry)
+          this.retry = undefined
+        }
+      }, 1_000)
+    })
+  }
+
+  subscribe(patterns: string[]) {
+    for (const p of patterns) this.patterns.add(p)
+    if (this.owner) this.engine.subscribe([...this.patterns])
+    else this.post({ t: 'subscribe', patterns })
+  }
+
+  sendRealtime(frame: unknown): boolean {
+    if (this.owner) return this.engine.sendRealtime(frame)
+    this.post({ t: 'realtime', frame })
+    return this.status === 'live'
+  }
+
+  setOnline(online: boolean) {
+    if (this.owner) this.engine.setOnline(online)
+  }
+
+  close() {
+    this.detachOnline()
+    clearInterval(this.retry)
+    this.channel?.close()
+    this.release?.()
+  }
 }
 
 export class SyncClient {
   readonly presence: Presence
   readonly rooms: Rooms
   readonly conflicts: Conflicts
-  private readonly detach: () => void
 
   /** @internal use {@link createSyncClient} */
   constructor(
     private readonly engine: SyncEngine,
     private readonly emitter: Emitter,
     private readonly options: SyncOptions,
+    private readonly tabs: Tabs,
   ) {
-    this.presence = new Presence(engine, emitter)
-    this.rooms = new Rooms(engine, emitter)
+    this.presence = new Presence(tabs, emitter)
+    this.rooms = new Rooms(tabs, emitter)
     this.conflicts = new Conflicts(this)
-    if (options.autoConnect ?? true) {
-      const online = () => engine.setOnline(true)
-      const offline = () => engine.setOnline(false)
-      addEventListener('online', online)
-      addEventListener('offline', offline)
-      this.detach = () => {
-        removeEventListener('online', online)
-        removeEventListener('offline', offline)
-      }
-      if (navigator.onLine) engine.setOnline(true)
-    } else {
-      this.detach = () => {}
-    }
+  }
+
+  /** Whether this tab owns the connection (the others go through it). */
+  get isOwner(): boolean {
+    return this.tabs.owner
   }
 
   get status(): Status {
-    return this.engine.status as Status
+    return this.tabs.currentStatus
   }
 
   get clientId(): string {
@@ -244,12 +404,12 @@ export class SyncClient {
 
   /** Connect now (with `autoConnect: false`). */
   connect(): void {
-    this.engine.setOnline(true)
+    this.tabs.setOnline(true)
   }
 
   /** Disconnect; mutations keep queueing locally. */
   disconnect(): void {
-    this.engine.setOnline(false)
+    this.tabs.setOnline(false)
   }
 
   /**
@@ -258,7 +418,7 @@ export class SyncClient {
    * when unknown locally); `null` deletes it.
    */
   mutate(entityType: string, entityId: string, patch: Fields | null): Promise<void> {
-    return this.engine.mutate(entityType, entityId, patch)
+    return this.tabs.mutate(entityType, entityId, patch)
   }
 
   /** The local view of an entity (confirmed state plus own unconfirmed changes). */
@@ -300,8 +460,13 @@ export class SyncClient {
    */
   subscribe(pattern: string | string[], handler: (event: SyncEvent) => void): () => void {
     const patterns = Array.isArray(pattern) ? pattern : [pattern]
-    this.engine.subscribe(patterns)
-    return this.on('event', handler)
+    // The engine follows the union of every subscription (of every tab); each handler hears
+    // only its own patterns.
+    this.tabs.subscribe(patterns)
+    const matchers = patterns.map((p) => new RegExp(`^${p.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`))
+    return this.on('event', (e) => {
+      if (matchers.some((m) => m.test(e.eventType))) handler(e)
+    })
   }
 
   /**
@@ -349,7 +514,7 @@ export class SyncClient {
 
   /** Disconnect and release the database handle; the data stays for the next session. */
   close(): void {
-    this.detach()
+    this.tabs.close()
     this.engine.close()
     this.engine.free()
   }
@@ -357,11 +522,11 @@ export class SyncClient {
 
 /** Class A: who is here. Best effort: presence is never queued and may vanish. */
 export class Presence {
-  constructor(private readonly engine: SyncEngine, private readonly emitter: Emitter) {}
+  constructor(private readonly tabs: Tabs, private readonly emitter: Emitter) {}
 
   /** Announce this client's status (to its rooms); `false` when not connected. */
   set(p: { status: 'online' | 'away' | 'offline'; metadata?: unknown; roomId?: string }): boolean {
-    return this.engine.sendRealtime({ type: 'presence', ...p })
+    return this.tabs.sendRealtime({ type: 'presence', ...p })
   }
 
   on(kind: 'change', handler: (p: PresenceChange) => void): () => void {
@@ -373,19 +538,19 @@ export class Presence {
 
 /** Rooms: membership belongs to the client id and survives reconnects. */
 export class Rooms {
-  constructor(private readonly engine: SyncEngine, private readonly emitter: Emitter) {}
+  constructor(private readonly tabs: Tabs, private readonly emitter: Emitter) {}
 
   join(roomId: string): boolean {
-    return this.engine.sendRealtime({ type: 'join_room', roomId })
+    return this.tabs.sendRealtime({ type: 'join_room', roomId })
   }
 
   leave(roomId: string): boolean {
-    return this.engine.sendRealtime({ type: 'leave_room', roomId })
+    return this.tabs.sendRealtime({ type: 'leave_room', roomId })
   }
 
   /** Send to everyone else in the room; `false` when not connected (not queued). */
   send(roomId: string, payload: unknown, messageType = 'message'): boolean {
-    return this.engine.sendRealtime({ type: 'message', roomId, messageType, payload })
+    return this.tabs.sendRealtime({ type: 'message', roomId, messageType, payload })
   }
 
   on(kind: 'message', handler: (m: RoomMessage) => void): () => void {

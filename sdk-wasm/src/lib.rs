@@ -68,6 +68,7 @@ struct Timer {
 
 struct Inner {
     core: RefCell<SyncClient>,
+    config: ClientConfig,
     store: IdbStore,
     tenant: TenantId,
     client_id: ClientId,
@@ -145,7 +146,7 @@ impl SyncEngine {
         if let Some(ms) = o.websocket_retry_ms {
             config.websocket_retry_ms = ms;
         }
-        let core = SyncClient::recover(config, Default::default(), stored);
+        let core = SyncClient::recover(config.clone(), Default::default(), stored);
         let base = o.url.trim_end_matches('/').to_string();
         let ws_url = if let Some(rest) = base.strip_prefix("https://") {
             format!("wss://{rest}/v1/ws")
@@ -158,6 +159,7 @@ impl SyncEngine {
         Ok(SyncEngine {
             inner: Rc::new(Inner {
                 core: RefCell::new(core),
+                config,
                 store,
                 tenant,
                 client_id,
@@ -209,8 +211,16 @@ impl SyncEngine {
         entity_type: String,
         entity_id: String,
         patch: JsValue,
+        operation_id: Option<String>,
     ) -> Result<(), JsValue> {
         let key = self.key(&entity_type, &entity_id)?;
+        // An id chosen by the caller makes the call idempotent: another tab re-sending a
+        // mutation after its owner tab died must not queue it twice.
+        let queued =
+            |id: &str| self.inner.core.borrow().queue().pending().any(|q| q.op.id.as_str() == id);
+        if operation_id.as_deref().is_some_and(queued) {
+            return self.flushed().await;
+        }
         let kind = if patch.is_null() || patch.is_undefined() {
             OperationKind::Delete
         } else {
@@ -223,7 +233,7 @@ impl SyncEngine {
                 OperationKind::Create(fields)
             }
         };
-        let id = OperationId::new(random_hex()).map_err(js_err)?;
+        let id = OperationId::new(operation_id.unwrap_or_else(random_hex)).map_err(js_err)?;
         self.inner.core.borrow_mut().mutate(now_ms(), id, key, kind).map_err(js_err)?;
         let done = drive(&self.inner);
         match done {
@@ -285,6 +295,16 @@ impl SyncEngine {
     pub fn refresh_token(&self, token: String) {
         self.inner.core.borrow_mut().refresh_token(&token);
         drive(&self.inner);
+    }
+
+    /// Re-read the local database and rebuild the view from it (a tab that does not own the
+    /// connection follows the owner's writes this way). Only for an engine that is offline.
+    pub async fn reload(&self) -> Result<(), JsValue> {
+        let contents = self.inner.store.contents().await.map_err(js_err)?;
+        let stored = local_store::load(contents).map_err(js_err)?;
+        let fresh = SyncClient::recover(self.inner.config.clone(), Default::default(), stored);
+        *self.inner.core.borrow_mut() = fresh;
+        Ok(())
     }
 
     /// Wait until every write so far is in IndexedDB.
@@ -773,9 +793,15 @@ mod tests {
         let token = js_sys::Function::new_no_args("return Promise.resolve('x')");
         let engine = SyncEngine::open(opts(), token.clone(), noop.clone()).await.unwrap();
         for i in 0..50 {
-            engine.mutate("todo".into(), format!("t{i}"), to_js(&json!({"n": i}))).await.unwrap();
+            engine
+                .mutate("todo".into(), format!("t{i}"), to_js(&json!({"n": i})), None)
+                .await
+                .unwrap();
         }
-        engine.mutate("todo".into(), "t0".into(), to_js(&json!({"done": true}))).await.unwrap();
+        engine
+            .mutate("todo".into(), "t0".into(), to_js(&json!({"done": true})), None)
+            .await
+            .unwrap();
         assert_eq!(engine.pending_count(), 51);
         engine.close();
         drop(engine);
