@@ -206,7 +206,7 @@ type TabMessage =
   | { t: 'hello' }
   | { t: 'mutate'; rid: string; args: [string, string, Fields | null, string] }
   | { t: 'done'; rid: string; error?: string }
-  | { t: 'subscribe'; patterns: string[] }
+  | { t: 'subscribe'; patterns: string[]; from?: number }
   | { t: 'realtime'; frame: unknown }
   | { t: 'changed'; refs: unknown }
   | { t: 'event'; kind: string; payload: unknown }
@@ -250,12 +250,20 @@ class Tabs {
     return this.owner ? (this.engine.status as Status) : this.status
   }
 
+  private reloads: Promise<unknown> = Promise.resolve()
+
+  /** Re-read IndexedDB; one at a time, in order, so an older read never lands after a newer. */
+  private reload(): Promise<unknown> {
+    this.reloads = this.reloads.then(() => this.engine.reload()).catch((e) => this.emitter.emit('error', { message: String(e) }))
+    return this.reloads
+  }
+
   private post(m: TabMessage) {
     this.channel?.postMessage(m)
   }
 
   private async promote() {
-    await this.engine.reload() // catch up with what the previous owner wrote
+    await this.reload() // catch up with what the previous owner wrote
     this.owner = true
     clearInterval(this.retry)
     this.retry = undefined
@@ -301,12 +309,12 @@ class Tabs {
           (e) => this.post({ t: 'done', rid: m.rid, error: String(e?.message ?? e) }),
         )
       }
-      if (m.t === 'subscribe') this.subscribe(m.patterns)
+      if (m.t === 'subscribe') this.subscribe(m.patterns, m.from)
       if (m.t === 'realtime') this.engine.sendRealtime(m.frame)
       return
     }
     if (m.t === 'changed') {
-      await this.engine.reload()
+      await this.reload()
       this.emitter.emit('change', m.refs)
     } else if (m.t === 'event') {
       if (m.kind === 'status') this.status = m.payload as Status
@@ -316,7 +324,7 @@ class Tabs {
       if (!w) return
       this.waiting.delete(m.rid)
       if (m.error) return w.reject(new SyncError('MUTATION_FAILED', m.error))
-      await this.engine.reload()
+      await this.reload()
       w.resolve()
     }
   }
@@ -339,10 +347,11 @@ class Tabs {
     })
   }
 
-  subscribe(patterns: string[]) {
+  subscribe(patterns: string[], from?: number) {
     for (const p of patterns) this.patterns.add(p)
-    if (this.owner) this.engine.subscribe([...this.patterns])
-    else this.post({ t: 'subscribe', patterns })
+    if (!this.owner) this.post({ t: 'subscribe', patterns, from })
+    else if (from === undefined) this.engine.subscribe([...this.patterns])
+    else this.engine.subscribeFrom([...this.patterns], from)
   }
 
   sendRealtime(frame: unknown): boolean {
@@ -456,16 +465,25 @@ export class SyncClient {
 
   /**
    * Class B: events matching `pattern` (`order.*`, `*`), in order, each once, resuming after the
-   * last event this client saw — across reloads.
+   * last event this client saw — across reloads. `fromEventId` replays from a sequence number
+   * instead (0: from the beginning the server retains).
    */
-  subscribe(pattern: string | string[], handler: (event: SyncEvent) => void): () => void {
+  subscribe(
+    pattern: string | string[],
+    handler: (event: SyncEvent) => void,
+    opts: { fromEventId?: number } = {},
+  ): () => void {
     const patterns = Array.isArray(pattern) ? pattern : [pattern]
     // The engine follows the union of every subscription (of every tab); each handler hears
     // only its own patterns.
-    this.tabs.subscribe(patterns)
+    let last = opts.fromEventId ?? this.engine.lastEventId ?? 0
+    this.tabs.subscribe(patterns, opts.fromEventId)
     const matchers = patterns.map((p) => new RegExp(`^${p.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`))
     return this.on('event', (e) => {
-      if (matchers.some((m) => m.test(e.eventType))) handler(e)
+      // Another subscription's rewind replays older events: this handler skips what it had.
+      if (e.sequence <= last || !matchers.some((m) => m.test(e.eventType))) return
+      last = e.sequence
+      handler(e)
     })
   }
 

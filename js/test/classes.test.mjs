@@ -143,3 +143,21 @@ test('a Class D transaction goes over REST, resolves on confirmation, never touc
   assert.ok(!a.frames.some((f) => f.includes('payment') || f.includes('order-17')), 'nothing of it on the socket')
   await a.context.close()
 })
+
+test('subscribe from an event id replays the log in order, then follows it live', async () => {
+  const t = tenant()
+  const a = await connected(t, 'auditor', env.server.token(t, 'ann'))
+  await a.page.evaluate(async () => {
+    await Promise.all(Array.from({ length: 5 }, (_, i) => client.mutate('order', `o${i}`, { total: i })))
+    await client.settled()
+    window.got = []
+    client.subscribe('order.*', (e) => got.push(e.sequence), { fromEventId: 0 })
+    await client.mutate('invoice', 'i1', { total: 1 }) // not matched
+    await client.mutate('order', 'o9', { total: 9 })
+  })
+  await a.page.waitForFunction(() => got.length === 6, null, { timeout: 30_000 })
+  const got = await a.page.evaluate(() => got)
+  const orders = (await env.server.events(env.server.token(t, 'x'))).filter((e) => e.eventType.startsWith('order.'))
+  assert.deepEqual(got, orders.map((e) => e.sequence))
+  await a.context.close()
+})

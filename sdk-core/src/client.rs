@@ -517,6 +517,14 @@ impl SyncClient {
         }
     }
 
+    /// Class B from a chosen position: events after `after` (0: from the beginning of what the
+    /// server retains), then live. Moves this client's stream position, durably.
+    pub fn subscribe_from(&mut self, event_types: Vec<String>, after: u64) {
+        self.last_event = Some(after);
+        self.outputs.push_back(Output::Store(vec![StoreWrite::SetLastEvent(after)]));
+        self.subscribe(event_types);
+    }
+
     pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) {
         if !self.link_up() {
             return;

@@ -272,6 +272,13 @@ impl SyncEngine {
         drive(&self.inner);
     }
 
+    /// Follow events after `after` (0: from the beginning the server retains), then live.
+    #[wasm_bindgen(js_name = subscribeFrom)]
+    pub fn subscribe_from(&self, patterns: Vec<String>, after: f64) {
+        self.inner.core.borrow_mut().subscribe_from(patterns, after.max(0.0) as u64);
+        drive(&self.inner);
+    }
+
     /// The sequence number of the last event delivered, if any.
     #[wasm_bindgen(getter, js_name = lastEventId)]
     pub fn last_event_id(&self) -> Option<f64> {

@@ -291,6 +291,20 @@ fn events_resume_after_the_last_sequence_without_duplicates() {
     c.link_opened(at, "tok");
     let out = drain(&mut c);
     assert!(sent(&out).iter().any(|f| matches!(f, ClientFrame::Subscribe { after: Some(3), .. })));
+    // Rewinding replays from the chosen position, and remembers it durably.
+    c.subscribe_from(vec!["order.*".into()], 1);
+    let out = drain(&mut c);
+    assert!(sent(&out).iter().any(|f| matches!(f, ClientFrame::Subscribe { after: Some(1), .. })));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Store(w) if w.contains(&StoreWrite::SetLastEvent(1))))
+    );
+    c.handle_frame(at + 1, event(2));
+    assert!(
+        drain(&mut c)
+            .iter()
+            .any(|o| matches!(o, Output::Event(AppEvent::Event(e)) if e.sequence == 2))
+    );
 }
 
 #[test]
