@@ -654,6 +654,20 @@ impl SyncClient {
         format!("{prefix}-{}-{:08x}", self.counter, self.rng.next_u64() as u32)
     }
 
+    /// Operations the server acknowledged: each stays in the local view — and in the store —
+    /// until a delta's state includes it, so that whoever reads the store (a crash recovery,
+    /// another tab) never sees it vanish between the ack and the delta. A recovered client
+    /// sends such an operation again; the server answers it as a duplicate.
+    fn await_confirmation(&mut self, acked: Vec<Operation>, writes: &mut Vec<StoreWrite>) {
+        for op in acked {
+            if op.client_seq.unwrap_or(0) > self.confirmed_seq {
+                self.awaiting.push(op);
+            } else {
+                writes.push(StoreWrite::DeleteOp(op.id.clone()));
+            }
+        }
+    }
+
     fn send_pull(&mut self, now_ms: u64) {
         if !self.link_up() {
             return;
@@ -690,13 +704,8 @@ impl SyncClient {
             }
             match r.status {
                 ResultStatus::Applied | ResultStatus::Conflict => {
-                    let (acked, w) = self.queue.ack_up_to(seq);
-                    writes.extend(w);
-                    for op in acked {
-                        if op.client_seq.unwrap_or(0) > self.confirmed_seq {
-                            self.awaiting.push(op);
-                        }
-                    }
+                    let (acked, _) = self.queue.ack_up_to(seq);
+                    self.await_confirmation(acked, &mut writes);
                     if r.status == ResultStatus::Conflict {
                         let conflict = r
                             .conflict_id
@@ -718,13 +727,8 @@ impl SyncClient {
                     }
                     let consumed = !matches!(code, ErrorCode::SeqReused);
                     // Operations before it in the batch are settled.
-                    let (acked, w) = self.queue.ack_up_to(seq - 1);
-                    writes.extend(w);
-                    self.awaiting.extend(
-                        acked
-                            .into_iter()
-                            .filter(|op| op.client_seq.unwrap_or(0) > self.confirmed_seq),
-                    );
+                    let (acked, _) = self.queue.ack_up_to(seq - 1);
+                    self.await_confirmation(acked, &mut writes);
                     let (q, w) = self.queue.quarantine(seq, code, message, consumed);
                     writes.extend(w);
                     if let Some(q) = q {
@@ -790,7 +794,11 @@ impl SyncClient {
                 .into_iter()
                 .partition(|op| op.client_seq.unwrap_or(0) <= s);
             self.awaiting = keep;
-            changed.extend(done.into_iter().map(|op| op.key));
+            for op in done {
+                // Stored until now: the same transaction stores the state that includes it.
+                writes.push(StoreWrite::DeleteOp(op.id.clone()));
+                changed.insert(op.key);
+            }
         }
         writes.push(StoreWrite::SetCursor {
             version: self.cursor,

@@ -369,10 +369,24 @@ mod tests {
             );
             drain(&mut client, &mut mem, &mut kv);
         }
+        // Acknowledged but not yet in a delta: still stored (a reader must never see the write
+        // vanish between the ack and the delta).
+        assert_eq!(load(kv.contents()).unwrap().ops.len(), 5);
+        client.handle_frame(
+            2_200,
+            ServerFrame::Delta {
+                since: 0,
+                version: 2,
+                entities: vec![],
+                has_more: false,
+                client_seq: Some(2),
+            },
+        );
+        drain(&mut client, &mut mem, &mut kv);
         let from_mem = mem.load().unwrap();
         let from_kv = load(kv.contents()).unwrap();
         assert_eq!(from_kv, from_mem);
-        assert_eq!(from_kv.ops.len(), 3, "two of five acknowledged");
+        assert_eq!(from_kv.ops.len(), 3, "two of five acknowledged and confirmed");
         assert_eq!(from_kv.next_seq, 6);
         // And a client recovered from it carries on with the same queue.
         let recovered = SyncClient::recover(config, Default::default(), from_kv);
