@@ -53,14 +53,26 @@ struct OpRecord {
     attempts: u32,
 }
 
+/// A quarantined operation: its queue record, and why the server will never apply it.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct QuarantinedRecord {
-    format: u32,
-    op: WireOperation,
+    #[serde(flatten)]
+    queued: OpRecord,
     code: ErrorCode,
     message: String,
-    attempts: u32,
+}
+
+impl OpRecord {
+    fn new(op: &crate::operation::Operation, attempts: u32) -> Self {
+        Self { format: FORMAT, op: WireOperation::from_operation(op), attempts }
+    }
+
+    /// The operation back, checked as any operation from outside is.
+    fn into_operation(self, store: &str) -> Result<(crate::operation::Operation, u32), Error> {
+        let op = self.op.into_operation().map_err(|e| bad(store, e))?;
+        Ok((op, self.attempts))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,25 +119,17 @@ pub fn records(writes: &[StoreWrite]) -> Vec<RecordWrite> {
     writes
         .iter()
         .map(|w| match w {
-            StoreWrite::PutOp(q) => put(
-                OPS,
-                q.op.id.as_str(),
-                json(&OpRecord {
-                    format: FORMAT,
-                    op: WireOperation::from_operation(&q.op),
-                    attempts: q.attempts,
-                }),
-            ),
+            StoreWrite::PutOp(q) => {
+                put(OPS, q.op.id.as_str(), json(&OpRecord::new(&q.op, q.attempts)))
+            }
             StoreWrite::DeleteOp(id) => RecordWrite::Delete { store: OPS, key: id.to_string() },
             StoreWrite::PutQuarantined(q) => put(
                 QUARANTINED,
                 q.op.id.as_str(),
                 json(&QuarantinedRecord {
-                    format: FORMAT,
-                    op: WireOperation::from_operation(&q.op),
+                    queued: OpRecord::new(&q.op, q.attempts),
                     code: q.code,
                     message: q.message.clone(),
-                    attempts: q.attempts,
                 }),
             ),
             StoreWrite::SetNextSeq(n) => put(META, "nextSeq", Value::from(*n)),
@@ -198,23 +202,17 @@ pub struct Contents {
 pub fn load(contents: Contents) -> Result<StoredState, Error> {
     let mut state = StoredState::default();
     for v in contents.ops {
-        let r: OpRecord = record(OPS, v)?;
-        let op = r.op.into_operation().map_err(|e| bad(OPS, e))?;
+        let (op, attempts) = record::<OpRecord>(OPS, v)?.into_operation(OPS)?;
         if op.client_seq.is_none() {
             return Err(bad(OPS, "a queued operation without clientSeq"));
         }
-        state.ops.push(QueuedOp { op, attempts: r.attempts });
+        state.ops.push(QueuedOp { op, attempts });
     }
     state.ops.sort_by_key(QueuedOp::seq);
     for v in contents.quarantined {
         let r: QuarantinedRecord = record(QUARANTINED, v)?;
-        let op = r.op.into_operation().map_err(|e| bad(QUARANTINED, e))?;
-        state.quarantined.push(QuarantinedOp {
-            op,
-            code: r.code,
-            message: r.message,
-            attempts: r.attempts,
-        });
+        let (op, attempts) = r.queued.into_operation(QUARANTINED)?;
+        state.quarantined.push(QuarantinedOp { op, code: r.code, message: r.message, attempts });
     }
     state.quarantined.sort_by_key(|q| q.op.client_seq);
     for v in contents.entities {
@@ -412,6 +410,25 @@ mod tests {
         full.apply(writes);
         short.apply(compacted);
         assert_eq!(full.0, short.0);
+    }
+
+    #[test]
+    fn a_quarantined_operation_round_trips_as_one_flat_record() {
+        let op = crate::operation::fixtures::update("c1", 4, "e", json!({"a": 1}), 9);
+        let q = QuarantinedOp {
+            op,
+            code: ErrorCode::InvalidOperation,
+            message: "never".into(),
+            attempts: 3,
+        };
+        let writes = records(&[StoreWrite::PutQuarantined(q.clone())]);
+        let RecordWrite::Put { value, .. } = &writes[0] else { panic!("a put") };
+        for field in ["format", "op", "attempts", "code", "message"] {
+            assert!(value.get(field).is_some(), "{field} at the top level: {value}");
+        }
+        let mut kv = Kv::default();
+        kv.apply(writes);
+        assert_eq!(load(kv.contents()).unwrap().quarantined, vec![q]);
     }
 
     #[test]

@@ -79,6 +79,8 @@ struct Inner {
     polling: Cell<Option<u32>>,
     /// The event patterns subscribed to (the long-poll loop follows them).
     subscription: RefCell<Option<Vec<String>>>,
+    /// The long-polling link whose event loop is running.
+    following: Cell<Option<u32>>,
     get_token: js_sys::Function,
     listener: js_sys::Function,
     socket: RefCell<Option<Socket>>,
@@ -167,6 +169,7 @@ impl SyncEngine {
                 http_url,
                 polling: Cell::new(None),
                 subscription: RefCell::new(None),
+                following: Cell::new(None),
                 get_token,
                 listener,
                 socket: RefCell::new(None),
@@ -374,6 +377,7 @@ fn drive(inner: &Rc<Inner>) -> Option<oneshot::Receiver<Result<(), String>>> {
                 Output::Send(frame) => {
                     if let ClientFrame::Subscribe { event_types, .. } = &frame {
                         *inner.subscription.borrow_mut() = Some(event_types.clone());
+                        start_following(inner);
                     }
                     if inner.polling.get().is_some() {
                         send_http(inner, &frame);
@@ -528,7 +532,7 @@ fn open_polling(inner: &Rc<Inner>) {
             Ok(t) if inner.polling.get() == Some(generation) => {
                 inner.core.borrow_mut().link_opened(now_ms(), &t);
                 drive(&inner);
-                follow_events(inner, generation).await;
+                start_following(&inner);
             }
             Ok(_) => {}
             Err(e) => polling_failed(&inner, generation, &format!("getToken: {e}")),
@@ -583,14 +587,20 @@ fn send_http(inner: &Rc<Inner>, frame: &ClientFrame) {
 
 /// Class B over HTTP: long-poll the event log while this link lasts, feeding each event to the
 /// core (which keeps the position, so the WebSocket resumes exactly where polling stopped).
+/// Start the event loop of the current long-polling link, once, when something is subscribed
+/// (without a subscription the core's periodic pulls carry the data).
+fn start_following(inner: &Rc<Inner>) {
+    let Some(generation) = inner.polling.get() else { return };
+    if inner.following.get() == Some(generation) || inner.subscription.borrow().is_none() {
+        return;
+    }
+    inner.following.set(Some(generation));
+    spawn_local(follow_events(inner.clone(), generation));
+}
+
 async fn follow_events(inner: Rc<Inner>, generation: u32) {
     while inner.polling.get() == Some(generation) {
-        let patterns = inner.subscription.borrow().clone();
-        let Some(patterns) = patterns else {
-            // Nothing subscribed: the core's periodic pulls carry the data; look again later.
-            sleep_ms(1_000).await;
-            continue;
-        };
+        let Some(patterns) = inner.subscription.borrow().clone() else { return };
         let after = inner.core.borrow().last_event();
         let path = sdk_core::rest::poll_request(after, &patterns, 25);
         match http(&inner, "GET", &path, None).await {
