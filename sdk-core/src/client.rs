@@ -463,6 +463,7 @@ impl SyncClient {
             self.outputs.push_back(Output::Send(ClientFrame::Subscribe {
                 after: self.last_event,
                 event_types: types,
+                attributes: Default::default(),
             }));
         }
         self.send_pull(now_ms);
@@ -513,6 +514,7 @@ impl SyncClient {
             self.outputs.push_back(Output::Send(ClientFrame::Subscribe {
                 after: self.last_event,
                 event_types,
+                attributes: Default::default(),
             }));
         }
     }

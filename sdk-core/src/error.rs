@@ -36,6 +36,9 @@ pub enum Error {
     /// A batch broke its limits (count or bytes).
     #[error("batch refused: {0}")]
     BatchLimit(String),
+    /// A subscription filter is malformed (event-type patterns, attribute paths).
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
 }
 
 impl Error {
@@ -43,7 +46,9 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidId { .. } | Error::InvalidOperation(_) => ErrorCode::InvalidOperation,
-            Error::Decode(_) | Error::BatchLimit(_) => ErrorCode::InvalidRequest,
+            Error::Decode(_) | Error::BatchLimit(_) | Error::InvalidFilter(_) => {
+                ErrorCode::InvalidRequest
+            }
             Error::FrameTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             Error::ClockDrift { .. } => ErrorCode::ClockDrift,

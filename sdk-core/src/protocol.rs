@@ -23,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// WebSocket subprotocol for JSON text frames (the default).
@@ -358,6 +359,58 @@ pub fn event_type_matches(patterns: &[String], event_type: &str) -> bool {
         })
 }
 
+/// What a subscription receives: event-type patterns (see [`event_type_matches`]) and payload
+/// attribute equalities (`{"region": "eu", "customer.tier": "gold"}`: a dotted key walks nested
+/// objects). Evaluated by the server, so a consumer is sent only what it asked for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFilter {
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Value>,
+}
+
+impl EventFilter {
+    /// Largest filter a subscription may carry (patterns plus attributes).
+    pub const MAX_TERMS: usize = 32;
+
+    pub fn matches(&self, event_type: &str, payload: &Value) -> bool {
+        event_type_matches(&self.event_types, event_type)
+            && self.attributes.iter().all(|(path, want)| {
+                path.split('.')
+                    .try_fold(payload, |v, key| v.as_object().and_then(|o| o.get(key)))
+                    .is_some_and(|got| got == want)
+            })
+    }
+
+    /// A filter's shape: at most [`Self::MAX_TERMS`] terms, patterns non-empty with `*` only at
+    /// the end, attribute paths of non-empty segments, values scalars.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::InvalidFilter(m));
+        if self.event_types.len() + self.attributes.len() > Self::MAX_TERMS {
+            return bad(format!("a filter has at most {} terms", Self::MAX_TERMS));
+        }
+        for p in &self.event_types {
+            let body = p.strip_suffix('*').unwrap_or(p);
+            if p.is_empty() || p.len() > 128 || body.contains('*') {
+                return bad(format!("event type pattern {p:?}: a name, or a prefix ending in *"));
+            }
+        }
+        for (path, v) in &self.attributes {
+            if path.is_empty() || path.len() > 128 || path.split('.').any(str::is_empty) {
+                return bad(format!("attribute path {path:?}: dot-separated names"));
+            }
+            if v.is_object() || v.is_array() {
+                return bad(format!(
+                    "attribute {path:?}: compare with a string, number, bool or null"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
@@ -382,14 +435,44 @@ pub enum ClientFrame {
         #[serde(default)]
         limit: Option<u32>,
     },
-    /// Class B: the tenant's event stream after sequence `after` (replay, then live).
+    /// Class B: the tenant's event stream after sequence `after` (replay, then live): a broadcast
+    /// subscription whose position the client keeps.
     Subscribe {
         #[serde(default)]
         after: Option<u64>,
         #[serde(default)]
         event_types: Vec<String>,
+        /// Payload attribute equalities (see [`EventFilter`]).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        attributes: BTreeMap<String, Value>,
+    },
+    /// Class B from a durable subscription: the server keeps the position (advanced by `Ack`)
+    /// and the filter; replay after the position, then live.
+    Follow {
+        subscription: String,
     },
     Unsubscribe {},
+    /// Join consumer group `group` as a competing consumer: the server pushes `Delivery` frames,
+    /// at most `maxInFlight` unacknowledged at a time, each leased to this socket.
+    Consume {
+        group: String,
+        #[serde(default)]
+        max_in_flight: Option<u32>,
+    },
+    /// The delivery was handled: it leaves the group for good.
+    DeliveryAck {
+        group: String,
+        sequence: u64,
+        lease_token: String,
+    },
+    /// The delivery failed: retried after a backoff, or dead-lettered after the last attempt.
+    DeliveryNack {
+        group: String,
+        sequence: u64,
+        lease_token: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Class A presence (fire-and-forget).
     Presence {
         status: PresenceStatus,
@@ -472,6 +555,15 @@ pub enum ServerFrame {
     },
     Event {
         event: WireEvent,
+    },
+    /// One event of a consumer group, leased to this socket until `leaseExpiresAt` (epoch ms);
+    /// `attempt` counts deliveries, this one included. Settle with `DeliveryAck` / `DeliveryNack`.
+    Delivery {
+        group: String,
+        event: WireEvent,
+        attempt: u32,
+        lease_token: String,
+        lease_expires_at: u64,
     },
     Presence {
         user_id: UserId,

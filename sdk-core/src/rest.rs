@@ -194,7 +194,16 @@ mod tests {
         let (t, c) = ids();
         assert!(request(&ClientFrame::Ping { nonce: 1 }, &t, &c).is_none());
         assert!(
-            request(&ClientFrame::Subscribe { after: None, event_types: vec![] }, &t, &c).is_none()
+            request(
+                &ClientFrame::Subscribe {
+                    after: None,
+                    event_types: vec![],
+                    attributes: Default::default()
+                },
+                &t,
+                &c
+            )
+            .is_none()
         );
     }
 

@@ -16,7 +16,7 @@ use sdk_core::ErrorCode;
 use sdk_core::apply::{ConflictChoice, Submitted};
 use sdk_core::hlc::HlcTimestamp;
 use sdk_core::ids::{ClientId, EntityId, EntityKey, EntityType};
-use sdk_core::protocol::{WireConflict, WireEntity, WireOpResult, WireOperation};
+use sdk_core::protocol::{EventFilter, WireConflict, WireEntity, WireOpResult, WireOperation};
 use sdk_core::snapshot::{canonical_json, checksum};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -316,6 +316,8 @@ pub struct PollQuery {
     wait: Option<u64>,
     /// Comma-separated event type patterns (`order.*,todo.created`).
     types: Option<String>,
+    /// Payload attribute equalities as a JSON object (`{"region":"eu"}`).
+    filter: Option<String>,
 }
 
 /// `GET /api/events/poll`: events after `lastEventId` (a sequence number or an event id), at
@@ -338,44 +340,35 @@ pub async fn poll(
                 .ok_or_else(|| ApiError::invalid(format!("unknown lastEventId {s:?}")))?,
         },
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = EventFilter {
+        event_types: q
+            .types
+            .map(|s| {
+                s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
+            })
+            .unwrap_or_default(),
+        attributes: match q.filter.as_deref() {
+            None | Some("") => Default::default(),
+            Some(f) => serde_json::from_str(f).map_err(|e| {
+                ApiError::invalid(format!(
+                    "filter must be a JSON object of payload attributes: {e}"
+                ))
+            })?,
+        },
+    };
+    filter.validate()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as u32;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(30));
-    let patterns: Vec<String> = q
-        .types
-        .map(|s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect())
-        .unwrap_or_default();
-    let mut wake = state.notifier.subscribe(t);
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let (_, pruned) = state.store.tenant_seq(t).await?;
-        if after < pruned {
-            return Err(ApiError::new(
-                ErrorCode::SnapshotRequired,
-                format!(
-                    "events up to {pruned} are past retention; take a snapshot and resume from its version"
-                ),
-            ));
-        }
-        let rows = state.store.events_after(t, after, limit + 1).await?;
-        let has_more = rows.len() as i64 > limit;
-        let scanned: Vec<_> = rows.into_iter().take(limit as usize).collect();
-        if !scanned.is_empty() || tokio::time::Instant::now() >= deadline {
-            let next = scanned.last().map(|e| e.event.sequence).unwrap_or(after);
-            let events: Vec<Value> = scanned
-                .into_iter()
-                .filter(|e| sdk_core::protocol::event_type_matches(&patterns, &e.event.event_type))
-                .map(|e| serde_json::to_value(&e.event).expect("events serialize"))
-                .collect();
-            state.metrics.add("pf2_events_polled_total", &[], events.len() as u64);
-            return Ok(Json(
-                json!({ "events": events, "hasMore": has_more, "nextEventId": next.to_string() }),
-            )
-            .into_response());
-        }
-        if tokio::time::timeout_at(deadline, wake.changed()).await.is_err() {
-            continue; // deadline: one last read, then answer
-        }
-    }
+    let page = crate::bus::EventBus::new(state.clone())
+        .read(&auth.tenant, after, limit, &filter, wait)
+        .await?;
+    state.metrics.add("pf2_events_polled_total", &[], page.events.len() as u64);
+    Ok(Json(json!({
+        "events": page.events,
+        "hasMore": page.has_more,
+        "nextEventId": page.next.to_string(),
+    }))
+    .into_response())
 }
 
 // ---- conflicts -------------------------------------------------------------------------------

@@ -93,6 +93,39 @@ pub struct Config {
     /// take precedence.
     #[arg(long, env = "PF2_STATIC_DIR")]
     pub static_dir: Option<std::path::PathBuf>,
+    /// `redis://host:port`: join the other processes on the same database (room, direct and
+    /// event fan-out, presence). Without it the process is on its own.
+    #[arg(long, env = "PF2_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Retention of an event type, repeatable, first match wins: `--event-retention audit.*=90`
+    /// (days). Other types keep `--event-retention-days`.
+    #[arg(long = "event-retention", env = "PF2_EVENT_RETENTION", value_delimiter = ',')]
+    pub event_retention: Vec<String>,
+    /// Event types kept indefinitely (patterns, repeatable).
+    #[arg(
+        long = "critical-event-type",
+        env = "PF2_CRITICAL_EVENT_TYPES",
+        value_delimiter = ',',
+        default_value = "transaction.*"
+    )]
+    pub critical_event_types: Vec<String>,
+    /// Deliveries of an event to a consumer group before it is dead-lettered (default for new
+    /// groups; each group may set its own).
+    #[arg(long, env = "PF2_BUS_MAX_DELIVERIES", default_value_t = 3)]
+    pub bus_max_deliveries: u32,
+    /// How long a claimed event stays leased, ms.
+    #[arg(long, env = "PF2_BUS_VISIBILITY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub bus_visibility_timeout_ms: u64,
+    /// First retry delay after a nack, ms (doubling per retry, at most 5 minutes).
+    #[arg(long, env = "PF2_BUS_RETRY_BACKOFF_MS", default_value_t = 1_000)]
+    pub bus_retry_backoff_ms: u64,
+    /// Events published per second per tenant (api.md: 1,000).
+    #[arg(long, env = "PF2_RATE_PUBLISH", default_value_t = 1_000)]
+    pub rate_publish: u32,
+    /// Presence TTL, seconds: an entry lives this long after its client's last frame
+    /// (heartbeats every 30 s keep it alive), in Redis too.
+    #[arg(long, env = "PF2_PRESENCE_TTL_SECS", default_value_t = 90)]
+    pub presence_ttl_secs: u64,
 }
 
 impl Config {
@@ -125,6 +158,14 @@ impl Config {
             event_retention_days: 7,
             idempotency_retention_days: 7,
             static_dir: None,
+            redis_url: None,
+            event_retention: Vec::new(),
+            critical_event_types: vec!["transaction.*".into()],
+            bus_max_deliveries: 3,
+            bus_visibility_timeout_ms: 30_000,
+            bus_retry_backoff_ms: 1_000,
+            rate_publish: 100_000,
+            presence_ttl_secs: 90,
         }
     }
 
@@ -140,6 +181,32 @@ impl Config {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("./data"),
         }
+    }
+
+    /// The event bus policy from the flags.
+    pub fn bus_policy(&self) -> anyhow::Result<crate::bus::BusPolicy> {
+        let mut retention = Vec::new();
+        for spec in &self.event_retention {
+            let (pattern, days) =
+                spec.split_once('=').context("an event retention is TYPE_PATTERN=DAYS")?;
+            let days: u64 = days.trim().parse().context("retention days must be a whole number")?;
+            let filter = sdk_core::protocol::EventFilter {
+                event_types: vec![pattern.trim().to_string()],
+                ..Default::default()
+            };
+            filter.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            retention.push((pattern.trim().to_string(), Duration::from_secs(days * 86_400)));
+        }
+        let defaults = crate::bus::BusPolicy::default();
+        Ok(crate::bus::BusPolicy {
+            retention,
+            critical: self.critical_event_types.iter().map(|p| p.trim().to_string()).collect(),
+            max_deliveries: self.bus_max_deliveries.clamp(1, 100),
+            lease: Duration::from_millis(self.bus_visibility_timeout_ms.max(100)),
+            backoff: Duration::from_millis(self.bus_retry_backoff_ms),
+            publish_rate: Rate::per_second(self.rate_publish),
+            ..defaults
+        })
     }
 
     pub fn limits(&self) -> Limits {
@@ -158,6 +225,7 @@ impl Config {
             ws_rate: Rate::per_minute(self.ws_rate),
             ws_send_buffer: self.ws_send_buffer,
             static_dir: self.static_dir.clone(),
+            presence_ttl: Duration::from_secs(self.presence_ttl_secs.max(1)),
             ..Limits::default()
         };
         if !self.ws_allowed_origins.is_empty() {
@@ -237,7 +305,13 @@ impl Config {
             None => dev_secret(&self.data_dir(), "webhook-secret")?,
         };
         let engine = ApplyEngine::new(strategies).with_limits(Default::default(), self.max_batch);
-        Ok(AppState::new(store, engine, self.jwt()?, self.limits(), webhook))
+        let mut limits = self.limits();
+        limits.bus = self.bus_policy()?;
+        let state = AppState::new(store, engine, self.jwt()?, limits, webhook);
+        match &self.redis_url {
+            Some(url) if !url.is_empty() => state.with_cluster(url).map_err(anyhow::Error::msg),
+            _ => Ok(state),
+        }
     }
 }
 

@@ -16,8 +16,31 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let latency = db.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(-1.0);
     state.metrics.set_gauge("pf2_database_latency_ms", &[], latency);
     let service = |ok: bool| if ok { "healthy" } else { "unhealthy" };
+    // Redis carries only realtime: without it the process degrades, it does not fail.
+    let redis = match &state.cluster {
+        None => json!({ "status": "disabled", "lastCheck": now }),
+        Some(c) => {
+            let (up, latency, error) = c.health();
+            let mut r = json!({
+                "status": if up { "healthy" } else { "unhealthy" },
+                "latency": latency,
+                "node": c.node_id(),
+                "lastCheck": now,
+            });
+            if !up {
+                r["error"] = json!(error.unwrap_or_else(|| "not connected yet".into()));
+            }
+            r
+        }
+    };
+    let redis_down = state.cluster.as_ref().is_some_and(|c| !c.is_up());
+    let overall = match (db_ok, redis_down) {
+        (false, _) => "unhealthy",
+        (true, true) => "degraded",
+        (true, false) => "healthy",
+    };
     let body = json!({
-        "status": if db_ok { "healthy" } else { "unhealthy" },
+        "status": overall,
         "services": {
             "database": {
                 "status": service(db_ok),
@@ -25,8 +48,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 "latency": latency,
                 "lastCheck": now,
             },
-                        "websocket": {
-                "status": "healthy",
+            "websocket": {
+                "status": if redis_down { "degraded" } else { "healthy" },
                 "activeConnections": state.hub.connections(),
                 "rooms": state.hub.rooms(),
                 "presenceEntries": state.hub.presence_entries(),
@@ -38,7 +61,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 "lastCheck": now,
             },
             "reconciliation": { "status": service(db_ok), "lastCheck": now },
-            "redis": { "status": "disabled", "lastCheck": now },
+            "redis": redis,
         },
         "timestamp": now,
     });
@@ -89,10 +112,28 @@ pub fn openapi_document() -> Value {
             "/api/reconciliation/snapshot/{entityType}": { "get": op("A chunk of an entity type's collection snapshot", "reconciliation", true) },
             "/api/reconciliation/conflicts": { "get": op("Conflicts awaiting (or after) manual resolution", "conflicts", true) },
             "/api/reconciliation/conflicts/{conflictId}/resolve": { "post": op("Resolve a conflict (audited)", "conflicts", true) },
-            "/api/events/poll": { "get": op("Long-poll the tenant's event log", "events", true) },
+            "/api/events/poll": { "get": op("Long-poll the tenant's event log (broadcast: the reader keeps its position)", "events", true) },
+            "/api/events": { "post": op("Publish events durably, idempotent by eventId (service role); 201", "events", true) },
+            "/api/events/subscriptions": { "get": op("Durable subscriptions and consumer groups with lag", "events", true) },
+            "/api/events/subscriptions/{name}": {
+                "put": op("Create or change a subscription (kind durable|group, filters, delivery settings)", "events", true),
+                "get": op("A subscription's settings, position and lag", "events", true),
+                "delete": op("Delete a subscription and its pending deliveries", "events", true)
+            },
+            "/api/events/subscriptions/{name}/poll": { "get": op("A durable subscription's events after its position", "events", true) },
+            "/api/events/subscriptions/{name}/ack": { "post": op("Advance a durable position, or acknowledge group deliveries", "events", true) },
+            "/api/events/subscriptions/{name}/claim": { "post": op("Lease a consumer group's events (long-poll)", "events", true) },
+            "/api/events/subscriptions/{name}/nack": { "post": op("A delivery failed: retry with backoff or dead-letter", "events", true) },
+            "/api/events/dlq": { "get": op("Dead letters by criteria", "dlq", true) },
+            "/api/events/dlq/{id}": {
+                "get": op("One dead letter", "dlq", true),
+                "patch": op("Edit a dead letter's payload (audited)", "dlq", true),
+                "delete": op("Delete a dead letter (audited)", "dlq", true)
+            },
+            "/api/events/dlq/{id}/reprocess": { "post": op("Send a dead letter back to its group (audited)", "dlq", true) },
             "/api/transactions": { "post": op("Create a Class D transaction (Idempotency-Key required); 202", "transactions", true) },
             "/api/transactions/{transactionId}": { "get": op("A transaction's status", "transactions", true) },
-                        "/api/audit": { "get": op("The tenant's audit log (admin)", "audit", true) },
+            "/api/audit": { "get": op("The tenant's audit log (admin)", "audit", true) },
             "/v1/ws": { "get": op("The native WebSocket protocol (docs/protocol.md); token by ?token= or the first frame", "realtime", false) },
             "/health": { "get": op("Health per service", "operations", false) },
             "/metrics": { "get": op("Prometheus metrics", "operations", false) },

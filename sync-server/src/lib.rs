@@ -34,6 +34,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -82,6 +84,26 @@ pub fn app(state: AppState) -> Router {
         .route("/api/reconciliation/conflicts", get(api::list_conflicts))
         .route("/api/reconciliation/conflicts/{conflict_id}/resolve", post(api::resolve_conflict))
         .route("/api/events/poll", get(api::poll))
+        .route("/api/events", post(bus::http::publish))
+        .route("/api/events/subscriptions", get(bus::http::list_subscriptions))
+        .route(
+            "/api/events/subscriptions/{name}",
+            get(bus::http::get_subscription)
+                .put(bus::http::put_subscription)
+                .delete(bus::http::delete_subscription),
+        )
+        .route("/api/events/subscriptions/{name}/poll", get(bus::http::poll_subscription))
+        .route("/api/events/subscriptions/{name}/ack", post(bus::http::ack))
+        .route("/api/events/subscriptions/{name}/claim", post(bus::http::claim))
+        .route("/api/events/subscriptions/{name}/nack", post(bus::http::nack))
+        .route("/api/events/dlq", get(bus::http::list_dead_letters))
+        .route(
+            "/api/events/dlq/{id}",
+            get(bus::http::get_dead_letter)
+                .patch(bus::http::edit_dead_letter)
+                .delete(bus::http::delete_dead_letter),
+        )
+        .route("/api/events/dlq/{id}/reprocess", post(bus::http::reprocess_dead_letter))
         .route("/api/transactions", post(api::create_transaction))
         .route("/api/transactions/{transaction_id}", get(api::get_transaction))
                 .route("/api/audit", get(api::audit))
@@ -140,6 +162,10 @@ pub async fn serve(
     let worker = tokio::spawn(workers::run(state.clone(), processor, async move {
         let _ = worker_stop.wait_for(|s| *s).await;
     }));
+    let mut cluster_stop = stop_rx.clone();
+    let cluster = tokio::spawn(cluster::run(state.clone(), async move {
+        let _ = cluster_stop.wait_for(|s| *s).await;
+    }));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(state.limits.header_read_timeout);
     let router = app(state);
@@ -177,5 +203,6 @@ pub async fn serve(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
     let _ = stop_tx.send(true);
     let _ = worker.await;
+    let _ = cluster.await;
     Ok(())
 }

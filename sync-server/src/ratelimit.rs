@@ -16,6 +16,10 @@ impl Rate {
     pub const fn per_minute(limit: u32) -> Self {
         Self { limit, window: Duration::from_secs(60) }
     }
+
+    pub const fn per_second(limit: u32) -> Self {
+        Self { limit, window: Duration::from_secs(1) }
+    }
 }
 
 /// One caller's bucket, for a caller that owns its own (a connection): no shared lock.
@@ -32,7 +36,13 @@ impl Bucket {
 
     /// Take a token at `now`; `Err(seconds until one is available)` when empty.
     pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), u64> {
-        if rate.limit == 0 {
+        self.take_n(rate, now, 1)
+    }
+
+    /// Take `n` tokens at once (a batch counts each item), or none.
+    pub fn take_n(&mut self, rate: Rate, now: Instant, n: u32) -> Result<(), u64> {
+        let n = n.max(1) as f64;
+        if rate.limit == 0 || n > rate.limit as f64 {
             return Err(rate.window.as_secs().max(1));
         }
         let per_sec = rate.limit as f64 / rate.window.as_secs_f64();
@@ -40,11 +50,11 @@ impl Bucket {
             + now.saturating_duration_since(self.at).as_secs_f64() * per_sec)
             .min(rate.limit as f64);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             Ok(())
         } else {
-            Err(((1.0 - self.tokens) / per_sec).ceil().max(1.0) as u64)
+            Err(((n - self.tokens) / per_sec).ceil().max(1.0) as u64)
         }
     }
 }
@@ -57,6 +67,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Take a token for `key` at `now`; `Err(seconds until one is available)` when empty.
     pub fn check(&self, key: &str, rate: Rate, now: Instant) -> Result<(), u64> {
+        self.check_n(key, rate, now, 1)
+    }
+
+    /// Take `n` tokens for `key` at `now`, or none.
+    pub fn check_n(&self, key: &str, rate: Rate, now: Instant, n: u32) -> Result<(), u64> {
         if rate.limit == 0 {
             return Err(rate.window.as_secs().max(1));
         }
@@ -69,7 +84,7 @@ impl RateLimiter {
             });
         }
         let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::full(rate, now));
-        bucket.take(rate, now)
+        bucket.take_n(rate, now, n)
     }
 }
 
@@ -90,5 +105,20 @@ mod tests {
         assert!(rl.check("other", rate, t0).is_ok(), "buckets are per caller");
         assert!(rl.check("u", rate, t0 + Duration::from_secs(6)).is_ok());
         assert!(rl.check("u", rate, t0 + Duration::from_secs(6)).is_err());
+    }
+
+    #[test]
+    fn a_batch_takes_one_token_per_item_or_none() {
+        let rl = RateLimiter::default();
+        let t0 = Instant::now();
+        let rate = Rate::per_second(1000);
+        rl.check_n("svc", rate, t0, 600).unwrap();
+        assert_eq!(
+            rl.check_n("svc", rate, t0, 500),
+            Err(1),
+            "400 left: the batch is refused whole"
+        );
+        rl.check_n("svc", rate, t0, 400).unwrap();
+        assert!(rl.check_n("svc", rate, t0, 1001).is_err(), "larger than the bucket: never");
     }
 }

@@ -37,10 +37,15 @@ pub struct Limits {
     pub ws_heartbeat: Duration,
     /// Silence after which a connection is dead (and its presence with it).
     pub ws_stale: Duration,
+    /// How long a presence entry lives without a frame from its client (in Redis too, where a
+    /// killed process's entries expire on their own).
+    pub presence_ttl: Duration,
     /// Time a client has to send its request headers (slowloris).
     pub header_read_timeout: Duration,
     /// Files served at `/` when no API route matches (the demo app); `None`: JSON 404s.
     pub static_dir: Option<std::path::PathBuf>,
+    /// The event bus: retention per type, critical types, delivery defaults.
+    pub bus: crate::bus::BusPolicy,
 }
 
 impl Default for Limits {
@@ -69,8 +74,10 @@ impl Default for Limits {
             ws_send_buffer: 256,
             ws_heartbeat: Duration::from_secs(30),
             ws_stale: Duration::from_secs(90),
+            presence_ttl: Duration::from_secs(90),
             header_read_timeout: Duration::from_secs(10),
             static_dir: None,
+            bus: crate::bus::BusPolicy::default(),
         }
     }
 }
@@ -91,6 +98,20 @@ impl Notifier {
     pub fn waiting(&self, tenant: &str) -> usize {
         let map = self.tenants.lock().expect("notifier lock");
         map.get(tenant).map(|tx| tx.receiver_count()).unwrap_or(0)
+    }
+
+    /// Wake everyone waiting on `tenant` although the log did not grow (a dead letter went
+    /// back to its group).
+    pub fn kick(&self, tenant: &str) {
+        let map = self.tenants.lock().expect("notifier lock");
+        if let Some(tx) = map.get(tenant) {
+            tx.send_modify(|_| {});
+        }
+    }
+
+    /// Tenants someone is waiting on.
+    pub fn tenants(&self) -> Vec<String> {
+        self.tenants.lock().expect("notifier lock").keys().cloned().collect()
     }
 
     pub fn notify(&self, tenant: &str, seq: u64) {
@@ -121,6 +142,8 @@ pub struct AppState {
     pub hub: Arc<crate::realtime::hub::Hub>,
     pub webhook_secret: Arc<Vec<u8>>,
     pub http: reqwest::Client,
+    /// Redis-joined scale-out; `None` on one machine.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -128,8 +151,59 @@ impl AppState {
     /// over `/v1/ws`, a conflict resolution): wake long-polls and event followers, and poke every
     /// live socket of the tenant to pull. One place, so no writer forgets the sockets.
     pub fn entities_changed(&self, tenant: &sdk_core::ids::TenantId, version: u64) {
-        self.notifier.notify(tenant.as_str(), version);
+        self.events_appended(tenant, version);
         self.hub.to_tenant(tenant, &sdk_core::protocol::ServerFrame::Poke { version });
+    }
+
+    /// The tenant's log grew to `seq` (any writer, any event): wake long-polls, followers and
+    /// consumer groups here and, through the cluster, in every other process.
+    pub fn events_appended(&self, tenant: &sdk_core::ids::TenantId, seq: u64) {
+        self.notifier.notify(tenant.as_str(), seq);
+        if let Some(c) = &self.cluster
+            && c.outbox()
+                .try_send(crate::cluster::Remote::Fanout(crate::cluster::Envelope::Log {
+                    node: String::new(),
+                    tenant: tenant.clone(),
+                    seq,
+                }))
+                .is_err()
+        {
+            self.metrics.inc("pf2_cluster_dropped_total", &[("reason", "outbox_full")]);
+        }
+    }
+
+    /// How long a log waiter may sleep without a wake-up: in a cluster, wake-ups from other
+    /// processes travel through Redis and may be lost, so waiters re-read the log every second.
+    pub fn log_recheck(&self) -> Option<Duration> {
+        self.cluster.as_ref().map(|_| Duration::from_secs(1))
+    }
+
+    /// Presence in `room`: the cluster's view from Redis, or this process's when there is no
+    /// cluster or Redis is down.
+    pub async fn presence_in(
+        &self,
+        tenant: &sdk_core::ids::TenantId,
+        room: &sdk_core::ids::RoomId,
+    ) -> Vec<sdk_core::protocol::ServerFrame> {
+        if let Some(c) = &self.cluster
+            && let Some(frames) = c.presence_in(tenant, room, self.hub.presence_ttl()).await
+        {
+            return frames;
+        }
+        self.hub.presence_in(tenant, room)
+    }
+
+    /// A client connected here: it is back in the rooms it joined through any process.
+    pub async fn restore_rooms(
+        &self,
+        tenant: &sdk_core::ids::TenantId,
+        client: &sdk_core::ids::ClientId,
+    ) {
+        if let Some(c) = &self.cluster {
+            for room in c.rooms_of(tenant, client).await {
+                self.hub.join(tenant, client, &room);
+            }
+        }
     }
 
     pub fn new(
@@ -140,8 +214,11 @@ impl AppState {
         webhook_secret: Vec<u8>,
     ) -> Self {
         let metrics: Arc<Metrics> = Arc::default();
-        let hub =
-            crate::realtime::hub::Hub::new(metrics.clone(), limits.ws_send_buffer, limits.ws_stale);
+        let hub = crate::realtime::hub::Hub::new(
+            metrics.clone(),
+            limits.ws_send_buffer,
+            limits.presence_ttl,
+        );
         Self {
             hub: Arc::new(hub),
             store: Arc::new(store),
@@ -157,6 +234,15 @@ impl AppState {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("an HTTP client builds"),
+            cluster: None,
         }
+    }
+
+    /// Join the Redis cluster at `url` (connections start with [`crate::serve`]).
+    pub fn with_cluster(mut self, url: &str) -> Result<Self, String> {
+        let cluster = crate::cluster::Cluster::new(url, self.metrics.clone())?;
+        self.hub.attach_remote(cluster.outbox());
+        self.cluster = Some(Arc::new(cluster));
+        Ok(self)
     }
 }

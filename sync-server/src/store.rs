@@ -19,6 +19,12 @@ use sqlx::{AnyPool, Executor, Row};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+mod bus;
+pub use bus::{
+    Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, Published, SubscriptionKind,
+    SubscriptionRow, SubscriptionStats,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -468,10 +474,9 @@ impl Store {
         after: u64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT seq, event_id, event_type, payload, metadata, schema_version, critical, created_at \
-             FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
         .bind(tenant)
         .bind(after as i64)
         .bind(limit)
@@ -521,26 +526,48 @@ impl Store {
         Ok(seq)
     }
 
-    /// Delete non-critical events older than `older_than_ms` (epoch ms) of one tenant (`None`:
-    /// every tenant); records the highest deleted sequence per tenant so readers below it get
-    /// `SNAPSHOT_REQUIRED`.
+    /// Delete events past retention: a non-critical event whose type matches a rule's pattern
+    /// (`name` or `prefix*`, first match wins) when older than that rule's cutoff (epoch ms),
+    /// any other when older than `default_cutoff` — but never one a consumer group still has to
+    /// deliver. `tenant`: one tenant (`None`: every tenant). Records the highest deleted
+    /// sequence per tenant so readers below it get `SNAPSHOT_REQUIRED`.
     pub async fn prune_events(
         &self,
-        older_than_ms: i64,
+        default_cutoff: i64,
+        rules: &[(String, i64)],
         tenant: Option<&str>,
     ) -> Result<u64, ApiError> {
         let _guard = self.sqlite_writer().await;
         let tenant = tenant.unwrap_or("");
+        // $1 tenant, $2 default cutoff, then (pattern, cutoff) pairs from $3.
+        let like = |i: usize| format!("event_type LIKE ${} ESCAPE '\\'", 3 + 2 * i);
+        let mut cases: Vec<String> = (0..rules.len())
+            .map(|i| {
+                let earlier: Vec<String> = (0..i).map(|j| format!("NOT {}", like(j))).collect();
+                let mut terms = vec![like(i), format!("created_at < ${}", 4 + 2 * i)];
+                terms.extend(earlier);
+                format!("({})", terms.join(" AND "))
+            })
+            .collect();
+        let mut default_terms: Vec<String> =
+            (0..rules.len()).map(|j| format!("NOT {}", like(j))).collect();
+        default_terms.push("created_at < $2".into());
+        cases.push(format!("({})", default_terms.join(" AND ")));
+        let condition = format!(
+            "critical = 0 AND ($1 = '' OR tenant_id = $1) AND ({}) AND NOT EXISTS \
+             (SELECT 1 FROM event_deliveries d WHERE d.tenant_id = events.tenant_id AND d.seq = events.seq)",
+            cases.join(" OR ")
+        );
+        let patterns: Vec<(String, i64)> =
+            rules.iter().map(|(p, c)| (bus::like_pattern(p), *c)).collect();
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let marks = sqlx::query(
-            "SELECT tenant_id, MAX(seq) FROM events WHERE created_at < $1 AND critical = 0 \
-             AND ($2 = '' OR tenant_id = $2) GROUP BY tenant_id",
-        )
-        .bind(older_than_ms)
-        .bind(tenant)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
+        let marks_sql =
+            format!("SELECT tenant_id, MAX(seq) FROM events WHERE {condition} GROUP BY tenant_id");
+        let mut q = sqlx::query(&marks_sql).bind(tenant).bind(default_cutoff);
+        for (p, c) in &patterns {
+            q = q.bind(p.clone()).bind(*c);
+        }
+        let marks = q.fetch_all(&mut *tx).await.map_err(db)?;
         for m in &marks {
             sqlx::query("UPDATE tenants SET pruned_through = $2 WHERE tenant_id = $1 AND pruned_through < $2")
                 .bind(m.get::<String, _>(0))
@@ -549,15 +576,12 @@ impl Store {
                 .await
                 .map_err(db)?;
         }
-        let deleted = sqlx::query(
-            "DELETE FROM events WHERE created_at < $1 AND critical = 0 AND ($2 = '' OR tenant_id = $2)",
-        )
-        .bind(older_than_ms)
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?
-        .rows_affected();
+        let delete_sql = format!("DELETE FROM events WHERE {condition}");
+        let mut q = sqlx::query(&delete_sql).bind(tenant).bind(default_cutoff);
+        for (p, c) in &patterns {
+            q = q.bind(p.clone()).bind(*c);
+        }
+        let deleted = q.execute(&mut *tx).await.map_err(db)?.rows_affected();
         tx.commit().await.map_err(db)?;
         Ok(deleted)
     }
@@ -986,6 +1010,9 @@ fn record_from_row(tenant: &str, r: &AnyRow) -> Result<EntityRecord, ApiError> {
     );
     decode_record(key, &r.get::<Vec<u8>, _>(2)).map_err(bad)
 }
+
+/// The columns [`event_from_row`] reads, in its order.
+const EVENT_COLUMNS: &str = "seq, event_id, event_type, payload, metadata, schema_version, critical, COALESCE(occurred_at, created_at)";
 
 fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, ApiError> {
     let json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::Null);

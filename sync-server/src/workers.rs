@@ -1,4 +1,5 @@
-//! Background work: Class D transaction processing, webhook callbacks, retention.
+//! Background work: Class D transaction processing, webhook callbacks, retention (per event
+//! type, critical types kept), presence sweeps and the event bus gauges.
 //!
 //! Transactions are executed by a [`TransactionProcessor`] — the integration point where a
 //! platform plugs its business logic. The built-in [`AcceptObjects`] confirms any transaction whose
@@ -81,7 +82,9 @@ pub async fn process_pending_in(
             settled += 1;
             state.metrics.inc("pf2_transactions_total", &[("status", status)]);
             let (seq, _) = state.store.tenant_seq(&t.tenant_id).await?;
-            state.notifier.notify(&t.tenant_id, seq);
+            if let Ok(tenant) = sdk_core::ids::TenantId::new(t.tenant_id.as_str()) {
+                state.events_appended(&tenant, seq);
+            }
         }
     }
     Ok(settled)
@@ -152,9 +155,16 @@ async fn deliver(state: &AppState, t: &TransactionRow) -> bool {
 /// Delete events and idempotency keys past retention.
 pub async fn retention(state: &AppState) -> Result<(u64, u64), ApiError> {
     let now = now_ms() as i64;
+    let rules: Vec<(String, i64)> = state
+        .limits
+        .bus
+        .retention
+        .iter()
+        .map(|(pattern, keep)| (pattern.clone(), now - keep.as_millis() as i64))
+        .collect();
     let events = state
         .store
-        .prune_events(now - state.limits.event_retention.as_millis() as i64, None)
+        .prune_events(now - state.limits.event_retention.as_millis() as i64, &rules, None)
         .await?;
     let keys = state
         .store
@@ -171,7 +181,10 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
-    let mut sweep_tick = tokio::time::interval(Duration::from_secs(5));
+    let sweep_every =
+        (state.limits.presence_ttl / 3).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let mut sweep_tick = tokio::time::interval(sweep_every);
+    let mut gauge_tick = tokio::time::interval(Duration::from_secs(15));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -179,6 +192,11 @@ pub async fn run(
             _ = state.transactions.notified() => {}
                         _ = tick.tick() => {}
             _ = sweep_tick.tick() => state.hub.sweep(),
+            _ = gauge_tick.tick() => {
+                if let Err(e) = crate::bus::record_gauges(&state).await {
+                    tracing::warn!(error = %e, "event bus gauges");
+                }
+            }
             _ = retention_tick.tick() => {
                 match retention(&state).await {
                     Ok((events, keys)) => tracing::info!(events, keys, "retention pass"),

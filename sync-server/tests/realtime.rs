@@ -312,7 +312,13 @@ async fn events_resume_gap_free_across_a_disconnect_of_1000_events() {
     let s = server(|_| {}).await;
     let token = s.app.token("writer");
     let mut reader = connect(&s, "reader", "r1").await;
-    reader.send(&ClientFrame::Subscribe { after: Some(0), event_types: vec![] }).await;
+    reader
+        .send(&ClientFrame::Subscribe {
+            after: Some(0),
+            event_types: vec![],
+            attributes: Default::default(),
+        })
+        .await;
     s.app
         .reconcile(
             &token,
@@ -349,7 +355,13 @@ async fn events_resume_gap_free_across_a_disconnect_of_1000_events() {
         s.app.reconcile(&token, &format!("batch-{b}"), "w", ops).await.expect(200);
     }
     let mut reader = connect(&s, "reader", "r1").await;
-    reader.send(&ClientFrame::Subscribe { after: Some(last), event_types: vec![] }).await;
+    reader
+        .send(&ClientFrame::Subscribe {
+            after: Some(last),
+            event_types: vec![],
+            attributes: Default::default(),
+        })
+        .await;
     // More events arrive during the replay: the switch to live must not skip or repeat.
     let writer = {
         let app = s.app.clone();

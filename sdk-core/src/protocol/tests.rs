@@ -22,7 +22,11 @@ fn sample_client_frames() -> Vec<ClientFrame> {
         ClientFrame::RefreshToken { token: "tok2".into() },
         ClientFrame::Push { batch_id: "b1".into(), operations: vec![op] },
         ClientFrame::Pull { since: 42, limit: Some(100) },
-        ClientFrame::Subscribe { after: Some(7), event_types: vec!["order.*".into()] },
+        ClientFrame::Subscribe {
+            after: Some(7),
+            event_types: vec!["order.*".into()],
+            attributes: Default::default(),
+        },
         ClientFrame::Unsubscribe {},
         ClientFrame::Presence {
             status: PresenceStatus::Away,

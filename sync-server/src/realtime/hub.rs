@@ -6,9 +6,14 @@
 //!   a client's memberships are forgotten `membership_ttl` after its last connection closed.
 //! - Each connection has a bounded outbound buffer. Fan-out uses `try_send`: when a buffer is full
 //!   the connection is a slow consumer and is disconnected; memory never grows without bound.
-//! - Presence (Class A) lives only in memory with a TTL and disappears with the connection.
+//! - Presence (Class A) lives in memory with a TTL and disappears with the connection.
+//! - With a cluster ([`crate::cluster`]), every fan-out that starts here is also handed to the
+//!   cluster's outbox (never waiting: a full outbox drops it) and reaches the other processes'
+//!   hubs through Redis, which deliver it with the `local_*` methods only. Presence and room
+//!   membership changes go the same way, so Redis holds the cluster-wide view.
 
 use super::mailbox::{Mailbox, Offered};
+use crate::cluster::{Envelope, Remote};
 use crate::metrics::Metrics;
 use sdk_core::ids::{ClientId, RoomId, TenantId, UserId};
 use sdk_core::protocol::{PresenceStatus, ServerFrame};
@@ -99,6 +104,8 @@ pub struct Hub {
     send_buffer: usize,
     presence_ttl: Duration,
     membership_ttl: Duration,
+    /// The cluster's outbox, when there is a cluster.
+    remote: OnceLock<tokio::sync::mpsc::Sender<Remote>>,
 }
 
 fn scoped(tenant: &TenantId, id: &str) -> Scoped {
@@ -114,6 +121,70 @@ impl Hub {
             send_buffer: send_buffer.max(1),
             presence_ttl,
             membership_ttl: Duration::from_secs(24 * 3600),
+            remote: OnceLock::new(),
+        }
+    }
+
+    /// Hand cluster-wide changes to `outbox` from now on (once; by [`crate::cluster`]).
+    pub fn attach_remote(&self, outbox: tokio::sync::mpsc::Sender<Remote>) {
+        let _ = self.remote.set(outbox);
+    }
+
+    pub fn presence_ttl(&self) -> Duration {
+        self.presence_ttl
+    }
+
+    /// Tell the cluster, if any. Never waits: realtime loss degrades, it does not block.
+    fn forward(&self, remote: Remote) {
+        if let Some(tx) = self.remote.get()
+            && tx.try_send(remote).is_err()
+        {
+            self.metrics.inc("pf2_cluster_dropped_total", &[("reason", "outbox_full")]);
+        }
+    }
+
+    /// Tenants with a connection here.
+    pub fn local_tenants(&self) -> Vec<TenantId> {
+        let mut v: Vec<TenantId> = self.lock().by_tenant.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Presence entries held here (the cluster refreshes their TTL in Redis).
+    pub fn local_presence(
+        &self,
+    ) -> Vec<(TenantId, ClientId, UserId, PresenceStatus, Option<Value>)> {
+        let inner = self.lock();
+        let mut v: Vec<_> = inner
+            .presence
+            .iter()
+            .filter_map(|((t, c), p)| {
+                Some((
+                    t.clone(),
+                    ClientId::new(c.clone()).ok()?,
+                    p.user.clone(),
+                    p.status,
+                    p.metadata.clone(),
+                ))
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        v
+    }
+
+    /// Deliver what another process fanned out, to the connections here only.
+    pub fn deliver_remote(&self, envelope: Envelope) {
+        match envelope {
+            Envelope::Room { tenant, room, frame, .. } => {
+                self.local_room(&tenant, &room, &Outbound::new(frame), None);
+            }
+            Envelope::User { tenant, user, frame, .. } => {
+                self.local_user(&tenant, &user, &Outbound::new(frame));
+            }
+            Envelope::Tenant { tenant, frame, .. } => {
+                self.local_tenant(&tenant, &Outbound::new(frame));
+            }
+            Envelope::Log { .. } => {}
         }
     }
 
@@ -232,6 +303,12 @@ impl Hub {
             inner.rooms.entry(scoped(tenant, room.as_str())).or_default().insert(client.clone());
         inner.client_rooms.entry(scoped(tenant, client.as_str())).or_default().insert(room.clone());
         self.gauges(&inner);
+        drop(inner);
+        self.forward(Remote::Joined {
+            tenant: tenant.clone(),
+            client: client.clone(),
+            room: room.clone(),
+        });
         added
     }
 
@@ -250,6 +327,12 @@ impl Hub {
             }
         }
         self.gauges(&inner);
+        drop(inner);
+        self.forward(Remote::Left {
+            tenant: tenant.clone(),
+            client: client.clone(),
+            room: room.clone(),
+        });
         removed
     }
 
@@ -270,8 +353,9 @@ impl Hub {
         rooms
     }
 
-    /// Send to every connection of every member of `room` except the `skip` connection.
-    /// Returns how many connections were offered the frame.
+    /// Send to every connection of every member of `room` except the `skip` connection, here
+    /// and (through the cluster) in every other process. Returns how many connections here were
+    /// offered the frame.
     pub fn to_room(
         &self,
         tenant: &TenantId,
@@ -279,7 +363,23 @@ impl Hub {
         frame: &ServerFrame,
         skip: Option<u64>,
     ) -> usize {
-        let frame = Outbound::new(frame.clone());
+        let n = self.local_room(tenant, room, &Outbound::new(frame.clone()), skip);
+        self.forward(Remote::Fanout(Envelope::Room {
+            node: String::new(),
+            tenant: tenant.clone(),
+            room: room.clone(),
+            frame: frame.clone(),
+        }));
+        n
+    }
+
+    fn local_room(
+        &self,
+        tenant: &TenantId,
+        room: &RoomId,
+        frame: &Arc<Outbound>,
+        skip: Option<u64>,
+    ) -> usize {
         let inner = self.lock();
         let Some(members) = inner.rooms.get(&scoped(tenant, room.as_str())) else { return 0 };
         let mut n = 0;
@@ -288,34 +388,54 @@ impl Hub {
                 if Some(*id) != skip
                     && let Some(conn) = inner.conns.get(id)
                 {
-                    n += self.offer(conn, &frame) as usize;
+                    n += self.offer(conn, frame) as usize;
                 }
             }
         }
         n
     }
 
-    /// Send to every connection of `tenant` (pokes).
+    /// Send to every connection of `tenant` (pokes), here and in every other process.
     pub fn to_tenant(&self, tenant: &TenantId, frame: &ServerFrame) -> usize {
-        let frame = Outbound::new(frame.clone());
+        let n = self.local_tenant(tenant, &Outbound::new(frame.clone()));
+        self.forward(Remote::Fanout(Envelope::Tenant {
+            node: String::new(),
+            tenant: tenant.clone(),
+            frame: frame.clone(),
+        }));
+        n
+    }
+
+    /// Send to every connection of `tenant` here only.
+    pub fn local_tenant(&self, tenant: &TenantId, frame: &Arc<Outbound>) -> usize {
         let inner = self.lock();
         let mut n = 0;
         for id in inner.by_tenant.get(tenant).into_iter().flatten() {
             if let Some(conn) = inner.conns.get(id) {
-                n += self.offer(conn, &frame) as usize;
+                n += self.offer(conn, frame) as usize;
             }
         }
         n
     }
 
-    /// Send to every connection of `user` in `tenant`.
+    /// Send to every connection of `user` in `tenant`, here and in every other process.
     pub fn to_user(&self, tenant: &TenantId, user: &UserId, frame: &ServerFrame) -> usize {
-        let frame = Outbound::new(frame.clone());
+        let n = self.local_user(tenant, user, &Outbound::new(frame.clone()));
+        self.forward(Remote::Fanout(Envelope::User {
+            node: String::new(),
+            tenant: tenant.clone(),
+            user: user.clone(),
+            frame: frame.clone(),
+        }));
+        n
+    }
+
+    fn local_user(&self, tenant: &TenantId, user: &UserId, frame: &Arc<Outbound>) -> usize {
         let inner = self.lock();
         let mut n = 0;
         for id in inner.by_user.get(&scoped(tenant, user.as_str())).into_iter().flatten() {
             if let Some(conn) = inner.conns.get(id) {
-                n += self.offer(conn, &frame) as usize;
+                n += self.offer(conn, frame) as usize;
             }
         }
         n
@@ -373,6 +493,13 @@ impl Hub {
         status: PresenceStatus,
         metadata: Option<Value>,
     ) {
+        self.forward(Remote::Presence {
+            tenant: tenant.clone(),
+            client: client.clone(),
+            user: user.clone(),
+            status,
+            metadata: metadata.clone(),
+        });
         let ttl_ms = Some(self.presence_ttl.as_millis() as u64);
         for room in self.rooms_of(tenant, client) {
             let frame = ServerFrame::Presence {

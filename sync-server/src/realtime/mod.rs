@@ -146,7 +146,7 @@ pub async fn relay_message(
             )
             .await
             .map_err(fail)?;
-        state.notifier.notify(tenant.as_str(), seq);
+        state.events_appended(tenant, seq);
     }
     Ok(message_id)
 }

@@ -7,13 +7,14 @@
 
 use crate::api::{iso_now, prepare_batch};
 use crate::auth::Identity;
+use crate::bus::EventBus;
 use crate::error::ApiError;
 use crate::ratelimit::Rate;
 use crate::realtime::hub::Outbound;
 use crate::realtime::mailbox::{Closing, Mailbox, Next};
 use crate::realtime::origin_allowed;
 use crate::state::AppState;
-use crate::store::AuditEntry;
+use crate::store::{AuditEntry, NackOutcome, SubscriptionKind};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -23,8 +24,8 @@ use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, TenantId};
 use sdk_core::interaction::{InteractionClass, Transport};
 use sdk_core::protocol::{
-    ClientFrame, Codec, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, ServerFrame, WireConflict,
-    WireOpResult,
+    ClientFrame, Codec, EventFilter, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, ServerFrame,
+    WireConflict, WireOpResult,
 };
 use sdk_core::snapshot::{canonical_json, checksum, chunk};
 use serde::Deserialize;
@@ -217,6 +218,7 @@ async fn connection(
     let tenant = identity.tenant.clone();
     let reg = state.hub.register(&tenant, &identity.user, &client);
     let conn_id = reg.id;
+    state.restore_rooms(&tenant, &client).await;
     state.metrics.inc("pf2_ws_connections_total", &[]);
     audit(
         &state,
@@ -246,6 +248,8 @@ async fn connection(
         client,
         tx: mailbox.clone(),
         subscription: None,
+        followed: None,
+        consumers: Vec::new(),
         over_limit: 0,
         bucket: crate::ratelimit::Bucket::full(state.limits.ws_rate, Instant::now()),
         last_heard: Instant::now(),
@@ -253,6 +257,9 @@ async fn connection(
     let outcome = session.read_loop(&mut stream, &mut writer).await;
     if let Some(sub) = session.subscription.take() {
         sub.abort();
+    }
+    for c in session.consumers.drain(..) {
+        c.task.abort();
     }
     let reason = outcome.reason;
     let we_close = outcome.code != CLOSE_NORMAL || reason != "client closed";
@@ -381,6 +388,10 @@ struct Session {
     /// This connection's outbound queue (replies and the event stream wait for room in it).
     tx: Arc<Mailbox>,
     subscription: Option<JoinHandle<()>>,
+    /// The durable subscription the event stream follows (its position advances with `Ack`).
+    followed: Option<String>,
+    /// Consumer groups this socket is a member of (`Consume`).
+    consumers: Vec<GroupMember>,
     token_deadline: TokioInstant,
     over_limit: u32,
     /// This connection's own rate bucket (no shared lock on the message path).
@@ -545,13 +556,32 @@ impl Session {
                     Err(e) => self.error(e, None).await,
                 }
             }
-            ClientFrame::Subscribe { after, event_types } => {
-                self.subscribe(after, event_types).await
+            ClientFrame::Subscribe { after, event_types, attributes } => {
+                self.followed = None;
+                self.subscribe(after, EventFilter { event_types, attributes }).await
             }
+            ClientFrame::Follow { subscription } => self.follow_durable(subscription).await,
             ClientFrame::Unsubscribe {} => {
                 if let Some(s) = self.subscription.take() {
                     s.abort();
                 }
+                self.followed = None;
+            }
+            ClientFrame::Consume { group, max_in_flight } => {
+                self.consume(group, max_in_flight.unwrap_or(10)).await
+            }
+            ClientFrame::DeliveryAck { group, sequence, lease_token } => {
+                let bus = EventBus::new(self.state.clone());
+                let held = bus.ack(self.tenant(), &group, &[(sequence, lease_token)]).await;
+                self.settled(&group, sequence, held.map(|h| h.first().copied().unwrap_or(false)))
+                    .await
+            }
+            ClientFrame::DeliveryNack { group, sequence, lease_token, reason } => {
+                let bus = EventBus::new(self.state.clone());
+                let reason = reason.as_deref().unwrap_or("rejected by the consumer");
+                let outcome =
+                    bus.nack(self.tenant(), &group, sequence, &lease_token, reason, None).await;
+                self.settled(&group, sequence, outcome.map(|o| o != NackOutcome::LeaseLost)).await
             }
             ClientFrame::Presence { status, metadata, .. } => {
                 let (t, c, u) =
@@ -561,7 +591,7 @@ impl Session {
             ClientFrame::JoinRoom { room_id } => {
                 self.state.hub.join(self.tenant(), &self.client, &room_id);
                 self.reply(ServerFrame::RoomJoined { room_id: room_id.clone() }).await;
-                for p in self.state.hub.presence_in(self.tenant(), &room_id) {
+                for p in self.state.presence_in(self.tenant(), &room_id).await {
                     self.reply(p).await;
                 }
             }
@@ -589,7 +619,23 @@ impl Session {
                 })
                 .await
             }
-            ClientFrame::Ack { .. } => {}
+            ClientFrame::Ack { sequence } => match self.followed.clone() {
+                Some(name) => {
+                    let bus = EventBus::new(self.state.clone());
+                    if let Err(e) = bus.ack_position(self.tenant(), &name, sequence).await {
+                        self.error(e, None).await
+                    }
+                }
+                None => {
+                    self.error(
+                        ApiError::invalid(
+                            "Ack needs a durable subscription (Follow) on this socket",
+                        ),
+                        None,
+                    )
+                    .await
+                }
+            },
             ClientFrame::SnapshotRequest { request_id, entity_type, entity_id, cursor } => {
                 self.snapshot(request_id, entity_type, entity_id, cursor).await
             }
@@ -658,9 +704,12 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, after: Option<u64>, event_types: Vec<String>) {
+    async fn subscribe(&mut self, after: Option<u64>, filter: EventFilter) {
         if let Some(s) = self.subscription.take() {
             s.abort();
+        }
+        if let Err(e) = filter.validate() {
+            return self.error(e.into(), None).await;
         }
         let tenant = self.tenant().as_str().to_string();
         let (current, pruned) = match self.state.store.tenant_seq(&tenant).await {
@@ -681,7 +730,97 @@ impl Session {
         }
         let state = self.state.clone();
         let tx = self.tx.clone();
-        self.subscription = Some(tokio::spawn(follow(state, tenant, after, event_types, tx)));
+        self.subscription = Some(tokio::spawn(follow(state, tenant, after, filter, tx)));
+    }
+
+    /// `Follow`: the event stream of a durable subscription, from its stored position.
+    async fn follow_durable(&mut self, name: String) {
+        let sub = match self.state.store.subscription(self.tenant().as_str(), &name).await {
+            Ok(Some(s)) if s.kind == SubscriptionKind::Durable => s,
+            Ok(Some(_)) => {
+                return self
+                    .error(
+                        ApiError::invalid(format!("{name:?} is a consumer group: Consume it")),
+                        None,
+                    )
+                    .await;
+            }
+            Ok(None) => {
+                return self
+                    .error(ApiError::not_found(format!("no subscription {name:?}")), None)
+                    .await;
+            }
+            Err(e) => return self.error(e, None).await,
+        };
+        self.subscribe(Some(sub.cursor), sub.filter).await;
+        if self.subscription.is_some() {
+            self.followed = Some(name);
+        }
+    }
+
+    /// `Consume`: join consumer group `group`; a task pushes leased deliveries, at most
+    /// `max_in_flight` unsettled.
+    async fn consume(&mut self, group: String, max_in_flight: u32) {
+        if self.consumers.iter().any(|c| c.group == group) {
+            return self
+                .error(ApiError::invalid(format!("already consuming {group:?}")), None)
+                .await;
+        }
+        if self.consumers.len() >= 8 {
+            return self
+                .error(ApiError::invalid("at most 8 consumer groups per socket"), None)
+                .await;
+        }
+        match self.state.store.subscription(self.tenant().as_str(), &group).await {
+            Ok(Some(s)) if s.kind == SubscriptionKind::Group => {}
+            Ok(Some(_)) => {
+                return self
+                    .error(
+                        ApiError::invalid(format!(
+                            "{group:?} is a durable subscription: Follow it"
+                        )),
+                        None,
+                    )
+                    .await;
+            }
+            Ok(None) => {
+                return self
+                    .error(ApiError::not_found(format!("no consumer group {group:?}")), None)
+                    .await;
+            }
+            Err(e) => return self.error(e, None).await,
+        }
+        let slots = Arc::new(Slots::new(max_in_flight.clamp(1, 100)));
+        let consumer = format!("ws:{}:{}", self.client, self.conn_id);
+        let task = tokio::spawn(consume(
+            self.state.clone(),
+            self.tenant().clone(),
+            group.clone(),
+            consumer,
+            slots.clone(),
+            self.tx.clone(),
+        ));
+        self.consumers.push(GroupMember { group, slots, task });
+    }
+
+    /// A delivery was acked or nacked (`Ok(false)`: the lease was already lost).
+    async fn settled(&mut self, group: &str, sequence: u64, held: Result<bool, ApiError>) {
+        if let Some(m) = self.consumers.iter().find(|c| c.group == group) {
+            m.slots.release(sequence);
+        }
+        match held {
+            Ok(true) => {}
+            Ok(false) => {
+                self.error(
+                    ApiError::invalid(format!(
+                        "delivery {sequence} of {group:?}: the lease was lost (expired and taken by another member)"
+                    )),
+                    Some(sequence.to_string()),
+                )
+                .await
+            }
+            Err(e) => self.error(e, Some(sequence.to_string())).await,
+        }
     }
 
     async fn message(&mut self, m: crate::realtime::Outgoing) {
@@ -778,7 +917,7 @@ async fn follow(
     state: AppState,
     tenant: String,
     mut after: u64,
-    patterns: Vec<String>,
+    filter: EventFilter,
     tx: Arc<Mailbox>,
 ) {
     let mut wake = state.notifier.subscribe(&tenant);
@@ -792,16 +931,100 @@ async fn follow(
             }
         };
         if rows.is_empty() {
-            if wake.changed().await.is_err() {
+            let changed = match state.log_recheck() {
+                Some(r) => tokio::time::timeout(r, wake.changed()).await.unwrap_or(Ok(())),
+                None => wake.changed().await,
+            };
+            if changed.is_err() {
                 return;
             }
             continue;
         }
         for e in rows {
             after = e.event.sequence;
-            if sdk_core::protocol::event_type_matches(&patterns, &e.event.event_type)
+            if filter.matches(&e.event.event_type, &e.event.payload)
                 && tx.send(Outbound::new(ServerFrame::Event { event: e.event })).await.is_err()
             {
+                return;
+            }
+        }
+    }
+}
+
+/// One consumer group this socket belongs to.
+struct GroupMember {
+    group: String,
+    slots: Arc<Slots>,
+    task: JoinHandle<()>,
+}
+
+/// A socket's unsettled deliveries of one group: at most `max`, each until its lease ends.
+struct Slots {
+    max: u32,
+    held: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
+    freed: tokio::sync::Notify,
+}
+
+impl Slots {
+    fn new(max: u32) -> Self {
+        Self { max, held: Default::default(), freed: tokio::sync::Notify::new() }
+    }
+
+    /// Free slots at `now` (an expired lease frees its slot: the group will redeliver it), and
+    /// when the next held lease ends.
+    fn free(&self, now: i64) -> (u32, Option<i64>) {
+        let mut held = self.held.lock().expect("slots lock");
+        held.retain(|_, until| *until > now);
+        (self.max.saturating_sub(held.len() as u32), held.values().min().copied())
+    }
+
+    fn hold(&self, sequence: u64, until: i64) {
+        self.held.lock().expect("slots lock").insert(sequence, until);
+    }
+
+    fn release(&self, sequence: u64) {
+        self.held.lock().expect("slots lock").remove(&sequence);
+        self.freed.notify_one();
+    }
+}
+
+/// Push a consumer group's deliveries to one socket while it has free slots.
+async fn consume(
+    state: AppState,
+    tenant: TenantId,
+    group: String,
+    consumer: String,
+    slots: Arc<Slots>,
+    tx: Arc<Mailbox>,
+) {
+    let bus = EventBus::new(state);
+    loop {
+        let now = crate::api::now_ms() as i64;
+        let (free, next_end) = slots.free(now);
+        if free == 0 {
+            let until =
+                Duration::from_millis(next_end.map(|e| (e - now).max(1)).unwrap_or(1000) as u64);
+            let _ = tokio::time::timeout(until, slots.freed.notified()).await;
+            continue;
+        }
+        match bus.claim(&tenant, &group, &consumer, free, Duration::from_secs(25)).await {
+            Ok(claimed) => {
+                for c in claimed {
+                    slots.hold(c.event.sequence, c.lease_expires_at);
+                    let frame = ServerFrame::Delivery {
+                        group: group.clone(),
+                        event: c.event,
+                        attempt: c.attempt,
+                        lease_token: c.lease_token,
+                        lease_expires_at: c.lease_expires_at.max(0) as u64,
+                    };
+                    if tx.send(Outbound::new(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Outbound::new(ServerFrame::error(e.code, e.message, None))).await;
                 return;
             }
         }

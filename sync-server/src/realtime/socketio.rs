@@ -178,6 +178,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
             ClientId::new(format!("sio-{}", s.id)).expect("socket ids are valid client ids")
         });
     let reg = state.hub.register(&identity.tenant, &identity.user, &client);
+    state.restore_rooms(&identity.tenant, &client).await;
     let conn = Conn { id: reg.id, client: client.clone(), over_limit: Arc::default() };
     s.extensions.insert(conn.clone());
     // Forward hub fan-out to this socket; a slow consumer is disconnected.

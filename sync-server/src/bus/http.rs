@@ -1,0 +1,582 @@
+//! The event bus on REST: publishing (`POST /api/events`), subscriptions, consumer-group
+//! claim / ack / nack with long-polling, and the dead-letter queue. Services use it with a token
+//! holding the `service` role (or `admin`); everything is scoped to the token's tenant.
+
+use super::{EventBus, StartFrom, SubscriptionSpec};
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Path, Query};
+use crate::state::AppState;
+use crate::store::{
+    Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, SubscriptionKind, SubscriptionRow,
+};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sdk_core::ErrorCode;
+use sdk_core::hlc::HlcTimestamp;
+use sdk_core::protocol::EventFilter;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Roles that may publish, consume and operate the bus.
+pub const BUS_ROLES: [&str; 2] = ["service", "admin"];
+
+fn require_service(auth: &Auth) -> Result<(), ApiError> {
+    if BUS_ROLES.iter().any(|r| auth.identity.has_role(r)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::AuthzFailed,
+            "the event bus needs a token with the service (or admin) role",
+        ))
+    }
+}
+
+fn iso(ms: i64) -> String {
+    HlcTimestamp::new(ms.max(0) as u64, 0).to_string()
+}
+
+/// One event as a publisher sends it (architecture.md §5).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PublishedEvent {
+    #[serde(default)]
+    event_id: Option<String>,
+    event_type: String,
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    schema_version: Option<String>,
+}
+
+/// Check one published event and turn it into what the store appends.
+fn new_event(auth: &Auth, e: PublishedEvent) -> Result<NewEvent, ApiError> {
+    if let Some(t) = &e.tenant_id
+        && t != auth.tenant.as_str()
+    {
+        return Err(ApiError::tenant_violation());
+    }
+    let event_id = match e.event_id {
+        Some(id) => uuid::Uuid::parse_str(&id)
+            .map_err(|_| ApiError::invalid(format!("eventId {id:?} is not a UUID")))?
+            .hyphenated()
+            .to_string(),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let ty = &e.event_type;
+    if ty.is_empty()
+        || ty.len() > 128
+        || !ty.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(ApiError::invalid(format!(
+            "eventType {ty:?}: 1 to 128 of A-Z a-z 0-9 - _ . :"
+        )));
+    }
+    let occurred_at = match &e.timestamp {
+        Some(ts) => Some(
+            HlcTimestamp::parse(ts)
+                .map_err(|err| ApiError::invalid(format!("timestamp: {err}")))?
+                .millis as i64,
+        ),
+        None => None,
+    };
+    let mut metadata = e.metadata.unwrap_or_default();
+    metadata.entry("source").or_insert_with(|| Value::String(auth.user().to_string()));
+    let schema_version = e.schema_version.unwrap_or_else(|| "1.0".into());
+    if schema_version.is_empty() || schema_version.len() > 32 {
+        return Err(ApiError::invalid("schemaVersion must be 1 to 32 characters"));
+    }
+    Ok(NewEvent {
+        event_id,
+        event_type: e.event_type,
+        payload: e.payload,
+        metadata: Value::Object(metadata),
+        schema_version,
+        occurred_at,
+        critical: false,
+    })
+}
+
+/// `POST /api/events`: one event, or `{"events": [...]}`. 201 with each event's sequence once
+/// durable; a repeated `eventId` is reported `duplicate` and not appended again.
+pub async fn publish(
+    State(state): State<AppState>,
+    auth: Auth,
+    body: JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let batch = body.value.get("events").is_some();
+    let raw: Vec<Value> = match body.value {
+        Value::Object(mut o) if batch => match o.remove("events") {
+            Some(Value::Array(v)) => v,
+            _ => return Err(ApiError::invalid("events must be an array")),
+        },
+        v @ Value::Object(_) => vec![v],
+        _ => return Err(ApiError::invalid("publish one event object or {\"events\": [...]}")),
+    };
+    let max = state.limits.bus.max_publish_batch;
+    if raw.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("at most {max} events per publish"),
+        ));
+    }
+    let events = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let e: PublishedEvent = serde_json::from_value(v)
+                .map_err(|err| ApiError::invalid(format!("events[{i}]: {err}")))?;
+            new_event(&auth, e)
+                .map_err(|err| ApiError { message: format!("events[{i}]: {}", err.message), ..err })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = format!("{}\u{0}publish", auth.tenant);
+    state
+        .rate
+        .check_n(&key, state.limits.bus.publish_rate, Instant::now(), events.len() as u32)
+        .map_err(|retry| {
+            state.metrics.inc("pf2_rate_limited_total", &[("route", "publish")]);
+            ApiError::rate_limited(retry)
+        })?;
+    let out = EventBus::new(state).publish(&auth.tenant, events).await?;
+    let results: Vec<Value> = out
+        .iter()
+        .map(|p| {
+            json!({
+                "eventId": p.event_id,
+                "sequence": p.sequence,
+                "duplicate": p.duplicate,
+            })
+        })
+        .collect();
+    let body = if batch { json!({ "results": results }) } else { results[0].clone() };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+// ---- subscriptions ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionBody {
+    kind: String,
+    #[serde(default)]
+    event_types: Vec<String>,
+    #[serde(default)]
+    filter: BTreeMap<String, Value>,
+    #[serde(default)]
+    max_deliveries: Option<u32>,
+    #[serde(default)]
+    visibility_timeout_ms: Option<u64>,
+    #[serde(default)]
+    retry_backoff_ms: Option<u64>,
+    /// `"earliest"`, `"latest"`, or a sequence number.
+    #[serde(default)]
+    start_from: Option<Value>,
+}
+
+async fn subscription_json(
+    state: &AppState,
+    tenant: &str,
+    s: &SubscriptionRow,
+) -> Result<Value, ApiError> {
+    let now = crate::api::now_ms() as i64;
+    let stats = state.store.subscription_stats(tenant, &s.name, now).await?;
+    let (seq, _) = state.store.tenant_seq(tenant).await?;
+    let behind = seq.saturating_sub(s.cursor);
+    Ok(json!({
+        "name": s.name,
+        "kind": s.kind.as_str(),
+        "eventTypes": s.filter.event_types,
+        "filter": s.filter.attributes,
+        "position": s.cursor,
+        "maxDeliveries": s.max_deliveries,
+        "visibilityTimeoutMs": s.lease_ms,
+        "retryBackoffMs": s.backoff_ms,
+        "lag": behind + if s.kind == SubscriptionKind::Group { stats.pending } else { 0 },
+        "pending": stats.pending,
+        "inFlight": stats.leased,
+        "deadLetters": stats.dead,
+        "createdAt": iso(s.created_at),
+        "updatedAt": iso(s.updated_at),
+    }))
+}
+
+/// `PUT /api/events/subscriptions/{name}`: create (201) or change (200) a subscription.
+pub async fn put_subscription(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    body: JsonBody<SubscriptionBody>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let b = body.value;
+    let kind = SubscriptionKind::parse(&b.kind)
+        .ok_or_else(|| ApiError::invalid("kind must be \"durable\" or \"group\""))?;
+    let start = match b.start_from {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "earliest" => Some(StartFrom::Earliest),
+        Some(Value::String(s)) if s == "latest" => Some(StartFrom::Latest),
+        Some(v) => Some(StartFrom::After(v.as_u64().ok_or_else(|| {
+            ApiError::invalid("startFrom is \"earliest\", \"latest\" or a sequence number")
+        })?)),
+    };
+    let spec = SubscriptionSpec {
+        name,
+        kind,
+        filter: EventFilter { event_types: b.event_types, attributes: b.filter },
+        max_deliveries: b.max_deliveries,
+        lease: b.visibility_timeout_ms.map(Duration::from_millis),
+        backoff: b.retry_backoff_ms.map(Duration::from_millis),
+        start,
+    };
+    let (row, created) = EventBus::new(state.clone()).put_subscription(&auth.tenant, spec).await?;
+    let body = subscription_json(&state, auth.tenant.as_str(), &row).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(body)).into_response())
+}
+
+pub async fn get_subscription(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let t = auth.tenant.as_str();
+    let row = state
+        .store
+        .subscription(t, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no subscription {name:?}")))?;
+    Ok(Json(subscription_json(&state, t, &row).await?).into_response())
+}
+
+pub async fn list_subscriptions(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let t = auth.tenant.as_str();
+    let mut out = Vec::new();
+    for row in state.store.subscriptions(t).await? {
+        out.push(subscription_json(&state, t, &row).await?);
+    }
+    Ok(Json(json!({ "subscriptions": out })).into_response())
+}
+
+pub async fn delete_subscription(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    if !state.store.delete_subscription(auth.tenant.as_str(), &name).await? {
+        return Err(ApiError::not_found(format!("no subscription {name:?}")));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitQuery {
+    limit: Option<u32>,
+    /// Seconds to wait for the first event (≤ 30).
+    wait: Option<u64>,
+}
+
+/// `GET /api/events/subscriptions/{name}/poll`: a durable subscription's events after its
+/// position; acknowledge `nextEventId` when they are handled.
+pub async fn poll_subscription(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(30));
+    let (sub, page) = EventBus::new(state)
+        .poll_subscription(&auth.tenant, &name, q.limit.unwrap_or(100), wait)
+        .await?;
+    Ok(Json(json!({
+        "subscription": sub.name,
+        "position": sub.cursor,
+        "events": page.events,
+        "hasMore": page.has_more,
+        "nextEventId": page.next.to_string(),
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AckBody {
+    /// Durable subscriptions: handled through this sequence.
+    #[serde(default)]
+    sequence: Option<u64>,
+    /// Consumer groups: the deliveries handled.
+    #[serde(default)]
+    deliveries: Vec<DeliveryRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryRef {
+    sequence: u64,
+    lease_token: String,
+}
+
+/// `POST /api/events/subscriptions/{name}/ack`.
+pub async fn ack(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    body: JsonBody<AckBody>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let bus = EventBus::new(state);
+    match (body.value.sequence, body.value.deliveries) {
+        (Some(seq), d) if d.is_empty() => {
+            let position = bus.ack_position(&auth.tenant, &name, seq).await?;
+            Ok(Json(json!({ "position": position })).into_response())
+        }
+        (None, d) if !d.is_empty() => {
+            let items: Vec<(u64, String)> =
+                d.into_iter().map(|r| (r.sequence, r.lease_token)).collect();
+            let held = bus.ack(&auth.tenant, &name, &items).await?;
+            let results: Vec<Value> = items
+                .iter()
+                .zip(held)
+                .map(|((s, _), ok)| {
+                    json!({ "sequence": s, "status": if ok { "acked" } else { "lease_lost" } })
+                })
+                .collect();
+            Ok(Json(json!({ "results": results })).into_response())
+        }
+        _ => Err(ApiError::invalid(
+            "acknowledge a durable subscription with sequence, a group with deliveries",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimBody {
+    consumer: String,
+    #[serde(default)]
+    max: Option<u32>,
+    /// Milliseconds to wait for something to claim (≤ 30 s).
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+pub fn delivery_json(group: &str, c: &Claimed) -> Value {
+    json!({
+        "group": group,
+        "event": c.event,
+        "attempt": c.attempt,
+        "leaseToken": c.lease_token,
+        "leaseExpiresAt": iso(c.lease_expires_at),
+    })
+}
+
+/// `POST /api/events/subscriptions/{name}/claim`: lease events of a consumer group.
+pub async fn claim(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    body: JsonBody<ClaimBody>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let b = body.value;
+    let wait = Duration::from_millis(b.wait_ms.unwrap_or(0).min(30_000));
+    let claimed = EventBus::new(state)
+        .claim(&auth.tenant, &name, &b.consumer, b.max.unwrap_or(10), wait)
+        .await?;
+    let deliveries: Vec<Value> = claimed.iter().map(|c| delivery_json(&name, c)).collect();
+    Ok(Json(json!({ "deliveries": deliveries })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NackBody {
+    sequence: u64,
+    lease_token: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
+}
+
+/// `POST /api/events/subscriptions/{name}/nack`: a delivery failed.
+pub async fn nack(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    body: JsonBody<NackBody>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let b = body.value;
+    let outcome = EventBus::new(state)
+        .nack(
+            &auth.tenant,
+            &name,
+            b.sequence,
+            &b.lease_token,
+            b.reason.as_deref().unwrap_or("rejected by the consumer"),
+            b.retry_after_ms.map(Duration::from_millis),
+        )
+        .await?;
+    Ok(Json(nack_json(&outcome)).into_response())
+}
+
+pub fn nack_json(outcome: &NackOutcome) -> Value {
+    match outcome {
+        NackOutcome::Retry { at } => json!({ "status": "retry", "retryAt": iso(*at) }),
+        NackOutcome::DeadLettered { dlq_id } => {
+            json!({ "status": "dead_lettered", "dlqId": dlq_id })
+        }
+        NackOutcome::LeaseLost => json!({ "status": "lease_lost" }),
+    }
+}
+
+// ---- the dead-letter queue ---------------------------------------------------------------------
+
+fn dead_letter_json(d: &DeadLetter) -> Value {
+    json!({
+        "dlqId": d.dlq_id,
+        "subscription": d.subscription,
+        "event": d.event,
+        "originalPayload": d.original_payload,
+        "failureReason": d.reason,
+        "deliveryCount": d.attempts,
+        "consumer": d.consumer,
+        "firstAttemptAt": d.first_attempt_at.map(iso),
+        "lastAttemptAt": d.last_attempt_at.map(iso),
+        "deadLetteredAt": iso(d.dead_at),
+        "status": d.status,
+        "updatedAt": iso(d.updated_at),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DlqParams {
+    subscription: Option<String>,
+    event_type: Option<String>,
+    /// `dead` (default), `reprocessed`, or `all`.
+    status: Option<String>,
+    /// Dead-lettered at or after / before (RFC 3339).
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<i64>,
+}
+
+fn time_param(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            HlcTimestamp::parse(s)
+                .map(|t| t.millis as i64)
+                .map_err(|e| ApiError::invalid(format!("{name}: {e}")))
+        })
+        .transpose()
+}
+
+/// `GET /api/events/dlq`: dead letters matching the criteria, newest first.
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    auth: Auth,
+    Query(p): Query<DlqParams>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let status = match p.status.as_deref() {
+        None | Some("dead") => Some("dead".to_string()),
+        Some("reprocessed") => Some("reprocessed".to_string()),
+        Some("all") => None,
+        Some(other) => {
+            return Err(ApiError::invalid(format!("status {other:?}: dead, reprocessed or all")));
+        }
+    };
+    let q = DlqQuery {
+        subscription: p.subscription,
+        event_type: p.event_type,
+        status,
+        dead_after: time_param("from", &p.from)?,
+        dead_before: time_param("to", &p.to)?,
+        limit: p.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let rows = state.store.dead_letters(auth.tenant.as_str(), &q).await?;
+    let items: Vec<Value> = rows.iter().map(dead_letter_json).collect();
+    Ok(Json(json!({ "deadLetters": items })).into_response())
+}
+
+pub async fn get_dead_letter(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let d = state
+        .store
+        .dead_letter(auth.tenant.as_str(), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
+    Ok(Json(dead_letter_json(&d)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DlqEdit {
+    payload: Value,
+}
+
+/// `PATCH /api/events/dlq/{id}`: replace the payload it will be reprocessed with (audited).
+pub async fn edit_dead_letter(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody<DlqEdit>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let d = state
+        .store
+        .edit_dead_letter(auth.tenant.as_str(), &id, &body.value.payload, auth.user())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
+    Ok(Json(dead_letter_json(&d)).into_response())
+}
+
+/// `POST /api/events/dlq/{id}/reprocess`: back to its consumer group, attempts from zero.
+pub async fn reprocess_dead_letter(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    let t = auth.tenant.clone();
+    let d = state.store.reprocess_dead_letter(t.as_str(), &id, auth.user()).await?;
+    state.metrics.inc("pf2_bus_reprocessed_total", &[]);
+    state.notifier.kick(t.as_str());
+    Ok(Json(dead_letter_json(&d)).into_response())
+}
+
+pub async fn delete_dead_letter(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_service(&auth)?;
+    if !state.store.delete_dead_letter(auth.tenant.as_str(), &id, auth.user()).await? {
+        return Err(ApiError::not_found(format!("no dead letter {id}")));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,523 @@
+//! The durable event bus, in process: publish onto the tenant's log, read it (broadcast, each
+//! reader its own position), durable subscriptions (the server keeps the position), consumer
+//! groups (competing consumers with leases, retries with exponential backoff, a dead-letter
+//! queue after the last delivery), and retention by event type.
+//!
+//! [`EventBus`] is the Rust API; [`http`] puts it on REST and `/v1/ws` uses it for `Follow` and
+//! `Consume`. Every read is of the one log (`events`, by sequence), so an offset means the same
+//! on every transport, and every position and lease is in the database: a process can die at
+//! any moment and another carries on.
+//!
+//! ```no_run
+//! # async fn run(state: sync_server::state::AppState) -> Result<(), sync_server::error::ApiError> {
+//! use sync_server::bus::{EventBus, SubscriptionSpec};
+//! use std::time::Duration;
+//! let bus = EventBus::new(state);
+//! let tenant = sdk_core::ids::TenantId::new("acme").unwrap();
+//! bus.publish(&tenant, vec![sync_server::bus::event("order.placed", serde_json::json!({"id": 1}))]).await?;
+//! bus.put_subscription(&tenant, SubscriptionSpec::group("billing")).await?;
+//! for d in bus.claim(&tenant, "billing", "worker-1", 10, Duration::from_secs(5)).await? {
+//!     // … handle d.event idempotently, then:
+//!     bus.ack(&tenant, "billing", &[(d.event.sequence, d.lease_token)]).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod http;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{Claimed, NackOutcome, NewEvent, Published, SubscriptionKind, SubscriptionRow};
+use sdk_core::ErrorCode;
+use sdk_core::ids::TenantId;
+use sdk_core::protocol::{EventFilter, WireEvent, event_type_matches};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// How the bus keeps and delivers events (defaults: DESIGN.md's limits).
+#[derive(Debug, Clone)]
+pub struct BusPolicy {
+    /// Retention of an event type, first matching pattern wins; others get the default
+    /// (`Limits::event_retention`).
+    pub retention: Vec<(String, Duration)>,
+    /// Types kept indefinitely (never pruned).
+    pub critical: Vec<String>,
+    /// Deliveries before an event goes to the dead-letter queue.
+    pub max_deliveries: u32,
+    /// How long a claimed event stays leased to its consumer.
+    pub lease: Duration,
+    /// First retry delay; each further retry doubles it, up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Events in one publish call.
+    pub max_publish_batch: usize,
+    /// Events published per second per tenant (api.md: 1,000).
+    pub publish_rate: crate::ratelimit::Rate,
+}
+
+impl Default for BusPolicy {
+    fn default() -> Self {
+        Self {
+            retention: Vec::new(),
+            critical: vec!["transaction.*".into()],
+            max_deliveries: 3,
+            lease: Duration::from_secs(30),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            max_publish_batch: 500,
+            publish_rate: crate::ratelimit::Rate::per_second(1000),
+        }
+    }
+}
+
+impl BusPolicy {
+    pub fn is_critical(&self, event_type: &str) -> bool {
+        event_type_matches_any(&self.critical, event_type)
+    }
+
+    /// Retention of `event_type`: `None` keeps it forever.
+    pub fn retention_of(&self, event_type: &str, default: Duration) -> Option<Duration> {
+        if self.is_critical(event_type) {
+            return None;
+        }
+        Some(
+            self.retention
+                .iter()
+                .find(|(p, _)| event_type_matches(std::slice::from_ref(p), event_type))
+                .map(|(_, d)| *d)
+                .unwrap_or(default),
+        )
+    }
+}
+
+fn event_type_matches_any(patterns: &[String], event_type: &str) -> bool {
+    !patterns.is_empty() && event_type_matches(patterns, event_type)
+}
+
+/// The delay before retry number `attempt` (1 = after the first failed delivery):
+/// `base · 2^(attempt-1)`, at most `max`.
+pub fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(20);
+    base.saturating_mul(factor).min(max)
+}
+
+/// An event with a fresh id, no metadata and schema version 1.0 (the in-process shorthand).
+pub fn event(event_type: &str, payload: Value) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_type: event_type.into(),
+        payload,
+        metadata: json!({}),
+        schema_version: "1.0".into(),
+        occurred_at: None,
+        critical: false,
+    }
+}
+
+/// What a subscription should be; `None` fields take the bus defaults.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSpec {
+    pub name: String,
+    pub kind: SubscriptionKind,
+    pub filter: EventFilter,
+    pub max_deliveries: Option<u32>,
+    pub lease: Option<Duration>,
+    pub backoff: Option<Duration>,
+    /// Position it here (a sequence); a new subscription without it starts at the log's end.
+    pub start: Option<StartFrom>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The oldest event still retained.
+    Earliest,
+    /// The log's end: only events published from now on.
+    Latest,
+    /// After this sequence.
+    After(u64),
+}
+
+impl SubscriptionSpec {
+    pub fn group(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: SubscriptionKind::Group,
+            filter: EventFilter::default(),
+            max_deliveries: None,
+            lease: None,
+            backoff: None,
+            start: None,
+        }
+    }
+
+    pub fn durable(name: &str) -> Self {
+        Self { kind: SubscriptionKind::Durable, ..Self::group(name) }
+    }
+}
+
+/// A page of the log: the events that matched, the position to continue after (it passes
+/// events that did not match), and whether more are already there.
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    pub events: Vec<WireEvent>,
+    pub next: u64,
+    pub has_more: bool,
+}
+
+/// Subscription names: like ids, 1–128 of `A-Za-z0-9-_.:`.
+pub fn valid_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(ApiError::invalid(format!(
+            "subscription name {name:?}: 1 to 128 of A-Z a-z 0-9 - _ . :"
+        )));
+    }
+    Ok(())
+}
+
+/// The in-process event bus API over an [`AppState`].
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    state: AppState,
+}
+
+impl EventBus {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+
+    fn policy(&self) -> &BusPolicy {
+        &self.state.limits.bus
+    }
+
+    /// Publish `events` (at most the batch limit) durably; acknowledged once committed.
+    /// Idempotent by `event_id`: a repeat is reported `duplicate` and appended nowhere.
+    pub async fn publish(
+        &self,
+        tenant: &TenantId,
+        mut events: Vec<NewEvent>,
+    ) -> Result<Vec<Published>, ApiError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        if events.len() > self.policy().max_publish_batch {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("at most {} events per publish", self.policy().max_publish_batch),
+            ));
+        }
+        for e in &mut events {
+            e.critical = e.critical || self.policy().is_critical(&e.event_type);
+        }
+        let out = self.state.store.publish_events(tenant.as_str(), &events).await?;
+        let dups = out.iter().filter(|p| p.duplicate).count() as u64;
+        self.state.metrics.add("pf2_bus_published_total", &[], out.len() as u64 - dups);
+        self.state.metrics.add("pf2_bus_publish_duplicates_total", &[], dups);
+        if let Some(top) = out.iter().filter(|p| !p.duplicate).map(|p| p.sequence).max() {
+            self.state.events_appended(tenant, top);
+        }
+        Ok(out)
+    }
+
+    /// Create or change a subscription.
+    pub async fn put_subscription(
+        &self,
+        tenant: &TenantId,
+        spec: SubscriptionSpec,
+    ) -> Result<(SubscriptionRow, bool), ApiError> {
+        valid_name(&spec.name)?;
+        spec.filter.validate().map_err(ApiError::from)?;
+        let p = self.policy();
+        let max_deliveries = spec.max_deliveries.unwrap_or(p.max_deliveries);
+        if !(1..=100).contains(&max_deliveries) {
+            return Err(ApiError::invalid("maxDeliveries must be 1 to 100"));
+        }
+        let lease = spec.lease.unwrap_or(p.lease);
+        if lease < Duration::from_millis(100) || lease > Duration::from_secs(12 * 3600) {
+            return Err(ApiError::invalid("visibilityTimeoutMs must be 100 ms to 12 h"));
+        }
+        let backoff = spec.backoff.unwrap_or(p.backoff).min(p.max_backoff);
+        let t = tenant.as_str();
+        let start = match spec.start {
+            None => None,
+            Some(StartFrom::Latest) => Some(self.state.store.tenant_seq(t).await?.0),
+            Some(StartFrom::Earliest) => Some(self.state.store.tenant_seq(t).await?.1),
+            Some(StartFrom::After(s)) => {
+                let (_, pruned) = self.state.store.tenant_seq(t).await?;
+                if s < pruned {
+                    return Err(ApiError::new(
+                        ErrorCode::SnapshotRequired,
+                        format!("events up to {pruned} are past retention"),
+                    ));
+                }
+                Some(s)
+            }
+        };
+        let row = SubscriptionRow {
+            name: spec.name,
+            kind: spec.kind,
+            filter: spec.filter,
+            cursor: 0,
+            max_deliveries,
+            lease_ms: lease.as_millis() as u64,
+            backoff_ms: backoff.as_millis() as u64,
+            created_at: 0,
+            updated_at: 0,
+        };
+        self.state.store.put_subscription(t, &row, start).await
+    }
+
+    async fn subscription_of(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        kind: SubscriptionKind,
+    ) -> Result<SubscriptionRow, ApiError> {
+        let sub = self
+            .state
+            .store
+            .subscription(tenant.as_str(), name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no subscription {name:?}")))?;
+        if sub.kind != kind {
+            return Err(ApiError::invalid(format!(
+                "{name:?} is a {} subscription, not a {}",
+                sub.kind.as_str(),
+                kind.as_str()
+            )));
+        }
+        Ok(sub)
+    }
+
+    /// Read the log after `after`: events matching `filter`, waiting up to `wait` for the first
+    /// one. Below retention the answer is `SNAPSHOT_REQUIRED`.
+    pub async fn read(
+        &self,
+        tenant: &TenantId,
+        after: u64,
+        limit: u32,
+        filter: &EventFilter,
+        wait: Duration,
+    ) -> Result<LogPage, ApiError> {
+        let t = tenant.as_str();
+        let limit = limit.clamp(1, 1000) as i64;
+        let mut wake = self.state.notifier.subscribe(t);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            wake.borrow_and_update();
+            let (_, pruned) = self.state.store.tenant_seq(t).await?;
+            if after < pruned {
+                return Err(ApiError::new(
+                    ErrorCode::SnapshotRequired,
+                    format!(
+                        "events up to {pruned} are past retention; take a snapshot and resume from its version"
+                    ),
+                ));
+            }
+            let rows = self.state.store.events_after(t, after, limit + 1).await?;
+            let has_more = rows.len() as i64 > limit;
+            let scanned: Vec<_> = rows.into_iter().take(limit as usize).collect();
+            if !scanned.is_empty() || tokio::time::Instant::now() >= deadline {
+                let next = scanned.last().map(|e| e.event.sequence).unwrap_or(after);
+                let events: Vec<WireEvent> = scanned
+                    .into_iter()
+                    .map(|e| e.event)
+                    .filter(|e| filter.matches(&e.event_type, &e.payload))
+                    .collect();
+                return Ok(LogPage { events, next, has_more });
+            }
+            self.wait_for_log(&mut wake, deadline).await;
+        }
+    }
+
+    /// Sleep until the log may have grown: a wake-up, the deadline, or (in a cluster) the
+    /// re-check interval.
+    async fn wait_for_log(
+        &self,
+        wake: &mut tokio::sync::watch::Receiver<u64>,
+        until: tokio::time::Instant,
+    ) {
+        let until = match self.state.log_recheck() {
+            Some(r) => until.min(tokio::time::Instant::now() + r),
+            None => until,
+        };
+        let _ = tokio::time::timeout_at(until, wake.changed()).await;
+    }
+
+    /// A durable subscription's next events after its stored position, with its filter.
+    pub async fn poll_subscription(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<(SubscriptionRow, LogPage), ApiError> {
+        let sub = self.subscription_of(tenant, name, SubscriptionKind::Durable).await?;
+        let page = self.read(tenant, sub.cursor, limit, &sub.filter, wait).await?;
+        Ok((sub, page))
+    }
+
+    /// A durable subscription has handled everything through `sequence`.
+    pub async fn ack_position(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        sequence: u64,
+    ) -> Result<u64, ApiError> {
+        self.state.store.advance_cursor(tenant.as_str(), name, sequence).await
+    }
+
+    /// Lease up to `max` events of consumer group `group` to `consumer`, waiting up to `wait`
+    /// for one (new events, expired leases of other members, retries coming due).
+    pub async fn claim(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        consumer: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<Claimed>, ApiError> {
+        if consumer.is_empty() || consumer.len() > 128 {
+            return Err(ApiError::invalid("consumer must be 1 to 128 characters"));
+        }
+        let sub = self.subscription_of(tenant, group, SubscriptionKind::Group).await?;
+        let max = max.clamp(1, 500);
+        let t = tenant.as_str();
+        let mut wake = self.state.notifier.subscribe(t);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            wake.borrow_and_update();
+            let now = crate::api::now_ms() as i64;
+            let (claimed, dead) = self.state.store.claim(t, &sub, consumer, max, now).await?;
+            if dead > 0 {
+                self.state.metrics.add("pf2_bus_dead_lettered_total", &[], dead as u64);
+            }
+            if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
+                self.state.metrics.add("pf2_bus_delivered_total", &[], claimed.len() as u64);
+                let redelivered = claimed.iter().filter(|c| c.attempt > 1).count() as u64;
+                self.state.metrics.add("pf2_bus_redelivered_total", &[], redelivered);
+                return Ok(claimed);
+            }
+            let until = match self.state.store.next_visible(t, group, now).await? {
+                Some(at) => deadline.min(
+                    tokio::time::Instant::now() + Duration::from_millis((at - now).max(1) as u64),
+                ),
+                None => deadline,
+            };
+            self.wait_for_log(&mut wake, until).await;
+        }
+    }
+
+    /// Acknowledge deliveries (`(sequence, lease token)`); per item, whether the lease held.
+    pub async fn ack(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        items: &[(u64, String)],
+    ) -> Result<Vec<bool>, ApiError> {
+        if items.len() > 500 {
+            return Err(ApiError::invalid("at most 500 acknowledgements at once"));
+        }
+        let out = self.state.store.ack(tenant.as_str(), group, items).await?;
+        let acked = out.iter().filter(|a| **a).count() as u64;
+        self.state.metrics.add("pf2_bus_acked_total", &[], acked);
+        self.state.metrics.add("pf2_bus_lease_lost_total", &[], out.len() as u64 - acked);
+        Ok(out)
+    }
+
+    /// A delivery failed: retry after `retry_after` (or the backoff for its attempt), or move it
+    /// to the dead-letter queue if that was its last delivery.
+    pub async fn nack(
+        &self,
+        tenant: &TenantId,
+        group: &str,
+        sequence: u64,
+        lease_token: &str,
+        reason: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<NackOutcome, ApiError> {
+        let sub = self.subscription_of(tenant, group, SubscriptionKind::Group).await?;
+        let reason: String = reason.chars().take(2000).collect();
+        let p = self.policy();
+        let delay = |attempt: u32| {
+            retry_after
+                .map(|d| d.min(p.max_backoff))
+                .unwrap_or_else(|| {
+                    backoff(Duration::from_millis(sub.backoff_ms), attempt, p.max_backoff)
+                })
+                .as_millis() as i64
+        };
+        let now = crate::api::now_ms() as i64;
+        let outcome = self
+            .state
+            .store
+            .nack(tenant.as_str(), &sub, sequence, lease_token, &reason, delay, now)
+            .await?;
+        let label = match &outcome {
+            NackOutcome::Retry { .. } => "retry",
+            NackOutcome::DeadLettered { .. } => "dead_lettered",
+            NackOutcome::LeaseLost => "lease_lost",
+        };
+        self.state.metrics.inc("pf2_bus_nacked_total", &[("outcome", label)]);
+        if matches!(outcome, NackOutcome::DeadLettered { .. }) {
+            self.state.metrics.inc("pf2_bus_dead_lettered_total", &[]);
+        }
+        Ok(outcome)
+    }
+}
+
+/// Refresh the lag and dead-letter gauges of every subscription (the monitoring runbook's
+/// alerts read these).
+pub async fn record_gauges(state: &AppState) -> Result<(), ApiError> {
+    let now = crate::api::now_ms() as i64;
+    for (tenant, name, kind, cursor, seq) in state.store.all_subscription_positions().await? {
+        let stats = state.store.subscription_stats(&tenant, &name, now).await?;
+        let labels = [("tenant", tenant.as_str()), ("subscription", name.as_str())];
+        let lag = seq.saturating_sub(cursor)
+            + if kind == SubscriptionKind::Group { stats.pending } else { 0 };
+        state.metrics.set_gauge("pf2_bus_consumer_lag", &labels, lag as f64);
+        state.metrics.set_gauge("pf2_bus_in_flight", &labels, stats.leased as f64);
+        state.metrics.set_gauge("pf2_bus_dlq_size", &labels, stats.dead as f64);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let (b, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let got: Vec<u64> = (1..=8).map(|a| backoff(b, a, max).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff(b, 0, max), b, "attempt 0 is treated as the first");
+        assert_eq!(backoff(b, u32::MAX, max), max, "no overflow");
+    }
+
+    #[test]
+    fn retention_is_per_type_first_match_and_critical_types_are_kept() {
+        let p = BusPolicy {
+            retention: vec![
+                ("audit.*".into(), Duration::from_secs(90 * 86_400)),
+                ("audit.debug".into(), Duration::from_secs(86_400)),
+            ],
+            ..BusPolicy::default()
+        };
+        let week = Duration::from_secs(7 * 86_400);
+        assert_eq!(p.retention_of("order.placed", week), Some(week));
+        assert_eq!(p.retention_of("audit.debug", week), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(p.retention_of("transaction.confirmed", week), None);
+        assert!(!BusPolicy { critical: vec![], ..p }.is_critical("transaction.x"));
+    }
+
+    #[test]
+    fn subscription_names_are_validated() {
+        assert!(valid_name("billing-v2.eu:1").is_ok());
+        for bad in ["", "a b", "x/y", &"n".repeat(129)] {
+            assert!(valid_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,1149 @@
+//! The event bus's SQL: publishing onto the tenant's log, named subscriptions, consumer-group
+//! deliveries with leases, the dead-letter queue, and retention by event type.
+//!
+//! A consumer group keeps one row per event it has taken from the log but not finished
+//! (`event_deliveries`). Claiming picks visible rows (`visible_at <= now`) in sequence order and
+//! leases them (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so members in several processes never
+//! take the same row; SQLite has one writer). An ack deletes the row if the caller still holds
+//! the lease; a nack or an expired lease makes it visible again later; after `max_deliveries`
+//! deliveries it moves to `dead_letters` with its original data.
+
+use super::{
+    Backend, EVENT_COLUMNS, Store, StoredEvent, Tx, db, event_from_row, insert_audit, placeholders,
+    set_seq,
+};
+use crate::error::ApiError;
+use crate::store::AuditEntry;
+use sdk_core::ErrorCode;
+use sdk_core::protocol::{EventFilter, WireEvent};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use std::collections::HashMap;
+
+/// An event to publish (architecture.md §5 fields; the tenant comes from the caller).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub schema_version: String,
+    /// The publisher's timestamp, epoch ms (`None`: the time it was stored).
+    pub occurred_at: Option<i64>,
+    /// Kept past retention (transaction events and the configured critical types).
+    pub critical: bool,
+}
+
+/// The outcome of publishing one event: its place in the log; `duplicate` when an event with
+/// this id was already there (publishing is idempotent by `eventId`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub event_id: String,
+    pub sequence: u64,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionKind {
+    /// One consumer position the server keeps, advanced by acks.
+    Durable,
+    /// Competing consumers: each event is leased to one member at a time.
+    Group,
+}
+
+impl SubscriptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionKind::Durable => "durable",
+            SubscriptionKind::Group => "group",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "durable" => Some(SubscriptionKind::Durable),
+            "group" => Some(SubscriptionKind::Group),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscriptionRow {
+    pub name: String,
+    pub kind: SubscriptionKind,
+    pub filter: EventFilter,
+    /// Durable: acknowledged through here. Group: events up to here are taken from the log.
+    pub cursor: u64,
+    pub max_deliveries: u32,
+    pub lease_ms: u64,
+    pub backoff_ms: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Counts for a subscription's status and the lag metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriptionStats {
+    /// Taken from the log and not yet acknowledged (leased, waiting or backing off).
+    pub pending: u64,
+    /// Leased to a member right now.
+    pub leased: u64,
+    /// In the dead-letter queue, not reprocessed.
+    pub dead: u64,
+}
+
+/// One event leased to a consumer.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub event: WireEvent,
+    /// Deliveries so far, this one included.
+    pub attempt: u32,
+    pub lease_token: String,
+    pub lease_expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Visible again at this time (epoch ms).
+    Retry { at: i64 },
+    /// That was the last delivery: the event is in the dead-letter queue.
+    DeadLettered { dlq_id: String },
+    /// The caller no longer holds the lease (it expired and another member took the event).
+    LeaseLost,
+}
+
+/// A dead-lettered event and why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub dlq_id: String,
+    pub subscription: String,
+    /// The event as it will be reprocessed (`payload` may have been edited).
+    pub event: WireEvent,
+    pub original_payload: Value,
+    pub reason: String,
+    pub attempts: u32,
+    pub consumer: Option<String>,
+    pub first_attempt_at: Option<i64>,
+    pub last_attempt_at: Option<i64>,
+    pub dead_at: i64,
+    /// `dead`, or `reprocessed` once sent back to its group.
+    pub status: String,
+    pub updated_at: i64,
+}
+
+/// DLQ search criteria; every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct DlqQuery {
+    pub subscription: Option<String>,
+    /// An event-type name or `prefix.*`.
+    pub event_type: Option<String>,
+    pub status: Option<String>,
+    pub dead_after: Option<i64>,
+    pub dead_before: Option<i64>,
+    pub limit: i64,
+}
+
+/// `pattern` (`name` or `prefix*`) as a LIKE pattern with `\` escapes.
+pub(super) fn like_pattern(pattern: &str) -> String {
+    let (body, wild) = match pattern.strip_suffix('*') {
+        Some(prefix) => (prefix, true),
+        None => (pattern, false),
+    };
+    let mut out = String::with_capacity(body.len() + 1);
+    for ch in body.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    if wild {
+        out.push('%');
+    }
+    out
+}
+
+fn json_text(s: String) -> Value {
+    serde_json::from_str(&s).unwrap_or(Value::Null)
+}
+
+const SUB_COLUMNS: &str = "name, kind, event_types, filter, cursor, max_deliveries, lease_ms, backoff_ms, created_at, updated_at";
+
+fn subscription_from_row(r: &AnyRow) -> Result<SubscriptionRow, ApiError> {
+    let kind: String = r.get(1);
+    let event_types: Vec<String> = serde_json::from_str(&r.get::<String, _>(2))
+        .map_err(|e| ApiError::internal(format!("stored subscription patterns: {e}")))?;
+    let attributes = serde_json::from_str(&r.get::<String, _>(3))
+        .map_err(|e| ApiError::internal(format!("stored subscription filter: {e}")))?;
+    Ok(SubscriptionRow {
+        name: r.get(0),
+        kind: SubscriptionKind::parse(&kind)
+            .ok_or_else(|| ApiError::internal(format!("stored subscription kind {kind:?}")))?,
+        filter: EventFilter { event_types, attributes },
+        cursor: r.get::<i64, _>(4) as u64,
+        max_deliveries: r.get::<i64, _>(5) as u32,
+        lease_ms: r.get::<i64, _>(6) as u64,
+        backoff_ms: r.get::<i64, _>(7) as u64,
+        created_at: r.get(8),
+        updated_at: r.get(9),
+    })
+}
+
+const DLQ_COLUMNS: &str = "dlq_id, subscription, seq, event_id, event_type, payload, original_payload, metadata, schema_version, event_time, reason, attempts, consumer, first_attempt_at, last_attempt_at, dead_at, status, updated_at";
+
+fn dead_letter_from_row(tenant: &str, r: &AnyRow) -> Result<DeadLetter, ApiError> {
+    Ok(DeadLetter {
+        dlq_id: r.get(0),
+        subscription: r.get(1),
+        event: WireEvent {
+            sequence: r.get::<i64, _>(2) as u64,
+            event_id: r.get(3),
+            event_type: r.get(4),
+            tenant_id: sdk_core::ids::TenantId::new(tenant)
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+            timestamp: sdk_core::hlc::HlcTimestamp::new(r.get::<i64, _>(9).max(0) as u64, 0)
+                .to_string(),
+            payload: json_text(r.get(5)),
+            metadata: json_text(r.get(7)),
+            schema_version: r.get(8),
+        },
+        original_payload: json_text(r.get(6)),
+        reason: r.get(10),
+        attempts: r.get::<i64, _>(11) as u32,
+        consumer: r.get(12),
+        first_attempt_at: r.get(13),
+        last_attempt_at: r.get(14),
+        dead_at: r.get(15),
+        status: r.get(16),
+        updated_at: r.get(17),
+    })
+}
+
+/// The event time (epoch ms) encoded in a wire timestamp.
+fn event_time(e: &WireEvent) -> i64 {
+    sdk_core::hlc::HlcTimestamp::parse(&e.timestamp).map(|t| t.millis as i64).unwrap_or(0)
+}
+
+impl Store {
+    /// `FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite (its one writer is held).
+    fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+
+    fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
+    /// Append `events` to the tenant's log in one transaction (durable when this returns).
+    /// An event id already in the log — from an earlier call or earlier in this batch — is not
+    /// appended again; its outcome says `duplicate` with the original sequence.
+    pub async fn publish_events(
+        &self,
+        tenant: &str,
+        events: &[NewEvent],
+    ) -> Result<Vec<Published>, ApiError> {
+        let (mut tx, _guard, mut seq) = self.begin_tenant(tenant).await?;
+        let mut known: HashMap<String, u64> = HashMap::new();
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        for chunk in ids.chunks(super::CHUNK) {
+            let sql = format!(
+                "SELECT event_id, seq FROM events WHERE tenant_id = $1 AND event_id IN ({})",
+                placeholders(chunk.len(), 1, 2)
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&mut *tx).await.map_err(db)? {
+                known.insert(r.get(0), r.get::<i64, _>(1) as u64);
+            }
+        }
+        let now = crate::api::now_ms() as i64;
+        let mut out = Vec::with_capacity(events.len());
+        let mut fresh: Vec<(u64, &NewEvent)> = Vec::new();
+        for e in events {
+            match known.get(&e.event_id) {
+                Some(&s) => out.push(Published {
+                    event_id: e.event_id.clone(),
+                    sequence: s,
+                    duplicate: true,
+                }),
+                None => {
+                    seq += 1;
+                    known.insert(e.event_id.clone(), seq);
+                    fresh.push((seq, e));
+                    out.push(Published {
+                        event_id: e.event_id.clone(),
+                        sequence: seq,
+                        duplicate: false,
+                    });
+                }
+            }
+        }
+        for chunk in fresh.chunks(super::CHUNK) {
+            let sql = format!(
+                "INSERT INTO events (tenant_id, seq, event_id, event_type, payload, metadata, schema_version, critical, created_at, occurred_at) VALUES {}",
+                placeholders(chunk.len(), 10, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (s, e) in chunk {
+                q = q
+                    .bind(tenant)
+                    .bind(*s as i64)
+                    .bind(e.event_id.as_str())
+                    .bind(e.event_type.as_str())
+                    .bind(e.payload.to_string())
+                    .bind(e.metadata.to_string())
+                    .bind(e.schema_version.as_str())
+                    .bind(e.critical as i64)
+                    .bind(now)
+                    .bind(e.occurred_at);
+            }
+            q.execute(&mut *tx).await.map_err(db)?;
+        }
+        if !fresh.is_empty() {
+            set_seq(&mut tx, tenant, seq).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    pub async fn subscription(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<SubscriptionRow>, ApiError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 AND name = $2"
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(subscription_from_row).transpose()
+    }
+
+    pub async fn subscriptions(&self, tenant: &str) -> Result<Vec<SubscriptionRow>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 ORDER BY name"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(subscription_from_row).collect()
+    }
+
+    /// Create a subscription or change its settings. `start` (a sequence) positions it: a new
+    /// one without `start` begins at the log's end; an existing one keeps its position unless
+    /// `start` is given, which also drops a group's pending deliveries (a seek). Returns the
+    /// stored row and whether it was created.
+    pub async fn put_subscription(
+        &self,
+        tenant: &str,
+        want: &SubscriptionRow,
+        start: Option<u64>,
+    ) -> Result<(SubscriptionRow, bool), ApiError> {
+        let (mut tx, _guard, seq) = self.begin_tenant(tenant).await?;
+        let now = crate::api::now_ms() as i64;
+        let existing = sqlx::query(&format!(
+            "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 AND name = $2"
+        ))
+        .bind(tenant)
+        .bind(&want.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(subscription_from_row)
+        .transpose()?;
+        let patterns = serde_json::to_string(&want.filter.event_types).expect("strings serialize");
+        let attributes = serde_json::to_string(&want.filter.attributes).expect("json serializes");
+        let start = start.map(|s| s.min(seq));
+        let created = existing.is_none();
+        match existing {
+            Some(old) if old.kind != want.kind => {
+                return Err(ApiError::invalid(format!(
+                    "subscription {:?} is a {} subscription; delete it to change its kind",
+                    want.name,
+                    old.kind.as_str()
+                )));
+            }
+            Some(old) => {
+                let cursor = start.unwrap_or(old.cursor);
+                sqlx::query(
+                    "UPDATE event_subscriptions SET event_types = $3, filter = $4, cursor = $5, max_deliveries = $6, \
+                     lease_ms = $7, backoff_ms = $8, updated_at = $9 WHERE tenant_id = $1 AND name = $2",
+                )
+                .bind(tenant)
+                .bind(&want.name)
+                .bind(&patterns)
+                .bind(&attributes)
+                .bind(cursor as i64)
+                .bind(want.max_deliveries as i64)
+                .bind(want.lease_ms as i64)
+                .bind(want.backoff_ms as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                if start.is_some() {
+                    sqlx::query(
+                        "DELETE FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2",
+                    )
+                    .bind(tenant)
+                    .bind(&want.name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO event_subscriptions (tenant_id, name, kind, event_types, filter, cursor, max_deliveries, lease_ms, backoff_ms, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+                )
+                .bind(tenant)
+                .bind(&want.name)
+                .bind(want.kind.as_str())
+                .bind(&patterns)
+                .bind(&attributes)
+                .bind(start.unwrap_or(seq) as i64)
+                .bind(want.max_deliveries as i64)
+                .bind(want.lease_ms as i64)
+                .bind(want.backoff_ms as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 AND name = $2"
+        ))
+        .bind(tenant)
+        .bind(&want.name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        let row = subscription_from_row(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok((row, created))
+    }
+
+    /// Delete a subscription and its pending deliveries (its dead letters stay).
+    pub async fn delete_subscription(&self, tenant: &str, name: &str) -> Result<bool, ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("DELETE FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2")
+            .bind(tenant)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let n = sqlx::query("DELETE FROM event_subscriptions WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(n > 0)
+    }
+
+    pub async fn subscription_stats(
+        &self,
+        tenant: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<SubscriptionStats, ApiError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN lease_token IS NOT NULL AND visible_at > $3 THEN 1 ELSE 0 END), 0) \
+             FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let dead: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM dead_letters WHERE tenant_id = $1 AND subscription = $2 AND status = 'dead'",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?
+        .get(0);
+        Ok(SubscriptionStats {
+            pending: r.get::<i64, _>(0) as u64,
+            leased: r.get::<i64, _>(1) as u64,
+            dead: dead as u64,
+        })
+    }
+
+    /// Durable subscriptions: acknowledged through `sequence` (never backwards, never past the
+    /// log's end). Returns the position after the call.
+    pub async fn advance_cursor(
+        &self,
+        tenant: &str,
+        name: &str,
+        sequence: u64,
+    ) -> Result<u64, ApiError> {
+        let _guard = self.sqlite_writer().await;
+        sqlx::query(
+            "UPDATE event_subscriptions SET cursor = $3, updated_at = $4 WHERE tenant_id = $1 AND name = $2 \
+             AND kind = 'durable' AND cursor < $3 AND $3 <= (SELECT seq FROM tenants WHERE tenant_id = $1)",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(sequence as i64)
+        .bind(crate::api::now_ms() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        let row = sqlx::query(
+            "SELECT cursor, kind FROM event_subscriptions WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        match row {
+            Some(r) if r.get::<String, _>(1) == "durable" => Ok(r.get::<i64, _>(0) as u64),
+            Some(_) => Err(ApiError::invalid(format!(
+                "{name:?} is a consumer group: acknowledge its deliveries, not a position"
+            ))),
+            None => Err(ApiError::not_found(format!("no subscription {name:?}"))),
+        }
+    }
+
+    /// Lease up to `max` events of consumer group `sub` to `consumer` until `now + lease`.
+    /// In one transaction: take new matching events from the log when few are waiting (the
+    /// member that gets the subscription's row lock does this; the others skip it), move events
+    /// whose last delivery expired to the dead-letter queue, then lease the oldest visible ones.
+    pub async fn claim(
+        &self,
+        tenant: &str,
+        sub: &SubscriptionRow,
+        consumer: &str,
+        max: u32,
+        now: i64,
+    ) -> Result<(Vec<Claimed>, usize), ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let name = sub.name.as_str();
+        let filler = sqlx::query(&format!(
+            "SELECT cursor FROM event_subscriptions WHERE tenant_id = $1 AND name = $2{}",
+            self.skip_locked()
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .map(|r| r.get::<i64, _>(0) as u64);
+        if let Some(cursor) = filler {
+            self.fill_group(&mut tx, tenant, sub, cursor, max, now).await?;
+        }
+        // Events whose last allowed delivery ran out without an ack.
+        let expired = sqlx::query(&format!(
+            "SELECT seq, attempts, consumer, last_error, event_override, first_at, last_at FROM event_deliveries \
+             WHERE tenant_id = $1 AND subscription = $2 AND visible_at <= $3 AND attempts >= $4 ORDER BY seq LIMIT 100{}",
+            self.skip_locked()
+        ))
+        .bind(tenant)
+        .bind(name)
+        .bind(now)
+        .bind(sub.max_deliveries as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        for r in &expired {
+            let attempts = r.get::<i64, _>(1);
+            let reason = r.get::<Option<String>, _>(3).unwrap_or_else(|| {
+                format!("no acknowledgement within the lease, {attempts} deliveries")
+            });
+            dead_letter(&mut tx, tenant, name, r, &reason, now).await?;
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT seq, attempts, event_override FROM event_deliveries \
+             WHERE tenant_id = $1 AND subscription = $2 AND visible_at <= $3 AND attempts < $4 ORDER BY seq LIMIT $5{}",
+            self.skip_locked()
+        ))
+        .bind(tenant)
+        .bind(name)
+        .bind(now)
+        .bind(sub.max_deliveries as i64)
+        .bind(max as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if rows.is_empty() {
+            tx.commit().await.map_err(db)?;
+            return Ok((Vec::new(), expired.len()));
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let lease_end = now + sub.lease_ms as i64;
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>(0)).collect();
+        let sql = format!(
+            "UPDATE event_deliveries SET attempts = attempts + 1, visible_at = $3, consumer = $4, lease_token = $5, \
+             first_at = COALESCE(first_at, $6), last_at = $6 WHERE tenant_id = $1 AND subscription = $2 AND seq IN ({})",
+            placeholders(seqs.len(), 1, 7)
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(name)
+            .bind(lease_end)
+            .bind(consumer)
+            .bind(&token)
+            .bind(now);
+        for s in &seqs {
+            q = q.bind(*s);
+        }
+        q.execute(&mut *tx).await.map_err(db)?;
+        let mut events: HashMap<u64, WireEvent> = HashMap::new();
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq IN ({})",
+            placeholders(seqs.len(), 1, 2)
+        );
+        let mut q = sqlx::query(&sql).bind(tenant);
+        for s in &seqs {
+            q = q.bind(*s);
+        }
+        for r in q.fetch_all(&mut *tx).await.map_err(db)? {
+            let e = event_from_row(tenant, &r)?.event;
+            events.insert(e.sequence, e);
+        }
+        tx.commit().await.map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq = r.get::<i64, _>(0) as u64;
+            let event = match r.get::<Option<String>, _>(2) {
+                Some(o) => serde_json::from_str::<WireEvent>(&o)
+                    .map_err(|e| ApiError::internal(format!("stored event override: {e}")))?,
+                None => match events.remove(&seq) {
+                    Some(e) => e,
+                    None => {
+                        tracing::warn!(
+                            tenant,
+                            subscription = name,
+                            seq,
+                            "a delivery without its event"
+                        );
+                        continue;
+                    }
+                },
+            };
+            out.push(Claimed {
+                event,
+                attempt: r.get::<i64, _>(1) as u32 + 1,
+                lease_token: token.clone(),
+                lease_expires_at: lease_end,
+            });
+        }
+        Ok((out, expired.len()))
+    }
+
+    /// When the earliest delivery of `sub` that is not visible at `now` becomes visible (a
+    /// lease running out, a retry coming due).
+    pub async fn next_visible(
+        &self,
+        tenant: &str,
+        sub: &str,
+        now: i64,
+    ) -> Result<Option<i64>, ApiError> {
+        let row = sqlx::query(
+            "SELECT MIN(visible_at) FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2 AND visible_at > $3",
+        )
+        .bind(tenant)
+        .bind(sub)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.get::<Option<i64>, _>(0))
+    }
+
+    /// Take matching events after `cursor` into the group's deliveries when fewer than `want`
+    /// are waiting, and advance the cursor past what was scanned.
+    async fn fill_group(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        sub: &SubscriptionRow,
+        cursor: u64,
+        want: u32,
+        now: i64,
+    ) -> Result<(), ApiError> {
+        let ready: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2 AND visible_at <= $3",
+        )
+        .bind(tenant)
+        .bind(&sub.name)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)?
+        .get(0);
+        if ready >= want as i64 {
+            return Ok(());
+        }
+        let pruned: i64 = sqlx::query("SELECT pruned_through FROM tenants WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if (cursor as i64) < pruned {
+            return Err(ApiError::new(
+                ErrorCode::SnapshotRequired,
+                format!(
+                    "consumer group {:?} is at {cursor}, but events up to {pruned} are past retention; \
+                     reposition it (PUT with startFrom) after taking what you need from a snapshot",
+                    sub.name
+                ),
+            ));
+        }
+        let scan = (want as i64 * 4).max(200);
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(tenant)
+        .bind(cursor as i64)
+        .bind(scan)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
+        let Some(last) = rows.last().map(|r| r.get::<i64, _>(0)) else { return Ok(()) };
+        let events: Vec<StoredEvent> =
+            rows.iter().map(|r| event_from_row(tenant, r)).collect::<Result<_, _>>()?;
+        let matching: Vec<i64> = events
+            .iter()
+            .filter(|e| sub.filter.matches(&e.event.event_type, &e.event.payload))
+            .map(|e| e.event.sequence as i64)
+            .collect();
+        for chunk in matching.chunks(super::CHUNK) {
+            let sql = format!(
+                "INSERT INTO event_deliveries (tenant_id, subscription, seq, attempts, visible_at) VALUES {} \
+                 ON CONFLICT (tenant_id, subscription, seq) DO NOTHING",
+                placeholders(chunk.len(), 5, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                q = q.bind(tenant).bind(&sub.name).bind(*s).bind(0i64).bind(0i64);
+            }
+            q.execute(&mut **tx).await.map_err(db)?;
+        }
+        sqlx::query(
+            "UPDATE event_subscriptions SET cursor = $3 WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant)
+        .bind(&sub.name)
+        .bind(last)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Acknowledge deliveries: each leaves the group if `lease_token` still holds it. Returns,
+    /// per item, whether it did (`false`: the lease was lost to another member, or already acked).
+    pub async fn ack(
+        &self,
+        tenant: &str,
+        sub: &str,
+        items: &[(u64, String)],
+    ) -> Result<Vec<bool>, ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut out = Vec::with_capacity(items.len());
+        for (seq, token) in items {
+            let n = sqlx::query(
+                "DELETE FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2 AND seq = $3 AND lease_token = $4",
+            )
+            .bind(tenant)
+            .bind(sub)
+            .bind(*seq as i64)
+            .bind(token)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            out.push(n > 0);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    /// A delivery failed: visible again after `delay_ms(attempt)`, or — after the last allowed
+    /// delivery — moved to the dead-letter queue with `reason`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn nack(
+        &self,
+        tenant: &str,
+        sub: &SubscriptionRow,
+        seq: u64,
+        token: &str,
+        reason: &str,
+        delay_ms: impl Fn(u32) -> i64,
+        now: i64,
+    ) -> Result<NackOutcome, ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let row = sqlx::query(&format!(
+            "SELECT seq, attempts, consumer, last_error, event_override, first_at, last_at FROM event_deliveries \
+             WHERE tenant_id = $1 AND subscription = $2 AND seq = $3 AND lease_token = $4{}",
+            self.for_update()
+        ))
+        .bind(tenant)
+        .bind(&sub.name)
+        .bind(seq as i64)
+        .bind(token)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else {
+            tx.commit().await.map_err(db)?;
+            return Ok(NackOutcome::LeaseLost);
+        };
+        let attempts = row.get::<i64, _>(1);
+        let outcome = if attempts >= sub.max_deliveries as i64 {
+            let dlq_id = dead_letter(&mut tx, tenant, &sub.name, &row, reason, now).await?;
+            NackOutcome::DeadLettered { dlq_id }
+        } else {
+            let at = now + delay_ms(attempts as u32).max(0);
+            sqlx::query(
+                "UPDATE event_deliveries SET visible_at = $4, lease_token = NULL, last_error = $5 \
+                 WHERE tenant_id = $1 AND subscription = $2 AND seq = $3",
+            )
+            .bind(tenant)
+            .bind(&sub.name)
+            .bind(seq as i64)
+            .bind(at)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            NackOutcome::Retry { at }
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(outcome)
+    }
+
+    pub async fn dead_letters(
+        &self,
+        tenant: &str,
+        q: &DlqQuery,
+    ) -> Result<Vec<DeadLetter>, ApiError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 \
+             AND ($2 = '' OR subscription = $2) AND ($3 = '' OR event_type LIKE $3 ESCAPE '\\') \
+             AND ($4 = '' OR status = $4) AND dead_at >= $5 AND dead_at < $6 \
+             ORDER BY dead_at DESC, dlq_id LIMIT $7"
+        ))
+        .bind(tenant)
+        .bind(q.subscription.as_deref().unwrap_or(""))
+        .bind(q.event_type.as_deref().map(like_pattern).unwrap_or_default())
+        .bind(q.status.as_deref().unwrap_or(""))
+        .bind(q.dead_after.unwrap_or(i64::MIN))
+        .bind(q.dead_before.unwrap_or(i64::MAX))
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|r| dead_letter_from_row(tenant, r)).collect()
+    }
+
+    pub async fn dead_letter(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<DeadLetter>, ApiError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|r| dead_letter_from_row(tenant, &r)).transpose()
+    }
+
+    /// Replace a dead letter's payload (its original stays), audited in the same transaction.
+    pub async fn edit_dead_letter(
+        &self,
+        tenant: &str,
+        id: &str,
+        payload: &Value,
+        actor: &str,
+    ) -> Result<Option<DeadLetter>, ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let now = crate::api::now_ms() as i64;
+        let n = sqlx::query(
+            "UPDATE dead_letters SET payload = $3, updated_at = $4 WHERE tenant_id = $1 AND dlq_id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(payload.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            return Ok(None);
+        }
+        insert_audit(&mut tx, &dlq_audit(tenant, actor, "dlq.edit", id, payload.clone()), now)
+            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        let dl = dead_letter_from_row(tenant, &row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(dl))
+    }
+
+    /// Send a dead letter back to its consumer group as a fresh delivery (attempts start over;
+    /// the possibly edited payload is what the group receives), audited.
+    pub async fn reprocess_dead_letter(
+        &self,
+        tenant: &str,
+        id: &str,
+        actor: &str,
+    ) -> Result<DeadLetter, ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let now = crate::api::now_ms() as i64;
+        let row = sqlx::query(&format!(
+            "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2{}",
+            self.for_update()
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
+        let mut dl = dead_letter_from_row(tenant, &row)?;
+        if dl.status != "dead" {
+            return Err(ApiError::invalid(format!("dead letter {id} was already {}", dl.status)));
+        }
+        let group =
+            sqlx::query("SELECT kind FROM event_subscriptions WHERE tenant_id = $1 AND name = $2")
+                .bind(tenant)
+                .bind(&dl.subscription)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if group.is_none() {
+            return Err(ApiError::not_found(format!(
+                "consumer group {:?} no longer exists",
+                dl.subscription
+            )));
+        }
+        let event = serde_json::to_string(&dl.event).expect("events serialize");
+        let n = sqlx::query(
+            "INSERT INTO event_deliveries (tenant_id, subscription, seq, attempts, visible_at, event_override) \
+             VALUES ($1, $2, $3, 0, 0, $4) ON CONFLICT (tenant_id, subscription, seq) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&dl.subscription)
+        .bind(dl.event.sequence as i64)
+        .bind(event)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if n == 0 {
+            return Err(ApiError::invalid(format!(
+                "event {} is already being delivered to {:?}",
+                dl.event.sequence, dl.subscription
+            )));
+        }
+        sqlx::query(
+            "UPDATE dead_letters SET status = 'reprocessed', updated_at = $3 WHERE tenant_id = $1 AND dlq_id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        insert_audit(
+            &mut tx,
+            &dlq_audit(tenant, actor, "dlq.reprocess", id, Value::String(dl.subscription.clone())),
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        dl.status = "reprocessed".into();
+        dl.updated_at = now;
+        Ok(dl)
+    }
+
+    pub async fn delete_dead_letter(
+        &self,
+        tenant: &str,
+        id: &str,
+        actor: &str,
+    ) -> Result<bool, ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let now = crate::api::now_ms() as i64;
+        let n = sqlx::query("DELETE FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        if n > 0 {
+            insert_audit(&mut tx, &dlq_audit(tenant, actor, "dlq.delete", id, Value::Null), now)
+                .await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// Every tenant's subscriptions with their positions (the lag gauges).
+    pub async fn all_subscription_positions(
+        &self,
+    ) -> Result<Vec<(String, String, SubscriptionKind, u64, u64)>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT s.tenant_id, s.name, s.kind, s.cursor, t.seq FROM event_subscriptions s \
+             JOIN tenants t ON t.tenant_id = s.tenant_id ORDER BY s.tenant_id, s.name LIMIT 1000",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get(0),
+                    r.get(1),
+                    SubscriptionKind::parse(&r.get::<String, _>(2))?,
+                    r.get::<i64, _>(3) as u64,
+                    r.get::<i64, _>(4) as u64,
+                ))
+            })
+            .collect())
+    }
+}
+
+fn dlq_audit<'a>(
+    tenant: &'a str,
+    actor: &'a str,
+    action: &'a str,
+    id: &'a str,
+    details: Value,
+) -> AuditEntry<'a> {
+    AuditEntry { tenant, actor, action, target: id, outcome: "ok", details }
+}
+
+/// Move one delivery (a row of `seq, attempts, consumer, last_error, event_override, first_at,
+/// last_at`) to the dead-letter queue with the event's data. Returns the new dead letter's id.
+async fn dead_letter(
+    tx: &mut Tx<'_>,
+    tenant: &str,
+    sub: &str,
+    d: &AnyRow,
+    reason: &str,
+    now: i64,
+) -> Result<String, ApiError> {
+    let seq = d.get::<i64, _>(0);
+    let event = match d.get::<Option<String>, _>(4) {
+        Some(o) => Some(
+            serde_json::from_str::<WireEvent>(&o)
+                .map_err(|e| ApiError::internal(format!("stored event override: {e}")))?,
+        ),
+        None => sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq = $2"
+        ))
+        .bind(tenant)
+        .bind(seq)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?
+        .map(|r| event_from_row(tenant, &r).map(|e| e.event))
+        .transpose()?,
+    };
+    let dlq_id = uuid::Uuid::new_v4().to_string();
+    if let Some(e) = event {
+        let payload = e.payload.to_string();
+        sqlx::query(
+            "INSERT INTO dead_letters (tenant_id, dlq_id, subscription, seq, event_id, event_type, payload, \
+             original_payload, metadata, schema_version, event_time, reason, attempts, consumer, first_attempt_at, \
+             last_attempt_at, dead_at, status, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'dead', $16)",
+        )
+        .bind(tenant)
+        .bind(&dlq_id)
+        .bind(sub)
+        .bind(seq)
+        .bind(&e.event_id)
+        .bind(&e.event_type)
+        .bind(payload)
+        .bind(e.metadata.to_string())
+        .bind(&e.schema_version)
+        .bind(event_time(&e))
+        .bind(reason)
+        .bind(d.get::<i64, _>(1))
+        .bind(d.get::<Option<String>, _>(2))
+        .bind(d.get::<Option<i64>, _>(5))
+        .bind(d.get::<Option<i64>, _>(6))
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    } else {
+        tracing::warn!(
+            tenant,
+            subscription = sub,
+            seq,
+            "dead-lettering a delivery whose event is gone"
+        );
+    }
+    sqlx::query(
+        "DELETE FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2 AND seq = $3",
+    )
+    .bind(tenant)
+    .bind(sub)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(dlq_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn like_patterns_escape_wildcards_and_keep_prefixes() {
+        assert_eq!(like_pattern("order.*"), "order.%");
+        assert_eq!(like_pattern("order.placed"), "order.placed");
+        assert_eq!(like_pattern("a_b%*"), "a\\_b\\%%");
+    }
+}
