@@ -101,7 +101,7 @@ struct Wire {
 /// What a hub hands to the cluster (through a bounded outbox, never waiting).
 #[derive(Debug, Clone)]
 pub enum Remote {
-    Fanout(Envelope),
+    Fanout(Box<Envelope>),
     Presence {
         tenant: TenantId,
         client: ClientId,
@@ -339,8 +339,8 @@ impl Cluster {
         match remote {
             Remote::Fanout(mut envelope) => {
                 envelope.set_node(&self.node);
-                let text =
-                    serde_json::to_string(&Wire { v: 1, envelope }).expect("envelopes serialize");
+                let text = serde_json::to_string(&Wire { v: 1, envelope: *envelope })
+                    .expect("envelopes serialize");
                 self.with_conn(|mut c| async move {
                     redis::cmd("PUBLISH").arg(CHANNEL).arg(text).query_async::<()>(&mut c).await
                 })

@@ -161,11 +161,11 @@ impl AppState {
         self.notifier.notify(tenant.as_str(), seq);
         if let Some(c) = &self.cluster
             && c.outbox()
-                .try_send(crate::cluster::Remote::Fanout(crate::cluster::Envelope::Log {
+                .try_send(crate::cluster::Remote::Fanout(Box::new(crate::cluster::Envelope::Log {
                     node: String::new(),
                     tenant: tenant.clone(),
                     seq,
-                }))
+                })))
                 .is_err()
         {
             self.metrics.inc("pf2_cluster_dropped_total", &[("reason", "outbox_full")]);

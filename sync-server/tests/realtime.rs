@@ -601,3 +601,150 @@ fn uuid_like() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed).to_string()
 }
+
+/// Consumer groups over `/v1/ws`: the server pushes leased deliveries, at most `maxInFlight`
+/// unsettled; an ack frees a slot; a nack on the last attempt dead-letters; two sockets of the
+/// same group never get the same event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_is_pushed_over_websocket_with_acks() {
+    let s = server(|_| {}).await;
+    let svc = s.app.token_for(&s.app.tenant, "svc", &["service"]);
+    let r = s
+        .app
+        .send(
+            axum::http::Method::PUT,
+            "/api/events/subscriptions/ws-workers",
+            Some(&svc),
+            &[],
+            Some(br#"{"kind":"group","maxDeliveries":1}"#.to_vec()),
+        )
+        .await;
+    r.expect(201);
+    let events: Vec<Value> =
+        (0..6).map(|i| json!({"eventType": "job.run", "payload": {"i": i}})).collect();
+    s.app.post("/api/events", &svc, &json!({ "events": events })).await.expect(201);
+    let mut a = connect_with(&s, &svc, "worker-a", Codec::Json).await;
+    let mut b = connect_with(&s, &svc, "worker-b", Codec::Json).await;
+    a.send(&ClientFrame::Consume { group: "ws-workers".into(), max_in_flight: Some(2) }).await;
+    let is_delivery = |f: &ServerFrame| matches!(f, ServerFrame::Delivery { .. });
+    let mut got_a = Vec::new();
+    for _ in 0..2 {
+        got_a.push(a.recv_until(is_delivery).await);
+    }
+    b.send(&ClientFrame::Consume { group: "ws-workers".into(), max_in_flight: Some(10) }).await;
+    let mut got_b = Vec::new();
+    for _ in 0..4 {
+        got_b.push(b.recv_until(is_delivery).await);
+    }
+    let seq = |f: &ServerFrame| match f {
+        ServerFrame::Delivery { event, .. } => event.sequence,
+        _ => unreachable!(),
+    };
+    let mut all: Vec<u64> = got_a.iter().chain(&got_b).map(seq).collect();
+    all.sort();
+    assert_eq!(all, [1, 2, 3, 4, 5, 6], "each event to exactly one socket");
+    // a acks one (a slot frees up: it would get more if there were any) and nacks the other.
+    for (i, f) in got_a.iter().enumerate() {
+        let ServerFrame::Delivery { group, event, lease_token, attempt, .. } = f else {
+            unreachable!()
+        };
+        assert_eq!(*attempt, 1);
+        let frame = if i == 0 {
+            ClientFrame::DeliveryAck {
+                group: group.clone(),
+                sequence: event.sequence,
+                lease_token: lease_token.clone(),
+            }
+        } else {
+            ClientFrame::DeliveryNack {
+                group: group.clone(),
+                sequence: event.sequence,
+                lease_token: lease_token.clone(),
+                reason: Some("cannot run".into()),
+            }
+        };
+        a.send(&frame).await;
+    }
+    for f in &got_b {
+        let ServerFrame::Delivery { group, event, lease_token, .. } = f else { unreachable!() };
+        b.send(&ClientFrame::DeliveryAck {
+            group: group.clone(),
+            sequence: event.sequence,
+            lease_token: lease_token.clone(),
+        })
+        .await;
+    }
+    // A stale ack is refused with a reason.
+    let ServerFrame::Delivery { group, event, lease_token, .. } = &got_a[0] else { unreachable!() };
+    a.send(&ClientFrame::DeliveryAck {
+        group: group.clone(),
+        sequence: event.sequence,
+        lease_token: lease_token.clone(),
+    })
+    .await;
+    let e = a.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await;
+    assert!(format!("{e:?}").contains("lease was lost"), "{e:?}");
+    let status = s.app.get("/api/events/subscriptions/ws-workers", &svc).await.json();
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(status["deadLetters"], 1, "the nacked event (maxDeliveries 1)");
+    // A new event reaches a waiting member without polling.
+    s.app.post("/api/events", &svc, &json!({"eventType": "job.run"})).await.expect(201);
+    let f = tokio::select! {
+        f = a.recv_until(is_delivery) => f,
+        f = b.recv_until(is_delivery) => f,
+    };
+    assert_eq!(seq(&f), 7);
+}
+
+/// A durable subscription followed over `/v1/ws`: `Ack` moves the server-side position, so a
+/// reconnecting consumer resumes after what it acknowledged, with the subscription's filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_subscription_followed_over_websocket_resumes_after_its_ack() {
+    let s = server(|_| {}).await;
+    let svc = s.app.token_for(&s.app.tenant, "svc", &["service"]);
+    let body = br#"{"kind":"durable","eventTypes":["order.*"],"startFrom":"earliest"}"#.to_vec();
+    s.app
+        .send(
+            axum::http::Method::PUT,
+            "/api/events/subscriptions/orders",
+            Some(&svc),
+            &[],
+            Some(body),
+        )
+        .await
+        .expect(201);
+    let events: Vec<Value> = ["order.placed", "user.login", "order.paid", "order.shipped"]
+        .iter()
+        .map(|t| json!({"eventType": t}))
+        .collect();
+    s.app.post("/api/events", &svc, &json!({ "events": events })).await.expect(201);
+    let mut c = connect_with(&s, &svc, "sink", Codec::Json).await;
+    c.send(&ClientFrame::Follow { subscription: "orders".into() }).await;
+    let mut types = Vec::new();
+    for _ in 0..2 {
+        if let ServerFrame::Event { event } =
+            c.recv_until(|f| matches!(f, ServerFrame::Event { .. })).await
+        {
+            types.push(event.event_type);
+        }
+    }
+    assert_eq!(types, ["order.placed", "order.paid"], "the filter applies");
+    c.send(&ClientFrame::Ack { sequence: 3 }).await;
+    // The ack is stored before the next frame is read: a ping's pong orders it.
+    c.send(&ClientFrame::Ping { nonce: 9 }).await;
+    c.recv_until(|f| matches!(f, ServerFrame::Pong { nonce: 9 })).await;
+    drop(c);
+    let status = s.app.get("/api/events/subscriptions/orders", &svc).await.json();
+    assert_eq!(status["position"], 3);
+    let mut c = connect_with(&s, &svc, "sink", Codec::Json).await;
+    c.send(&ClientFrame::Follow { subscription: "orders".into() }).await;
+    let ServerFrame::Event { event } =
+        c.recv_until(|f| matches!(f, ServerFrame::Event { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(event.event_type, "order.shipped", "resumes after the acknowledged position");
+    c.send(&ClientFrame::Follow { subscription: "missing".into() }).await;
+    let e = c.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await;
+    assert!(matches!(e, ServerFrame::Error { code: sdk_core::ErrorCode::NotFound, .. }), "{e:?}");
+}

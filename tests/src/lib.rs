@@ -1,6 +1,11 @@
-//! Cross-crate tools for PF-2 Sync: the realtime fan-out load generator (`fanout`) and the bare
-//! tokio-tungstenite broadcast server it is compared against (`broadcast-floor`). Run them through
-//! `tests/bench/fanout.sh` (`make bench-realtime`); results go to docs/benchmarks.md.
+//! Cross-crate tools for PF-2 Sync: the multi-process harness ([`cluster`]: real `sync-server`
+//! processes, tokens, a throwaway Redis) used by `tests/cluster.rs` and the bus benchmark, the
+//! consumer-group worker (`bus-worker`), the realtime fan-out load generator (`fanout`) and the
+//! bare tokio-tungstenite broadcast server it is compared against (`broadcast-floor`). Run the
+//! benchmarks through `tests/bench/*.sh` (`make bench-realtime`, `make bench-bus`); results go
+//! to docs/benchmarks.md.
+
+pub mod cluster;
 
 /// Server CPU time (user + system) of a process, in seconds, from `/proc/<pid>/stat`.
 pub fn cpu_seconds(pid: u32, ticks_per_second: f64) -> anyhow::Result<f64> {

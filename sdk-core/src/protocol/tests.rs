@@ -27,7 +27,21 @@ fn sample_client_frames() -> Vec<ClientFrame> {
             event_types: vec!["order.*".into()],
             attributes: Default::default(),
         },
+        ClientFrame::Subscribe {
+            after: None,
+            event_types: vec![],
+            attributes: [("customer.tier".to_string(), json!("gold"))].into_iter().collect(),
+        },
+        ClientFrame::Follow { subscription: "audit-sink".into() },
         ClientFrame::Unsubscribe {},
+        ClientFrame::Consume { group: "billing".into(), max_in_flight: Some(5) },
+        ClientFrame::DeliveryAck { group: "billing".into(), sequence: 4, lease_token: "t".into() },
+        ClientFrame::DeliveryNack {
+            group: "billing".into(),
+            sequence: 4,
+            lease_token: "t".into(),
+            reason: Some("timeout".into()),
+        },
         ClientFrame::Presence {
             status: PresenceStatus::Away,
             metadata: Some(json!({"statusMessage": "In a meeting"})),
@@ -110,6 +124,22 @@ fn sample_server_frames() -> Vec<ServerFrame> {
                 metadata: json!({"source": "order-service"}),
                 schema_version: "1.0".into(),
             },
+        },
+        ServerFrame::Delivery {
+            group: "billing".into(),
+            event: WireEvent {
+                sequence: 125,
+                event_id: "evt-125".into(),
+                event_type: "order.paid".into(),
+                tenant_id: TenantId::new("tenant-456").unwrap(),
+                timestamp: "2026-01-30T12:00:01Z".into(),
+                payload: json!({}),
+                metadata: json!({}),
+                schema_version: "1.0".into(),
+            },
+            attempt: 2,
+            lease_token: "lease-1".into(),
+            lease_expires_at: 1_769_774_430_000,
         },
         ServerFrame::Presence {
             user_id: UserId::new("u1").unwrap(),
@@ -310,4 +340,57 @@ fn event_type_patterns_match_exactly_or_by_prefix() {
     assert!(!event_type_matches(&p(&["order.*"]), "orders.placed"));
     assert!(event_type_matches(&p(&["todo.created", "x.*"]), "todo.created"));
     assert!(!event_type_matches(&p(&["todo.created"]), "todo.created.more"));
+}
+
+#[test]
+fn filters_match_type_patterns_and_nested_payload_attributes() {
+    let f = EventFilter {
+        event_types: vec!["order.*".into()],
+        attributes: [("region".to_string(), json!("eu")), ("customer.tier".to_string(), json!(2))]
+            .into_iter()
+            .collect(),
+    };
+    let payload = json!({"region": "eu", "customer": {"tier": 2}});
+    assert!(f.matches("order.placed", &payload));
+    assert!(!f.matches("invoice.sent", &payload), "type pattern");
+    assert!(!f.matches("order.placed", &json!({"region": "us", "customer": {"tier": 2}})));
+    assert!(!f.matches("order.placed", &json!({"region": "eu"})), "a missing path never matches");
+    assert!(
+        !f.matches("order.placed", &json!({"region": "eu", "customer": {"tier": "2"}})),
+        "types differ"
+    );
+    assert!(EventFilter::default().matches("anything", &json!(null)));
+}
+
+#[test]
+fn malformed_filters_are_refused() {
+    let bad = |types: &[&str], attrs: Value| EventFilter {
+        event_types: types.iter().map(|s| s.to_string()).collect(),
+        attributes: serde_json::from_value(attrs).unwrap(),
+    };
+    assert!(bad(&["order.*"], json!({"a.b": 1})).validate().is_ok());
+    for f in [
+        bad(&[""], json!({})),
+        bad(&["a*b"], json!({})),
+        bad(&[], json!({"": 1})),
+        bad(&[], json!({"a..b": 1})),
+        bad(&[], json!({"a": {"nested": true}})),
+        bad(&[], json!({"a": [1]})),
+    ] {
+        let e = f.validate().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidRequest, "{f:?}");
+    }
+    let many: Vec<String> = (0..33).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert!(bad(&refs, json!({})).validate().is_err());
+}
+
+proptest! {
+    /// Filter evaluation never panics on arbitrary payloads and paths.
+    #[test]
+    fn filter_matching_is_total(path in "[a-z.]{0,12}", payload in proptest::arbitrary::any::<u8>()) {
+        let f = EventFilter { event_types: vec![], attributes: [(path, json!(payload))].into_iter().collect() };
+        let _ = f.validate();
+        let _ = f.matches("t", &json!({"a": {"b": payload}}));
+    }
 }

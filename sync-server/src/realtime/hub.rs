@@ -364,12 +364,12 @@ impl Hub {
         skip: Option<u64>,
     ) -> usize {
         let n = self.local_room(tenant, room, &Outbound::new(frame.clone()), skip);
-        self.forward(Remote::Fanout(Envelope::Room {
+        self.forward(Remote::Fanout(Box::new(Envelope::Room {
             node: String::new(),
             tenant: tenant.clone(),
             room: room.clone(),
             frame: frame.clone(),
-        }));
+        })));
         n
     }
 
@@ -398,11 +398,11 @@ impl Hub {
     /// Send to every connection of `tenant` (pokes), here and in every other process.
     pub fn to_tenant(&self, tenant: &TenantId, frame: &ServerFrame) -> usize {
         let n = self.local_tenant(tenant, &Outbound::new(frame.clone()));
-        self.forward(Remote::Fanout(Envelope::Tenant {
+        self.forward(Remote::Fanout(Box::new(Envelope::Tenant {
             node: String::new(),
             tenant: tenant.clone(),
             frame: frame.clone(),
-        }));
+        })));
         n
     }
 
@@ -421,12 +421,12 @@ impl Hub {
     /// Send to every connection of `user` in `tenant`, here and in every other process.
     pub fn to_user(&self, tenant: &TenantId, user: &UserId, frame: &ServerFrame) -> usize {
         let n = self.local_user(tenant, user, &Outbound::new(frame.clone()));
-        self.forward(Remote::Fanout(Envelope::User {
+        self.forward(Remote::Fanout(Box::new(Envelope::User {
             node: String::new(),
             tenant: tenant.clone(),
             user: user.clone(),
             frame: frame.clone(),
-        }));
+        })));
         n
     }
 
