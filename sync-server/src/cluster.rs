@@ -586,4 +586,27 @@ mod tests {
         assert!(matches!(back.envelope, Envelope::Log { seq: 7, .. }));
         assert!(serde_json::from_str::<Wire>("{\"v\":1,\"kind\":\"nope\"}").is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever arrives on the channel (another version, a stranger, garbage) is decoded
+        /// or refused, never a panic.
+        #[test]
+        fn arbitrary_channel_messages_never_panic(text in ".{0,200}", flips in proptest::collection::vec((0usize..400, 0u8..128), 0..4)) {
+            let _ = serde_json::from_str::<Wire>(&text);
+            let e = Envelope::Room {
+                node: "n".into(),
+                tenant: TenantId::new("t").unwrap(),
+                room: RoomId::new("r").unwrap(),
+                frame: ServerFrame::Poke { version: 3 },
+            };
+            let mut bytes = serde_json::to_vec(&Wire { v: 1, envelope: e }).unwrap();
+            for (at, b) in flips {
+                let i = at % bytes.len();
+                bytes[i] = b;
+            }
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let _ = serde_json::from_str::<Wire>(text);
+            }
+        }
+    }
 }

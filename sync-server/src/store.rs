@@ -965,6 +965,66 @@ impl Store {
         tx.commit().await.map_err(db)?;
         Ok(())
     }
+    /// Benchmark floor for the event bus: append `payloads` to a bare queue (the events table
+    /// of a floor tenant: multi-row inserts, no tenant lock, no id check, no sequence row).
+    pub async fn floor_queue_push(
+        &self,
+        tenant: &str,
+        first_seq: i64,
+        payloads: &[String],
+    ) -> Result<(), ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for (c, chunk) in payloads.chunks(CHUNK).enumerate() {
+            let sql = format!(
+                "INSERT INTO events (tenant_id, seq, event_id, event_type, payload, metadata, schema_version, critical, created_at) VALUES {}",
+                placeholders(chunk.len(), 9, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (i, p) in chunk.iter().enumerate() {
+                let seq = first_seq + (c * CHUNK + i) as i64;
+                q = q
+                    .bind(tenant)
+                    .bind(seq)
+                    .bind(format!("f-{seq}"))
+                    .bind("floor.event")
+                    .bind(p.as_str())
+                    .bind("{}")
+                    .bind("1.0")
+                    .bind(0i64)
+                    .bind(0i64);
+            }
+            q.execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    /// Benchmark floor: take and delete the oldest `n` rows of the bare queue in one
+    /// transaction (the textbook SQL queue: `FOR UPDATE SKIP LOCKED` on PostgreSQL).
+    pub async fn floor_queue_take(&self, tenant: &str, n: i64) -> Result<usize, ApiError> {
+        let _guard = self.sqlite_writer().await;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows = sqlx::query(&format!(
+            "SELECT seq, payload FROM events WHERE tenant_id = $1 ORDER BY seq LIMIT $2{}",
+            self.skip_locked()
+        ))
+        .bind(tenant)
+        .bind(n)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        if let Some(last) = rows.last().map(|r| r.get::<i64, _>(0)) {
+            sqlx::query("DELETE FROM events WHERE tenant_id = $1 AND seq <= $2")
+                .bind(tenant)
+                .bind(last)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(rows.len())
+    }
 }
 
 const TX_COLUMNS: &str = "SELECT tenant_id, transaction_id, kind, body, user_id, status, result, callback_url, \

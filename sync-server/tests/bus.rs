@@ -590,3 +590,54 @@ async fn publishing_is_rate_limited_per_tenant(backend: Backend) {
     assert!(r.headers.get("retry-after").is_some());
     assert_eq!(tenant_seq(&app).await, 8, "a refused batch is refused whole");
 }
+
+/// Publish bodies from outside: arbitrary bytes and mutations of a valid batch are answered
+/// 201 or with an error code, never a 500, and a refused body appends nothing.
+#[test]
+fn arbitrary_publish_bodies_never_fail_inside_and_append_nothing_when_refused() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(TestApp::start(Backend::Sqlite)).unwrap();
+    let svc = service(&app);
+    let valid = serde_json::to_vec(&json!({"events": [
+        {"eventId": "7f1c1a9e-8d5b-4a5e-9a51-3f2b8c1d0e11", "eventType": "order.placed", "timestamp": "2026-01-30T12:00:00Z",
+         "payload": {"orderId": "o-1"}, "metadata": {"correlationId": "c"}, "schemaVersion": "1.0"},
+        {"eventType": "order.paid", "payload": {"n": 1}}
+    ]}))
+    .unwrap();
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Default::default()
+    });
+    let strategy = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6).prop_map(move |flips| {
+            let mut b = valid.clone();
+            for (at, x) in flips {
+                let i = at % b.len();
+                b[i] = x;
+            }
+            b
+        }),
+    ];
+    runner
+        .run(&strategy, |body| {
+            rt.block_on(async {
+                let before = tenant_seq(&app).await;
+                let r = app.send(Method::POST, "/api/events", Some(&svc), &[], Some(body)).await;
+                let code = r.status.as_u16();
+                prop_assert!(
+                    matches!(code, 201 | 400 | 403 | 413),
+                    "status {code}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
+                if code != 201 {
+                    prop_assert_eq!(before, tenant_seq(&app).await, "a refused body appended");
+                    prop_assert!(!r.error_code().is_empty());
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}

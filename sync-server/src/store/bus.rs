@@ -227,7 +227,7 @@ fn event_time(e: &WireEvent) -> i64 {
 
 impl Store {
     /// `FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite (its one writer is held).
-    fn skip_locked(&self) -> &'static str {
+    pub(super) fn skip_locked(&self) -> &'static str {
         match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
