@@ -168,6 +168,9 @@ fn json_text(s: String) -> Value {
     serde_json::from_str(&s).unwrap_or(Value::Null)
 }
 
+/// Log pages a claim scans at most for a selective filter before answering.
+const MAX_FILL_PAGES: usize = 50;
+
 const SUB_COLUMNS: &str = "name, kind, event_types, filter, cursor, max_deliveries, lease_ms, backoff_ms, created_at, updated_at";
 
 fn subscription_from_row(r: &AnyRow) -> Result<SubscriptionRow, ApiError> {
@@ -530,9 +533,11 @@ impl Store {
     }
 
     /// Lease up to `max` events of consumer group `sub` to `consumer` until `now + lease`.
-    /// In one transaction: take new matching events from the log when few are waiting (the
-    /// member that gets the subscription's row lock does this; the others skip it), move events
-    /// whose last delivery expired to the dead-letter queue, then lease the oldest visible ones.
+    /// In one transaction: read the oldest visible deliveries; when there are fewer than `max`,
+    /// take new matching events from the log first (the member holding the subscription's row
+    /// lock does this; the others skip it); move those whose last allowed delivery ran out to
+    /// the dead-letter queue; lease the rest. Returns the leased events and how many were
+    /// dead-lettered.
     pub async fn claim(
         &self,
         tenant: &str,
@@ -554,22 +559,16 @@ impl Store {
         .await
         .map_err(db)?
         .map(|r| r.get::<i64, _>(0) as u64);
-        if let Some(cursor) = filler {
-            self.fill_group(&mut tx, tenant, sub, cursor, max, now).await?;
+        let mut visible = self.visible_deliveries(&mut tx, tenant, name, now, max).await?;
+        if visible.len() < max as usize
+            && let Some(cursor) = filler
+            && self.fill_group(&mut tx, tenant, sub, cursor, max, now).await?
+        {
+            visible = self.visible_deliveries(&mut tx, tenant, name, now, max).await?;
         }
+        let (expired, rows): (Vec<AnyRow>, Vec<AnyRow>) =
+            visible.into_iter().partition(|r| r.get::<i64, _>(1) >= sub.max_deliveries as i64);
         // Events whose last allowed delivery ran out without an ack.
-        let expired = sqlx::query(&format!(
-            "SELECT seq, attempts, consumer, last_error, event_override, first_at, last_at FROM event_deliveries \
-             WHERE tenant_id = $1 AND subscription = $2 AND visible_at <= $3 AND attempts >= $4 ORDER BY seq LIMIT 100{}",
-            self.skip_locked()
-        ))
-        .bind(tenant)
-        .bind(name)
-        .bind(now)
-        .bind(sub.max_deliveries as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
         for r in &expired {
             let attempts = r.get::<i64, _>(1);
             let reason = r.get::<Option<String>, _>(3).unwrap_or_else(|| {
@@ -577,19 +576,6 @@ impl Store {
             });
             dead_letter(&mut tx, tenant, name, r, &reason, now).await?;
         }
-        let rows = sqlx::query(&format!(
-            "SELECT seq, attempts, event_override FROM event_deliveries \
-             WHERE tenant_id = $1 AND subscription = $2 AND visible_at <= $3 AND attempts < $4 ORDER BY seq LIMIT $5{}",
-            self.skip_locked()
-        ))
-        .bind(tenant)
-        .bind(name)
-        .bind(now)
-        .bind(sub.max_deliveries as i64)
-        .bind(max as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
         if rows.is_empty() {
             tx.commit().await.map_err(db)?;
             return Ok((Vec::new(), expired.len()));
@@ -630,7 +616,7 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let seq = r.get::<i64, _>(0) as u64;
-            let event = match r.get::<Option<String>, _>(2) {
+            let event = match r.get::<Option<String>, _>(4) {
                 Some(o) => serde_json::from_str::<WireEvent>(&o)
                     .map_err(|e| ApiError::internal(format!("stored event override: {e}")))?,
                 None => match events.remove(&seq) {
@@ -676,8 +662,33 @@ impl Store {
         Ok(row.get::<Option<i64>, _>(0))
     }
 
-    /// Take matching events after `cursor` into the group's deliveries when fewer than `want`
-    /// are waiting, and advance the cursor past what was scanned.
+    /// The oldest deliveries of `sub` visible at `now` (rows of `seq, attempts, consumer,
+    /// last_error, event_override, first_at, last_at`), locked against other members.
+    async fn visible_deliveries(
+        &self,
+        tx: &mut Tx<'_>,
+        tenant: &str,
+        sub: &str,
+        now: i64,
+        max: u32,
+    ) -> Result<Vec<AnyRow>, ApiError> {
+        sqlx::query(&format!(
+            "SELECT seq, attempts, consumer, last_error, event_override, first_at, last_at FROM event_deliveries \
+             WHERE tenant_id = $1 AND subscription = $2 AND visible_at <= $3 ORDER BY seq LIMIT $4{}",
+            self.skip_locked()
+        ))
+        .bind(tenant)
+        .bind(sub)
+        .bind(now)
+        .bind(max as i64)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)
+    }
+
+    /// Take matching events after `cursor` into the group's deliveries (at least `want`'s worth
+    /// of the log is scanned) and advance the cursor past what was scanned. Returns whether
+    /// any delivery was added.
     async fn fill_group(
         &self,
         tx: &mut Tx<'_>,
@@ -685,21 +696,8 @@ impl Store {
         sub: &SubscriptionRow,
         cursor: u64,
         want: u32,
-        now: i64,
-    ) -> Result<(), ApiError> {
-        let ready: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2 AND visible_at <= $3",
-        )
-        .bind(tenant)
-        .bind(&sub.name)
-        .bind(now)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db)?
-        .get(0);
-        if ready >= want as i64 {
-            return Ok(());
-        }
+        _now: i64,
+    ) -> Result<bool, ApiError> {
         let pruned: i64 = sqlx::query("SELECT pruned_through FROM tenants WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_optional(&mut **tx)
@@ -718,45 +716,57 @@ impl Store {
             ));
         }
         let scan = (want as i64 * 4).max(200);
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-        ))
-        .bind(tenant)
-        .bind(cursor as i64)
-        .bind(scan)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db)?;
-        let Some(last) = rows.last().map(|r| r.get::<i64, _>(0)) else { return Ok(()) };
-        let events: Vec<StoredEvent> =
-            rows.iter().map(|r| event_from_row(tenant, r)).collect::<Result<_, _>>()?;
-        let matching: Vec<i64> = events
-            .iter()
-            .filter(|e| sub.filter.matches(&e.event.event_type, &e.event.payload))
-            .map(|e| e.event.sequence as i64)
-            .collect();
-        for chunk in matching.chunks(super::CHUNK) {
-            let sql = format!(
-                "INSERT INTO event_deliveries (tenant_id, subscription, seq, attempts, visible_at) VALUES {} \
-                 ON CONFLICT (tenant_id, subscription, seq) DO NOTHING",
-                placeholders(chunk.len(), 5, 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for s in chunk {
-                q = q.bind(tenant).bind(&sub.name).bind(*s).bind(0i64).bind(0i64);
+        let mut cursor = cursor as i64;
+        let mut added = false;
+        // Page through the log until something matches or the end (a selective filter over a
+        // long backlog), at most `MAX_FILL_PAGES` pages in one transaction.
+        for _ in 0..MAX_FILL_PAGES {
+            let rows = sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ))
+            .bind(tenant)
+            .bind(cursor)
+            .bind(scan)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db)?;
+            let Some(last) = rows.last().map(|r| r.get::<i64, _>(0)) else { break };
+            let at_end = (rows.len() as i64) < scan;
+            let events: Vec<StoredEvent> =
+                rows.iter().map(|r| event_from_row(tenant, r)).collect::<Result<_, _>>()?;
+            let matching: Vec<i64> = events
+                .iter()
+                .filter(|e| sub.filter.matches(&e.event.event_type, &e.event.payload))
+                .map(|e| e.event.sequence as i64)
+                .collect();
+            for chunk in matching.chunks(super::CHUNK) {
+                let sql = format!(
+                    "INSERT INTO event_deliveries (tenant_id, subscription, seq, attempts, visible_at) VALUES {} \
+                     ON CONFLICT (tenant_id, subscription, seq) DO NOTHING",
+                    placeholders(chunk.len(), 5, 1)
+                );
+                let mut q = sqlx::query(&sql);
+                for s in chunk {
+                    q = q.bind(tenant).bind(&sub.name).bind(*s).bind(0i64).bind(0i64);
+                }
+                q.execute(&mut **tx).await.map_err(db)?;
             }
-            q.execute(&mut **tx).await.map_err(db)?;
+            cursor = last;
+            added |= !matching.is_empty();
+            if added || at_end {
+                break;
+            }
         }
         sqlx::query(
             "UPDATE event_subscriptions SET cursor = $3 WHERE tenant_id = $1 AND name = $2",
         )
         .bind(tenant)
         .bind(&sub.name)
-        .bind(last)
+        .bind(cursor)
         .execute(&mut **tx)
         .await
         .map_err(db)?;
-        Ok(())
+        Ok(added)
     }
 
     /// Acknowledge deliveries: each leaves the group if `lease_token` still holds it. Returns,
@@ -769,21 +779,32 @@ impl Store {
     ) -> Result<Vec<bool>, ApiError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let mut out = Vec::with_capacity(items.len());
+        // One statement per lease token (a claim's deliveries share one), per chunk.
+        let mut by_token: Vec<(&str, Vec<i64>)> = Vec::new();
         for (seq, token) in items {
-            let n = sqlx::query(
-                "DELETE FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2 AND seq = $3 AND lease_token = $4",
-            )
-            .bind(tenant)
-            .bind(sub)
-            .bind(*seq as i64)
-            .bind(token)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
-            out.push(n > 0);
+            match by_token.iter_mut().find(|(t, _)| *t == token.as_str()) {
+                Some((_, seqs)) => seqs.push(*seq as i64),
+                None => by_token.push((token.as_str(), vec![*seq as i64])),
+            }
         }
+        let mut acked: std::collections::HashSet<(i64, &str)> = std::collections::HashSet::new();
+        for (token, seqs) in &by_token {
+            for chunk in seqs.chunks(super::CHUNK) {
+                let sql = format!(
+                    "DELETE FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2 AND lease_token = $3 \
+                     AND seq IN ({}) RETURNING seq",
+                    placeholders(chunk.len(), 1, 4)
+                );
+                let mut q = sqlx::query(&sql).bind(tenant).bind(sub).bind(*token);
+                for s in chunk {
+                    q = q.bind(*s);
+                }
+                for r in q.fetch_all(&mut *tx).await.map_err(db)? {
+                    acked.insert((r.get::<i64, _>(0), *token));
+                }
+            }
+        }
+        let out = items.iter().map(|(s, t)| acked.remove(&(*s as i64, t.as_str()))).collect();
         tx.commit().await.map_err(db)?;
         Ok(out)
     }
