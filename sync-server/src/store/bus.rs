@@ -9,8 +9,7 @@
 //! deliveries it moves to `dead_letters` with its original data.
 
 use super::{
-    Backend, EVENT_COLUMNS, Store, StoredEvent, Tx, db, event_from_row, insert_audit, placeholders,
-    set_seq,
+    Backend, EVENT_COLUMNS, Store, Tx, db, event_from_row, insert_audit, placeholders, set_seq,
 };
 use crate::error::ApiError;
 use crate::store::AuditEntry;
@@ -721,8 +720,10 @@ impl Store {
         // Page through the log until something matches or the end (a selective filter over a
         // long backlog), at most `MAX_FILL_PAGES` pages in one transaction.
         for _ in 0..MAX_FILL_PAGES {
+            // Payloads are read (and parsed) only when the filter looks into them.
+            let payload = if sub.filter.attributes.is_empty() { "" } else { ", payload" };
             let rows = sqlx::query(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                "SELECT seq, event_type{payload} FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
             ))
             .bind(tenant)
             .bind(cursor)
@@ -732,12 +733,16 @@ impl Store {
             .map_err(db)?;
             let Some(last) = rows.last().map(|r| r.get::<i64, _>(0)) else { break };
             let at_end = (rows.len() as i64) < scan;
-            let events: Vec<StoredEvent> =
-                rows.iter().map(|r| event_from_row(tenant, r)).collect::<Result<_, _>>()?;
-            let matching: Vec<i64> = events
+            let matching: Vec<i64> = rows
                 .iter()
-                .filter(|e| sub.filter.matches(&e.event.event_type, &e.event.payload))
-                .map(|e| e.event.sequence as i64)
+                .filter(|r| {
+                    let payload = match sub.filter.attributes.is_empty() {
+                        true => Value::Null,
+                        false => json_text(r.get(2)),
+                    };
+                    sub.filter.matches(&r.get::<String, _>(1), &payload)
+                })
+                .map(|r| r.get::<i64, _>(0))
                 .collect();
             for chunk in matching.chunks(super::CHUNK) {
                 let sql = format!(
