@@ -8,6 +8,7 @@
 //!
 //! Latency is measured per delivery from the send time in the payload (one machine, one
 //! clock) and reported separately for receivers on the sender's process and on the other.
+//! Server CPU is the sync-server processes' (from /proc; Redis's own is not counted).
 //! Prints markdown rows for docs/benchmarks.md (`make bench-cluster`).
 
 use clap::Parser;
@@ -29,6 +30,9 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// `getconf CLK_TCK`, for the CPU readings from /proc.
+    #[arg(long, default_value_t = 100.0)]
+    clock_ticks: f64,
 }
 
 fn now_us() -> u64 {
@@ -102,6 +106,10 @@ async fn measure(label: &str, nodes: &[Node], args: &Args) {
         }
         senders.push((room.clone(), open(&nodes[0], &tok, &format!("r{r}-sender"), &room).await));
     }
+    let cpu = |nodes: &[Node]| -> f64 {
+        nodes.iter().map(|n| pf2_e2e::cpu_seconds(n.pid(), args.clock_ticks).unwrap_or(0.0)).sum()
+    };
+    let cpu_before = cpu(nodes);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
     let rate = args.rate;
@@ -148,6 +156,7 @@ async fn measure(label: &str, nodes: &[Node], args: &Args) {
         }
         last = n;
     }
+    let cpu_used = cpu(nodes) - cpu_before;
     for r in readers {
         r.abort();
     }
@@ -158,7 +167,8 @@ async fn measure(label: &str, nodes: &[Node], args: &Args) {
     let (lp50, lp99) = (pct(&mut s.local, 0.5), pct(&mut s.local, 0.99));
     let (rp50, rp99) = (pct(&mut s.remote, 0.5), pct(&mut s.remote, 0.99));
     println!(
-        "| {label} | {delivered} of {expected} | {per_s:.0} | {lp50:.2} / {lp99:.2} | {} |",
+        "| {label} | {delivered} of {expected} | {per_s:.0} | {cpu_used:.2} | {:.0} | {lp50:.2} / {lp99:.2} | {} |",
+        delivered as f64 / cpu_used,
         if s.remote.is_empty() { "—".to_string() } else { format!("{rp50:.2} / {rp99:.2}") }
     );
 }
@@ -172,9 +182,9 @@ async fn main() {
     );
     println!();
     println!(
-        "| set-up | delivered | deliveries/s | same process p50 / p99 ms | other process p50 / p99 ms |"
+        "| set-up | delivered | deliveries/s | server CPU s (sync-server processes) | deliveries per CPU-second | same process p50 / p99 ms | other process p50 / p99 ms |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let single = NodeConfig { database_url: postgres_url(), redis_url: None, env: vec![] };
     let node = Node::start("single", &single).await;
     measure("one process, no Redis", std::slice::from_ref(&node), &args).await;
