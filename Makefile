@@ -8,7 +8,7 @@ FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 # Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
 WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run demo-core bench-browser bench-realtime test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core bench-browser bench-realtime bench-bus bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
 
 help:
 	@echo "make run    - the sync server on embedded SQLite with the demo app at http://127.0.0.1:3000"
@@ -18,6 +18,9 @@ help:
 	@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
 	@echo "make bench-browser - IndexedDB enqueue through @pf2/sync vs raw IndexedDB, in Chromium"
 	@echo "make bench-realtime - fan-out vs a tokio-tungstenite floor and socket.io (docs/benchmarks.md)"
+	@echo "make bench-bus - event bus publish/consume vs a bare SQL queue, SQLite and PostgreSQL"
+	@echo "make bench-cluster - room fan-out: one process vs two processes over Redis (PostgreSQL + Redis)"
+	@echo "make cluster - three server processes on PostgreSQL + Redis (docs/runbooks/deploying-and-scaling.md)"
 	@echo "make fuzz   - every fuzz target for $(FUZZ_SECONDS) s (nightly + cargo-fuzz, installed if missing)"
 	@echo "make docs   - rustdoc for the workspace"
 
@@ -52,6 +55,9 @@ wasm-prereqs:
 prereqs: wasm-prereqs
 	@test -d sync-server/tests/socketio/node_modules/socket.io-client \
 	  || npm ci --prefix sync-server/tests/socketio --no-audit --no-fund
+	@# The multi-process tests start their own Redis for the outage test: Debian's redis-server.
+	@command -v redis-server >/dev/null \
+	  || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 	@# The browser suites: Debian's Chromium + ChromeDriver.
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver \
 	  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
@@ -92,6 +98,21 @@ soak:
 bench:
 	$(CARGO) bench -p sdk-core --bench core
 	$(CARGO) bench -p sync-server --bench apply
+	$(CARGO) bench -p sync-server --bench bus
+
+bench-bus:
+	$(CARGO) bench -p sync-server --bench bus
+
+bench-cluster:
+	$(CARGO) build --release -p sync-server -p pf2-e2e
+	./target/release/cluster-fanout --clock-ticks "$$(getconf CLK_TCK)" $(CLUSTER_ARGS)
+
+# Three processes on one PostgreSQL and Redis, ports 3001-3003 (the runbook's cluster, locally).
+CLUSTER_DB ?= postgres://postgres@127.0.0.1:5432/test
+CLUSTER_REDIS ?= redis://127.0.0.1:6379
+cluster:
+	$(CARGO) build --release -p sync-server
+	tests/scripts/cluster.sh "$(CLUSTER_DB)" "$(CLUSTER_REDIS)"
 
 bench-browser: js-build
 	$(CARGO) test --workspace --no-run --locked
