@@ -24,6 +24,34 @@ fn join(r: &RoomId) -> ClientFrame {
     ClientFrame::JoinRoom { room_id: r.clone() }
 }
 
+fn to_room(id: &str, room: &RoomId, payload: Value) -> ClientFrame {
+    ClientFrame::Message {
+        message_id: Some(id.into()),
+        message_type: "chat.message".into(),
+        interaction_class: None,
+        recipient_id: None,
+        room_id: Some(room.clone()),
+        payload,
+        metadata: None,
+    }
+}
+
+fn direct(id: &str, user: &str, payload: Value) -> ClientFrame {
+    ClientFrame::Message {
+        message_id: Some(id.into()),
+        message_type: "chat.direct".into(),
+        interaction_class: None,
+        recipient_id: Some(UserId::new(user).unwrap()),
+        room_id: None,
+        payload,
+        metadata: None,
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: String, token: &str) -> Value {
+    http.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
 fn is_presence(client: &str, status: PresenceStatus) -> impl FnMut(&ServerFrame) -> bool + '_ {
     move |f| {
         matches!(f, ServerFrame::Presence { client_id, status: s, .. }
@@ -86,16 +114,7 @@ async fn rooms_presence_and_direct_messages_cross_processes() {
     let p = z.recv_until(is_presence("x-1", PresenceStatus::Online)).await;
     assert!(matches!(p, ServerFrame::Presence { metadata: Some(m), .. } if m["typing"] == true));
     // A room message from a reaches the members on b.
-    x.send(&ClientFrame::Message {
-        message_id: Some("m-1".into()),
-        message_type: "chat.message".into(),
-        interaction_class: None,
-        recipient_id: None,
-        room_id: Some(r.clone()),
-        payload: json!({"text": "hello from a"}),
-        metadata: None,
-    })
-    .await;
+    x.send(&to_room("m-1", &r, json!({"text": "hello from a"}))).await;
     for c in [&mut y, &mut z] {
         let m = c.recv_until(|f| matches!(f, ServerFrame::Message { .. })).await;
         assert!(
@@ -105,16 +124,7 @@ async fn rooms_presence_and_direct_messages_cross_processes() {
         );
     }
     // A direct message from b reaches the user on a.
-    y.send(&ClientFrame::Message {
-        message_id: Some("dm-1".into()),
-        message_type: "chat.direct".into(),
-        interaction_class: None,
-        recipient_id: Some(UserId::new("xavier").unwrap()),
-        room_id: None,
-        payload: json!({"text": "psst"}),
-        metadata: None,
-    })
-    .await;
+    y.send(&direct("dm-1", "xavier", json!({"text": "psst"}))).await;
     // (The sender's own socket is skipped for room messages, so x's next message is this one.)
     let m = x.recv_until(|f| matches!(f, ServerFrame::Message { .. })).await;
     assert!(
@@ -125,16 +135,7 @@ async fn rooms_presence_and_direct_messages_cross_processes() {
     // A client reconnecting to the other process is still in its rooms.
     drop(x);
     let mut x = WsClient::connect(b, &token(&t, "xavier", &[]), "x-1").await;
-    y.send(&ClientFrame::Message {
-        message_id: Some("m-2".into()),
-        message_type: "chat.message".into(),
-        interaction_class: None,
-        recipient_id: None,
-        room_id: Some(r.clone()),
-        payload: json!({"text": "welcome back"}),
-        metadata: None,
-    })
-    .await;
+    y.send(&to_room("m-2", &r, json!({"text": "welcome back"}))).await;
     let m = x.recv_until(|f| matches!(f, ServerFrame::Message { .. })).await;
     assert!(matches!(&m, ServerFrame::Message { message_id, .. } if message_id == "m-2"), "{m:?}");
 }
@@ -376,15 +377,8 @@ async fn a_group_of_three_workers_applies_10000_events_exactly_once_through_kill
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
-        let s: Value = http
-            .get(nodes[1].http(&format!("/api/events/subscriptions/{group}")))
-            .bearer_auth(&svc)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = get_json(&http, nodes[1].http(&format!("/api/events/subscriptions/{group}")), &svc)
+            .await;
         if s["lag"] == 0 && s["pending"] == 0 {
             break;
         }
@@ -448,15 +442,7 @@ async fn a_redis_outage_loses_no_write_degrades_health_and_fan_out_returns() {
         c.send(&join(&r)).await;
         c.recv_until(|f| matches!(f, ServerFrame::RoomJoined { .. })).await;
     }
-    let say = |id: &str| ClientFrame::Message {
-        message_id: Some(id.into()),
-        message_type: "chat.message".into(),
-        interaction_class: None,
-        recipient_id: None,
-        room_id: Some(r.clone()),
-        payload: json!({}),
-        metadata: None,
-    };
+    let say = |id: &str| to_room(id, &r, json!({}));
     let heard = |id: &'static str| move |f: &ServerFrame| matches!(f, ServerFrame::Message { message_id, .. } if message_id == id);
     x.send(&say("before")).await;
     y.recv_until(heard("before")).await;
@@ -508,15 +494,9 @@ async fn a_redis_outage_loses_no_write_degrades_health_and_fan_out_returns() {
     let mut types = Vec::new();
     let deadline = tokio::time::Instant::now() + SAFETY;
     while !types.iter().any(|t: &String| t.starts_with("transaction.")) {
-        let page: Value = http
-            .get(a.http(&format!("/api/events/poll?lastEventId={after}&wait=5")))
-            .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page =
+            get_json(&http, a.http(&format!("/api/events/poll?lastEventId={after}&wait=5")), &user)
+                .await;
         for e in page["events"].as_array().unwrap() {
             types.push(e["eventType"].as_str().unwrap().to_string());
         }
@@ -525,15 +505,7 @@ async fn a_redis_outage_loses_no_write_degrades_health_and_fan_out_returns() {
     }
     assert_eq!(types.iter().filter(|t| *t == "outage.event").count(), 20);
     assert_eq!(types.iter().filter(|t| *t == "todo.created").count(), 10);
-    let settled: Value = http
-        .get(b.http(&status_url))
-        .bearer_auth(&user)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let settled = get_json(&http, b.http(&status_url), &user).await;
     assert_eq!(settled["status"], "confirmed");
 
     redis.restart().await;
@@ -542,15 +514,7 @@ async fn a_redis_outage_loses_no_write_degrades_health_and_fan_out_returns() {
     x.send(&say("after")).await;
     y.recv_until(heard("after")).await;
     seqs.extend(publish(&http, b, &svc, vec![json!({"eventType": "outage.over"})]).await);
-    let all: Value = http
-        .get(a.http("/api/events/poll?lastEventId=0&limit=1000"))
-        .bearer_auth(&user)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = get_json(&http, a.http("/api/events/poll?lastEventId=0&limit=1000"), &user).await;
     let stored: BTreeSet<u64> =
         all["events"].as_array().unwrap().iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
     assert!(seqs.iter().all(|s| stored.contains(s)), "no write lost");

@@ -269,7 +269,8 @@ impl EventBus {
         self.state.store.put_subscription(t, &row, start).await
     }
 
-    async fn subscription_of(
+    /// Subscription `name`, which must be of `kind` (`NOT_FOUND` / `INVALID_REQUEST` otherwise).
+    pub async fn subscription(
         &self,
         tenant: &TenantId,
         name: &str,
@@ -354,7 +355,7 @@ impl EventBus {
         limit: u32,
         wait: Duration,
     ) -> Result<(SubscriptionRow, LogPage), ApiError> {
-        let sub = self.subscription_of(tenant, name, SubscriptionKind::Durable).await?;
+        let sub = self.subscription(tenant, name, SubscriptionKind::Durable).await?;
         let page = self.read(tenant, sub.cursor, limit, &sub.filter, wait).await?;
         Ok((sub, page))
     }
@@ -382,7 +383,7 @@ impl EventBus {
         if consumer.is_empty() || consumer.len() > 128 {
             return Err(ApiError::invalid("consumer must be 1 to 128 characters"));
         }
-        let sub = self.subscription_of(tenant, group, SubscriptionKind::Group).await?;
+        let sub = self.subscription(tenant, group, SubscriptionKind::Group).await?;
         let max = max.clamp(1, 500);
         let t = tenant.as_str();
         let mut wake = self.state.notifier.subscribe(t);
@@ -438,7 +439,7 @@ impl EventBus {
         reason: &str,
         retry_after: Option<Duration>,
     ) -> Result<NackOutcome, ApiError> {
-        let sub = self.subscription_of(tenant, group, SubscriptionKind::Group).await?;
+        let sub = self.subscription(tenant, group, SubscriptionKind::Group).await?;
         let reason: String = reason.chars().take(2000).collect();
         let p = self.policy();
         let delay = |attempt: u32| {

@@ -735,21 +735,9 @@ impl Session {
 
     /// `Follow`: the event stream of a durable subscription, from its stored position.
     async fn follow_durable(&mut self, name: String) {
-        let sub = match self.state.store.subscription(self.tenant().as_str(), &name).await {
-            Ok(Some(s)) if s.kind == SubscriptionKind::Durable => s,
-            Ok(Some(_)) => {
-                return self
-                    .error(
-                        ApiError::invalid(format!("{name:?} is a consumer group: Consume it")),
-                        None,
-                    )
-                    .await;
-            }
-            Ok(None) => {
-                return self
-                    .error(ApiError::not_found(format!("no subscription {name:?}")), None)
-                    .await;
-            }
+        let bus = EventBus::new(self.state.clone());
+        let sub = match bus.subscription(self.tenant(), &name, SubscriptionKind::Durable).await {
+            Ok(s) => s,
             Err(e) => return self.error(e, None).await,
         };
         self.subscribe(Some(sub.cursor), sub.filter).await;
@@ -761,6 +749,8 @@ impl Session {
     /// `Consume`: join consumer group `group`; a task pushes leased deliveries, at most
     /// `max_in_flight` unsettled.
     async fn consume(&mut self, group: String, max_in_flight: u32) {
+        // A member whose task ended (its group was deleted) no longer counts.
+        self.consumers.retain(|c| !c.task.is_finished());
         if self.consumers.iter().any(|c| c.group == group) {
             return self
                 .error(ApiError::invalid(format!("already consuming {group:?}")), None)
@@ -771,24 +761,9 @@ impl Session {
                 .error(ApiError::invalid("at most 8 consumer groups per socket"), None)
                 .await;
         }
-        match self.state.store.subscription(self.tenant().as_str(), &group).await {
-            Ok(Some(s)) if s.kind == SubscriptionKind::Group => {}
-            Ok(Some(_)) => {
-                return self
-                    .error(
-                        ApiError::invalid(format!(
-                            "{group:?} is a durable subscription: Follow it"
-                        )),
-                        None,
-                    )
-                    .await;
-            }
-            Ok(None) => {
-                return self
-                    .error(ApiError::not_found(format!("no consumer group {group:?}")), None)
-                    .await;
-            }
-            Err(e) => return self.error(e, None).await,
+        let bus = EventBus::new(self.state.clone());
+        if let Err(e) = bus.subscription(self.tenant(), &group, SubscriptionKind::Group).await {
+            return self.error(e, None).await;
         }
         let slots = Arc::new(Slots::new(max_in_flight.clamp(1, 100)));
         let consumer = format!("ws:{}:{}", self.client, self.conn_id);

@@ -322,15 +322,8 @@ impl Store {
         tenant: &str,
         name: &str,
     ) -> Result<Option<SubscriptionRow>, ApiError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 AND name = $2"
-        ))
-        .bind(tenant)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        row.as_ref().map(subscription_from_row).transpose()
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        load_subscription(&mut conn, tenant, name).await
     }
 
     pub async fn subscriptions(&self, tenant: &str) -> Result<Vec<SubscriptionRow>, ApiError> {
@@ -356,17 +349,7 @@ impl Store {
     ) -> Result<(SubscriptionRow, bool), ApiError> {
         let (mut tx, _guard, seq) = self.begin_tenant(tenant).await?;
         let now = crate::api::now_ms() as i64;
-        let existing = sqlx::query(&format!(
-            "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 AND name = $2"
-        ))
-        .bind(tenant)
-        .bind(&want.name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?
-        .as_ref()
-        .map(subscription_from_row)
-        .transpose()?;
+        let existing = load_subscription(&mut tx, tenant, &want.name).await?;
         let patterns = serde_json::to_string(&want.filter.event_types).expect("strings serialize");
         let attributes = serde_json::to_string(&want.filter.attributes).expect("json serializes");
         let start = start.map(|s| s.min(seq));
@@ -428,15 +411,9 @@ impl Store {
                 .map_err(db)?;
             }
         }
-        let row = sqlx::query(&format!(
-            "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 AND name = $2"
-        ))
-        .bind(tenant)
-        .bind(&want.name)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
-        let row = subscription_from_row(&row)?;
+        let row = load_subscription(&mut tx, tenant, &want.name)
+            .await?
+            .ok_or_else(|| ApiError::internal("a subscription vanished inside its transaction"))?;
         tx.commit().await.map_err(db)?;
         Ok((row, created))
     }
@@ -898,15 +875,8 @@ impl Store {
         tenant: &str,
         id: &str,
     ) -> Result<Option<DeadLetter>, ApiError> {
-        let row = sqlx::query(&format!(
-            "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2"
-        ))
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        row.map(|r| dead_letter_from_row(tenant, &r)).transpose()
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        load_dead_letter(&mut conn, tenant, id, "").await
     }
 
     /// Replace a dead letter's payload (its original stays), audited in the same transaction.
@@ -936,17 +906,9 @@ impl Store {
         }
         insert_audit(&mut tx, &dlq_audit(tenant, actor, "dlq.edit", id, payload.clone()), now)
             .await?;
-        let row = sqlx::query(&format!(
-            "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2"
-        ))
-        .bind(tenant)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
-        let dl = dead_letter_from_row(tenant, &row)?;
+        let dl = load_dead_letter(&mut tx, tenant, id, "").await?;
         tx.commit().await.map_err(db)?;
-        Ok(Some(dl))
+        Ok(dl)
     }
 
     /// Send a dead letter back to its consumer group as a fresh delivery (attempts start over;
@@ -960,17 +922,9 @@ impl Store {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let now = crate::api::now_ms() as i64;
-        let row = sqlx::query(&format!(
-            "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2{}",
-            self.for_update()
-        ))
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?
-        .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
-        let mut dl = dead_letter_from_row(tenant, &row)?;
+        let mut dl = load_dead_letter(&mut tx, tenant, id, self.for_update())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
         if dl.status != "dead" {
             return Err(ApiError::invalid(format!("dead letter {id} was already {}", dl.status)));
         }
@@ -1075,6 +1029,43 @@ impl Store {
             })
             .collect())
     }
+}
+
+async fn load_subscription(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    name: &str,
+) -> Result<Option<SubscriptionRow>, ApiError> {
+    sqlx::query(&format!(
+        "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 AND name = $2"
+    ))
+    .bind(tenant)
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    .as_ref()
+    .map(subscription_from_row)
+    .transpose()
+}
+
+/// One dead letter; `lock` is appended to the query (`" FOR UPDATE"` or nothing).
+async fn load_dead_letter(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &str,
+    id: &str,
+    lock: &str,
+) -> Result<Option<DeadLetter>, ApiError> {
+    sqlx::query(&format!(
+        "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2{lock}"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    .map(|r| dead_letter_from_row(tenant, &r))
+    .transpose()
 }
 
 fn dlq_audit<'a>(
