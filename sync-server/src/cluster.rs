@@ -69,6 +69,11 @@ pub enum Envelope {
         tenant: TenantId,
         seq: u64,
     },
+    /// Wake the tenant's waiters although the log did not grow (a dead letter reprocessed).
+    Kick {
+        node: String,
+        tenant: TenantId,
+    },
 }
 
 impl Envelope {
@@ -77,7 +82,8 @@ impl Envelope {
             Envelope::Room { node, .. }
             | Envelope::User { node, .. }
             | Envelope::Tenant { node, .. }
-            | Envelope::Log { node, .. } => node,
+            | Envelope::Log { node, .. }
+            | Envelope::Kick { node, .. } => node,
         }
     }
 
@@ -86,7 +92,8 @@ impl Envelope {
             Envelope::Room { node, .. }
             | Envelope::User { node, .. }
             | Envelope::Tenant { node, .. }
-            | Envelope::Log { node, .. } => *node = id.to_string(),
+            | Envelope::Log { node, .. }
+            | Envelope::Kick { node, .. } => *node = id.to_string(),
         }
     }
 }
@@ -167,6 +174,11 @@ pub struct Cluster {
     conn: RwLock<Option<MultiplexedConnection>>,
     /// No reconnect attempt before this instant (connecting to a dead Redis costs time).
     retry_at: Mutex<Instant>,
+    /// The fan-out subscription is live.
+    subscribed: AtomicBool,
+    /// The last command on the command connection succeeded.
+    commands_ok: AtomicBool,
+    /// `subscribed && commands_ok`, as last reported (for transition logs and the gauge).
     up: AtomicBool,
     latency_ms: Mutex<f64>,
     last_error: Mutex<Option<String>>,
@@ -189,6 +201,8 @@ impl Cluster {
             client,
             conn: RwLock::new(None),
             retry_at: Mutex::new(Instant::now()),
+            subscribed: AtomicBool::new(false),
+            commands_ok: AtomicBool::new(false),
             up: AtomicBool::new(false),
             latency_ms: Mutex::new(-1.0),
             last_error: Mutex::new(None),
@@ -206,7 +220,7 @@ impl Cluster {
         self.outbox.clone()
     }
 
-    /// Whether Redis answered the last command and the fan-out subscription is live.
+    /// Whether the fan-out subscription is live and Redis answered the last command.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
@@ -220,7 +234,12 @@ impl Cluster {
         )
     }
 
-    fn set_up(&self, up: bool, error: Option<String>) {
+    /// Record the subscription's or the command connection's state, and whether the cluster is
+    /// up (both work) as a result.
+    fn report(&self, part: &AtomicBool, ok: bool, error: Option<String>) {
+        part.store(ok, Ordering::Relaxed);
+        let up =
+            self.subscribed.load(Ordering::Relaxed) && self.commands_ok.load(Ordering::Relaxed);
         let was = self.up.swap(up, Ordering::Relaxed);
         self.metrics.set_gauge("pf2_redis_up", &[], if up { 1.0 } else { 0.0 });
         if let Some(e) = error {
@@ -231,6 +250,10 @@ impl Cluster {
         } else if !was && up {
             tracing::info!(url = %self.url, "Redis connected: cluster fan-out live");
         }
+    }
+
+    fn report_subscription(&self, ok: bool, error: Option<String>) {
+        self.report(&self.subscribed, ok, error);
     }
 
     /// The command connection, connecting if there is none (at most every 500 ms).
@@ -267,10 +290,17 @@ impl Cluster {
             Ok(c) => f(c).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = &result {
-            *self.conn.write().expect("conn lock") = None;
-            self.set_up(false, Some(e.to_string()));
-            self.metrics.inc("pf2_redis_errors_total", &[]);
+        match &result {
+            Ok(_) => {
+                if !self.commands_ok.load(Ordering::Relaxed) {
+                    self.report(&self.commands_ok, true, None);
+                }
+            }
+            Err(e) => {
+                *self.conn.write().expect("conn lock") = None;
+                self.report(&self.commands_ok, false, Some(e.to_string()));
+                self.metrics.inc("pf2_redis_errors_total", &[]);
+            }
         }
         result
     }
@@ -524,11 +554,11 @@ async fn subscribe_loop(state: AppState, cluster: Arc<Cluster>) {
         match subscribe_once(&state, &cluster).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
-                cluster.set_up(false, Some(e.to_string()));
+                cluster.report_subscription(false, Some(e.to_string()));
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-        cluster.set_up(false, Some("fan-out subscription ended".into()));
+        cluster.report_subscription(false, Some("fan-out subscription ended".into()));
         tokio::time::sleep(backoff).await;
     }
 }
@@ -541,7 +571,7 @@ async fn subscribe_once(state: &AppState, cluster: &Cluster) -> RedisResult<()> 
     cluster
         .with_conn(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
         .await?;
-    cluster.set_up(true, None);
+    cluster.report_subscription(true, None);
     cluster.resync(state).await;
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {
@@ -556,6 +586,7 @@ async fn subscribe_once(state: &AppState, cluster: &Cluster) -> RedisResult<()> 
         cluster.metrics.inc("pf2_cluster_received_total", &[]);
         match wire.envelope {
             Envelope::Log { tenant, seq, .. } => state.notifier.notify(tenant.as_str(), seq),
+            Envelope::Kick { tenant, .. } => state.notifier.kick(tenant.as_str()),
             envelope => state.hub.deliver_remote(envelope),
         }
     }

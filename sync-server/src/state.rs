@@ -159,14 +159,26 @@ impl AppState {
     /// consumer groups here and, through the cluster, in every other process.
     pub fn events_appended(&self, tenant: &sdk_core::ids::TenantId, seq: u64) {
         self.notifier.notify(tenant.as_str(), seq);
+        self.forward(crate::cluster::Envelope::Log {
+            node: String::new(),
+            tenant: tenant.clone(),
+            seq,
+        });
+    }
+
+    /// Wake the tenant's log waiters here and in every other process although the log did not
+    /// grow (a dead letter went back to its group).
+    pub fn kick_waiters(&self, tenant: &sdk_core::ids::TenantId) {
+        self.notifier.kick(tenant.as_str());
+        self.forward(crate::cluster::Envelope::Kick {
+            node: String::new(),
+            tenant: tenant.clone(),
+        });
+    }
+
+    fn forward(&self, envelope: crate::cluster::Envelope) {
         if let Some(c) = &self.cluster
-            && c.outbox()
-                .try_send(crate::cluster::Remote::Fanout(Box::new(crate::cluster::Envelope::Log {
-                    node: String::new(),
-                    tenant: tenant.clone(),
-                    seq,
-                })))
-                .is_err()
+            && c.outbox().try_send(crate::cluster::Remote::Fanout(Box::new(envelope))).is_err()
         {
             self.metrics.inc("pf2_cluster_dropped_total", &[("reason", "outbox_full")]);
         }

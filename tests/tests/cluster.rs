@@ -520,3 +520,78 @@ async fn a_redis_outage_loses_no_write_degrades_health_and_fan_out_returns() {
     assert!(seqs.iter().all(|s| stored.contains(s)), "no write lost");
     assert_eq!(stored.len() as u64, *stored.iter().max().unwrap(), "the log has no gap");
 }
+
+/// A poison event in a group whose members sit on different processes: exactly three
+/// deliveries in all (the count is the database's, not a process's), then the dead-letter
+/// queue; fixed and reprocessed through another process, a member gets it once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_after_three_deliveries_across_processes() {
+    if !services_available().await {
+        return;
+    }
+    let (nodes, http) = start_cluster(2, &NodeConfig::cluster()).await;
+    let t = tenant();
+    let svc = token(&t, "svc", &["service"]);
+    let post = |node: &Node, path: &str, body: Value| {
+        let req = http.post(node.http(path)).bearer_auth(&svc).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let r = http
+        .put(nodes[0].http("/api/events/subscriptions/mailer"))
+        .bearer_auth(&svc)
+        .json(&json!({"kind": "group", "retryBackoffMs": 50}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    publish(
+        &http,
+        &nodes[1],
+        &svc,
+        vec![json!({"eventType": "mail.send", "payload": {"to": "broken@"}})],
+    )
+    .await;
+    let claim = json!({"consumer": "m", "max": 1, "waitMs": 10_000});
+    let mut outcomes = Vec::new();
+    for attempt in 0..3 {
+        let node = &nodes[attempt % 2];
+        let got = post(node, "/api/events/subscriptions/mailer/claim", claim.clone()).await;
+        let d = &got["deliveries"][0];
+        assert_eq!(d["attempt"], attempt as u64 + 1, "{got}");
+        let nack = json!({"sequence": d["event"]["sequence"], "leaseToken": d["leaseToken"], "reason": "bounced"});
+        outcomes.push(post(node, "/api/events/subscriptions/mailer/nack", nack).await);
+    }
+    let statuses: Vec<&str> = outcomes.iter().map(|o| o["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["retry", "retry", "dead_lettered"]);
+    let dlq_id = outcomes[2]["dlqId"].as_str().unwrap().to_string();
+    let dl = get_json(&http, nodes[1].http(&format!("/api/events/dlq/{dlq_id}")), &svc).await;
+    assert_eq!(dl["deliveryCount"], 3);
+    let fixed = http
+        .patch(nodes[1].http(&format!("/api/events/dlq/{dlq_id}")))
+        .bearer_auth(&svc)
+        .json(&json!({"payload": {"to": "ok@example.com"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fixed.status(), 200);
+    // A member long-polling on one process is woken by a reprocess on the other.
+    let waiting = {
+        let req = http
+            .post(nodes[0].http("/api/events/subscriptions/mailer/claim"))
+            .bearer_auth(&svc)
+            .json(&claim);
+        tokio::spawn(async move { req.send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    post(&nodes[1], &format!("/api/events/dlq/{dlq_id}/reprocess"), json!({})).await;
+    let got = waiting.await.unwrap();
+    let d = &got["deliveries"][0];
+    assert_eq!(d["attempt"], 1);
+    assert_eq!(d["event"]["payload"]["to"], "ok@example.com");
+    let ack = json!({"deliveries": [{"sequence": d["event"]["sequence"], "leaseToken": d["leaseToken"]}]});
+    let acked = post(&nodes[0], "/api/events/subscriptions/mailer/ack", ack).await;
+    assert_eq!(acked["results"][0]["status"], "acked");
+}

@@ -565,7 +565,7 @@ pub async fn reprocess_dead_letter(
     let t = auth.tenant.clone();
     let d = state.store.reprocess_dead_letter(t.as_str(), &id, auth.user()).await?;
     state.metrics.inc("pf2_bus_reprocessed_total", &[]);
-    state.notifier.kick(t.as_str());
+    state.kick_waiters(&t);
     Ok(Json(dead_letter_json(&d)).into_response())
 }
 

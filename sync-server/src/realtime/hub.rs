@@ -184,7 +184,7 @@ impl Hub {
             Envelope::Tenant { tenant, frame, .. } => {
                 self.local_tenant(&tenant, &Outbound::new(frame));
             }
-            Envelope::Log { .. } => {}
+            Envelope::Log { .. } | Envelope::Kick { .. } => {}
         }
     }
 
