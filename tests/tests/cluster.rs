@@ -534,6 +534,7 @@ async fn a_poison_event_is_dead_lettered_after_three_deliveries_across_processes
     let svc = token(&t, "svc", &["service"]);
     let post = |node: &Node, path: &str, body: Value| {
         let req = http.post(node.http(path)).bearer_auth(&svc).json(&body);
+        let path = path.to_string();
         async move {
             let r = req.send().await.unwrap();
             assert!(r.status().is_success(), "{path}: {}", r.status());
