@@ -134,10 +134,11 @@ impl Hub {
         self.presence_ttl
     }
 
-    /// Tell the cluster, if any. Never waits: realtime loss degrades, it does not block.
-    fn forward(&self, remote: Remote) {
+    /// Tell the cluster, if any (`remote` is only built when there is one). Never waits:
+    /// realtime loss degrades, it does not block.
+    fn forward(&self, remote: impl FnOnce() -> Remote) {
         if let Some(tx) = self.remote.get()
-            && tx.try_send(remote).is_err()
+            && tx.try_send(remote()).is_err()
         {
             self.metrics.inc("pf2_cluster_dropped_total", &[("reason", "outbox_full")]);
         }
@@ -304,7 +305,7 @@ impl Hub {
         inner.client_rooms.entry(scoped(tenant, client.as_str())).or_default().insert(room.clone());
         self.gauges(&inner);
         drop(inner);
-        self.forward(Remote::Joined {
+        self.forward(|| Remote::Joined {
             tenant: tenant.clone(),
             client: client.clone(),
             room: room.clone(),
@@ -328,7 +329,7 @@ impl Hub {
         }
         self.gauges(&inner);
         drop(inner);
-        self.forward(Remote::Left {
+        self.forward(|| Remote::Left {
             tenant: tenant.clone(),
             client: client.clone(),
             room: room.clone(),
@@ -364,12 +365,14 @@ impl Hub {
         skip: Option<u64>,
     ) -> usize {
         let n = self.local_room(tenant, room, &Outbound::new(frame.clone()), skip);
-        self.forward(Remote::Fanout(Box::new(Envelope::Room {
-            node: String::new(),
-            tenant: tenant.clone(),
-            room: room.clone(),
-            frame: frame.clone(),
-        })));
+        self.forward(|| {
+            Remote::Fanout(Box::new(Envelope::Room {
+                node: String::new(),
+                tenant: tenant.clone(),
+                room: room.clone(),
+                frame: frame.clone(),
+            }))
+        });
         n
     }
 
@@ -398,11 +401,13 @@ impl Hub {
     /// Send to every connection of `tenant` (pokes), here and in every other process.
     pub fn to_tenant(&self, tenant: &TenantId, frame: &ServerFrame) -> usize {
         let n = self.local_tenant(tenant, &Outbound::new(frame.clone()));
-        self.forward(Remote::Fanout(Box::new(Envelope::Tenant {
-            node: String::new(),
-            tenant: tenant.clone(),
-            frame: frame.clone(),
-        })));
+        self.forward(|| {
+            Remote::Fanout(Box::new(Envelope::Tenant {
+                node: String::new(),
+                tenant: tenant.clone(),
+                frame: frame.clone(),
+            }))
+        });
         n
     }
 
@@ -421,12 +426,14 @@ impl Hub {
     /// Send to every connection of `user` in `tenant`, here and in every other process.
     pub fn to_user(&self, tenant: &TenantId, user: &UserId, frame: &ServerFrame) -> usize {
         let n = self.local_user(tenant, user, &Outbound::new(frame.clone()));
-        self.forward(Remote::Fanout(Box::new(Envelope::User {
-            node: String::new(),
-            tenant: tenant.clone(),
-            user: user.clone(),
-            frame: frame.clone(),
-        })));
+        self.forward(|| {
+            Remote::Fanout(Box::new(Envelope::User {
+                node: String::new(),
+                tenant: tenant.clone(),
+                user: user.clone(),
+                frame: frame.clone(),
+            }))
+        });
         n
     }
 
@@ -493,7 +500,7 @@ impl Hub {
         status: PresenceStatus,
         metadata: Option<Value>,
     ) {
-        self.forward(Remote::Presence {
+        self.forward(|| Remote::Presence {
             tenant: tenant.clone(),
             client: client.clone(),
             user: user.clone(),

@@ -218,7 +218,8 @@ async fn connection(
     let tenant = identity.tenant.clone();
     let reg = state.hub.register(&tenant, &identity.user, &client);
     let conn_id = reg.id;
-    state.restore_rooms(&tenant, &client).await;
+    // Boxed: this future (Redis reads) would otherwise size the connection's whole state.
+    Box::pin(state.restore_rooms(&tenant, &client)).await;
     state.metrics.inc("pf2_ws_connections_total", &[]);
     audit(
         &state,
