@@ -249,8 +249,7 @@ async fn connection(
         client,
         tx: mailbox.clone(),
         subscription: None,
-        followed: None,
-        consumers: Vec::new(),
+        bus: None,
         over_limit: 0,
         bucket: crate::ratelimit::Bucket::full(state.limits.ws_rate, Instant::now()),
         last_heard: Instant::now(),
@@ -259,7 +258,7 @@ async fn connection(
     if let Some(sub) = session.subscription.take() {
         sub.abort();
     }
-    for c in session.consumers.drain(..) {
+    for c in session.bus.take().map(|b| b.consumers).unwrap_or_default() {
         c.task.abort();
     }
     let reason = outcome.reason;
@@ -389,10 +388,8 @@ struct Session {
     /// This connection's outbound queue (replies and the event stream wait for room in it).
     tx: Arc<Mailbox>,
     subscription: Option<JoinHandle<()>>,
-    /// The durable subscription the event stream follows (its position advances with `Ack`).
-    followed: Option<String>,
-    /// Consumer groups this socket is a member of (`Consume`).
-    consumers: Vec<GroupMember>,
+    /// The event bus on this socket, once it is used (boxed: idle sockets stay small).
+    bus: Option<Box<SocketBus>>,
     token_deadline: TokioInstant,
     over_limit: u32,
     /// This connection's own rate bucket (no shared lock on the message path).
@@ -558,7 +555,7 @@ impl Session {
                 }
             }
             ClientFrame::Subscribe { after, event_types, attributes } => {
-                self.followed = None;
+                self.set_followed(None);
                 self.subscribe(after, EventFilter { event_types, attributes }).await
             }
             ClientFrame::Follow { subscription } => self.follow_durable(subscription).await,
@@ -566,7 +563,7 @@ impl Session {
                 if let Some(s) = self.subscription.take() {
                     s.abort();
                 }
-                self.followed = None;
+                self.set_followed(None);
             }
             ClientFrame::Consume { group, max_in_flight } => {
                 self.consume(group, max_in_flight.unwrap_or(10)).await
@@ -620,23 +617,25 @@ impl Session {
                 })
                 .await
             }
-            ClientFrame::Ack { sequence } => match self.followed.clone() {
-                Some(name) => {
-                    let bus = EventBus::new(self.state.clone());
-                    if let Err(e) = bus.ack_position(self.tenant(), &name, sequence).await {
-                        self.error(e, None).await
+            ClientFrame::Ack { sequence } => {
+                match self.bus.as_ref().and_then(|b| b.followed.clone()) {
+                    Some(name) => {
+                        let bus = EventBus::new(self.state.clone());
+                        if let Err(e) = bus.ack_position(self.tenant(), &name, sequence).await {
+                            self.error(e, None).await
+                        }
+                    }
+                    None => {
+                        self.error(
+                            ApiError::invalid(
+                                "Ack needs a durable subscription (Follow) on this socket",
+                            ),
+                            None,
+                        )
+                        .await
                     }
                 }
-                None => {
-                    self.error(
-                        ApiError::invalid(
-                            "Ack needs a durable subscription (Follow) on this socket",
-                        ),
-                        None,
-                    )
-                    .await
-                }
-            },
+            }
             ClientFrame::SnapshotRequest { request_id, entity_type, entity_id, cursor } => {
                 self.snapshot(request_id, entity_type, entity_id, cursor).await
             }
@@ -734,6 +733,17 @@ impl Session {
         self.subscription = Some(tokio::spawn(follow(state, tenant, after, filter, tx)));
     }
 
+    fn set_followed(&mut self, name: Option<String>) {
+        match (&mut self.bus, name) {
+            (Some(b), name) => b.followed = name,
+            (None, Some(name)) => {
+                self.bus =
+                    Some(Box::new(SocketBus { followed: Some(name), ..SocketBus::default() }))
+            }
+            (None, None) => {}
+        }
+    }
+
     /// `Follow`: the event stream of a durable subscription, from its stored position.
     async fn follow_durable(&mut self, name: String) {
         let bus = EventBus::new(self.state.clone());
@@ -743,7 +753,7 @@ impl Session {
         };
         self.subscribe(Some(sub.cursor), sub.filter).await;
         if self.subscription.is_some() {
-            self.followed = Some(name);
+            self.set_followed(Some(name));
         }
     }
 
@@ -751,13 +761,15 @@ impl Session {
     /// `max_in_flight` unsettled.
     async fn consume(&mut self, group: String, max_in_flight: u32) {
         // A member whose task ended (its group was deleted) no longer counts.
-        self.consumers.retain(|c| !c.task.is_finished());
-        if self.consumers.iter().any(|c| c.group == group) {
+        let consumers = &mut self.bus.get_or_insert_with(Box::default).consumers;
+        consumers.retain(|c| !c.task.is_finished());
+        let (already, count) = (consumers.iter().any(|c| c.group == group), consumers.len());
+        if already {
             return self
                 .error(ApiError::invalid(format!("already consuming {group:?}")), None)
                 .await;
         }
-        if self.consumers.len() >= 8 {
+        if count >= 8 {
             return self
                 .error(ApiError::invalid("at most 8 consumer groups per socket"), None)
                 .await;
@@ -776,12 +788,18 @@ impl Session {
             slots.clone(),
             self.tx.clone(),
         ));
-        self.consumers.push(GroupMember { group, slots, task });
+        self.bus.get_or_insert_with(Box::default).consumers.push(GroupMember {
+            group,
+            slots,
+            task,
+        });
     }
 
     /// A delivery was acked or nacked (`Ok(false)`: the lease was already lost).
     async fn settled(&mut self, group: &str, sequence: u64, held: Result<bool, ApiError>) {
-        if let Some(m) = self.consumers.iter().find(|c| c.group == group) {
+        if let Some(m) =
+            self.bus.as_ref().and_then(|b| b.consumers.iter().find(|c| c.group == group))
+        {
             m.slots.release(sequence);
         }
         match held {
@@ -925,6 +943,15 @@ async fn follow(
             }
         }
     }
+}
+
+/// A socket's use of the event bus.
+#[derive(Default)]
+struct SocketBus {
+    /// The durable subscription the event stream follows (its position advances with `Ack`).
+    followed: Option<String>,
+    /// Consumer groups this socket is a member of (`Consume`).
+    consumers: Vec<GroupMember>,
 }
 
 /// One consumer group this socket belongs to.
