@@ -19,7 +19,7 @@
 //!
 //! With Redis down, each process keeps serving its own connections, REST, polling, the bus and
 //! Class D; `/health` says `degraded`; long-polls and followers re-read the log every second
-//! instead of waiting for wake-ups. When Redis returns, the process resubscribes, rewrites its
+//! instead of waiting for wake-ups (every 30 s while Redis is up, as a safety net). When Redis returns, the process resubscribes, rewrites its
 //! presence and pokes its sockets, so clients pull whatever they missed.
 
 use crate::metrics::Metrics;
@@ -559,6 +559,11 @@ async fn subscribe_loop(state: AppState, cluster: Arc<Cluster>) {
             }
         }
         cluster.report_subscription(false, Some("fan-out subscription ended".into()));
+        // Waiters sleeping on wake-ups that can no longer arrive re-read the log now, and then
+        // every second until Redis is back (`AppState::log_recheck`).
+        for tenant in state.notifier.tenants() {
+            state.notifier.kick(&tenant);
+        }
         tokio::time::sleep(backoff).await;
     }
 }
