@@ -70,8 +70,9 @@ pub struct Config {
     #[arg(long, env = "PF2_RATE_TRANSACTIONS", default_value_t = 60)]
     pub rate_transactions: u32,
     /// Conflict strategy of an entity type, repeatable: `--strategy document=manual`. Strategies:
-    /// `lww`, `field-merge` (the default for every type), `field-merge-manual`, `manual`.
-    /// Custom merge functions and CRDT mergers are registered in code (`Config::build_with`).
+    /// `lww`, `field-merge` (the default for every type), `field-merge-manual`, `manual`,
+    /// `automerge` (CRDT documents: operations carry Automerge changes and always merge).
+    /// Custom merge functions and other CRDT mergers are registered in code (`Config::build_with`).
     #[arg(long = "strategy", env = "PF2_STRATEGIES", value_delimiter = ',')]
     pub strategies: Vec<String>,
     /// Browser origins allowed to open WebSockets (repeatable; `*`, exact, or `http://host:*`).
@@ -273,6 +274,7 @@ impl Config {
     /// The strategy registry from `--strategy` flags.
     pub fn strategy_registry(&self) -> anyhow::Result<StrategyRegistry> {
         let mut r = StrategyRegistry::default();
+        r.register_crdt(pf2_automerge::MERGER_NAME, pf2_automerge::AutomergeMerger::default());
         for spec in &self.strategies {
             let (ty, name) = spec.split_once('=').context("a strategy is TYPE=STRATEGY")?;
             let ty = EntityType::new(ty.trim()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -281,8 +283,9 @@ impl Config {
                 "field-merge" => ConflictStrategy::FieldMerge(OnOverlap::LastWriteWins),
                 "field-merge-manual" => ConflictStrategy::FieldMerge(OnOverlap::Manual),
                 "manual" => ConflictStrategy::Manual,
+                "automerge" => ConflictStrategy::Crdt(pf2_automerge::MERGER_NAME.into()),
                 other => anyhow::bail!(
-                    "unknown strategy {other:?} (lww, field-merge, field-merge-manual, manual)"
+                    "unknown strategy {other:?} (lww, field-merge, field-merge-manual, manual, automerge)"
                 ),
             };
             r.set(ty, strategy);
