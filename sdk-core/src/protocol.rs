@@ -503,6 +503,17 @@ pub enum ClientFrame {
         #[serde(default)]
         metadata: Option<Value>,
     },
+    /// An Automerge sync message for document `documentId` (base64): the first one opens the
+    /// document on this socket; the server answers with its own until both are in sync, and
+    /// pushes more when others change it.
+    DocSync {
+        document_id: String,
+        message: String,
+    },
+    /// Stop receiving a document's changes.
+    DocClose {
+        document_id: String,
+    },
     /// Acknowledge events up to `sequence` (durable subscriptions).
     Ack {
         sequence: u64,
@@ -555,6 +566,11 @@ pub enum ServerFrame {
     },
     Event {
         event: WireEvent,
+    },
+    /// An Automerge sync message for document `documentId` (base64).
+    DocSync {
+        document_id: String,
+        message: String,
     },
     /// One event of a consumer group, leased to this socket until `leaseExpiresAt` (epoch ms);
     /// `attempt` counts deliveries, this one included. Settle with `DeliveryAck` / `DeliveryNack`.

@@ -306,6 +306,32 @@ pub async fn collection_snapshot(
     .into_response())
 }
 
+/// `GET /api/documents/{documentId}/snapshot`: a collaborative document's Automerge save.
+pub async fn document_snapshot(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    let (save, heads) = state
+        .documents
+        .snapshot(&state, &auth.tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no document {id:?}")))?;
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&save));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Json(json!({
+        "documentId": id,
+        "tenantId": auth.tenant,
+        "heads": heads,
+        "size": save.len(),
+        "save": base64::engine::general_purpose::STANDARD.encode(&save),
+        "checksum": format!("sha256:{hex}"),
+        "createdAt": iso_now(),
+    }))
+    .into_response())
+}
+
 // ---- event polling ---------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]

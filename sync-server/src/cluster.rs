@@ -74,6 +74,12 @@ pub enum Envelope {
         node: String,
         tenant: TenantId,
     },
+    /// A collaborative document changed: processes that have it open re-read its changes.
+    Document {
+        node: String,
+        tenant: TenantId,
+        document_id: String,
+    },
 }
 
 impl Envelope {
@@ -83,7 +89,8 @@ impl Envelope {
             | Envelope::User { node, .. }
             | Envelope::Tenant { node, .. }
             | Envelope::Log { node, .. }
-            | Envelope::Kick { node, .. } => node,
+            | Envelope::Kick { node, .. }
+            | Envelope::Document { node, .. } => node,
         }
     }
 
@@ -93,7 +100,8 @@ impl Envelope {
             | Envelope::User { node, .. }
             | Envelope::Tenant { node, .. }
             | Envelope::Log { node, .. }
-            | Envelope::Kick { node, .. } => *node = id.to_string(),
+            | Envelope::Kick { node, .. }
+            | Envelope::Document { node, .. } => *node = id.to_string(),
         }
     }
 }
@@ -592,6 +600,12 @@ async fn subscribe_once(state: &AppState, cluster: &Cluster) -> RedisResult<()> 
         match wire.envelope {
             Envelope::Log { tenant, seq, .. } => state.notifier.notify(tenant.as_str(), seq),
             Envelope::Kick { tenant, .. } => state.notifier.kick(tenant.as_str()),
+            Envelope::Document { tenant, document_id, .. } => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    state.documents.refresh(&state, &tenant, &document_id).await;
+                });
+            }
             envelope => state.hub.deliver_remote(envelope),
         }
     }

@@ -37,6 +37,7 @@ pub mod auth;
 pub mod bus;
 pub mod cluster;
 pub mod config;
+pub mod documents;
 pub mod error;
 pub mod extract;
 pub mod http;
@@ -83,6 +84,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/reconciliation/snapshot/{entity_type}", get(api::collection_snapshot))
         .route("/api/reconciliation/conflicts", get(api::list_conflicts))
         .route("/api/reconciliation/conflicts/{conflict_id}/resolve", post(api::resolve_conflict))
+        .route("/api/documents/{document_id}/snapshot", get(api::document_snapshot))
         .route("/api/events/poll", get(api::poll))
         .route("/api/events", post(bus::http::publish))
         .route("/api/events/subscriptions", get(bus::http::list_subscriptions))

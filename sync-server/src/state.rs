@@ -46,6 +46,10 @@ pub struct Limits {
     pub static_dir: Option<std::path::PathBuf>,
     /// The event bus: retention per type, critical types, delivery defaults.
     pub bus: crate::bus::BusPolicy,
+    /// Largest stored form of a collaborative document.
+    pub max_document_bytes: usize,
+    /// Appended change bytes after which a document's changes are folded into its save.
+    pub document_compact_bytes: i64,
 }
 
 impl Default for Limits {
@@ -78,6 +82,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             static_dir: None,
             bus: crate::bus::BusPolicy::default(),
+            max_document_bytes: crate::documents::DEFAULT_MAX_DOCUMENT_BYTES,
+            document_compact_bytes: crate::documents::DEFAULT_COMPACT_BYTES,
         }
     }
 }
@@ -144,6 +150,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Redis-joined scale-out; `None` on one machine.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Collaborative documents open on this process.
+    pub documents: Arc<crate::documents::DocumentHub>,
 }
 
 impl AppState {
@@ -173,6 +181,15 @@ impl AppState {
         self.forward(crate::cluster::Envelope::Kick {
             node: String::new(),
             tenant: tenant.clone(),
+        });
+    }
+
+    /// Document `id` of `tenant` changed here: the processes that have it open re-read it.
+    pub fn documents_changed(&self, tenant: &sdk_core::ids::TenantId, id: &str) {
+        self.forward(crate::cluster::Envelope::Document {
+            node: String::new(),
+            tenant: tenant.clone(),
+            document_id: id.to_string(),
         });
     }
 
@@ -250,6 +267,7 @@ impl AppState {
                 .build()
                 .expect("an HTTP client builds"),
             cluster: None,
+            documents: Arc::default(),
         }
     }
 

@@ -20,10 +20,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 mod bus;
+mod documents;
 pub use bus::{
     Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, Published, SubscriptionKind,
     SubscriptionRow, SubscriptionStats,
 };
+pub use documents::StoredDocument;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -4,12 +4,12 @@
 
 mod common;
 
-use automerge::transaction::Transactable;
-use automerge::{ObjType, ROOT, ReadDoc};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Backend, TestApp};
 use pf2_automerge::DocumentPeer;
+use pf2_automerge::automerge::transaction::Transactable;
+use pf2_automerge::automerge::{ObjType, ROOT, ReadDoc};
 use serde_json::{Value, json};
 
 on_both_backends!(concurrent_offline_text_edits_converge_through_the_server);
@@ -117,4 +117,140 @@ async fn concurrent_offline_text_edits_converge_through_the_server(backend: Back
         assert!(words.contains(&format!(" B{i}")), "Bob's edit {i} kept");
     }
     assert!(words.contains("shared notes"));
+}
+
+// ---- over /v1/ws: Automerge's sync protocol in `doc_sync` frames --------------------------------
+
+use futures_util::{SinkExt, StreamExt};
+use sdk_core::protocol::{ClientFrame, Codec, ServerFrame};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const SAFETY: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn serve(
+    state: sync_server::state::AppState,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(sync_server::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// A new connection is a new sync session: the replica keeps only what it shares with the
+/// server (`disconnected`), so its first message says what it has.
+async fn reconnect(
+    addr: std::net::SocketAddr,
+    token: &str,
+    client: &str,
+    peer: &mut DocumentPeer,
+) -> Ws {
+    peer.disconnected("server");
+    connect(addr, token, client).await
+}
+
+async fn connect(addr: std::net::SocketAddr, token: &str, client: &str) -> Ws {
+    let url = format!("ws://{addr}/v1/ws?token={token}&clientId={client}");
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws
+}
+
+async fn send(ws: &mut Ws, f: &ClientFrame) {
+    ws.send(Message::Text(String::from_utf8(Codec::Json.encode(f)).unwrap().into())).await.unwrap();
+}
+
+/// One round: send what `peer` has for the server (if anything) and a ping; apply every
+/// `doc_sync` that arrives before the pong. Returns (sent something, received something).
+async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (bool, bool) {
+    let out = peer.generate("server");
+    if let Some(m) = &out {
+        send(ws, &ClientFrame::DocSync { document_id: doc.into(), message: B64.encode(m) }).await;
+    }
+    send(ws, &ClientFrame::Ping { nonce }).await;
+    let mut received = false;
+    loop {
+        let msg = tokio::time::timeout(SAFETY, ws.next())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        match Codec::Json.decode::<ServerFrame>(t.as_bytes(), usize::MAX).unwrap() {
+            ServerFrame::DocSync { document_id, message } if document_id == doc => {
+                peer.receive("server", &B64.decode(message).unwrap()).unwrap();
+                received = true;
+            }
+            ServerFrame::Pong { nonce: n } if n == nonce => return (out.is_some(), received),
+            ServerFrame::Error { code, message, .. } => panic!("{code:?}: {message}"),
+            _ => {}
+        }
+    }
+}
+
+/// Rounds until neither side has anything to say.
+async fn sync_doc(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str) {
+    for nonce in 1..500 {
+        if round(ws, peer, doc, nonce).await == (false, false) {
+            return;
+        }
+    }
+    panic!("document sync did not settle");
+}
+
+/// Two clients edit one text offline, 1,000 edits each; they connect and sync over `/v1/ws`;
+/// the server restarts in the middle; all three end with the same text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_sync_a_document_over_websocket_through_a_server_restart() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let token = app.token("writer");
+    let mut alice = DocumentPeer::new(b"alice");
+    let text = alice.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    alice.doc().splice_text(&text, 0, 0, "draft").unwrap();
+    alice.doc().commit();
+    let (addr, stop) = serve(app.state.clone()).await;
+    let mut a = connect(addr, &token, "alice").await;
+    sync_doc(&mut a, &mut alice, "notes").await;
+    let mut bob = DocumentPeer::new(b"bob");
+    let mut b = connect(addr, &token, "bob").await;
+    sync_doc(&mut b, &mut bob, "notes").await;
+    assert_eq!(bob.doc().text(&text).unwrap(), "draft");
+    drop((a, b));
+    // Offline: 1,000 edits each, each its own change.
+    for i in 0..1000 {
+        alice.doc().splice_text(&text, 0, 0, &format!("a{i},")).unwrap();
+        alice.doc().commit();
+        let len = bob.doc().length(&text);
+        bob.doc().splice_text(&text, len, 0, &format!(",b{i}")).unwrap();
+        bob.doc().commit();
+    }
+    // Alice syncs; the server goes away; a new server process on the same database.
+    let mut a = reconnect(addr, &token, "alice", &mut alice).await;
+    sync_doc(&mut a, &mut alice, "notes").await;
+    drop(a);
+    stop.send(()).unwrap();
+    let restarted = app.config.build().await.unwrap();
+    let (addr, _stop) = serve(restarted).await;
+    let mut b = reconnect(addr, &token, "bob", &mut bob).await;
+    sync_doc(&mut b, &mut bob, "notes").await;
+    let mut a = reconnect(addr, &token, "alice", &mut alice).await;
+    sync_doc(&mut a, &mut alice, "notes").await;
+    sync_doc(&mut b, &mut bob, "notes").await;
+    let (ta, tb) = (alice.doc().text(&text).unwrap(), bob.doc().text(&text).unwrap());
+    assert_eq!(ta, tb, "both clients hold the same text");
+    for i in [0, 500, 999] {
+        assert!(ta.contains(&format!("a{i},")) && ta.contains(&format!(",b{i}")), "edit {i}");
+    }
+    // And so does the server's stored document (its REST snapshot).
+    let snap = app.get("/api/documents/notes/snapshot", &token).await;
+    snap.expect(200);
+    let save = B64.decode(snap.json()["save"].as_str().unwrap()).unwrap();
+    let mut server = DocumentPeer::load(&save, b"reader").unwrap();
+    assert_eq!(server.doc().text(&text).unwrap(), ta);
+    assert!(snap.json()["checksum"].as_str().unwrap().starts_with("sha256:"));
+    app.get("/api/documents/missing/snapshot", &token).await.expect(404);
 }

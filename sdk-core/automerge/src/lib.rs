@@ -26,6 +26,9 @@
 //! assert_eq!(server.doc().text(&text).unwrap(), "hello");
 //! ```
 
+/// The Automerge crate this one is built on, for the callers' own reads and edits.
+pub use automerge;
+
 use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, AutoCommit, ChangeHash};
 use sdk_core::strategy::CrdtMerger;

@@ -59,6 +59,8 @@ fn sample_client_frames() -> Vec<ClientFrame> {
             metadata: None,
         },
         ClientFrame::Ack { sequence: 9 },
+        ClientFrame::DocSync { document_id: "notes".into(), message: "QkM=".into() },
+        ClientFrame::DocClose { document_id: "notes".into() },
         ClientFrame::Ping { nonce: 3 },
         ClientFrame::SnapshotRequest {
             request_id: "r1".into(),
@@ -125,6 +127,7 @@ fn sample_server_frames() -> Vec<ServerFrame> {
                 schema_version: "1.0".into(),
             },
         },
+        ServerFrame::DocSync { document_id: "notes".into(), message: "QkM=".into() },
         ServerFrame::Delivery {
             group: "billing".into(),
             event: WireEvent {

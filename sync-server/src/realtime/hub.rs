@@ -185,7 +185,7 @@ impl Hub {
             Envelope::Tenant { tenant, frame, .. } => {
                 self.local_tenant(&tenant, &Outbound::new(frame));
             }
-            Envelope::Log { .. } | Envelope::Kick { .. } => {}
+            Envelope::Log { .. } | Envelope::Kick { .. } | Envelope::Document { .. } => {}
         }
     }
 

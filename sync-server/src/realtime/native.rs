@@ -258,8 +258,13 @@ async fn connection(
     if let Some(sub) = session.subscription.take() {
         sub.abort();
     }
-    for c in session.bus.take().map(|b| b.consumers).unwrap_or_default() {
-        c.task.abort();
+    if let Some(b) = session.bus.take() {
+        for c in b.consumers {
+            c.task.abort();
+        }
+        for d in b.documents {
+            state.documents.close(&tenant, &session.client, &d).await;
+        }
     }
     let reason = outcome.reason;
     let we_close = outcome.code != CLOSE_NORMAL || reason != "client closed";
@@ -559,6 +564,29 @@ impl Session {
                 self.subscribe(after, EventFilter { event_types, attributes }).await
             }
             ClientFrame::Follow { subscription } => self.follow_durable(subscription).await,
+            ClientFrame::DocSync { document_id, message } => {
+                let (state, tenant) = (self.state.clone(), self.identity.tenant.clone());
+                match state
+                    .documents
+                    .receive(&state, &tenant, &self.client, &self.tx, &document_id, &message)
+                    .await
+                {
+                    Ok(()) => {
+                        let open = &mut self.bus.get_or_insert_with(Box::default).documents;
+                        if !open.contains(&document_id) {
+                            open.push(document_id);
+                        }
+                    }
+                    Err(e) => self.error(e, Some(document_id)).await,
+                }
+            }
+            ClientFrame::DocClose { document_id } => {
+                if let Some(b) = self.bus.as_mut() {
+                    b.documents.retain(|d| d != &document_id);
+                }
+                let tenant = self.identity.tenant.clone();
+                self.state.documents.close(&tenant, &self.client, &document_id).await;
+            }
             ClientFrame::Unsubscribe {} => {
                 if let Some(s) = self.subscription.take() {
                     s.abort();
@@ -945,13 +973,15 @@ async fn follow(
     }
 }
 
-/// A socket's use of the event bus.
+/// A socket's use of the event bus and of documents.
 #[derive(Default)]
 struct SocketBus {
     /// The durable subscription the event stream follows (its position advances with `Ack`).
     followed: Option<String>,
     /// Consumer groups this socket is a member of (`Consume`).
     consumers: Vec<GroupMember>,
+    /// Collaborative documents open on this socket (`doc_sync`).
+    documents: Vec<String>,
 }
 
 /// One consumer group this socket belongs to.

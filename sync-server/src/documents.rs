@@ -1,0 +1,266 @@
+//! Collaborative documents: a hub per `(tenant, document id)` that speaks Automerge's sync
+//! protocol with every socket that has the document open (`doc_sync` frames), keeps the
+//! document in memory while someone has it open, persists every change as it arrives (a
+//! compacted save plus the changes appended since, folded into the save past a threshold), and
+//! tells the other processes when it changed (a cluster envelope; they re-read the new changes).
+//!
+//! Sync states are kept per client id, so a client that reconnects exchanges only what either
+//! side lacks. A message that would take the document past its size limit is refused with
+//! `PAYLOAD_TOO_LARGE` and changes nothing.
+
+use crate::error::ApiError;
+use crate::realtime::hub::Outbound;
+use crate::realtime::mailbox::Mailbox;
+use crate::state::AppState;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use pf2_automerge::DocumentPeer;
+use sdk_core::ErrorCode;
+use sdk_core::ids::{ClientId, TenantId};
+use sdk_core::protocol::ServerFrame;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Defaults: documents up to 8 MiB, compacted once 256 KiB of changes have been appended.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
+pub const DEFAULT_COMPACT_BYTES: i64 = 256 * 1024;
+
+type Key = (TenantId, String);
+
+struct LiveDoc {
+    peer: DocumentPeer,
+    /// Heads of what is stored (changes after them are not yet appended).
+    persisted: Vec<pf2_automerge::automerge::ChangeHash>,
+    /// The last stored change read or written here.
+    seq: i64,
+    /// Bytes the stored form has (save plus appended), for the size limit.
+    stored_bytes: usize,
+    /// Sockets that have the document open, by client id.
+    open: HashMap<ClientId, Arc<Mailbox>>,
+}
+
+/// Every document open on this process.
+#[derive(Default)]
+pub struct DocumentHub {
+    docs: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<LiveDoc>>>>,
+}
+
+impl std::fmt::Debug for DocumentHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.docs.lock().map(|d| d.len()).unwrap_or(0);
+        f.debug_struct("DocumentHub").field("open_documents", &n).finish()
+    }
+}
+
+/// Document ids: 1–128 of `A-Za-z0-9-_.:`.
+pub fn valid_document_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty()
+        || id.len() > 128
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(ApiError::invalid(format!(
+            "document id {id:?}: 1 to 128 of A-Z a-z 0-9 - _ . :"
+        )));
+    }
+    Ok(())
+}
+
+fn frame(id: &str, message: &[u8]) -> Arc<Outbound> {
+    Outbound::new(ServerFrame::DocSync {
+        document_id: id.to_string(),
+        message: B64.encode(message),
+    })
+}
+
+/// The stored document as one replica: its save, then the changes appended since.
+async fn load(state: &AppState, tenant: &TenantId, id: &str) -> Result<LiveDoc, ApiError> {
+    let stored = state.store.document(tenant.as_str(), id).await?.unwrap_or_default();
+    let mut peer = if stored.save.is_empty() {
+        DocumentPeer::new(b"server")
+    } else {
+        DocumentPeer::load(&stored.save, b"server")
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    };
+    for c in &stored.changes {
+        peer.doc().load_incremental(c).map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    let stored_bytes = stored.save.len() + stored.changes_bytes.max(0) as usize;
+    Ok(LiveDoc {
+        persisted: peer.heads(),
+        peer,
+        seq: stored.seq,
+        stored_bytes,
+        open: HashMap::new(),
+    })
+}
+
+impl DocumentHub {
+    async fn live(
+        &self,
+        state: &AppState,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<LiveDoc>>, ApiError> {
+        let key = (tenant.clone(), id.to_string());
+        if let Some(d) = self.docs.lock().expect("documents lock").get(&key) {
+            return Ok(d.clone());
+        }
+        let doc = Arc::new(tokio::sync::Mutex::new(load(state, tenant, id).await?));
+        Ok(self.docs.lock().expect("documents lock").entry(key).or_insert(doc).clone())
+    }
+
+    /// A `doc_sync` frame from `client` on the socket whose outbound queue is `mailbox`.
+    pub async fn receive(
+        &self,
+        state: &AppState,
+        tenant: &TenantId,
+        client: &ClientId,
+        mailbox: &Arc<Mailbox>,
+        id: &str,
+        message: &str,
+    ) -> Result<(), ApiError> {
+        valid_document_id(id)?;
+        let bytes = B64
+            .decode(message)
+            .map_err(|e| ApiError::invalid(format!("doc_sync message: not base64 ({e})")))?;
+        let live = self.live(state, tenant, id).await?;
+        let mut doc = live.lock().await;
+        doc.open.insert(client.clone(), mailbox.clone());
+        let before = doc.peer.heads();
+        doc.peer.receive(client.as_str(), &bytes).map_err(|e| match e {
+            pf2_automerge::Error::TooLarge { .. } => {
+                ApiError::new(ErrorCode::PayloadTooLarge, e.to_string())
+            }
+            pf2_automerge::Error::Decode(m) => ApiError::invalid(format!("doc_sync message: {m}")),
+        })?;
+        if doc.peer.heads() != before {
+            let persisted = std::mem::take(&mut doc.persisted);
+            let increment = doc.peer.save_after(&persisted);
+            doc.persisted = persisted;
+            let limit = state.limits.max_document_bytes;
+            if doc.stored_bytes + increment.len() > limit {
+                // Refused: forget the in-memory change by reloading what is stored.
+                let size = doc.stored_bytes + increment.len();
+                let open = std::mem::take(&mut doc.open);
+                *doc = load(state, tenant, id).await?;
+                doc.open = open;
+                state.metrics.inc("pf2_documents_refused_total", &[("reason", "too_large")]);
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("document {id:?} would be {size} bytes; the limit is {limit}"),
+                ));
+            }
+            let (seq, appended) =
+                state.store.append_document_change(tenant.as_str(), id, &increment).await?;
+            doc.seq = seq;
+            doc.persisted = doc.peer.heads();
+            doc.stored_bytes += increment.len();
+            state.metrics.inc("pf2_document_changes_total", &[]);
+            if appended > state.limits.document_compact_bytes {
+                let save = doc.peer.save();
+                state.store.compact_document(tenant.as_str(), id, &save, seq).await?;
+                doc.stored_bytes = save.len();
+                state.metrics.inc("pf2_document_compactions_total", &[]);
+            }
+            state.documents_changed(tenant, id);
+        }
+        Self::sync_open(&mut doc, id, Some(client)).await;
+        Ok(())
+    }
+
+    /// Send every socket with the document open what it lacks (the sender's reply waits for
+    /// room; the others are offered, never waiting).
+    async fn sync_open(doc: &mut LiveDoc, id: &str, reply_to: Option<&ClientId>) {
+        let clients: Vec<(ClientId, Arc<Mailbox>)> =
+            doc.open.iter().map(|(c, m)| (c.clone(), m.clone())).collect();
+        for (client, mailbox) in clients {
+            while let Some(m) = doc.peer.generate(client.as_str()) {
+                let out = frame(id, &m);
+                if Some(&client) == reply_to {
+                    if mailbox.send(out).await.is_err() {
+                        break;
+                    }
+                } else if !matches!(mailbox.offer(out), crate::realtime::mailbox::Offered::Queued) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Another process changed the document: read the new changes and pass them on.
+    pub async fn refresh(&self, state: &AppState, tenant: &TenantId, id: &str) {
+        let key = (tenant.clone(), id.to_string());
+        let Some(live) = self.docs.lock().expect("documents lock").get(&key).cloned() else {
+            return;
+        };
+        let mut doc = live.lock().await;
+        let Ok(changes) = state.store.document_changes_after(tenant.as_str(), id, doc.seq).await
+        else {
+            return;
+        };
+        if changes.is_empty() {
+            // Compacted meanwhile, or nothing new: reload from the save.
+            if let Ok(fresh) = load(state, tenant, id).await {
+                let open = std::mem::take(&mut doc.open);
+                *doc = fresh;
+                doc.open = open;
+            }
+        } else {
+            for c in &changes {
+                let _ = doc.peer.doc().load_incremental(c);
+                doc.seq += 1;
+                doc.stored_bytes += c.len();
+            }
+            doc.persisted = doc.peer.heads();
+        }
+        Self::sync_open(&mut doc, id, None).await;
+    }
+
+    /// `client` closed the document (or its socket): forget its socket, keep what both sides
+    /// share for its next session, and drop the document from memory when nobody has it open.
+    pub async fn close(&self, tenant: &TenantId, client: &ClientId, id: &str) {
+        let key = (tenant.clone(), id.to_string());
+        let Some(live) = self.docs.lock().expect("documents lock").get(&key).cloned() else {
+            return;
+        };
+        let empty = {
+            let mut doc = live.lock().await;
+            doc.open.remove(client);
+            doc.peer.disconnected(client.as_str());
+            doc.open.is_empty()
+        };
+        if empty {
+            let mut docs = self.docs.lock().expect("documents lock");
+            if docs.get(&key).is_some_and(|d| Arc::ptr_eq(d, &live) && Arc::strong_count(d) == 2) {
+                docs.remove(&key);
+            }
+        }
+    }
+
+    /// The document's current save (from memory when open here, else from the store).
+    pub async fn snapshot(
+        &self,
+        state: &AppState,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<(Vec<u8>, Vec<String>)>, ApiError> {
+        valid_document_id(id)?;
+        let key = (tenant.clone(), id.to_string());
+        let live = self.docs.lock().expect("documents lock").get(&key).cloned();
+        let mut doc = match live {
+            Some(l) => {
+                let mut d = l.lock().await;
+                let heads = d.peer.heads().iter().map(|h| h.to_string()).collect();
+                return Ok(Some((d.peer.save(), heads)));
+            }
+            None => {
+                if state.store.document(tenant.as_str(), id).await?.is_none() {
+                    return Ok(None);
+                }
+                load(state, tenant, id).await?
+            }
+        };
+        let heads = doc.peer.heads().iter().map(|h| h.to_string()).collect();
+        Ok(Some((doc.peer.save(), heads)))
+    }
+}
