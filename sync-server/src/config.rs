@@ -123,6 +123,13 @@ pub struct Config {
     /// Events published per second per tenant (api.md: 1,000).
     #[arg(long, env = "PF2_RATE_PUBLISH", default_value_t = 1_000)]
     pub rate_publish: u32,
+    /// Largest stored form of a collaborative document, bytes (a `doc_sync` past it is refused
+    /// with PAYLOAD_TOO_LARGE).
+    #[arg(long, env = "PF2_MAX_DOCUMENT_BYTES", default_value_t = crate::documents::DEFAULT_MAX_DOCUMENT_BYTES)]
+    pub max_document_bytes: usize,
+    /// Appended change bytes after which a document's changes are folded into its save.
+    #[arg(long, env = "PF2_DOCUMENT_COMPACT_BYTES", default_value_t = crate::documents::DEFAULT_COMPACT_BYTES)]
+    pub document_compact_bytes: i64,
     /// Presence TTL, seconds: an entry lives this long after its client's last frame
     /// (heartbeats every 30 s keep it alive), in Redis too.
     #[arg(long, env = "PF2_PRESENCE_TTL_SECS", default_value_t = 90)]
@@ -167,6 +174,8 @@ impl Config {
             bus_retry_backoff_ms: 1_000,
             rate_publish: 100_000,
             presence_ttl_secs: 90,
+            max_document_bytes: crate::documents::DEFAULT_MAX_DOCUMENT_BYTES,
+            document_compact_bytes: crate::documents::DEFAULT_COMPACT_BYTES,
         }
     }
 
@@ -227,6 +236,8 @@ impl Config {
             ws_send_buffer: self.ws_send_buffer,
             static_dir: self.static_dir.clone(),
             presence_ttl: Duration::from_secs(self.presence_ttl_secs.max(1)),
+            max_document_bytes: self.max_document_bytes,
+            document_compact_bytes: self.document_compact_bytes.max(1),
             ..Limits::default()
         };
         if !self.ws_allowed_origins.is_empty() {

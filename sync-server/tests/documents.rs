@@ -254,3 +254,133 @@ async fn two_clients_sync_a_document_over_websocket_through_a_server_restart() {
     assert!(snap.json()["checksum"].as_str().unwrap().starts_with("sha256:"));
     app.get("/api/documents/missing/snapshot", &token).await.expect(404);
 }
+
+/// A synthetic editing trace of 100,000 single-character operations (70 % inserts, 30 %
+/// deletes, at random places), replayed by two clients taking turns in runs of 1,000 and
+/// syncing through the server after each run: both clients and the server end with exactly the
+/// text a plain string gets from the same trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100000_operation_editing_trace_through_the_server_with_two_clients() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let token = app.token("writer");
+    let (addr, _stop) = serve(app.state.clone()).await;
+    let mut peers = [DocumentPeer::new(b"alice"), DocumentPeer::new(b"bob")];
+    let text = peers[0].doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    peers[0].doc().commit();
+    let mut sockets = [connect(addr, &token, "alice").await, connect(addr, &token, "bob").await];
+    sync_doc(&mut sockets[0], &mut peers[0], "trace").await;
+    sync_doc(&mut sockets[1], &mut peers[1], "trace").await;
+    let mut expected: Vec<char> = Vec::new();
+    let mut rng = sdk_core::rng::SplitMix64::new(7);
+    const OPS: usize = 100_000;
+    const RUN: usize = 1_000;
+    for run in 0..OPS / RUN {
+        let who = run % 2;
+        let peer = &mut peers[who];
+        for op in 0..RUN {
+            let len = expected.len();
+            if len > 0 && rng.range(0, 9) < 3 {
+                let at = rng.range(0, len as u64 - 1) as usize;
+                expected.remove(at);
+                peer.doc().splice_text(&text, at, 1, "").unwrap();
+            } else {
+                let at = rng.range(0, len as u64) as usize;
+                let ch = char::from(b'a' + rng.range(0, 25) as u8);
+                expected.insert(at, ch);
+                peer.doc().splice_text(&text, at, 0, &ch.to_string()).unwrap();
+            }
+            if op % 10 == 9 {
+                peer.doc().commit();
+            }
+        }
+        peer.doc().commit();
+        // The author pushes its run; the other replica pulls it before taking its turn.
+        sync_doc(&mut sockets[who], &mut peers[who], "trace").await;
+        sync_doc(&mut sockets[1 - who], &mut peers[1 - who], "trace").await;
+    }
+    let expected: String = expected.into_iter().collect();
+    for p in &mut peers {
+        assert_eq!(p.doc().text(&text).unwrap(), expected);
+    }
+    let snap = app.get("/api/documents/trace/snapshot", &token).await;
+    let save = B64.decode(snap.json()["save"].as_str().unwrap()).unwrap();
+    let mut server = DocumentPeer::load(&save, b"reader").unwrap();
+    assert_eq!(server.doc().text(&text).unwrap(), expected);
+}
+
+/// A document past its size limit is refused, and nothing of it is kept; changes are folded
+/// into the save once they pass the compaction threshold, and the stored form reloads whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_size_limited_and_compacted() {
+    let app = TestApp::start_with(Backend::Sqlite, |c| {
+        c.max_document_bytes = 16 * 1024;
+        c.document_compact_bytes = 2 * 1024;
+    })
+    .await
+    .unwrap();
+    let token = app.token("writer");
+    let (addr, _stop) = serve(app.state.clone()).await;
+    let mut p = DocumentPeer::new(b"writer");
+    let text = p.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    let mut ws = connect(addr, &token, "writer").await;
+    for i in 0..200 {
+        p.doc().splice_text(&text, 0, 0, &format!("line {i}\n")).unwrap();
+        p.doc().commit();
+        if i % 20 == 19 {
+            sync_doc(&mut ws, &mut p, "small").await;
+        }
+    }
+    let t = tenant_of(&app);
+    let stored = app.state.store.document(&t, "small").await.unwrap().unwrap();
+    assert!(!stored.save.is_empty(), "compacted into the save");
+    assert!(stored.changes.len() < 10, "{} changes left after compaction", stored.changes.len());
+    let fresh = app.config.build().await.unwrap();
+    let (save, _) =
+        fresh.documents.snapshot(&fresh, &app.state_tenant(), "small").await.unwrap().unwrap();
+    let mut reloaded = DocumentPeer::load(&save, b"r").unwrap();
+    assert_eq!(reloaded.doc().text(&text).unwrap(), p.doc().text(&text).unwrap());
+    // Text that does not compress, past 16 KiB: refused, and the stored document is as before.
+    let before = app.get("/api/documents/small/snapshot", &token).await.json()["heads"].clone();
+    let noise: String = (0..40_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    for chunk in noise.as_bytes().chunks(4_000) {
+        p.doc().splice_text(&text, 0, 0, std::str::from_utf8(chunk).unwrap()).unwrap();
+        p.doc().commit();
+    }
+    send(
+        &mut ws,
+        &ClientFrame::DocSync {
+            document_id: "small".into(),
+            message: B64.encode(p.generate("server").unwrap()),
+        },
+    )
+    .await;
+    let refused = loop {
+        let msg = tokio::time::timeout(SAFETY, ws.next()).await.unwrap().unwrap().unwrap();
+        let Message::Text(t) = msg else { continue };
+        if let ServerFrame::Error { code, message, request_id, .. } =
+            Codec::Json.decode::<ServerFrame>(t.as_bytes(), usize::MAX).unwrap()
+        {
+            break (code, message, request_id);
+        }
+    };
+    assert_eq!(refused.0, sdk_core::ErrorCode::PayloadTooLarge, "{}", refused.1);
+    assert_eq!(refused.2.as_deref(), Some("small"));
+    let after = app.get("/api/documents/small/snapshot", &token).await.json()["heads"].clone();
+    assert_eq!(before, after, "nothing of the refused change was kept");
+}
+
+fn tenant_of(app: &TestApp) -> String {
+    app.tenant.clone()
+}
+
+trait StateTenant {
+    fn state_tenant(&self) -> sdk_core::ids::TenantId;
+}
+
+impl StateTenant for TestApp {
+    fn state_tenant(&self) -> sdk_core::ids::TenantId {
+        sdk_core::ids::TenantId::new(self.tenant.clone()).unwrap()
+    }
+}
