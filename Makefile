@@ -55,6 +55,8 @@ wasm-prereqs:
 prereqs: wasm-prereqs
 	@test -d sync-server/tests/socketio/node_modules/socket.io-client \
 	  || npm ci --prefix sync-server/tests/socketio --no-audit --no-fund
+	@test -d sync-server/tests/automerge/node_modules/@automerge/automerge \
+	  || npm ci --prefix sync-server/tests/automerge --no-audit --no-fund
 	@# The multi-process tests start their own Redis for the outage test: Debian's redis-server.
 	@command -v redis-server >/dev/null \
 	  || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }

@@ -384,3 +384,43 @@ impl StateTenant for TestApp {
         sdk_core::ids::TenantId::new(self.tenant.clone()).unwrap()
     }
 }
+
+/// A stock `@automerge/automerge` 3.5 (npm, tests/automerge) loads the server's document bytes —
+/// an `automerge` entity's and a document hub's — and makes a change the server accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_automerge_from_npm_reads_the_servers_bytes_and_its_changes_are_accepted() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/automerge");
+    assert!(
+        dir.join("node_modules/@automerge/automerge").exists(),
+        "run `npm ci --prefix sync-server/tests/automerge` (make test does) to install stock Automerge"
+    );
+    let app = TestApp::start_with(Backend::Sqlite, |c| c.strategies = vec!["doc=automerge".into()])
+        .await
+        .unwrap();
+    let token = app.token("writer");
+    let (addr, _stop) = serve(app.state.clone()).await;
+    // An entity document, written as a CRDT operation by a Rust client.
+    let mut rust = DocumentPeer::new(b"rust");
+    let text = rust.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    rust.doc().splice_text(&text, 0, 0, "from rust").unwrap();
+    let changes = rust.changes_since(&[]);
+    app.reconcile(&token, "r-1", "rust", crdt_ops(&app, "rust", 1, &changes)).await.expect(200);
+    // A hub document, over /v1/ws.
+    let mut hub = DocumentPeer::new(b"editor");
+    let hub_text = hub.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    hub.doc().splice_text(&hub_text, 0, 0, "hub text").unwrap();
+    let mut ws = connect(addr, &token, "editor").await;
+    sync_doc(&mut ws, &mut hub, "hub").await;
+    let out = std::process::Command::new("node")
+        .arg(dir.join("interop.mjs"))
+        .args([format!("http://{addr}"), token.clone(), app.tenant.clone()])
+        .output()
+        .expect("node (20+) runs the interop script");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["entityText"], "from rust", "stock Automerge reads the entity's bytes");
+    assert_eq!(v["hubText"], "hub text", "and the document hub's");
+    assert_eq!(v["status"], "applied", "the server accepts its change");
+    let mut merged = server_doc(&app, &token, b"reader").await;
+    assert_eq!(merged.doc().text(&text).unwrap(), "js+from rust");
+}
