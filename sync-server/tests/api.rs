@@ -7,21 +7,6 @@ use common::{Backend, SECRET, TestApp, WEBHOOK_SECRET, raw_token};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-macro_rules! app {
-    ($backend:expr) => {
-        match TestApp::start($backend).await {
-            Some(app) => app,
-            None => return,
-        }
-    };
-    ($backend:expr, $tweak:expr) => {
-        match TestApp::start_with($backend, $tweak).await {
-            Some(app) => app,
-            None => return,
-        }
-    };
-}
-
 on_both_backends!(
     api_md_request_is_accepted,
     replay_gives_a_byte_identical_response,

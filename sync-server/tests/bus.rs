@@ -9,21 +9,6 @@ use common::{Backend, TestApp};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
-macro_rules! app {
-    ($backend:expr) => {
-        match TestApp::start($backend).await {
-            Some(app) => app,
-            None => return,
-        }
-    };
-    ($backend:expr, $tweak:expr) => {
-        match TestApp::start_with($backend, $tweak).await {
-            Some(app) => app,
-            None => return,
-        }
-    };
-}
-
 on_both_backends!(
     publish_is_durable_idempotent_by_event_id_and_for_services,
     bad_events_are_refused_whole_and_change_nothing,

@@ -226,6 +226,24 @@ pub fn raw_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
     format!("{h}.{c}.{}", B64.encode(mac.finalize().into_bytes()))
 }
 
+/// A fresh app on a backend (and with a config tweak), or return from the test when
+/// PostgreSQL is unreachable and not required (`TestApp::start` has said so loudly).
+#[macro_export]
+macro_rules! app {
+    ($backend:expr) => {
+        match $crate::common::TestApp::start($backend).await {
+            Some(app) => app,
+            None => return,
+        }
+    };
+    ($backend:expr, $tweak:expr) => {
+        match $crate::common::TestApp::start_with($backend, $tweak).await {
+            Some(app) => app,
+            None => return,
+        }
+    };
+}
+
 /// Generate `#[tokio::test]`s for SQLite and PostgreSQL from `async fn name(backend: Backend)`.
 #[macro_export]
 macro_rules! on_both_backends {
