@@ -596,3 +596,76 @@ async fn a_poison_event_is_dead_lettered_after_three_deliveries_across_processes
     let acked = post(&nodes[0], "/api/events/subscriptions/mailer/ack", ack).await;
     assert_eq!(acked["results"][0]["status"], "acked");
 }
+
+/// A collaborative document open on two processes: an edit synced on one reaches the client on
+/// the other without it asking (the hub there re-reads the stored changes on the cluster's
+/// `document` envelope and pushes them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_edit_on_one_process_reaches_a_client_on_the_other() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use pf2_automerge::DocumentPeer;
+    use pf2_automerge::automerge::transaction::Transactable;
+    use pf2_automerge::automerge::{ObjType, ROOT, ReadDoc};
+    if !services_available().await {
+        return;
+    }
+    let (nodes, _http) = start_cluster(2, &NodeConfig::cluster()).await;
+    let t = tenant();
+    let tok = token(&t, "writer", &[]);
+    let sync_frame = |p: &mut DocumentPeer| {
+        p.generate("server")
+            .map(|m| ClientFrame::DocSync { document_id: "notes".into(), message: B64.encode(m) })
+    };
+    // Exchange with the server until it has nothing more for us (a ping orders the replies).
+    async fn settle(
+        ws: &mut WsClient,
+        p: &mut DocumentPeer,
+        frame: impl Fn(&mut DocumentPeer) -> Option<ClientFrame>,
+    ) {
+        for nonce in 1..100u64 {
+            let sent = frame(p);
+            if let Some(f) = &sent {
+                ws.send(f).await;
+            }
+            ws.send(&ClientFrame::Ping { nonce }).await;
+            let mut got = false;
+            loop {
+                match ws.recv().await.expect("open") {
+                    ServerFrame::DocSync { message, .. } => {
+                        p.receive("server", &B64.decode(message).unwrap()).unwrap();
+                        got = true;
+                    }
+                    ServerFrame::Pong { nonce: n } if n == nonce => break,
+                    ServerFrame::Error { message, .. } => panic!("{message}"),
+                    _ => {}
+                }
+            }
+            if sent.is_none() && !got {
+                return;
+            }
+        }
+        panic!("no settle");
+    }
+    let mut alice = DocumentPeer::new(b"alice");
+    let text = alice.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    alice.doc().splice_text(&text, 0, 0, "v1").unwrap();
+    let mut a = WsClient::connect(&nodes[0], &tok, "alice").await;
+    settle(&mut a, &mut alice, sync_frame).await;
+    let mut bob = DocumentPeer::new(b"bob");
+    let mut b = WsClient::connect(&nodes[1], &tok, "bob").await;
+    settle(&mut b, &mut bob, sync_frame).await;
+    assert_eq!(bob.doc().text(&text).unwrap(), "v1");
+    // Alice edits on process 0; Bob, on process 1, only listens.
+    alice.doc().splice_text(&text, 2, 0, " and v2").unwrap();
+    settle(&mut a, &mut alice, sync_frame).await;
+    while bob.doc().text(&text).unwrap() != "v1 and v2" {
+        if let ServerFrame::DocSync { message, .. } = b.recv().await.expect("open") {
+            bob.receive("server", &B64.decode(message).unwrap()).unwrap();
+            // Answer, so the server knows what Bob has and sends the rest.
+            if let Some(f) = sync_frame(&mut bob) {
+                b.send(&f).await;
+            }
+        }
+    }
+}
