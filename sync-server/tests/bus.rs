@@ -595,17 +595,7 @@ fn arbitrary_publish_bodies_never_fail_inside_and_append_nothing_when_refused() 
         failure_persistence: None,
         ..Default::default()
     });
-    let strategy = prop_oneof![
-        proptest::collection::vec(any::<u8>(), 0..300),
-        proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6).prop_map(move |flips| {
-            let mut b = valid.clone();
-            for (at, x) in flips {
-                let i = at % b.len();
-                b[i] = x;
-            }
-            b
-        }),
-    ];
+    let strategy = common::arbitrary_or_mutated(valid);
     runner
         .run(&strategy, |body| {
             rt.block_on(async {

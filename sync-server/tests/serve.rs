@@ -68,17 +68,7 @@ fn arbitrary_reconcile_bodies_never_fail_inside_and_change_nothing_when_refused(
         failure_persistence: None,
         ..Default::default()
     });
-    let strategy = prop_oneof![
-        proptest::collection::vec(any::<u8>(), 0..300),
-        proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6).prop_map(move |flips| {
-            let mut b = valid_body_bytes(&tenant);
-            for (at, x) in flips {
-                let i = at % b.len();
-                b[i] = x;
-            }
-            b
-        }),
-    ];
+    let strategy = common::arbitrary_or_mutated(valid_body_bytes(&tenant));
     runner
         .run(&strategy, |body| {
             rt.block_on(async {

@@ -226,6 +226,23 @@ pub fn raw_token(header: &Value, claims: &Value, secret: &[u8]) -> String {
     format!("{h}.{c}.{}", B64.encode(mac.finalize().into_bytes()))
 }
 
+/// Bodies from outside for the decoder property tests: arbitrary bytes, or `valid` with a few
+/// bytes overwritten.
+pub fn arbitrary_or_mutated(valid: Vec<u8>) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6).prop_map(move |flips| {
+            let mut b = valid.clone();
+            for (at, x) in flips {
+                let i = at % b.len();
+                b[i] = x;
+            }
+            b
+        }),
+    ]
+}
+
 /// A fresh app on a backend (and with a config tweak), or return from the test when
 /// PostgreSQL is unreachable and not required (`TestApp::start` has said so loudly).
 #[macro_export]
