@@ -505,10 +505,13 @@ pub enum ClientFrame {
     },
     /// An Automerge sync message for document `documentId` (base64): the first one opens the
     /// document on this socket; the server answers with its own until both are in sync, and
-    /// pushes more when others change it.
+    /// pushes more when others change it. A message larger than a frame travels as parts of
+    /// at most 32 KiB, each but the last with `more: true`.
     DocSync {
         document_id: String,
         message: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// Stop receiving a document's changes.
     DocClose {
@@ -567,10 +570,13 @@ pub enum ServerFrame {
     Event {
         event: WireEvent,
     },
-    /// An Automerge sync message for document `documentId` (base64).
+    /// An Automerge sync message for document `documentId` (base64), or one part of it
+    /// (`more: true` on every part but the last).
     DocSync {
         document_id: String,
         message: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// One event of a consumer group, leased to this socket until `leaseExpiresAt` (epoch ms);
     /// `attempt` counts deliveries, this one included. Settle with `DeliveryAck` / `DeliveryNack`.

@@ -15,6 +15,7 @@ use crate::state::AppState;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use pf2_automerge::DocumentPeer;
+use pf2_automerge::parts::{self, Reassembly};
 use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, TenantId};
 use sdk_core::protocol::ServerFrame;
@@ -37,6 +38,8 @@ struct LiveDoc {
     stored_bytes: usize,
     /// Sockets that have the document open, by client id.
     open: HashMap<ClientId, Arc<Mailbox>>,
+    /// Sync messages arriving in parts, by client id (up to the document size limit).
+    parts: Reassembly,
 }
 
 /// Every document open on this process.
@@ -65,22 +68,42 @@ pub fn valid_document_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn frame(id: &str, message: &[u8]) -> Arc<Outbound> {
-    Outbound::new(ServerFrame::DocSync {
-        document_id: id.to_string(),
-        message: B64.encode(message),
-    })
+/// A sync message as frames: one, or parts of at most 32 KiB when it is larger.
+fn frames(id: &str, message: &[u8]) -> Vec<Arc<Outbound>> {
+    parts::split(message, parts::PART_BYTES)
+        .map(|(part, more)| {
+            Outbound::new(ServerFrame::DocSync {
+                document_id: id.to_string(),
+                message: B64.encode(part),
+                more,
+            })
+        })
+        .collect()
+}
+
+fn refused(e: pf2_automerge::Error) -> ApiError {
+    match e {
+        pf2_automerge::Error::TooLarge { .. } => {
+            ApiError::new(ErrorCode::PayloadTooLarge, e.to_string())
+        }
+        pf2_automerge::Error::Decode(m) | pf2_automerge::Error::Edit(m) => {
+            ApiError::invalid(format!("doc_sync message: {m}"))
+        }
+    }
 }
 
 /// The stored document as one replica: its save, then the changes appended since.
 async fn load(state: &AppState, tenant: &TenantId, id: &str) -> Result<LiveDoc, ApiError> {
     let stored = state.store.document(tenant.as_str(), id).await?.unwrap_or_default();
-    let mut peer = if stored.save.is_empty() {
+    let limit = state.limits.max_document_bytes;
+    let peer = if stored.save.is_empty() {
         DocumentPeer::new(b"server")
     } else {
         DocumentPeer::load(&stored.save, b"server")
             .map_err(|e| ApiError::internal(e.to_string()))?
     };
+    // Reassembled messages may be as large as a document.
+    let mut peer = peer.with_max_message(limit);
     for c in &stored.changes {
         peer.doc().load_incremental(c).map_err(|e| ApiError::internal(e.to_string()))?;
     }
@@ -91,6 +114,7 @@ async fn load(state: &AppState, tenant: &TenantId, id: &str) -> Result<LiveDoc, 
         seq: stored.seq,
         stored_bytes,
         open: HashMap::new(),
+        parts: Reassembly::new(limit),
     })
 }
 
@@ -109,7 +133,9 @@ impl DocumentHub {
         Ok(self.docs.lock().expect("documents lock").entry(key).or_insert(doc).clone())
     }
 
-    /// A `doc_sync` frame from `client` on the socket whose outbound queue is `mailbox`.
+    /// A `doc_sync` frame from `client` on the socket whose outbound queue is `mailbox`
+    /// (`more`: a part, more follow).
+    #[allow(clippy::too_many_arguments)]
     pub async fn receive(
         &self,
         state: &AppState,
@@ -118,21 +144,20 @@ impl DocumentHub {
         mailbox: &Arc<Mailbox>,
         id: &str,
         message: &str,
+        more: bool,
     ) -> Result<(), ApiError> {
         valid_document_id(id)?;
-        let bytes = B64
+        let part = B64
             .decode(message)
             .map_err(|e| ApiError::invalid(format!("doc_sync message: not base64 ({e})")))?;
         let live = self.live(state, tenant, id).await?;
         let mut doc = live.lock().await;
         doc.open.insert(client.clone(), mailbox.clone());
+        let Some(bytes) = doc.parts.push(client.as_str(), &part, more).map_err(refused)? else {
+            return Ok(());
+        };
         let before = doc.peer.heads();
-        doc.peer.receive(client.as_str(), &bytes).map_err(|e| match e {
-            pf2_automerge::Error::TooLarge { .. } => {
-                ApiError::new(ErrorCode::PayloadTooLarge, e.to_string())
-            }
-            pf2_automerge::Error::Decode(m) => ApiError::invalid(format!("doc_sync message: {m}")),
-        })?;
+        doc.peer.receive(client.as_str(), &bytes).map_err(refused)?;
         if doc.peer.heads() != before {
             let persisted = std::mem::take(&mut doc.persisted);
             let increment = doc.peer.save_after(&persisted);
@@ -174,14 +199,21 @@ impl DocumentHub {
         let clients: Vec<(ClientId, Arc<Mailbox>)> =
             doc.open.iter().map(|(c, m)| (c.clone(), m.clone())).collect();
         for (client, mailbox) in clients {
-            while let Some(m) = doc.peer.generate(client.as_str()) {
-                let out = frame(id, &m);
-                if Some(&client) == reply_to {
-                    if mailbox.send(out).await.is_err() {
-                        break;
+            'messages: while let Some(m) = doc.peer.generate(client.as_str()) {
+                for out in frames(id, &m) {
+                    if Some(&client) == reply_to {
+                        if mailbox.send(out).await.is_err() {
+                            break 'messages;
+                        }
+                    } else if !matches!(
+                        mailbox.offer(out),
+                        crate::realtime::mailbox::Offered::Queued
+                    ) {
+                        // A full queue: this socket's session restarts from what both share,
+                        // so its next message asks again for what it lacks.
+                        doc.peer.disconnected(client.as_str());
+                        break 'messages;
                     }
-                } else if !matches!(mailbox.offer(out), crate::realtime::mailbox::Offered::Queued) {
-                    break;
                 }
             }
         }
@@ -226,6 +258,7 @@ impl DocumentHub {
         let empty = {
             let mut doc = live.lock().await;
             doc.open.remove(client);
+            doc.parts.discard(client.as_str());
             doc.peer.disconnected(client.as_str());
             doc.open.is_empty()
         };

@@ -164,10 +164,12 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
+                        // The busy timeout first: a connection opened while another writes
+                        // must wait, not fail, on its own first statements.
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
                             .await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
                     }
                     Ok(())
                 })

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Backend, TestApp};
 use pf2_automerge::DocumentPeer;
+use pf2_automerge::parts::{self, Reassembly};
 use pf2_automerge::automerge::transaction::Transactable;
 use pf2_automerge::automerge::{ObjType, ROOT, ReadDoc};
 use serde_json::{Value, json};
@@ -169,10 +170,14 @@ async fn send(ws: &mut Ws, f: &ClientFrame) {
 async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (bool, bool) {
     let out = peer.generate("server");
     if let Some(m) = &out {
-        send(ws, &ClientFrame::DocSync { document_id: doc.into(), message: B64.encode(m) }).await;
+        for (part, more) in parts::split(m, parts::PART_BYTES) {
+            let message = B64.encode(part);
+            send(ws, &ClientFrame::DocSync { document_id: doc.into(), message, more }).await;
+        }
     }
     send(ws, &ClientFrame::Ping { nonce }).await;
     let mut received = false;
+    let mut joined = Reassembly::new(usize::MAX);
     loop {
         let msg = tokio::time::timeout(SAFETY, ws.next())
             .await
@@ -181,9 +186,11 @@ async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (
             .unwrap();
         let Message::Text(t) = msg else { continue };
         match Codec::Json.decode::<ServerFrame>(t.as_bytes(), usize::MAX).unwrap() {
-            ServerFrame::DocSync { document_id, message } if document_id == doc => {
-                peer.receive("server", &B64.decode(message).unwrap()).unwrap();
-                received = true;
+            ServerFrame::DocSync { document_id, message, more } if document_id == doc => {
+                if let Some(m) = joined.push(doc, &B64.decode(message).unwrap(), more).unwrap() {
+                    peer.receive("server", &m).unwrap();
+                    received = true;
+                }
             }
             ServerFrame::Pong { nonce: n } if n == nonce => return (out.is_some(), received),
             ServerFrame::Error { code, message, .. } => panic!("{code:?}: {message}"),
@@ -308,6 +315,41 @@ async fn a_100000_operation_editing_trace_through_the_server_with_two_clients() 
     assert_eq!(server.doc().text(&text).unwrap(), expected);
 }
 
+/// Text that does not compress, `n` bytes of it.
+fn noise(n: u32, seed: u64) -> String {
+    let mut rng = sdk_core::rng::SplitMix64::new(seed);
+    (0..n).map(|_| char::from(b' ' + rng.range(0, 94) as u8)).collect()
+}
+
+/// A sync message larger than a 64 KiB frame (an offline backlog of 300 KB of text) travels as
+/// parts both ways: up from its author, down to a client that opens the document fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_a_frame_syncs_in_parts() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let token = app.token("writer");
+    let (addr, _stop) = serve(app.state.clone()).await;
+    let mut alice = DocumentPeer::new(b"alice");
+    let text = alice.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    for i in 0..30 {
+        alice.doc().splice_text(&text, 0, 0, &noise(10_000, i)).unwrap();
+        alice.doc().commit();
+    }
+    // What the first sync carries (asked of a copy, so Alice's own session is untouched).
+    let mut copy = DocumentPeer::load(&alice.save(), b"copy").unwrap();
+    let mut probe = DocumentPeer::new(b"probe");
+    let hello = probe.generate("copy").unwrap();
+    copy.receive("probe", &hello).unwrap();
+    let backlog = copy.generate("probe").unwrap().len();
+    assert!(backlog > 64 * 1024, "the first message is {backlog} bytes: more than a frame");
+    let mut a = connect(addr, &token, "alice").await;
+    sync_doc(&mut a, &mut alice, "big").await;
+    let mut bob = DocumentPeer::new(b"bob");
+    let mut b = connect(addr, &token, "bob").await;
+    sync_doc(&mut b, &mut bob, "big").await;
+    assert_eq!(bob.doc().text(&text).unwrap().len(), 300_000);
+    assert_eq!(bob.heads(), alice.heads());
+}
+
 /// A document past its size limit is refused, and nothing of it is kept; changes are folded
 /// into the save once they pass the compaction threshold, and the stored form reloads whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,6 +395,7 @@ async fn documents_are_size_limited_and_compacted() {
         &ClientFrame::DocSync {
             document_id: "small".into(),
             message: B64.encode(p.generate("server").unwrap()),
+            more: false,
         },
     )
     .await;

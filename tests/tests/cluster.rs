@@ -615,7 +615,7 @@ async fn a_document_edit_on_one_process_reaches_a_client_on_the_other() {
     let tok = token(&t, "writer", &[]);
     let sync_frame = |p: &mut DocumentPeer| {
         p.generate("server")
-            .map(|m| ClientFrame::DocSync { document_id: "notes".into(), message: B64.encode(m) })
+            .map(|m| ClientFrame::DocSync { document_id: "notes".into(), message: B64.encode(m), more: false })
     };
     // Exchange with the server until it has nothing more for us (a ping orders the replies).
     async fn settle(
@@ -632,7 +632,8 @@ async fn a_document_edit_on_one_process_reaches_a_client_on_the_other() {
             let mut got = false;
             loop {
                 match ws.recv().await.expect("open") {
-                    ServerFrame::DocSync { message, .. } => {
+                    ServerFrame::DocSync { message, more, .. } => {
+                        assert!(!more, "a small document's messages fit one frame");
                         p.receive("server", &B64.decode(message).unwrap()).unwrap();
                         got = true;
                     }

@@ -13,6 +13,9 @@
 //!   protocol): [`DocumentPeer::generate`] the next message for a peer, [`DocumentPeer::receive`]
 //!   one from it, until neither side has anything to say. A peer that reconnects keeps only what
 //!   both sides are known to share, so it sends and receives only what the other lacks.
+//! - [`json`] reads a document as JSON and edits it by JSON paths (the browser API's verbs);
+//!   [`log`] decides what a replica writes to its local store (increments, then a compacting
+//!   save); [`parts`] cuts sync messages larger than a frame into parts and joins them again.
 //!
 //! ```
 //! use pf2_automerge::DocumentPeer;
@@ -29,8 +32,12 @@
 /// The Automerge crate this one is built on, for the callers' own reads and edits.
 pub use automerge;
 
+pub mod json;
+pub mod log;
+pub mod parts;
+
 use automerge::sync::{self, SyncDoc};
-use automerge::{ActorId, AutoCommit, ChangeHash};
+use automerge::{ActorId, AutoCommit, ChangeHash, TextEncoding};
 use sdk_core::strategy::CrdtMerger;
 use std::collections::BTreeMap;
 
@@ -40,8 +47,9 @@ pub const MERGER_NAME: &str = "automerge";
 /// Largest document a merge may produce by default (a clear error beyond).
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
 
-/// Largest sync message accepted by default (the 64 KiB WebSocket frame, before base64).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 48 * 1024;
+/// Largest sync message accepted by default: as large as a document may be (a message larger
+/// than a frame arrives in [`parts`] and is joined before it is applied).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = DEFAULT_MAX_DOCUMENT_BYTES;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -51,13 +59,18 @@ pub enum Error {
     /// A document or message over its size limit; nothing was changed.
     #[error("{what} of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { what: &'static str, size: usize, limit: usize },
+    /// An edit that does not fit the document (a path to nothing, a splice past the end).
+    #[error("{0}")]
+    Edit(String),
 }
 
 impl From<Error> for sdk_core::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::TooLarge { size, limit, .. } => sdk_core::Error::FrameTooLarge { size, limit },
-            Error::Decode(reason) => sdk_core::Error::Merge { name: MERGER_NAME.into(), reason },
+            Error::Decode(reason) | Error::Edit(reason) => {
+                sdk_core::Error::Merge { name: MERGER_NAME.into(), reason }
+            }
         }
     }
 }
@@ -134,6 +147,12 @@ impl DocumentPeer {
         Self::from_doc(AutoCommit::new().with_actor(ActorId::from(actor)))
     }
 
+    /// An empty document whose text indices count in `encoding` (the browser: UTF-16 code
+    /// units, as JS strings do). The encoding is local: it is not part of the document.
+    pub fn with_encoding(actor: &[u8], encoding: TextEncoding) -> Self {
+        Self::from_doc(AutoCommit::new_with_encoding(encoding).with_actor(ActorId::from(actor)))
+    }
+
     /// A stored document (a save, with or without trailing changes).
     pub fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, Error> {
         Ok(Self::from_doc(load(Some(bytes))?.with_actor(ActorId::from(actor))))
@@ -194,6 +213,20 @@ impl DocumentPeer {
         let message = sync::Message::decode(message).map_err(decode)?;
         let state = self.peers.entry(peer.to_string()).or_default();
         self.doc.sync().receive_sync_message(state, message).map_err(decode)
+    }
+
+    /// What this replica shares with `peer`, to store and hand to [`Self::restore_peer`] in a
+    /// later session (`None`: never talked to it).
+    pub fn peer_state(&self, peer: &str) -> Option<Vec<u8>> {
+        self.peers.get(peer).map(sync::State::encode)
+    }
+
+    /// Start `peer`'s session from a stored [`Self::peer_state`]; bytes that are not one are
+    /// ignored (the session then starts from nothing, which is slower, never wrong).
+    pub fn restore_peer(&mut self, peer: &str, state: &[u8]) {
+        if let Ok(s) = sync::State::decode(state) {
+            self.peers.insert(peer.to_string(), s);
+        }
     }
 
     /// `peer` went away: keep only what both sides are known to share, so the next session

@@ -172,3 +172,186 @@ proptest! {
         prop_assert!(heads.iter().all(|h| h == &heads[0]));
     }
 }
+
+mod json_edits {
+    use super::*;
+    use crate::json;
+    use serde_json::{Value, json};
+
+    fn path(v: Value) -> Vec<Value> {
+        v.as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn edits_by_path_read_back_as_json() {
+        let mut p = DocumentPeer::with_encoding(b"a", TextEncoding::Utf16CodeUnit);
+        let d = p.doc();
+        json::put(d, &path(json!(["title"])), &json!("Notes")).unwrap();
+        json::put(d, &path(json!(["todos"])), &json!([{"t": "milk", "done": false}])).unwrap();
+        json::insert(d, &path(json!(["todos"])), 1, &json!({"t": "eggs", "n": 2.5})).unwrap();
+        json::put(d, &path(json!(["todos", 0, "done"])), &json!(true)).unwrap();
+        json::put_text(d, &path(json!(["body"])), "héllo 👋").unwrap();
+        // UTF-16 indices: the emoji is two code units.
+        json::splice(d, &path(json!(["body"])), 8, 0, "!").unwrap();
+        json::splice(d, &path(json!(["body"])), 0, 1, "H").unwrap();
+        json::delete(d, &path(json!(["todos", 1, "n"]))).unwrap();
+        assert_eq!(
+            json::get(d, &[]).unwrap().unwrap(),
+            json!({"title": "Notes", "body": "Héllo 👋!",
+                   "todos": [{"t": "milk", "done": true}, {"t": "eggs"}]})
+        );
+        assert_eq!(json::get(d, &path(json!(["todos", 1, "t"]))).unwrap(), Some(json!("eggs")));
+        assert_eq!(json::get(d, &path(json!(["nope", 3]))).unwrap(), None);
+    }
+
+    #[test]
+    fn edits_that_do_not_fit_are_refused_clearly() {
+        let mut p = DocumentPeer::new(b"a");
+        let d = p.doc();
+        json::put_text(d, &path(json!(["body"])), "abc").unwrap();
+        json::put(d, &path(json!(["n"])), &json!(1)).unwrap();
+        for (what, r) in [
+            ("past the end", json::splice(d, &path(json!(["body"])), 2, 5, "")),
+            ("nothing there", json::splice(d, &path(json!(["missing"])), 0, 0, "x")),
+            ("not a map", json::put(d, &path(json!(["n", "x"])), &json!(1))),
+            ("not a", json::insert(d, &path(json!(["body"])), 0, &json!(1))),
+            ("empty", json::put(d, &[], &json!(1))),
+            ("whole number", json::put(d, &path(json!(["body", -1])), &json!(1))),
+        ] {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains(what), "{what:?} in {e:?}");
+        }
+        assert_eq!(json::get(d, &[]).unwrap().unwrap(), json!({"body": "abc", "n": 1}));
+    }
+}
+
+mod local_log {
+    use super::*;
+    use crate::log::{DocumentLog, LogWrite};
+    use std::collections::BTreeMap;
+
+    /// A store that carries out writes as IndexedDB would.
+    fn apply(store: &mut BTreeMap<u64, Vec<u8>>, w: LogWrite) {
+        match w {
+            LogWrite::Append { seq, bytes } => {
+                store.insert(seq, bytes);
+            }
+            LogWrite::Compact { save, below } => {
+                store.retain(|s, _| *s == 0 || *s >= below);
+                store.insert(0, save);
+            }
+        }
+    }
+
+    fn reopen(store: &BTreeMap<u64, Vec<u8>>) -> (DocumentPeer, DocumentLog) {
+        let records = store.iter().map(|(s, b)| (*s, b.clone())).collect();
+        DocumentLog::restore(records, b"a", TextEncoding::Utf16CodeUnit, 4096).unwrap()
+    }
+
+    #[test]
+    fn increments_then_a_compacting_save_restore_the_same_document() {
+        let mut store = BTreeMap::new();
+        let (mut peer, mut log) = reopen(&store);
+        assert_eq!(log.flush(&mut peer), None, "nothing new");
+        let text = peer.doc().put_object(ROOT, "t", ObjType::Text).unwrap();
+        let mut compactions = 0;
+        for i in 0..300 {
+            let len = peer.doc().length(&text);
+            peer.doc().splice_text(&text, len, 0, &format!("edit {i}; ")).unwrap();
+            peer.doc().commit();
+            let w = log.flush(&mut peer).unwrap();
+            compactions += matches!(w, LogWrite::Compact { .. }) as usize;
+            apply(&mut store, w);
+            assert!(log.appended_bytes() <= 4096);
+            if i % 37 == 0 {
+                // A reload at any point sees every edit so far.
+                let (mut again, _) = reopen(&store);
+                assert_eq!(again.heads(), peer.heads(), "after edit {i}");
+            }
+        }
+        assert!(compactions >= 1, "the threshold was crossed");
+        assert!(store.len() < 100, "compaction keeps the store small: {} records", store.len());
+        let (mut again, mut log2) = reopen(&store);
+        assert_eq!(again.doc().text(&text).unwrap(), peer.doc().text(&text).unwrap());
+        // The reopened log continues after the stored records.
+        again.doc().splice_text(&text, 0, 0, "x").unwrap();
+        match log2.flush(&mut again).unwrap() {
+            LogWrite::Append { seq, .. } => assert!(!store.contains_key(&seq)),
+            LogWrite::Compact { .. } => {}
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_recovered_by_the_next_flush() {
+        let mut store = BTreeMap::new();
+        let (mut peer, mut log) = reopen(&store);
+        let text = peer.doc().put_object(ROOT, "t", ObjType::Text).unwrap();
+        peer.doc().splice_text(&text, 0, 0, "lost?").unwrap();
+        let _dropped = log.flush(&mut peer).unwrap();
+        log.failed();
+        peer.doc().splice_text(&text, 0, 0, "no: ").unwrap();
+        let w = log.flush(&mut peer).unwrap();
+        assert!(matches!(w, LogWrite::Compact { .. }));
+        apply(&mut store, w);
+        let (mut again, _) = reopen(&store);
+        assert_eq!(again.doc().text(&text).unwrap(), "no: lost?");
+    }
+
+    #[test]
+    fn a_stored_peer_state_lets_a_new_session_send_only_what_is_new() {
+        let (mut ps, text) = replicas(2);
+        let (mut a, mut server) = (ps.remove(0), ps.remove(0));
+        for i in 0..300 {
+            a.doc().splice_text(&text, 0, 0, &format!("{i} ")).unwrap();
+            a.doc().commit();
+        }
+        let (first, _) = sync_until_quiet(&mut a, "server", &mut server, "a").unwrap();
+        let state = a.peer_state("server").unwrap();
+        // The page reloads: a fresh replica from the same bytes, its session from the state.
+        let mut reloaded = DocumentPeer::load(&a.save(), b"actor-0").unwrap();
+        reloaded.restore_peer("server", &state);
+        server.disconnected("a");
+        reloaded.doc().splice_text(&text, 0, 0, "new ").unwrap();
+        let (again, _) = sync_until_quiet(&mut reloaded, "server", &mut server, "a").unwrap();
+        assert_eq!(server.doc().text(&text).unwrap(), reloaded.doc().text(&text).unwrap());
+        assert!(again * 5 < first, "reconnect sent {again} bytes, first sync {first}");
+    }
+}
+
+mod message_parts {
+    use crate::parts::{Reassembly, split};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_message_survives_being_cut_into_parts(
+            msg in proptest::collection::vec(any::<u8>(), 0..5000),
+            part in 1usize..2000,
+        ) {
+            let mut r = Reassembly::new(10_000);
+            let mut whole = None;
+            let parts: Vec<_> = split(&msg, part).collect();
+            prop_assert!(parts.iter().all(|(p, _)| p.len() <= part));
+            for (i, (p, more)) in parts.iter().enumerate() {
+                prop_assert_eq!(*more, i + 1 < parts.len());
+                let got = r.push("doc", p, *more).unwrap();
+                prop_assert_eq!(got.is_some(), !more);
+                whole = got.or(whole);
+            }
+            prop_assert_eq!(whole.unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn parts_past_the_limit_are_refused_and_forgotten() {
+        let mut r = Reassembly::new(100);
+        assert_eq!(r.push("d", &[1; 60], true).unwrap(), None);
+        let e = r.push("d", &[2; 60], true).unwrap_err().to_string();
+        assert!(e.contains("120 bytes exceeds the limit of 100"), "{e}");
+        // The stream starts afresh; another stream was never affected.
+        assert_eq!(r.push("d", &[3; 10], false).unwrap(), Some(vec![3; 10]));
+        assert_eq!(r.push("e", &[4; 50], true).unwrap(), None);
+        r.discard("e");
+        assert_eq!(r.push("e", &[5; 5], false).unwrap(), Some(vec![5; 5]));
+    }
+}

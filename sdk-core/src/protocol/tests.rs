@@ -59,7 +59,8 @@ fn sample_client_frames() -> Vec<ClientFrame> {
             metadata: None,
         },
         ClientFrame::Ack { sequence: 9 },
-        ClientFrame::DocSync { document_id: "notes".into(), message: "QkM=".into() },
+        ClientFrame::DocSync { document_id: "notes".into(), message: "QkM=".into(), more: false },
+        ClientFrame::DocSync { document_id: "notes".into(), message: "QkM=".into(), more: true },
         ClientFrame::DocClose { document_id: "notes".into() },
         ClientFrame::Ping { nonce: 3 },
         ClientFrame::SnapshotRequest {
@@ -127,7 +128,7 @@ fn sample_server_frames() -> Vec<ServerFrame> {
                 schema_version: "1.0".into(),
             },
         },
-        ServerFrame::DocSync { document_id: "notes".into(), message: "QkM=".into() },
+        ServerFrame::DocSync { document_id: "notes".into(), message: "QkM=".into(), more: true },
         ServerFrame::Delivery {
             group: "billing".into(),
             event: WireEvent {

@@ -564,11 +564,11 @@ impl Session {
                 self.subscribe(after, EventFilter { event_types, attributes }).await
             }
             ClientFrame::Follow { subscription } => self.follow_durable(subscription).await,
-            ClientFrame::DocSync { document_id, message } => {
+            ClientFrame::DocSync { document_id, message, more } => {
                 let (state, tenant) = (self.state.clone(), self.identity.tenant.clone());
                 match state
                     .documents
-                    .receive(&state, &tenant, &self.client, &self.tx, &document_id, &message)
+                    .receive(&state, &tenant, &self.client, &self.tx, &document_id, &message, more)
                     .await
                 {
                     Ok(()) => {
