@@ -11,6 +11,8 @@
  * sdk-core, compiled to WebAssembly; this module is the typed surface over it. See docs/api/js.md.
  */
 import init, { SyncEngine } from './wasm/pf2_sync.js'
+// Types only: the documents module (and its WebAssembly) loads on the first `client.doc`.
+import type { DocHandle, DocumentLink, Documents, DocumentsOptions } from './automerge.js'
 
 export type Status = 'offline' | 'connecting' | 'syncing' | 'live' | 'degraded'
 
@@ -219,6 +221,9 @@ type TabMessage =
  */
 class Tabs {
   owner = false
+  private becameOwner!: () => void
+  /** Resolves when this tab owns the connection. */
+  readonly owned = new Promise<void>((resolve) => (this.becameOwner = resolve))
   private status: Status = 'offline'
   private readonly channel?: BroadcastChannel
   private readonly waiting = new Map<string, { args: TabMessage & { t: 'mutate' }; resolve: () => void; reject: (e: Error) => void }>()
@@ -265,6 +270,7 @@ class Tabs {
   private async promote() {
     await this.reload() // catch up with what the previous owner wrote
     this.owner = true
+    this.becameOwner()
     clearInterval(this.retry)
     this.retry = undefined
     if (this.patterns.size) this.engine.subscribe([...this.patterns])
@@ -530,8 +536,38 @@ export class SyncClient {
     return json
   }
 
+  private documents?: Promise<Documents>
+
+  /**
+   * A collaborative document (Automerge): edits apply at once, persist in IndexedDB and sync
+   * while live. The first call loads the documents module (`@pf2/sync/automerge`, a second
+   * WebAssembly module); `options` apply to that first call. See {@link DocHandle}.
+   * Documents live in the tab that owns the connection: in another tab of the same client
+   * this waits until that tab closes and this one takes over.
+   */
+  async doc(documentId: string, options?: DocumentsOptions): Promise<DocHandle> {
+    this.documents ??= import('./automerge.js').then((m) => m.Documents.attach(this, options))
+    this.documents.catch(() => (this.documents = undefined))
+    return (await this.documents).doc(documentId)
+  }
+
+  /** @internal what the documents module needs of this client */
+  documentLink(): DocumentLink {
+    const tabs = this.tabs
+    return {
+      tenantId: this.options.tenantId,
+      clientId: this.engine.clientId,
+      owned: tabs.owned,
+      status: tabs.currentStatus,
+      send: (frame) => tabs.sendRealtime(frame),
+      onFrame: (h) => this.emitter.on('frame', h),
+      onStatus: (h) => this.emitter.on('status', h),
+    }
+  }
+
   /** Disconnect and release the database handle; the data stays for the next session. */
   close(): void {
+    this.documents?.then((d) => d.close()).catch(() => {})
     this.tabs.close()
     this.engine.close()
     this.engine.free()

@@ -60,17 +60,25 @@ export async function startServer({ env = {}, demo = false } = {}) {
     stagePackage(www)
     writeFileSync(join(www, 'index.html'), PAGE)
   }
-  const child = spawn(bin, ['serve'], { env: serverEnv, stdio: ['ignore', 'inherit', 'inherit'] })
   const url = `http://127.0.0.1:${port}`
-  for (let i = 0; ; i++) {
-    try {
-      const r = await fetch(`${url}/health`)
-      if (r.ok) break
-    } catch {}
-    if (child.exitCode !== null) throw new Error(`sync-server exited with ${child.exitCode}`)
-    if (i > 400) throw new Error('sync-server did not become healthy')
-    await new Promise((r) => setTimeout(r, 25))
+  let child
+  const spawnServer = async () => {
+    child = spawn(bin, ['serve'], { env: serverEnv, stdio: ['ignore', 'inherit', 'inherit'] })
+    for (let i = 0; ; i++) {
+      try {
+        const r = await fetch(`${url}/health`)
+        if (r.ok) break
+      } catch {}
+      if (child.exitCode !== null) throw new Error(`sync-server exited with ${child.exitCode}`)
+      if (i > 400) throw new Error('sync-server did not become healthy')
+      await new Promise((r) => setTimeout(r, 25))
+    }
   }
+  const kill = async (signal) => {
+    child.kill(signal)
+    await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', r)))
+  }
+  await spawnServer()
   const token = (tenant, user, ttl = 3600) =>
     execFileSync(bin, ['token', '--tenant', tenant, '--user', user, '--ttl', String(ttl)], { env: serverEnv })
       .toString()
@@ -96,11 +104,16 @@ export async function startServer({ env = {}, demo = false } = {}) {
     }
   }
   const stop = async () => {
-    child.kill('SIGTERM')
-    await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)))
+    await kill('SIGTERM')
     rmSync(dir, { recursive: true, force: true })
   }
-  return { url, token, api, events, stop }
+  /** Kill the server (SIGKILL: no goodbye to its sockets) and start it again on the same port
+   * and database. */
+  const restart = async () => {
+    await kill('SIGKILL')
+    await spawnServer()
+  }
+  return { url, token, api, events, stop, restart }
 }
 
 export async function launchBrowser() {

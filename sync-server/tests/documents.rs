@@ -8,9 +8,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Backend, TestApp};
 use pf2_automerge::DocumentPeer;
-use pf2_automerge::parts::{self, Reassembly};
 use pf2_automerge::automerge::transaction::Transactable;
 use pf2_automerge::automerge::{ObjType, ROOT, ReadDoc};
+use pf2_automerge::parts::{self, Reassembly};
 use serde_json::{Value, json};
 
 on_both_backends!(concurrent_offline_text_edits_converge_through_the_server);

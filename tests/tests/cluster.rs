@@ -614,8 +614,11 @@ async fn a_document_edit_on_one_process_reaches_a_client_on_the_other() {
     let t = tenant();
     let tok = token(&t, "writer", &[]);
     let sync_frame = |p: &mut DocumentPeer| {
-        p.generate("server")
-            .map(|m| ClientFrame::DocSync { document_id: "notes".into(), message: B64.encode(m), more: false })
+        p.generate("server").map(|m| ClientFrame::DocSync {
+            document_id: "notes".into(),
+            message: B64.encode(m),
+            more: false,
+        })
     };
     // Exchange with the server until it has nothing more for us (a ping orders the replies).
     async fn settle(

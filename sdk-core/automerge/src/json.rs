@@ -152,7 +152,12 @@ pub fn splice(
 }
 
 /// Insert `value` into the list at `path`, before `index` (its length: at the end).
-pub fn insert(doc: &mut AutoCommit, path: &[Value], index: usize, value: &Value) -> Result<(), Error> {
+pub fn insert(
+    doc: &mut AutoCommit,
+    path: &[Value],
+    index: usize,
+    value: &Value,
+) -> Result<(), Error> {
     let obj = object(doc, path)?;
     expect(doc, &obj, path, &[ObjType::List])?;
     if index > doc.length(&obj) {

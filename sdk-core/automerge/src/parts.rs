@@ -35,7 +35,12 @@ impl Reassembly {
 
     /// One part of `stream`'s message: the whole message when this was the last part. Past the
     /// limit the partial message is dropped and the error says so.
-    pub fn push(&mut self, stream: &str, part: &[u8], more: bool) -> Result<Option<Vec<u8>>, Error> {
+    pub fn push(
+        &mut self,
+        stream: &str,
+        part: &[u8],
+        more: bool,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let size = self.partial.get(stream).map_or(0, Vec::len) + part.len();
         if size > self.limit {
             self.partial.remove(stream);

@@ -1,0 +1,152 @@
+// Collaborative documents (@pf2/sync/automerge) in headless Chromium against a real
+// sync-server: two browsers edit one text offline and converge, through a server restart.
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import * as Automerge from '@automerge/automerge'
+import { openPage, useServerAndBrowser } from './harness.mjs'
+
+const env = useServerAndBrowser()
+
+const tenant = () => `t-${Math.random().toString(36).slice(2, 10)}`
+
+/** Poll `check` (a condition, not a delay) until it holds or `ms` pass. */
+async function until(what, check, ms = 60_000) {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const last = await check()
+    if (last === true) return
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last)?.slice(0, 500)}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+/** A page with a client (`window.client`) and the document (`window.doc`). */
+async function openDoc(context, opts) {
+  const page = await openPage(context, env.server.url)
+  await page.evaluate(async ({ url, tenantId, clientId, token, documentId }) => {
+    window.client = await pf2.createSyncClient({ url, tenantId, clientId, getToken: () => token, autoConnect: false })
+    window.doc = await client.doc(documentId)
+    window.remoteChanges = 0
+    doc.on('change', (e) => e.local || window.remoteChanges++)
+  }, opts)
+  return page
+}
+
+const state = (page) => page.evaluate(() => ({ text: doc.text(['text']), heads: doc.heads().sort(), status: client.status }))
+
+test('two browsers edit one text offline, 1,000 edits each, and converge through a server restart', async () => {
+  const t = tenant()
+  const token = env.server.token(t, 'writer')
+  const documentId = 'shared-notes'
+  const [ctxA, ctxB] = [await env.browser.newContext(), await env.browser.newContext()]
+  const opts = (clientId) => ({ url: env.server.url, tenantId: t, clientId, token, documentId })
+  let a = await openDoc(ctxA, opts('alice'))
+  const b = await openDoc(ctxB, opts('bob'))
+
+  // Online: Alice creates the text; Bob receives it.
+  await a.evaluate(() => {
+    client.connect()
+    doc.change((d) => d.putText(['text'], 'shared base'))
+  })
+  await b.evaluate(() => client.connect())
+  await until('Bob to see the base text', async () => (await state(b)).text === 'shared base' || (await state(b)))
+
+  // Offline, both: 1,000 single edits each at random places (70 % inserts, 30 % deletes).
+  const edit = (seed) => {
+    let x = seed
+    const rnd = (n) => ((x = (x * 1103515245 + 12345) % 2 ** 31), x % n)
+    for (let i = 0; i < 1000; i++) {
+      const len = doc.text(['text']).length
+      if (len > 0 && rnd(10) < 3) doc.change((d) => d.splice(['text'], rnd(len), 1))
+      else doc.change((d) => d.splice(['text'], rnd(len + 1), 0, String.fromCharCode(97 + rnd(26))))
+    }
+    return doc.flushed().then(() => doc.text(['text']))
+  }
+  await a.evaluate(() => client.disconnect())
+  await b.evaluate(() => client.disconnect())
+  const textA = await a.evaluate(edit, 1)
+  const textB = await b.evaluate(edit, 2)
+  assert.notEqual(textA, textB, 'the offline edits differ')
+  assert.equal(await b.evaluate(() => remoteChanges), 1, 'nothing arrived while offline')
+
+  // Alice's tab goes away while offline; a new one finds every edit in IndexedDB.
+  await a.close()
+  a = await openDoc(ctxA, opts('alice'))
+  assert.equal((await state(a)).text, textA, 'the offline edits survived the reload')
+
+  // Back online: Alice first; the server is killed and restarted while her sync may still be
+  // in flight; then Bob. Both, and the server, end with the same document.
+  await a.evaluate(() => client.connect())
+  await until('Alice live', async () => (await state(a)).status === 'live')
+  await env.server.restart()
+  await b.evaluate(() => client.connect())
+  const snapshot = async () => {
+    try {
+      return await env.server.api('GET', `/api/documents/${documentId}/snapshot`, token)
+    } catch {
+      return undefined // restarting
+    }
+  }
+  await until('convergence', async () => {
+    const [sa, sb, snap] = [await state(a), await state(b), await snapshot()]
+    const server = snap?.heads?.slice().sort()
+    return (sa.heads.join() === sb.heads.join() && sa.heads.join() === server?.join()) || { sa: sa.heads, sb: sb.heads, server }
+  })
+  const [sa, sb] = [await state(a), await state(b)]
+  assert.equal(sa.text, sb.text, 'identical text in both browsers')
+  assert.equal(sa.status, 'live')
+  // The server's snapshot, read by a stock Automerge: the same text.
+  const snap = await snapshot()
+  const server = Automerge.load(new Uint8Array(Buffer.from(snap.save, 'base64')))
+  assert.equal(server.text.toString(), sa.text, 'identical text on the server')
+  assert.match(snap.checksum, /^sha256:[0-9a-f]{64}$/)
+  await ctxA.close()
+  await ctxB.close()
+})
+
+test('the documents module loads only with the first document, and bad edits change nothing', async () => {
+  const t = tenant()
+  const token = env.server.token(t, 'writer')
+  const context = await env.browser.newContext()
+  const page = await openPage(context, env.server.url)
+  const fetched = []
+  page.on('request', (r) => fetched.push(new URL(r.url()).pathname))
+  const result = await page.evaluate(async ({ url, tenantId, token }) => {
+    window.client = await pf2.createSyncClient({ url, tenantId, clientId: 'c1', getToken: () => token })
+    await client.mutate('todo', 't1', { title: 'no documents yet' })
+    const before = performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname)
+    const doc = await client.doc('d1')
+    doc.change((d) => {
+      d.put(['title'], 'Plan')
+      d.put(['items'], [{ t: 'milk' }])
+      d.putText(['body'], 'héllo 👋')
+    })
+    doc.change((d) => d.splice(['body'], 8, 0, '!')) // UTF-16: the emoji is two units
+    const errors = []
+    for (const bad of [
+      (d) => d.splice(['body'], 99, 0, 'x'),
+      (d) => d.put(['title', 'x'], 1),
+      (d) => {
+        d.put(['title'], 'changed, then undone')
+        throw new Error('app error')
+      },
+    ]) {
+      try {
+        doc.change(bad)
+      } catch (e) {
+        errors.push(String(e.message ?? e))
+      }
+    }
+    await doc.flushed()
+    return { before, value: doc.value(), errors, again: (await client.doc('d1')) === doc }
+  }, { url: env.server.url, tenantId: t, token })
+  assert.ok(!result.before.some((p) => p.includes('pf2_automerge')), `not loaded before: ${result.before}`)
+  assert.ok(fetched.some((p) => p.endsWith('pf2_automerge_bg.wasm')), 'loaded with the first document')
+  assert.deepEqual(result.value, { title: 'Plan', items: [{ t: 'milk' }], body: 'héllo 👋!' })
+  assert.equal(result.errors.length, 3)
+  assert.match(result.errors[0], /past the end/)
+  assert.match(result.errors[1], /not a map/)
+  assert.equal(result.errors[2], 'app error')
+  assert.ok(result.again, 'one handle per document')
+  await context.close()
+})
