@@ -8,7 +8,7 @@ FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 # Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
 WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run demo-core bench-browser bench-realtime bench-bus bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core bench-browser bench-realtime bench-documents bench-bus bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
 
 help:
 	@echo "make run    - the sync server on embedded SQLite with the demo app at http://127.0.0.1:3000"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-browser - IndexedDB enqueue through @pf2/sync vs raw IndexedDB, in Chromium"
 	@echo "make bench-realtime - fan-out vs a tokio-tungstenite floor and socket.io (docs/benchmarks.md)"
 	@echo "make bench-bus - event bus publish/consume vs a bare SQL queue, SQLite and PostgreSQL"
+	@echo "make bench-documents - an editing trace: in-process Automerge vs PF-2 vs automerge-repo 2.5"
 	@echo "make bench-cluster - room fan-out: one process vs two processes over Redis (PostgreSQL + Redis)"
 	@echo "make cluster - three server processes on PostgreSQL + Redis (docs/runbooks/deploying-and-scaling.md)"
 	@echo "make fuzz   - every fuzz target for $(FUZZ_SECONDS) s (nightly + cargo-fuzz, installed if missing)"
@@ -76,8 +77,8 @@ unit:
 	$(CARGO) test --workspace --locked
 
 wasm-build:
-	$(CARGO) build -p sdk-core -p sdk-wasm --target wasm32-unknown-unknown --locked
-	$(CARGO) clippy -p sdk-wasm --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+	$(CARGO) build -p sdk-core -p sdk-wasm -p sdk-wasm-automerge --target wasm32-unknown-unknown --locked
+	$(CARGO) clippy -p sdk-wasm -p sdk-wasm-automerge --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
 # The npm package (@pf2/sync): built, packed with `npm pack`, and driven in headless Chromium
 # by playwright-core against a real sync-server (js/test/).
@@ -122,6 +123,13 @@ bench-browser: js-build
 
 bench-realtime:
 	tests/bench/fanout.sh 1000 10
+
+# The 100,000-edit trace: in-process Automerge, PF-2's /v1/ws, automerge-repo 2.5's Node server.
+DOC_OPS ?= 100000
+bench-documents:
+	$(CARGO) build --release -p sync-server
+	@test -d tests/bench/node_modules/@automerge/automerge-repo || npm ci --prefix tests/bench --no-audit --no-fund >/dev/null
+	node tests/bench/documents.mjs ./target/release/sync-server $(DOC_OPS)
 
 fuzz-prereqs:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

@@ -313,7 +313,7 @@ pub async fn document_snapshot(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     use base64::Engine as _;
-    let (save, heads) = state
+    let crate::documents::Snapshot { save, heads, stored_bytes } = state
         .documents
         .snapshot(&state, &auth.tenant, &id)
         .await?
@@ -325,6 +325,7 @@ pub async fn document_snapshot(
         "tenantId": auth.tenant,
         "heads": heads,
         "size": save.len(),
+        "storedBytes": stored_bytes,
         "save": base64::engine::general_purpose::STANDARD.encode(&save),
         "checksum": format!("sha256:{hex}"),
         "createdAt": iso_now(),

@@ -270,30 +270,38 @@ impl DocumentHub {
         }
     }
 
-    /// The document's current save (from memory when open here, else from the store).
+    /// The document's current save and heads, and the bytes its stored form takes (the save
+    /// plus the changes appended since), from memory when open here, else from the store.
     pub async fn snapshot(
         &self,
         state: &AppState,
         tenant: &TenantId,
         id: &str,
-    ) -> Result<Option<(Vec<u8>, Vec<String>)>, ApiError> {
+    ) -> Result<Option<Snapshot>, ApiError> {
         valid_document_id(id)?;
         let key = (tenant.clone(), id.to_string());
         let live = self.docs.lock().expect("documents lock").get(&key).cloned();
-        let mut doc = match live {
-            Some(l) => {
-                let mut d = l.lock().await;
-                let heads = d.peer.heads().iter().map(|h| h.to_string()).collect();
-                return Ok(Some((d.peer.save(), heads)));
-            }
+        let snap = |d: &mut LiveDoc| Snapshot {
+            heads: d.peer.heads().iter().map(|h| h.to_string()).collect(),
+            save: d.peer.save(),
+            stored_bytes: d.stored_bytes,
+        };
+        match live {
+            Some(l) => Ok(Some(snap(&mut *l.lock().await))),
             None => {
                 if state.store.document(tenant.as_str(), id).await?.is_none() {
                     return Ok(None);
                 }
-                load(state, tenant, id).await?
+                Ok(Some(snap(&mut load(state, tenant, id).await?)))
             }
-        };
-        let heads = doc.peer.heads().iter().map(|h| h.to_string()).collect();
-        Ok(Some((doc.peer.save(), heads)))
+        }
     }
+}
+
+/// A document as `GET /api/documents/{id}/snapshot` serves it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub save: Vec<u8>,
+    pub heads: Vec<String>,
+    pub stored_bytes: usize,
 }
