@@ -377,15 +377,15 @@ async fn documents_are_size_limited_and_compacted() {
     assert!(!stored.save.is_empty(), "compacted into the save");
     assert!(stored.changes.len() < 10, "{} changes left after compaction", stored.changes.len());
     let fresh = app.config.build().await.unwrap();
-    let (save, _) =
+    let snap =
         fresh.documents.snapshot(&fresh, &app.state_tenant(), "small").await.unwrap().unwrap();
-    let mut reloaded = DocumentPeer::load(&save, b"r").unwrap();
+    let appended: usize = stored.changes.iter().map(Vec::len).sum();
+    assert_eq!(snap.stored_bytes, stored.save.len() + appended, "storedBytes is the stored form");
+    let mut reloaded = DocumentPeer::load(&snap.save, b"r").unwrap();
     assert_eq!(reloaded.doc().text(&text).unwrap(), p.doc().text(&text).unwrap());
     // Text that does not compress, past 16 KiB: refused, and the stored document is as before.
     let before = app.get("/api/documents/small/snapshot", &token).await.json()["heads"].clone();
-    let noise: String = (0..40_000u32)
-        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
-        .collect();
+    let noise = noise(40_000, 1);
     for chunk in noise.as_bytes().chunks(4_000) {
         p.doc().splice_text(&text, 0, 0, std::str::from_utf8(chunk).unwrap()).unwrap();
         p.doc().commit();
@@ -455,6 +455,7 @@ async fn stock_automerge_from_npm_reads_the_servers_bytes_and_its_changes_are_ac
     let mut ws = connect(addr, &token, "editor").await;
     sync_doc(&mut ws, &mut hub, "hub").await;
     let out = std::process::Command::new("node")
+        .arg("--experimental-websocket") // Node 20; a no-op warning on 22+
         .arg(dir.join("interop.mjs"))
         .args([format!("http://{addr}"), token.clone(), app.tenant.clone()])
         .output()
@@ -466,4 +467,8 @@ async fn stock_automerge_from_npm_reads_the_servers_bytes_and_its_changes_are_ac
     assert_eq!(v["status"], "applied", "the server accepts its change");
     let mut merged = server_doc(&app, &token, b"reader").await;
     assert_eq!(merged.doc().text(&text).unwrap(), "js+from rust");
+    // Over doc_sync, stock sync messages: it joined the hub document and its edit came back.
+    assert_eq!(v["joinedText"], "hub text");
+    sync_doc(&mut ws, &mut hub, "hub").await;
+    assert_eq!(hub.doc().text(&hub_text).unwrap(), "hub text + stock js");
 }
