@@ -33,6 +33,9 @@ export interface DocumentsOptions {
   /** Quiet time before local edits are written to IndexedDB and sent, in ms (default 0: the
    * next task; edits made in one task always share one write and one message). */
   batchMs?: number
+  /** While the client is `degraded` (long-polling), how often to ask the server for others'
+   * changes over REST, in ms (default 5,000). Local edits are sent at once either way. */
+  pollMs?: number
 }
 
 /** The edits of one `change`: they become one Automerge change, or none if `fn` throws. */
@@ -90,6 +93,7 @@ export interface DocumentLink {
   owned: Promise<void>
   status: Status
   send(frame: unknown): boolean
+  rest(method: string, path: string, body?: unknown): Promise<any>
   onFrame(h: (frame: any) => void): () => void
   onStatus(h: (status: Status) => void): () => void
 }
@@ -100,6 +104,7 @@ export class Documents {
   private readonly handles = new Map<string, DocHandle>()
   private readonly detach: Array<() => void> = []
   private status: Status
+  private poll?: ReturnType<typeof setInterval>
 
   private constructor(
     private readonly store: DocumentStore,
@@ -117,8 +122,24 @@ export class Documents {
         this.status = s
         if (s === 'live' && was !== 'live') for (const h of this.handles.values()) h.reconnected()
         if (s !== 'live' && was === 'live') for (const h of this.handles.values()) h.linkLost()
+        this.pollWhileDegraded()
       }),
     )
+    this.pollWhileDegraded()
+  }
+
+  /** Long-polling carries documents over REST: now, and every `pollMs` while it lasts. */
+  private pollWhileDegraded() {
+    const degraded = this.status === 'degraded'
+    if (degraded && !this.poll) {
+      for (const h of this.handles.values()) h.syncOverHttp()
+      this.poll = setInterval(() => {
+        for (const h of this.handles.values()) h.syncOverHttp()
+      }, this.options.pollMs ?? 5_000)
+    } else if (!degraded && this.poll) {
+      clearInterval(this.poll)
+      this.poll = undefined
+    }
   }
 
   /** @internal */
@@ -137,9 +158,10 @@ export class Documents {
     let h = this.open.get(id)
     if (!h) {
       h = this.store.document(id, this.options.compactBytes ?? 128 * 1024).then((replica) => {
-        const handle = new DocHandle(replica, this.link, this.options, () => this.forget(id))
+        const handle = new DocHandle(replica, this.link, this.options, () => this.status, () => this.forget(id))
         this.handles.set(id, handle)
         if (this.status === 'live') handle.reconnected()
+        if (this.status === 'degraded') handle.syncOverHttp()
         return handle
       })
       h.catch(() => this.open.delete(id))
@@ -156,6 +178,7 @@ export class Documents {
   /** Close every document (after writing what is pending) and the database. */
   async close(): Promise<void> {
     for (const off of this.detach) off()
+    clearInterval(this.poll)
     await Promise.all([...this.handles.values()].map((h) => h.close()))
     this.store.close()
   }
@@ -166,13 +189,15 @@ export class DocHandle {
   private readonly handlers = new Map<keyof DocEvents, Set<(e: any) => void>>()
   private scheduled = false
   private closed = false
-  private lastError?: DocErrorEvent
+  private httpBusy = false
+  private httpAgain = false
 
   /** @internal use `client.doc(id)` */
   constructor(
     private readonly replica: Replica,
     private readonly link: DocumentLink,
     private readonly options: DocumentsOptions,
+    private readonly status: () => Status,
     private readonly onClose: () => void,
   ) {}
 
@@ -282,12 +307,49 @@ export class DocHandle {
 
   private sendSync() {
     if (this.closed) return
+    if (this.status() === 'degraded') return void this.syncOverHttp()
     for (const f of this.replica.syncFrames() as unknown[]) {
       if (!this.link.send(f)) {
         // Not connected after all: start over from what both sides share when live again.
         this.replica.disconnected()
         return
       }
+    }
+  }
+
+  /**
+   * @internal Sync over REST (the long-polling transport) until we have nothing to say: the
+   * first exchange asks even with nothing to send, so it also polls for others' changes.
+   */
+  async syncOverHttp(): Promise<void> {
+    if (this.httpBusy) {
+      this.httpAgain = true
+      return
+    }
+    this.httpBusy = true
+    try {
+      do {
+        this.httpAgain = false
+        for (let round = 0; round < 50 && !this.closed; round++) {
+          const message = this.replica.syncMessage()
+          if (message === undefined && round > 0) break
+          const path = `/api/documents/${encodeURIComponent(this.id)}/sync`
+          const answer = await this.link.rest('POST', path, { clientId: this.link.clientId, message: message ?? null })
+          if (this.closed) return
+          let changed = false
+          for (const m of answer.messages as string[]) changed = this.replica.receive(m, false) || changed
+          if (changed) {
+            this.emit('change', { local: false })
+            this.replica.flushed().catch((e) => this.emit('error', { code: 'STORAGE', message: String(e?.message ?? e) }))
+          }
+        }
+      } while (this.httpAgain && !this.closed)
+    } catch (e: any) {
+      // Refused or unreachable: the next exchange starts over from what both sides share.
+      if (!this.closed) this.replica.disconnected()
+      this.emit('error', { code: e?.code ?? 'NETWORK', message: String(e?.message ?? e) })
+    } finally {
+      this.httpBusy = false
     }
   }
 
@@ -311,8 +373,7 @@ export class DocHandle {
 
   /** @internal the server refused a message for this document (e.g. PAYLOAD_TOO_LARGE). */
   refused(code: string, message: string) {
-    this.lastError = { code, message }
-    this.emit('error', this.lastError)
+    this.emit('error', { code, message })
   }
 
   /** @internal the client is live again: a new session from what both sides share. */

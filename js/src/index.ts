@@ -560,6 +560,7 @@ export class SyncClient {
       owned: tabs.owned,
       status: tabs.currentStatus,
       send: (frame) => tabs.sendRealtime(frame),
+      rest: (method, path, body) => this.rest(method, path, body),
       onFrame: (h) => this.emitter.on('frame', h),
       onStatus: (h) => this.emitter.on('status', h),
     }

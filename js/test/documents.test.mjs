@@ -150,3 +150,37 @@ test('the documents module loads only with the first document, and bad edits cha
   assert.ok(result.again, 'one handle per document')
   await context.close()
 })
+
+test('WebSocket blocked: a degraded client syncs its document over REST, both ways', async () => {
+  const t = tenant()
+  const token = env.server.token(t, 'writer')
+  const documentId = 'over-rest'
+  const [ctxLive, ctxPoll] = [await env.browser.newContext(), await env.browser.newContext()]
+  const live = await openDoc(ctxLive, { url: env.server.url, tenantId: t, clientId: 'live', token, documentId })
+  await live.evaluate(() => {
+    client.connect()
+    doc.change((d) => d.putText(['text'], 'from the socket'))
+  })
+  await until('live', async () => (await state(live)).status === 'live')
+  // The other browser cannot open a WebSocket: it falls back to long-polling.
+  const page = await openPage(ctxPoll, env.server.url)
+  await page.routeWebSocket(/\/v1\/ws/, (ws) => ws.close())
+  await page.evaluate(async ({ url, tenantId, token, documentId }) => {
+    window.client = await pf2.createSyncClient({ url, tenantId, clientId: 'poller', getToken: () => token, wsFailuresBeforeDegraded: 1 })
+    window.doc = await client.doc(documentId, { pollMs: 200 })
+  }, { url: env.server.url, tenantId: t, token, documentId })
+  await until('degraded and synced', async () => {
+    const s = await state(page)
+    return (s.status === 'degraded' && s.text === 'from the socket') || s
+  })
+  // Its edits reach the socket client; the socket client's reach it (by polling).
+  await page.evaluate(() => doc.change((d) => d.splice(['text'], 0, 0, 'REST+')))
+  await until('the socket client sees the REST edit', async () => (await state(live)).text === 'REST+from the socket' || (await state(live)))
+  await live.evaluate(() => doc.change((d) => d.splice(['text'], d.get(['text']).length, 0, '+WS')))
+  await until('the poller sees the socket edit', async () => (await state(page)).text === 'REST+from the socket+WS' || (await state(page)))
+  const [a, b] = [await state(live), await state(page)]
+  assert.deepEqual(a.heads, b.heads)
+  assert.equal(b.status, 'degraded')
+  await ctxLive.close()
+  await ctxPoll.close()
+})

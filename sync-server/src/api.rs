@@ -333,6 +333,43 @@ pub async fn document_snapshot(
     .into_response())
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DocumentSyncRequest {
+    client_id: String,
+    /// A whole Automerge sync message (base64), or none to ask what is new.
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// `POST /api/documents/{documentId}/sync`: Automerge's sync protocol over REST, for clients on
+/// the long-polling transport. `{clientId, message?}` → `{documentId, messages: [base64]}`.
+pub async fn document_sync(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    rate_limit(&state, &auth, "reconcile", state.limits.reconcile_rate)?;
+    let req: DocumentSyncRequest = serde_json::from_value(body.value)
+        .map_err(|e| ApiError::invalid(format!("invalid document sync request: {e}")))?;
+    let client = ClientId::new(req.client_id).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let message = match &req.message {
+        Some(m) => Some(
+            b64.decode(m).map_err(|e| ApiError::invalid(format!("message: not base64 ({e})")))?,
+        ),
+        None => None,
+    };
+    let answers = state
+        .documents
+        .sync_over_http(&state, &auth.tenant, &client, &id, message.as_deref())
+        .await?;
+    let messages: Vec<String> = answers.iter().map(|m| b64.encode(m)).collect();
+    Ok(Json(json!({ "documentId": id, "messages": messages })).into_response())
+}
+
 // ---- event polling ---------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]

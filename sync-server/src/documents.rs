@@ -156,40 +156,87 @@ impl DocumentHub {
         let Some(bytes) = doc.parts.push(client.as_str(), &part, more).map_err(refused)? else {
             return Ok(());
         };
-        let before = doc.peer.heads();
-        doc.peer.receive(client.as_str(), &bytes).map_err(refused)?;
-        if doc.peer.heads() != before {
-            let persisted = std::mem::take(&mut doc.persisted);
-            let increment = doc.peer.save_after(&persisted);
-            doc.persisted = persisted;
-            let limit = state.limits.max_document_bytes;
-            if doc.stored_bytes + increment.len() > limit {
-                // Refused: forget the in-memory change by reloading what is stored.
-                let size = doc.stored_bytes + increment.len();
-                let open = std::mem::take(&mut doc.open);
-                *doc = load(state, tenant, id).await?;
-                doc.open = open;
-                state.metrics.inc("pf2_documents_refused_total", &[("reason", "too_large")]);
-                return Err(ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("document {id:?} would be {size} bytes; the limit is {limit}"),
-                ));
-            }
-            let (seq, appended) =
-                state.store.append_document_change(tenant.as_str(), id, &increment).await?;
-            doc.seq = seq;
-            doc.persisted = doc.peer.heads();
-            doc.stored_bytes += increment.len();
-            state.metrics.inc("pf2_document_changes_total", &[]);
-            if appended > state.limits.document_compact_bytes {
-                let save = doc.peer.save();
-                state.store.compact_document(tenant.as_str(), id, &save, seq).await?;
-                doc.stored_bytes = save.len();
-                state.metrics.inc("pf2_document_compactions_total", &[]);
-            }
-            state.documents_changed(tenant, id);
-        }
+        Self::apply(state, tenant, id, &mut doc, client, &bytes).await?;
         Self::sync_open(&mut doc, id, Some(client)).await;
+        Ok(())
+    }
+
+    /// One exchange over REST (the long-polling transport): apply `message` from `client`, if
+    /// any, and answer with what it lacks. The server starts a session per exchange from what
+    /// both sides are known to share (and keeps none after it), so a lost answer costs a round
+    /// trip, never a change, and an idle document leaves memory; the client keeps its session.
+    pub async fn sync_over_http(
+        &self,
+        state: &AppState,
+        tenant: &TenantId,
+        client: &ClientId,
+        id: &str,
+        message: Option<&[u8]>,
+    ) -> Result<Vec<Vec<u8>>, ApiError> {
+        valid_document_id(id)?;
+        let live = self.live(state, tenant, id).await?;
+        let (answers, unused) = {
+            let mut doc = live.lock().await;
+            doc.peer.disconnected(client.as_str());
+            if let Some(bytes) = message {
+                Self::apply(state, tenant, id, &mut doc, client, bytes).await?;
+                Self::sync_open(&mut doc, id, None).await;
+            }
+            let answers: Vec<Vec<u8>> =
+                std::iter::from_fn(|| doc.peer.generate(client.as_str())).collect();
+            doc.peer.disconnected(client.as_str());
+            (answers, doc.open.is_empty())
+        };
+        if unused {
+            self.forget_if_unused(tenant, id, &live);
+        }
+        Ok(answers)
+    }
+
+    /// Apply one whole sync message from `client`; persist what it added (refusing, with
+    /// nothing kept, what would pass the size limit) and tell the other processes.
+    async fn apply(
+        state: &AppState,
+        tenant: &TenantId,
+        id: &str,
+        doc: &mut LiveDoc,
+        client: &ClientId,
+        bytes: &[u8],
+    ) -> Result<(), ApiError> {
+        let before = doc.peer.heads();
+        doc.peer.receive(client.as_str(), bytes).map_err(refused)?;
+        if doc.peer.heads() == before {
+            return Ok(());
+        }
+        let persisted = std::mem::take(&mut doc.persisted);
+        let increment = doc.peer.save_after(&persisted);
+        doc.persisted = persisted;
+        let limit = state.limits.max_document_bytes;
+        if doc.stored_bytes + increment.len() > limit {
+            // Refused: forget the in-memory change by reloading what is stored.
+            let size = doc.stored_bytes + increment.len();
+            let open = std::mem::take(&mut doc.open);
+            *doc = load(state, tenant, id).await?;
+            doc.open = open;
+            state.metrics.inc("pf2_documents_refused_total", &[("reason", "too_large")]);
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("document {id:?} would be {size} bytes; the limit is {limit}"),
+            ));
+        }
+        let (seq, appended) =
+            state.store.append_document_change(tenant.as_str(), id, &increment).await?;
+        doc.seq = seq;
+        doc.persisted = doc.peer.heads();
+        doc.stored_bytes += increment.len();
+        state.metrics.inc("pf2_document_changes_total", &[]);
+        if appended > state.limits.document_compact_bytes {
+            let save = doc.peer.save();
+            state.store.compact_document(tenant.as_str(), id, &save, seq).await?;
+            doc.stored_bytes = save.len();
+            state.metrics.inc("pf2_document_compactions_total", &[]);
+        }
+        state.documents_changed(tenant, id);
         Ok(())
     }
 
@@ -263,10 +310,21 @@ impl DocumentHub {
             doc.open.is_empty()
         };
         if empty {
-            let mut docs = self.docs.lock().expect("documents lock");
-            if docs.get(&key).is_some_and(|d| Arc::ptr_eq(d, &live) && Arc::strong_count(d) == 2) {
-                docs.remove(&key);
-            }
+            self.forget_if_unused(tenant, id, &live);
+        }
+    }
+
+    /// Drop the document from memory if nobody else holds it (no socket, no request).
+    fn forget_if_unused(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        live: &Arc<tokio::sync::Mutex<LiveDoc>>,
+    ) {
+        let key = (tenant.clone(), id.to_string());
+        let mut docs = self.docs.lock().expect("documents lock");
+        if docs.get(&key).is_some_and(|d| Arc::ptr_eq(d, live) && Arc::strong_count(d) == 2) {
+            docs.remove(&key);
         }
     }
 

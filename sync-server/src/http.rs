@@ -112,6 +112,8 @@ pub fn openapi_document() -> Value {
             "/api/reconciliation/snapshot/{entityType}": { "get": op("A chunk of an entity type's collection snapshot", "reconciliation", true) },
             "/api/reconciliation/conflicts": { "get": op("Conflicts awaiting (or after) manual resolution", "conflicts", true) },
             "/api/reconciliation/conflicts/{conflictId}/resolve": { "post": op("Resolve a conflict (audited)", "conflicts", true) },
+            "/api/documents/{documentId}/snapshot": { "get": op("A collaborative document's Automerge save, heads, checksum and stored size", "documents", true) },
+            "/api/documents/{documentId}/sync": { "post": op("Automerge's sync protocol over REST (long-polling clients): {clientId, message?} -> {messages}", "documents", true) },
             "/api/events/poll": { "get": op("Long-poll the tenant's event log (broadcast: the reader keeps its position)", "events", true) },
             "/api/events": { "post": op("Publish events durably, idempotent by eventId (service role); 201", "events", true) },
             "/api/events/subscriptions": { "get": op("Durable subscriptions and consumer groups with lag", "events", true) },

@@ -85,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/reconciliation/conflicts", get(api::list_conflicts))
         .route("/api/reconciliation/conflicts/{conflict_id}/resolve", post(api::resolve_conflict))
         .route("/api/documents/{document_id}/snapshot", get(api::document_snapshot))
+        .route("/api/documents/{document_id}/sync", post(api::document_sync))
         .route("/api/events/poll", get(api::poll))
         .route("/api/events", post(bus::http::publish))
         .route("/api/events/subscriptions", get(bus::http::list_subscriptions))

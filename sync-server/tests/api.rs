@@ -1002,6 +1002,8 @@ async fn health_metrics_and_openapi(backend: Backend) {
         "/api/reconciliation/conflicts",
         "/api/reconciliation/conflicts/{conflictId}/resolve",
         "/api/events/poll",
+        "/api/documents/{documentId}/snapshot",
+        "/api/documents/{documentId}/sync",
         "/api/transactions",
         "/api/transactions/{transactionId}",
         "/api/audit",

@@ -350,6 +350,68 @@ async fn a_backlog_larger_than_a_frame_syncs_in_parts() {
     assert_eq!(bob.heads(), alice.heads());
 }
 
+/// Sync over REST until neither side has anything to say (the long-polling transport).
+async fn sync_over_http(app: &TestApp, token: &str, peer: &mut DocumentPeer, doc: &str) {
+    // The client keeps its session; the server starts one per exchange. The first exchange
+    // asks even with nothing to send (a poll); after that, done when we have nothing to say.
+    for round in 0..50 {
+        let out = peer.generate("server");
+        if out.is_none() && round > 0 {
+            return;
+        }
+        let body = json!({ "clientId": "poller", "message": out.as_ref().map(|m| B64.encode(m)) });
+        let r = app.post(&format!("/api/documents/{doc}/sync"), token, &body).await;
+        r.expect(200);
+        let answers = r.json()["messages"].as_array().unwrap().clone();
+        for m in &answers {
+            peer.receive("server", &B64.decode(m.as_str().unwrap()).unwrap()).unwrap();
+        }
+    }
+    panic!("REST document sync did not settle");
+}
+
+/// A client on the long-polling transport syncs its document over REST with one on `/v1/ws`:
+/// edits travel both ways; bad requests are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_sync_over_rest_for_long_polling_clients() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let token = app.token("writer");
+    let (addr, _stop) = serve(app.state.clone()).await;
+    let mut ws_peer = DocumentPeer::new(b"ws");
+    let text = ws_peer.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    ws_peer.doc().splice_text(&text, 0, 0, "over ws").unwrap();
+    let mut ws = connect(addr, &token, "ws-client").await;
+    sync_doc(&mut ws, &mut ws_peer, "mixed").await;
+    let mut poller = DocumentPeer::new(b"poller");
+    sync_over_http(&app, &token, &mut poller, "mixed").await;
+    assert_eq!(poller.doc().text(&text).unwrap(), "over ws");
+    for i in 0..200 {
+        poller.doc().splice_text(&text, 0, 0, &format!("{i} ")).unwrap();
+        poller.doc().commit();
+    }
+    sync_over_http(&app, &token, &mut poller, "mixed").await;
+    // The socket that has the document open was pushed the poller's edits.
+    sync_doc(&mut ws, &mut ws_peer, "mixed").await;
+    assert_eq!(ws_peer.heads(), poller.heads());
+    assert!(ws_peer.doc().text(&text).unwrap().starts_with("199 198 "));
+    let before = app.get("/api/documents/mixed/snapshot", &token).await.json()["heads"].clone();
+    for (body, why) in [
+        (json!({ "clientId": "poller", "message": "%%%" }), "not base64"),
+        (json!({ "clientId": "poller", "message": B64.encode(b"not automerge") }), "doc_sync"),
+        (json!({ "message": null }), "clientId"),
+        (json!({ "clientId": "poller", "extra": 1 }), "unknown field"),
+    ] {
+        let r = app.post("/api/documents/mixed/sync", &token, &body).await;
+        r.expect(400);
+        let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains(why), "{why}: {message}");
+    }
+    let r = app.post("/api/documents/bad%20id/sync", &token, &json!({ "clientId": "p" })).await;
+    r.expect(400);
+    let after = app.get("/api/documents/mixed/snapshot", &token).await.json()["heads"].clone();
+    assert_eq!(before, after, "refused requests changed nothing");
+}
+
 /// A document past its size limit is refused, and nothing of it is kept; changes are folded
 /// into the save once they pass the compaction threshold, and the stored form reloads whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

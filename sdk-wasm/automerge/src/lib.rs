@@ -272,6 +272,13 @@ impl Document {
         to_js(&Value::Array(frames))
     }
 
+    /// The next whole sync message (base64) for REST (`POST /api/documents/{id}/sync`), or
+    /// `undefined` when the server has everything we know it lacks.
+    #[wasm_bindgen(js_name = syncMessage)]
+    pub fn sync_message(&self) -> Option<String> {
+        self.inner.peer.borrow_mut().generate(SERVER).map(|m| B64.encode(m))
+    }
+
     /// A `doc_sync` from the server (`more`: a part, more follow). Returns whether the document
     /// changed. Bad bytes are refused with nothing changed.
     pub fn receive(&self, message: String, more: bool) -> Result<bool, JsValue> {
