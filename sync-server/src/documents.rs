@@ -178,19 +178,25 @@ impl DocumentHub {
         let (answers, unused) = {
             let mut doc = live.lock().await;
             doc.peer.disconnected(client.as_str());
-            if let Some(bytes) = message {
-                Self::apply(state, tenant, id, &mut doc, client, bytes).await?;
-                Self::sync_open(&mut doc, id, None).await;
-            }
-            let answers: Vec<Vec<u8>> =
-                std::iter::from_fn(|| doc.peer.generate(client.as_str())).collect();
+            let applied = match message {
+                Some(bytes) => Self::apply(state, tenant, id, &mut doc, client, bytes).await,
+                None => Ok(()),
+            };
+            let answers = match applied {
+                Ok(()) => {
+                    Self::sync_open(&mut doc, id, None).await;
+                    Ok(std::iter::from_fn(|| doc.peer.generate(client.as_str())).collect())
+                }
+                Err(e) => Err(e),
+            };
             doc.peer.disconnected(client.as_str());
             (answers, doc.open.is_empty())
         };
+        // Refused or not, a document nobody has open leaves memory.
         if unused {
             self.forget_if_unused(tenant, id, &live);
         }
-        Ok(answers)
+        answers
     }
 
     /// Apply one whole sync message from `client`; persist what it added (refusing, with
@@ -345,7 +351,11 @@ impl DocumentHub {
             stored_bytes: d.stored_bytes,
         };
         match live {
-            Some(l) => Ok(Some(snap(&mut *l.lock().await))),
+            // Open but never written (a client only listening): as absent as in the store.
+            Some(l) => {
+                let mut d = l.lock().await;
+                Ok((d.stored_bytes > 0).then(|| snap(&mut d)))
+            }
             None => {
                 if state.store.document(tenant.as_str(), id).await?.is_none() {
                     return Ok(None);

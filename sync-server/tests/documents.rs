@@ -534,3 +534,59 @@ async fn stock_automerge_from_npm_reads_the_servers_bytes_and_its_changes_are_ac
     sync_doc(&mut ws, &mut hub, "hub").await;
     assert_eq!(hub.doc().text(&hub_text).unwrap(), "hub text + stock js");
 }
+
+/// REST sync bodies from outside: arbitrary bytes and mutations of a valid body (whose message
+/// adds a change) are answered 200 or with an error code, never a 500, and a refused body
+/// changes nothing.
+#[test]
+fn arbitrary_document_sync_bodies_never_fail_inside_and_change_nothing_when_refused() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt
+        .block_on(TestApp::start_with(Backend::Sqlite, |c| c.rate_reconcile = 1_000_000))
+        .unwrap();
+    let token = app.token("writer");
+    let mut p = DocumentPeer::new(b"fuzz");
+    let text = p.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    p.doc().splice_text(&text, 0, 0, "seed").unwrap();
+    let valid = serde_json::to_vec(
+        &json!({ "clientId": "p", "message": B64.encode(p.generate("x").unwrap()) }),
+    )
+    .unwrap();
+    let heads = || async {
+        let t = app.state_tenant();
+        app.state.documents.snapshot(&app.state, &t, "fz").await.unwrap().map(|s| s.heads)
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Default::default()
+    });
+    runner
+        .run(&common::arbitrary_or_mutated(valid), |body| {
+            rt.block_on(async {
+                let before = heads().await;
+                let r = app
+                    .send(
+                        axum::http::Method::POST,
+                        "/api/documents/fz/sync",
+                        Some(&token),
+                        &[],
+                        Some(body),
+                    )
+                    .await;
+                let code = r.status.as_u16();
+                prop_assert!(
+                    matches!(code, 200 | 400 | 413),
+                    "status {code}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
+                if code != 200 {
+                    prop_assert_eq!(before, heads().await, "a refused body changed the document");
+                    prop_assert!(!r.error_code().is_empty());
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
