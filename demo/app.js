@@ -59,6 +59,30 @@ $('add').onsubmit = async (e) => {
   await client.mutate('todo', crypto.randomUUID(), { title, done: false, by: user, createdAt: new Date().toISOString() })
 }
 
+// --- shared notes: a collaborative text (client.doc loads @pf2/sync/automerge) ------------
+const notes = await client.doc('demo-notes', { init: (d) => d.putText(['text'], '') })
+const area = $('notes')
+area.value = notes.text(['text'])
+area.oninput = () => {
+  // One splice for what changed: the common prefix and suffix stay.
+  const [was, now] = [notes.text(['text']), area.value]
+  let start = 0
+  while (start < was.length && start < now.length && was[start] === now[start]) start++
+  let end = 0
+  while (end < was.length - start && end < now.length - start && was[was.length - 1 - end] === now[now.length - 1 - end]) end++
+  notes.change((d) => d.splice(['text'], start, was.length - start - end, now.slice(start, now.length - end)))
+}
+notes.on('change', ({ local }) => {
+  if (local) return
+  // Someone else typed: keep the caret where it was, relative to the text around it.
+  const [from, to] = [area.selectionStart, area.selectionEnd]
+  const before = area.value
+  area.value = notes.text(['text'])
+  const shift = area.value.length - before.length
+  const moved = (i) => (before.slice(0, i) === area.value.slice(0, i) ? i : Math.max(0, i + shift))
+  area.setSelectionRange(moved(from), moved(to))
+})
+
 // --- status and the offline switch -----------------------------------------------------
 function showStatus(s) {
   $('status').textContent = s

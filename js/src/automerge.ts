@@ -65,6 +65,18 @@ export interface DocErrorEvent {
   message: string
 }
 
+/** Options of one document. */
+export interface DocOptions {
+  /**
+   * The document's initial structure, e.g. `(d) => d.putText(['body'], '')`. It runs when the
+   * replica has no history yet, as the document's *genesis* change: authored by a fixed actor
+   * at time 0, so replicas that start the document offline make the identical change and their
+   * edits land in the same objects (two separate `putText` at one key would be a conflict, and
+   * Automerge would keep one text). It must be the same function everywhere, like a schema.
+   */
+  init?: (d: DocChange) => void
+}
+
 type DocEvents = {
   change: (e: DocChangeEvent) => void
   error: (e: DocErrorEvent) => void
@@ -154,11 +166,12 @@ export class Documents {
   }
 
   /** The document `id` (1–128 of `A-Za-z0-9-_.:`), from IndexedDB, syncing while live. */
-  doc(id: string): Promise<DocHandle> {
+  doc(id: string, options: DocOptions = {}): Promise<DocHandle> {
     let h = this.open.get(id)
     if (!h) {
       h = this.store.document(id, this.options.compactBytes ?? 128 * 1024).then((replica) => {
         const handle = new DocHandle(replica, this.link, this.options, () => this.status, () => this.forget(id))
+        if (options.init) handle.genesis(options.init)
         this.handles.set(id, handle)
         if (this.status === 'live') handle.reconnected()
         if (this.status === 'degraded') handle.syncOverHttp()
@@ -239,16 +252,8 @@ export class DocHandle {
   change(fn: (d: DocChange) => void): void {
     if (this.closed) throw new SyncError('CLOSED', `document ${this.id} is closed`)
     const r = this.replica
-    const d: DocChange = {
-      put: (p, v) => r.put(toPath(p), v),
-      putText: (p, t) => r.putText(toPath(p), t),
-      splice: (p, i, del, ins = '') => r.splice(toPath(p), i, del, ins),
-      insert: (p, i, v) => r.insert(toPath(p), i, v),
-      delete: (p) => r.delete(toPath(p)),
-      get: <T>(p?: Path) => r.get(toPath(p)) as T | undefined,
-    }
     try {
-      fn(d)
+      fn(this.editor())
     } catch (e) {
       r.rollback()
       throw e
@@ -279,6 +284,31 @@ export class DocHandle {
     this.link.send({ type: 'doc_close', documentId: this.id })
     this.onClose()
     this.replica.free()
+  }
+
+  /** @internal the genesis change: `init` as the fixed actor, once per document history */
+  genesis(init: (d: DocChange) => void) {
+    if (!this.replica.beginGenesis()) return
+    let ok = false
+    try {
+      init(this.editor())
+      ok = true
+    } finally {
+      this.replica.endGenesis(ok)
+    }
+    this.schedule()
+  }
+
+  private editor(): DocChange {
+    const r = this.replica
+    return {
+      put: (p, v) => r.put(toPath(p), v),
+      putText: (p, t) => r.putText(toPath(p), t),
+      splice: (p, i, del, ins = '') => r.splice(toPath(p), i, del, ins),
+      insert: (p, i, v) => r.insert(toPath(p), i, v),
+      delete: (p) => r.delete(toPath(p)),
+      get: <T>(p?: Path) => r.get(toPath(p)) as T | undefined,
+    }
   }
 
   private emit<K extends keyof DocEvents>(kind: K, e: Parameters<DocEvents[K]>[0]) {

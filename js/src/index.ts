@@ -12,7 +12,7 @@
  */
 import init, { SyncEngine } from './wasm/pf2_sync.js'
 // Types only: the documents module (and its WebAssembly) loads on the first `client.doc`.
-import type { DocHandle, DocumentLink, Documents, DocumentsOptions } from './automerge.js'
+import type { DocHandle, DocOptions, DocumentLink, Documents, DocumentsOptions } from './automerge.js'
 
 export type Status = 'offline' | 'connecting' | 'syncing' | 'live' | 'degraded'
 
@@ -541,14 +541,15 @@ export class SyncClient {
   /**
    * A collaborative document (Automerge): edits apply at once, persist in IndexedDB and sync
    * while live. The first call loads the documents module (`@pf2/sync/automerge`, a second
-   * WebAssembly module); `options` apply to that first call. See {@link DocHandle}.
+   * WebAssembly module); `init` makes the document's initial structure (see `DocOptions`), the
+   * module options apply to the first call. See {@link DocHandle}.
    * Documents live in the tab that owns the connection: in another tab of the same client
    * this waits until that tab closes and this one takes over.
    */
-  async doc(documentId: string, options?: DocumentsOptions): Promise<DocHandle> {
+  async doc(documentId: string, options?: DocOptions & DocumentsOptions): Promise<DocHandle> {
     this.documents ??= import('./automerge.js').then((m) => m.Documents.attach(this, options))
     this.documents.catch(() => (this.documents = undefined))
-    return (await this.documents).doc(documentId)
+    return (await this.documents).doc(documentId, options)
   }
 
   /** @internal what the documents module needs of this client */

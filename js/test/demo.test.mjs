@@ -1,4 +1,5 @@
-// The demo app (`make run`) in two browsers: collaboration, presence, the offline switch; and the
+// The demo app (`make run`) in two browsers: collaboration, presence, the offline switch, the
+// shared notes (a collaborative text); and the
 // screenshot README shows (written to $PF2_DEMO_SCREENSHOT, default target/demo.png).
 import assert from 'node:assert/strict'
 import { mkdirSync } from 'node:fs'
@@ -40,6 +41,14 @@ test('the demo: two users collaborate, see each other, and sync after working of
   await bob.page.uncheck('#offline')
   await bob.page.waitForSelector('#status[data-status="live"]')
   await alice.page.waitForFunction(() => document.querySelector('#todos li:nth-child(1)').classList.contains('done'))
+
+  // Shared notes: what one types, the other sees; both type, both texts stay.
+  await alice.page.type('#notes', 'Venue: the old mill. ')
+  await bob.page.waitForFunction(() => document.querySelector('#notes').value === 'Venue: the old mill. ')
+  await bob.page.focus('#notes')
+  await bob.page.keyboard.press('End')
+  await bob.page.keyboard.type('Date: June.')
+  await alice.page.waitForFunction(() => document.querySelector('#notes').value === 'Venue: the old mill. Date: June.')
 
   const shot = process.env.PF2_DEMO_SCREENSHOT ?? join(root, 'target', 'demo.png')
   mkdirSync(dirname(shot), { recursive: true })

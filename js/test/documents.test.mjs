@@ -184,3 +184,28 @@ test('WebSocket blocked: a degraded client syncs its document over REST, both wa
   await ctxLive.close()
   await ctxPoll.close()
 })
+
+test('two browsers start the same document offline: the genesis change keeps both texts', async () => {
+  const t = tenant()
+  const token = env.server.token(t, 'writer')
+  const pages = []
+  for (const clientId of ['ann', 'ben']) {
+    const page = await openPage(await env.browser.newContext(), env.server.url)
+    await page.evaluate(async ({ url, tenantId, clientId, token }) => {
+      window.client = await pf2.createSyncClient({ url, tenantId, clientId, getToken: () => token, autoConnect: false })
+      window.doc = await client.doc('fresh', { init: (d) => d.putText(['text'], '') })
+      doc.change((d) => d.splice(['text'], 0, 0, `written by ${clientId} offline. `))
+      await doc.flushed()
+    }, { url: env.server.url, tenantId: t, clientId, token })
+    pages.push(page)
+  }
+  for (const p of pages) await p.evaluate(() => client.connect())
+  await until('convergence', async () => {
+    const [a, b] = [await state(pages[0]), await state(pages[1])]
+    return (a.heads.join() === b.heads.join() && a.text.length > 0) || { a, b }
+  })
+  const text = (await state(pages[0])).text
+  assert.match(text, /written by ann offline\./)
+  assert.match(text, /written by ben offline\./)
+  for (const p of pages) await p.context().close()
+})

@@ -35,6 +35,9 @@ const CHUNKS: &str = "chunks";
 const SYNC: &str = "sync";
 /// The server, as a sync peer.
 const SERVER: &str = "server";
+/// The author of a document's genesis change: the same on every replica, so replicas that
+/// create the same initial structure offline make the very same change (same hash).
+const GENESIS_ACTOR: &[u8] = &[0];
 
 fn js_err(e: impl std::fmt::Display) -> JsValue {
     js_sys::Error::new(&e.to_string()).into()
@@ -132,6 +135,7 @@ impl DocumentStore {
         }
         Ok(Document {
             inner: Rc::new(Inner {
+                actor: self.actor.clone(),
                 id,
                 db: self.db.clone(),
                 peer: RefCell::new(peer),
@@ -151,6 +155,8 @@ impl DocumentStore {
 }
 
 struct Inner {
+    /// This session's actor (the genesis change is authored by [`GENESIS_ACTOR`] instead).
+    actor: Vec<u8>,
     id: String,
     db: Rc<Rexie>,
     peer: RefCell<DocumentPeer>,
@@ -223,6 +229,34 @@ impl Document {
         let options = pf2_automerge::automerge::transaction::CommitOptions::default()
             .with_time((time_ms / 1000.0) as i64);
         self.inner.peer.borrow_mut().doc().commit_with(options).is_some()
+    }
+
+    /// Start the document's genesis change, when it has no history yet (returns whether it
+    /// started): the edits until [`Self::end_genesis`] are authored by a fixed actor at time 0,
+    /// so every replica running the same edits makes the identical change.
+    #[wasm_bindgen(js_name = beginGenesis)]
+    pub fn begin_genesis(&self) -> bool {
+        let mut peer = self.inner.peer.borrow_mut();
+        if !peer.heads().is_empty() {
+            return false;
+        }
+        peer.doc().set_actor(pf2_automerge::automerge::ActorId::from(GENESIS_ACTOR));
+        true
+    }
+
+    /// Commit the genesis change (`commit`: keep the edits, else roll them back) and return to
+    /// this session's actor.
+    #[wasm_bindgen(js_name = endGenesis)]
+    pub fn end_genesis(&self, commit: bool) {
+        let mut peer = self.inner.peer.borrow_mut();
+        if commit {
+            let at_zero =
+                pf2_automerge::automerge::transaction::CommitOptions::default().with_time(0);
+            peer.doc().commit_with(at_zero);
+        } else {
+            peer.doc().rollback();
+        }
+        peer.doc().set_actor(pf2_automerge::automerge::ActorId::from(self.inner.actor.as_slice()));
     }
 
     /// Undo the edits since the last commit.
