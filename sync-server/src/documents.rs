@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::realtime::hub::Outbound;
 use crate::realtime::mailbox::Mailbox;
 use crate::state::AppState;
+use crate::store::StoredDocument;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use pf2_automerge::DocumentPeer;
@@ -32,10 +33,13 @@ struct LiveDoc {
     peer: DocumentPeer,
     /// Heads of what is stored (changes after them are not yet appended).
     persisted: Vec<pf2_automerge::automerge::ChangeHash>,
-    /// The last stored change read or written here.
+    /// Every stored change up to this number is in `peer` (the invariant a compaction relies
+    /// on: it deletes the changes up to it).
     seq: i64,
     /// Bytes the stored form has (save plus appended), for the size limit.
     stored_bytes: usize,
+    /// The stored save's version (compactions name the version they replace).
+    save_version: i64,
     /// Sockets that have the document open, by client id.
     open: HashMap<ClientId, Arc<Mailbox>>,
     /// Sync messages arriving in parts, by client id (up to the document size limit).
@@ -92,26 +96,32 @@ fn refused(e: pf2_automerge::Error) -> ApiError {
     }
 }
 
-/// The stored document as one replica: its save, then the changes appended since.
-async fn load(state: &AppState, tenant: &TenantId, id: &str) -> Result<LiveDoc, ApiError> {
-    let stored = state.store.document(tenant.as_str(), id).await?.unwrap_or_default();
-    let limit = state.limits.max_document_bytes;
-    let peer = if stored.save.is_empty() {
+/// A stored document as one replica: its save, then the changes appended since.
+fn replica(stored: &StoredDocument) -> Result<DocumentPeer, ApiError> {
+    let broken = |e: pf2_automerge::Error| ApiError::internal(e.to_string());
+    let mut peer = if stored.save.is_empty() {
         DocumentPeer::new(b"server")
     } else {
-        DocumentPeer::load(&stored.save, b"server")
-            .map_err(|e| ApiError::internal(e.to_string()))?
+        DocumentPeer::load(&stored.save, b"server").map_err(broken)?
     };
-    // Reassembled messages may be as large as a document.
-    let mut peer = peer.with_max_message(limit);
     for c in &stored.changes {
         peer.doc().load_incremental(c).map_err(|e| ApiError::internal(e.to_string()))?;
     }
+    Ok(peer)
+}
+
+/// The stored document, live: a replica and what is known of its stored form.
+async fn load(state: &AppState, tenant: &TenantId, id: &str) -> Result<LiveDoc, ApiError> {
+    let stored = state.store.document(tenant.as_str(), id).await?.unwrap_or_default();
+    let limit = state.limits.max_document_bytes;
+    // Reassembled messages may be as large as a document.
+    let mut peer = replica(&stored)?.with_max_message(limit);
     let stored_bytes = stored.save.len() + stored.changes_bytes.max(0) as usize;
     Ok(LiveDoc {
         persisted: peer.heads(),
         peer,
         seq: stored.seq,
+        save_version: stored.save_version,
         stored_bytes,
         open: HashMap::new(),
         parts: Reassembly::new(limit),
@@ -232,17 +242,75 @@ impl DocumentHub {
         }
         let (seq, appended) =
             state.store.append_document_change(tenant.as_str(), id, &increment).await?;
-        doc.seq = seq;
-        doc.persisted = doc.peer.heads();
         doc.stored_bytes += increment.len();
+        if seq == doc.seq + 1 {
+            doc.seq = seq;
+            doc.persisted = doc.peer.heads();
+        } else {
+            // Other processes appended since the last change this replica has: read them.
+            Self::catch_up(state, tenant, id, doc).await?;
+        }
         state.metrics.inc("pf2_document_changes_total", &[]);
         if appended > state.limits.document_compact_bytes {
-            let save = doc.peer.save();
-            state.store.compact_document(tenant.as_str(), id, &save, seq).await?;
-            doc.stored_bytes = save.len();
-            state.metrics.inc("pf2_document_compactions_total", &[]);
+            Self::compact(state, tenant, id, doc).await?;
         }
         state.documents_changed(tenant, id);
+        Ok(())
+    }
+
+    /// Read the changes stored after `doc.seq` into the replica. If a compaction elsewhere
+    /// folded some of them into a save this replica does not have, reload from the store.
+    async fn catch_up(
+        state: &AppState,
+        tenant: &TenantId,
+        id: &str,
+        doc: &mut LiveDoc,
+    ) -> Result<(), ApiError> {
+        let (version, changes) =
+            state.store.document_changes_after(tenant.as_str(), id, doc.seq).await?;
+        let gap = changes.first().is_some_and(|(s, _)| *s != doc.seq + 1);
+        if version != doc.save_version || gap {
+            let open = std::mem::take(&mut doc.open);
+            *doc = load(state, tenant, id).await?;
+            doc.open = open;
+            return Ok(());
+        }
+        for (seq, c) in &changes {
+            doc.peer.doc().load_incremental(c).map_err(|e| ApiError::internal(e.to_string()))?;
+            doc.seq = *seq;
+            doc.stored_bytes += c.len();
+        }
+        doc.persisted = doc.peer.heads();
+        Ok(())
+    }
+
+    /// Fold everything stored up to `doc.seq` (all of it in the replica) into one save. If the
+    /// stored save changed meanwhile (another process or the periodic compactor compacted),
+    /// nothing is written and the replica reloads.
+    async fn compact(
+        state: &AppState,
+        tenant: &TenantId,
+        id: &str,
+        doc: &mut LiveDoc,
+    ) -> Result<(), ApiError> {
+        let save = doc.peer.save();
+        let compacted = state
+            .store
+            .compact_document(tenant.as_str(), id, &save, doc.seq, doc.save_version)
+            .await?;
+        match compacted {
+            Some(version) => {
+                doc.save_version = version;
+                doc.stored_bytes = save.len();
+                state.metrics.inc("pf2_document_compactions_total", &[("outcome", "size")]);
+            }
+            None => {
+                let open = std::mem::take(&mut doc.open);
+                *doc = load(state, tenant, id).await?;
+                doc.open = open;
+                state.metrics.inc("pf2_document_compactions_total", &[("outcome", "raced")]);
+            }
+        }
         Ok(())
     }
 
@@ -279,24 +347,9 @@ impl DocumentHub {
             return;
         };
         let mut doc = live.lock().await;
-        let Ok(changes) = state.store.document_changes_after(tenant.as_str(), id, doc.seq).await
-        else {
+        if let Err(e) = Self::catch_up(state, tenant, id, &mut doc).await {
+            tracing::warn!(error = %e, document = id, "reading a document's new changes");
             return;
-        };
-        if changes.is_empty() {
-            // Compacted meanwhile, or nothing new: reload from the save.
-            if let Ok(fresh) = load(state, tenant, id).await {
-                let open = std::mem::take(&mut doc.open);
-                *doc = fresh;
-                doc.open = open;
-            }
-        } else {
-            for c in &changes {
-                let _ = doc.peer.doc().load_incremental(c);
-                doc.seq += 1;
-                doc.stored_bytes += c.len();
-            }
-            doc.persisted = doc.peer.heads();
         }
         Self::sync_open(&mut doc, id, None).await;
     }
@@ -364,6 +417,32 @@ impl DocumentHub {
             }
         }
     }
+}
+
+/// Documents with changes appended and no write for this long are compacted by the workers.
+pub const IDLE_COMPACTION_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Compact documents that have changes appended and no write since `idle` ago (at most 100 a
+/// pass): a later load reads one save instead of the save and every change. Safe beside live
+/// replicas here and on other processes: a compaction replaces only the save it read. Returns
+/// how many were compacted.
+pub async fn compact_idle(state: &AppState, idle: std::time::Duration) -> Result<usize, ApiError> {
+    let before = crate::api::now_ms() as i64 - idle.as_millis() as i64;
+    let mut compacted = 0;
+    for (tenant, id) in state.store.idle_documents_with_changes(before, 100).await? {
+        let Some(stored) = state.store.document(&tenant, &id).await? else { continue };
+        let save = replica(&stored)?.save();
+        if state
+            .store
+            .compact_document(&tenant, &id, &save, stored.seq, stored.save_version)
+            .await?
+            .is_some()
+        {
+            compacted += 1;
+            state.metrics.inc("pf2_document_compactions_total", &[("outcome", "idle")]);
+        }
+    }
+    Ok(compacted)
 }
 
 /// A document as `GET /api/documents/{id}/snapshot` serves it.

@@ -185,6 +185,7 @@ pub async fn run(
         (state.limits.presence_ttl / 3).clamp(Duration::from_millis(500), Duration::from_secs(5));
     let mut sweep_tick = tokio::time::interval(sweep_every);
     let mut gauge_tick = tokio::time::interval(Duration::from_secs(15));
+    let mut compaction_tick = tokio::time::interval(Duration::from_secs(300));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -195,6 +196,14 @@ pub async fn run(
             _ = gauge_tick.tick() => {
                 if let Err(e) = crate::bus::record_gauges(&state).await {
                     tracing::warn!(error = %e, "event bus gauges");
+                }
+            }
+            _ = compaction_tick.tick() => {
+                let idle = crate::documents::IDLE_COMPACTION_AFTER;
+                match crate::documents::compact_idle(&state, idle).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(documents = n, "idle documents compacted"),
+                    Err(e) => tracing::warn!(error = %e, "compacting idle documents"),
                 }
             }
             _ = retention_tick.tick() => {

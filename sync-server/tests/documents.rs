@@ -590,3 +590,81 @@ fn arbitrary_document_sync_bodies_never_fail_inside_and_change_nothing_when_refu
         })
         .unwrap();
 }
+
+/// Two processes (two server states on one database, no Redis: neither hears of the other's
+/// changes) compact the same document while both append to it: every change of both writers is
+/// in the stored document. Regression: a process compacted with a save that lacked the other
+/// process's appended changes, and deleted them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_compacting_one_document_lose_nothing() {
+    let app = TestApp::start_with(Backend::Sqlite, |c| c.document_compact_bytes = 2 * 1024)
+        .await
+        .unwrap();
+    let token = app.token("writer");
+    let second = app.config.build().await.unwrap();
+    let (addr1, _stop1) = serve(app.state.clone()).await;
+    let (addr2, _stop2) = serve(second.clone()).await;
+    let mut alice = DocumentPeer::new(b"alice");
+    let text = alice.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    let mut a = connect(addr1, &token, "alice").await;
+    sync_doc(&mut a, &mut alice, "shared").await;
+    let mut bob = DocumentPeer::new(b"bob");
+    let mut b = connect(addr2, &token, "bob").await;
+    sync_doc(&mut b, &mut bob, "shared").await;
+    for i in 0..30u64 {
+        for (peer, ws, who) in [(&mut alice, &mut a, "a"), (&mut bob, &mut b, "b")] {
+            peer.doc().splice_text(&text, 0, 0, &format!("<{who}{i}>{}", noise(300, i))).unwrap();
+            peer.doc().commit();
+            sync_doc(ws, peer, "shared").await;
+        }
+    }
+    let stored = app.state.store.document(&tenant_of(&app), "shared").await.unwrap().unwrap();
+    assert!(stored.save_version >= 2, "both processes compacted: version {}", stored.save_version);
+    let third = app.config.build().await.unwrap();
+    let snap = third.documents.snapshot(&third, &app.state_tenant(), "shared").await.unwrap();
+    let mut reloaded = DocumentPeer::load(&snap.unwrap().save, b"reader").unwrap();
+    let t = reloaded.doc().text(&text).unwrap();
+    for i in 0..30 {
+        assert!(t.contains(&format!("<a{i}>")), "alice's edit {i} is stored");
+        assert!(t.contains(&format!("<b{i}>")), "bob's edit {i} is stored");
+    }
+}
+
+/// The workers' idle compaction folds appended changes into the save, changing nothing a
+/// reader sees; a compaction naming a save version that is no longer current changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_documents_are_compacted_and_stale_compactions_refused() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let token = app.token("writer");
+    let (addr, _stop) = serve(app.state.clone()).await;
+    let mut p = DocumentPeer::new(b"writer");
+    let text = p.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    let mut ws = connect(addr, &token, "writer").await;
+    for i in 0..10 {
+        p.doc().splice_text(&text, 0, 0, &format!("{i} ")).unwrap();
+        p.doc().commit();
+        sync_doc(&mut ws, &mut p, "idle").await;
+    }
+    let t = tenant_of(&app);
+    let before = app.state.store.document(&t, "idle").await.unwrap().unwrap();
+    assert_eq!(before.changes.len(), 10);
+    // Not idle long enough: nothing happens.
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(sync_server::documents::compact_idle(&app.state, hour).await.unwrap(), 0);
+    // A stale version: refused, nothing changed.
+    let stale = app.state.store.compact_document(&t, "idle", b"junk", before.seq, 41).await;
+    assert_eq!(stale.unwrap(), None);
+    let n = sync_server::documents::compact_idle(&app.state, std::time::Duration::ZERO).await;
+    assert_eq!(n.unwrap(), 1);
+    let after = app.state.store.document(&t, "idle").await.unwrap().unwrap();
+    assert!(after.changes.is_empty() && after.save_version == before.save_version + 1);
+    let mut stored = DocumentPeer::load(&after.save, b"r").unwrap();
+    assert_eq!(stored.heads(), p.heads());
+    // The live replica keeps working on top of the compacted store.
+    p.doc().splice_text(&text, 0, 0, "more ").unwrap();
+    sync_doc(&mut ws, &mut p, "idle").await;
+    let fresh = app.config.build().await.unwrap();
+    let snap = fresh.documents.snapshot(&fresh, &app.state_tenant(), "idle").await.unwrap();
+    let mut again = DocumentPeer::load(&snap.unwrap().save, b"r2").unwrap();
+    assert_eq!(again.doc().text(&text).unwrap(), p.doc().text(&text).unwrap());
+}

@@ -13,56 +13,78 @@ pub struct StoredDocument {
     pub seq: i64,
     /// Bytes appended since the save.
     pub changes_bytes: i64,
+    /// Bumped by every compaction: a compaction must name the version it read.
+    pub save_version: i64,
 }
 
 impl Store {
-    /// The document, or `None` when nothing was ever stored for it.
+    /// The document, or `None` when nothing was ever stored for it. The save and the changes
+    /// are read in one snapshot: a compaction between two reads would drop the changes it
+    /// folded from both.
     pub async fn document(
         &self,
         tenant: &str,
         id: &str,
     ) -> Result<Option<StoredDocument>, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
         let Some(row) = sqlx::query(
-            "SELECT save, changes_bytes, next_seq FROM documents WHERE tenant_id = $1 AND document_id = $2",
+            "SELECT save, changes_bytes, next_seq, save_version FROM documents WHERE tenant_id = $1 AND document_id = $2",
         )
         .bind(tenant)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db)?
         else {
             return Ok(None);
         };
-        let changes = self.document_changes_after(tenant, id, 0).await?;
+        let changes = changes_after(&mut tx, tenant, id, 0).await?;
+        tx.commit().await.map_err(db)?;
         Ok(Some(StoredDocument {
             save: row.get(0),
             changes_bytes: row.get(1),
             seq: row.get::<i64, _>(2) - 1,
-            changes,
+            save_version: row.get(3),
+            changes: changes.into_iter().map(|(_, b)| b).collect(),
         }))
     }
 
-    /// Changes appended after number `after`, in order.
+    /// The changes appended after number `after`, in order with their numbers, and the save
+    /// version they sit on (read together: a different version means a compaction folded
+    /// some of them into a save this reader does not have).
     pub async fn document_changes_after(
         &self,
         tenant: &str,
         id: &str,
         after: i64,
-    ) -> Result<Vec<Vec<u8>>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT bytes FROM document_changes WHERE tenant_id = $1 AND document_id = $2 AND seq > $3 ORDER BY seq",
+    ) -> Result<(i64, Vec<(i64, Vec<u8>)>), ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let version: i64 = sqlx::query(
+            "SELECT save_version FROM documents WHERE tenant_id = $1 AND document_id = $2",
         )
         .bind(tenant)
         .bind(id)
-        .bind(after)
-        .fetch_all(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        .map_err(db)?
+        .map_or(0, |r| r.get(0));
+        let changes = changes_after(&mut tx, tenant, id, after).await?;
+        tx.commit().await.map_err(db)?;
+        Ok((version, changes))
     }
 
-    /// Append `bytes` (an incremental save) to the document, creating it when new. Returns the
-    /// change's number and the bytes appended since the last compaction.
     pub async fn append_document_change(
         &self,
         tenant: &str,
@@ -121,14 +143,17 @@ impl Store {
         Ok((seq, total))
     }
 
-    /// Fold the changes up to number `through` into `save` (a save that contains them).
+    /// Fold the changes up to number `through` into `save` (a save that contains every one of
+    /// them), if the stored save is still version `read` (else nothing changes and `None`: another
+    /// process or the periodic compactor got there first). Returns the new version.
     pub async fn compact_document(
         &self,
         tenant: &str,
         id: &str,
         save: &[u8],
         through: i64,
-    ) -> Result<(), ApiError> {
+        read: i64,
+    ) -> Result<Option<i64>, ApiError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let folded: i64 = sqlx::query(
@@ -141,6 +166,23 @@ impl Store {
         .await
         .map_err(db)?
         .get(0);
+        let updated = sqlx::query(
+            "UPDATE documents SET save = $3, changes_bytes = changes_bytes - $4, updated_at = $5, \
+             save_version = save_version + 1 \
+             WHERE tenant_id = $1 AND document_id = $2 AND save_version = $6",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(save.to_vec())
+        .bind(folded)
+        .bind(crate::api::now_ms() as i64)
+        .bind(read)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if updated.rows_affected() == 0 {
+            return Ok(None); // the transaction rolls back on drop
+        }
         sqlx::query(
             "DELETE FROM document_changes WHERE tenant_id = $1 AND document_id = $2 AND seq <= $3",
         )
@@ -150,19 +192,43 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        sqlx::query(
-            "UPDATE documents SET save = $3, changes_bytes = changes_bytes - $4, updated_at = $5 \
-             WHERE tenant_id = $1 AND document_id = $2",
+        tx.commit().await.map_err(db)?;
+        Ok(Some(read + 1))
+    }
+
+    /// Documents with changes appended and no write since `before` (epoch ms), at most `limit`.
+    pub async fn idle_documents_with_changes(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, document_id FROM documents WHERE changes_bytes > 0 AND updated_at < $1 \
+             ORDER BY updated_at LIMIT $2",
         )
-        .bind(tenant)
-        .bind(id)
-        .bind(save.to_vec())
-        .bind(folded)
-        .bind(crate::api::now_ms() as i64)
-        .execute(&mut *tx)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
+
+async fn changes_after(
+    tx: &mut super::Tx<'_>,
+    tenant: &str,
+    id: &str,
+    after: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT seq, bytes FROM document_changes WHERE tenant_id = $1 AND document_id = $2 AND seq > $3 ORDER BY seq",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(after)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
