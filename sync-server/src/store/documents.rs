@@ -18,6 +18,19 @@ pub struct StoredDocument {
 }
 
 impl Store {
+    /// A read transaction that sees one snapshot (SQLite's read transactions do; PostgreSQL's
+    /// default sees each statement's own).
+    async fn snapshot(&self) -> Result<super::Tx<'_>, ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        Ok(tx)
+    }
+
     /// The document, or `None` when nothing was ever stored for it. The save and the changes
     /// are read in one snapshot: a compaction between two reads would drop the changes it
     /// folded from both.
@@ -26,13 +39,7 @@ impl Store {
         tenant: &str,
         id: &str,
     ) -> Result<Option<StoredDocument>, ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
+        let mut tx = self.snapshot().await?;
         let Some(row) = sqlx::query(
             "SELECT save, changes_bytes, next_seq, save_version FROM documents WHERE tenant_id = $1 AND document_id = $2",
         )
@@ -64,13 +71,7 @@ impl Store {
         id: &str,
         after: i64,
     ) -> Result<(i64, Vec<(i64, Vec<u8>)>), ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
+        let mut tx = self.snapshot().await?;
         let version: i64 = sqlx::query(
             "SELECT save_version FROM documents WHERE tenant_id = $1 AND document_id = $2",
         )

@@ -243,6 +243,49 @@ pub fn arbitrary_or_mutated(valid: Vec<u8>) -> impl proptest::strategy::Strategy
     ]
 }
 
+/// The decoder property test of one REST route: 300 bodies from [`arbitrary_or_mutated`]`(valid)`
+/// POSTed to `path` are answered `accepted` or one of `refused` (never a 500), and a refused
+/// body carries an error code and leaves `probe` (the state it must not touch) unchanged.
+pub fn post_bodies_never_fail_inside<P, F>(
+    rt: &tokio::runtime::Runtime,
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    valid: Vec<u8>,
+    accepted: u16,
+    refused: &[u16],
+    probe: impl Fn() -> F,
+) where
+    P: PartialEq + std::fmt::Debug,
+    F: std::future::Future<Output = P>,
+{
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Default::default()
+    });
+    runner
+        .run(&arbitrary_or_mutated(valid), |body| {
+            rt.block_on(async {
+                let before = probe().await;
+                let r = app.send(Method::POST, path, Some(token), &[], Some(body)).await;
+                let code = r.status.as_u16();
+                prop_assert!(
+                    code == accepted || refused.contains(&code),
+                    "status {code}: {}",
+                    String::from_utf8_lossy(&r.body)
+                );
+                if code != accepted {
+                    prop_assert_eq!(before, probe().await, "a refused body changed state");
+                    prop_assert!(!r.error_code().is_empty());
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
 /// A fresh app on a backend (and with a config tweak), or return from the test when
 /// PostgreSQL is unreachable and not required (`TestApp::start` has said so loudly).
 #[macro_export]
