@@ -246,6 +246,7 @@ pub fn arbitrary_or_mutated(valid: Vec<u8>) -> impl proptest::strategy::Strategy
 /// The decoder property test of one REST route: 300 bodies from [`arbitrary_or_mutated`]`(valid)`
 /// POSTed to `path` are answered `accepted` or one of `refused` (never a 500), and a refused
 /// body carries an error code and leaves `probe` (the state it must not touch) unchanged.
+#[allow(clippy::too_many_arguments)]
 pub fn post_bodies_never_fail_inside<P, F>(
     rt: &tokio::runtime::Runtime,
     app: &TestApp,
