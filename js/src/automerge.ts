@@ -17,8 +17,10 @@
  * app that never opens a document never fetches it. See docs/api/js.md.
  */
 import init, { DocumentStore, Document as Replica } from './wasm/pf2_automerge.js'
-import { SyncError } from './index.js'
-import type { SyncClient, Status } from './index.js'
+import { SyncError } from './errors.js'
+import type { DocumentHost, DocumentLink, Status } from './link.js'
+
+export type { DocumentLink } from './link.js'
 
 /** Map keys and list indices from the document's root: `['todos', 0, 'title']`. */
 export type Path = Array<string | number> | string
@@ -97,19 +99,6 @@ function toPath(p: Path | undefined): Array<string | number> {
   return p === undefined ? [] : typeof p === 'string' ? [p] : p
 }
 
-/** What a documents module needs of the client (internal to the package). */
-export interface DocumentLink {
-  tenantId: string
-  clientId: string
-  /** Resolves once this tab owns the connection (documents are kept by that tab only). */
-  owned: Promise<void>
-  status: Status
-  send(frame: unknown): boolean
-  rest(method: string, path: string, body?: unknown): Promise<any>
-  onFrame(h: (frame: any) => void): () => void
-  onStatus(h: (status: Status) => void): () => void
-}
-
 /** The documents of one client. Usually reached through `client.doc(id)`. */
 export class Documents {
   private readonly open = new Map<string, Promise<DocHandle>>()
@@ -155,7 +144,7 @@ export class Documents {
   }
 
   /** @internal */
-  static async attach(client: SyncClient, options: DocumentsOptions = {}): Promise<Documents> {
+  static async attach(client: DocumentHost, options: DocumentsOptions = {}): Promise<Documents> {
     // One tab at a time keeps a client's documents: two replicas writing one IndexedDB
     // record log would overwrite each other's increments.
     await Promise.all([client.documentLink().owned, loadWasm(options.wasmUrl)])
@@ -420,6 +409,6 @@ export class DocHandle {
 }
 
 /** Attach documents to a client explicitly (what `client.doc` does on first use). */
-export function openDocuments(client: SyncClient, options?: DocumentsOptions): Promise<Documents> {
+export function openDocuments(client: DocumentHost, options?: DocumentsOptions): Promise<Documents> {
   return Documents.attach(client, options)
 }

@@ -12,9 +12,11 @@
  */
 import init, { SyncEngine } from './wasm/pf2_sync.js'
 // Types only: the documents module (and its WebAssembly) loads on the first `client.doc`.
-import type { DocHandle, DocOptions, DocumentLink, Documents, DocumentsOptions } from './automerge.js'
+import type { DocHandle, DocOptions, Documents, DocumentsOptions } from './automerge.js'
+import { SyncError } from './errors.js'
+import type { DocumentLink, Status } from './link.js'
 
-export type Status = 'offline' | 'connecting' | 'syncing' | 'live' | 'degraded'
+export type { Status }
 
 export type Fields = Record<string, unknown>
 
@@ -122,12 +124,7 @@ export interface TransactionResult {
   result: unknown
 }
 
-export class SyncError extends Error {
-  constructor(readonly code: string, message: string, readonly status?: number) {
-    super(message)
-    this.name = 'SyncError'
-  }
-}
+export { SyncError }
 
 type Events = {
   status: (status: Status) => void

@@ -18,7 +18,7 @@ use crate::ids::{ClientId, EntityKey, OperationId, TenantId};
 use crate::operation::{Object, Operation, OperationKind, OperationLimits, apply_patch};
 use crate::strategy::{ConflictStrategy, MergeInput, OnOverlap, StrategyRegistry};
 use crate::vclock::VectorClock;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The client id the server writes under when a person resolves a conflict.
 pub const SERVER_CLIENT: &str = "_server";
@@ -168,6 +168,66 @@ pub struct ApplyState {
     pub results: BTreeMap<OperationId, StoredResult>,
     /// The tenant's current change sequence number.
     pub version: u64,
+}
+
+/// What a batch touches: the entities of its tenant it may write, the clients whose ledgers it
+/// reads and the operations whose stored results it may replay. A shell loads exactly these
+/// into an [`ApplyState`] before [`ApplyEngine::apply_batch`] — nothing else can matter to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub entities: BTreeSet<EntityKey>,
+    pub clients: BTreeSet<ClientId>,
+    pub operations: BTreeSet<OperationId>,
+}
+
+impl Footprint {
+    /// The footprint of `batch` for `tenant` (an operation naming another tenant is refused by
+    /// the engine, so its entity is not loaded).
+    pub fn of(tenant: &TenantId, batch: &[Submitted]) -> Footprint {
+        let mut fp = Footprint::default();
+        for s in batch {
+            match s {
+                Submitted::Valid(op) => {
+                    if &op.key.tenant == tenant {
+                        fp.entities.insert(op.key.clone());
+                    }
+                    fp.clients.insert(op.client_id.clone());
+                    fp.operations.insert(op.id.clone());
+                }
+                Submitted::Invalid { id, client_id, .. } => {
+                    fp.clients.insert(client_id.clone());
+                    fp.operations.insert(id.clone());
+                }
+            }
+        }
+        fp
+    }
+}
+
+impl ApplyState {
+    /// The part of this state that `fp` touches, as a server loads it from its store.
+    pub fn slice(&self, fp: &Footprint) -> ApplyState {
+        fn pick<K: Ord + Clone, V: Clone>(
+            m: &BTreeMap<K, V>,
+            keys: &BTreeSet<K>,
+        ) -> BTreeMap<K, V> {
+            keys.iter().filter_map(|k| Some((k.clone(), m.get(k)?.clone()))).collect()
+        }
+        ApplyState {
+            entities: pick(&self.entities, &fp.entities),
+            ledgers: pick(&self.ledgers, &fp.clients),
+            results: pick(&self.results, &fp.operations),
+            version: self.version,
+        }
+    }
+
+    /// Fold a slice back in after a batch ran on it, as a server writes it to its store.
+    pub fn absorb(&mut self, slice: ApplyState) {
+        self.entities.extend(slice.entities);
+        self.ledgers.extend(slice.ledgers);
+        self.results.extend(slice.results);
+        self.version = slice.version;
+    }
 }
 
 /// An operation as submitted: valid, or invalid with enough of a header to record the refusal.

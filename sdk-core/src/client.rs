@@ -16,7 +16,7 @@
 //! yet confirmed re-applied on top — "rebase", as Replicache does it.
 
 use crate::error::{Error, ErrorCode};
-use crate::hlc::{HlcTimestamp, HybridClock};
+use crate::hlc::HybridClock;
 use crate::ids::{ClientId, EntityId, EntityKey, EntityType, OperationId, TenantId};
 use crate::interaction::{InteractionClass, Transport};
 use crate::operation::{Object, Operation, OperationKind, OperationLimits, apply_patch};
@@ -24,10 +24,11 @@ use crate::protocol::{
     ClientFrame, ResultStatus, ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult,
     WireOperation,
 };
-use crate::queue::{OutboundQueue, QuarantinedOp, QueueConfig, StoreWrite, StoredState};
+use crate::queue::{OutboundQueue, QueueConfig};
 use crate::rng::SplitMix64;
+pub use crate::storage::ConfirmedEntity;
+use crate::storage::{QuarantinedOp, StoreWrite, StoredState};
 use crate::strategy::StrategyRegistry;
-use crate::vclock::VectorClock;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -115,18 +116,6 @@ impl Status {
             Status::Degraded => "degraded",
         }
     }
-}
-
-/// The server's state of an entity as this client last saw it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfirmedEntity {
-    pub key: EntityKey,
-    pub version: u64,
-    pub state: Option<Object>,
-    pub crdt: Option<Vec<u8>>,
-    pub deleted: bool,
-    pub clock: VectorClock,
-    pub timestamp: HlcTimestamp,
 }
 
 /// Something the app should hear about.

@@ -119,6 +119,15 @@ id_type!(
     RoomId, "room id", 128, ID_CHARS, false
 );
 
+id_type!(
+    /// A collaborative document (Automerge), within its tenant.
+    DocumentId, "document id", 128, b"-_.:", false
+);
+id_type!(
+    /// A durable subscription or consumer group of the event bus, within its tenant.
+    SubscriptionName, "subscription name", 128, b"-_.:", false
+);
+
 /// The full address of an entity: `(tenant, entity type, entity id)`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EntityKey {

@@ -69,6 +69,7 @@ pub mod queue;
 pub mod rest;
 pub mod rng;
 pub mod snapshot;
+pub mod storage;
 pub mod strategy;
 pub mod vclock;
 

@@ -16,13 +16,12 @@
 //!
 //! [`SyncClient`]: crate::client::SyncClient
 
-use crate::client::ConfirmedEntity;
 use crate::error::{Error, ErrorCode};
 use crate::hlc::HlcTimestamp;
 use crate::ids::EntityKey;
 use crate::operation::Object;
 use crate::protocol::WireOperation;
-use crate::queue::{QuarantinedOp, QueuedOp, StoreWrite, StoredState};
+use crate::storage::{ConfirmedEntity, QuarantinedOp, QueuedOp, StoreWrite, StoredState};
 use crate::vclock::VectorClock;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;

@@ -727,5 +727,11 @@ impl Codec {
     }
 }
 
+pub mod http;
+pub use http::{
+    CollectionItem, CollectionSnapshot, EntitySnapshot, EventPage, ReconcileRequest,
+    ReconcileResponse, SnapshotHint, delta_frame,
+};
+
 #[cfg(test)]
 mod tests;

@@ -11,13 +11,14 @@
 //! - Every change is described as [`StoreWrite`]s for a [`QueueStore`]; [`OutboundQueue::recover`]
 //!   rebuilds the queue from what the store holds after a restart.
 
-use crate::client::ConfirmedEntity;
 use crate::error::ErrorCode;
-use crate::hlc::HlcTimestamp;
-use crate::ids::{ClientId, OperationId};
+use crate::ids::ClientId;
 use crate::operation::Operation;
 use crate::protocol::WireOperation;
-use std::collections::{BTreeMap, VecDeque};
+pub use crate::storage::{
+    MemoryQueueStore, QuarantinedOp, QueueStore, QueuedOp, StoreWrite, StoredState,
+};
+use std::collections::VecDeque;
 
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -36,123 +37,6 @@ impl Default for QueueConfig {
             max_batch_bytes: crate::protocol::DEFAULT_MAX_FRAME * 3 / 4,
             max_attempts: 3,
         }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueuedOp {
-    pub op: Operation,
-    /// Times a batch holding this operation at its head was refused.
-    pub attempts: u32,
-}
-
-impl QueuedOp {
-    pub fn seq(&self) -> u64 {
-        self.op.client_seq.expect("queued operations always carry a clientSeq")
-    }
-}
-
-/// An operation taken out of the queue because the server will never apply it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuarantinedOp {
-    pub op: Operation,
-    pub code: ErrorCode,
-    pub message: String,
-    pub attempts: u32,
-}
-
-/// A write the shell must make durable (IndexedDB, memory, a test's map).
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreWrite {
-    /// Insert or replace the queued operation with this id.
-    PutOp(QueuedOp),
-    DeleteOp(OperationId),
-    PutQuarantined(QuarantinedOp),
-    SetNextSeq(u64),
-    /// The confirmed (server) state of an entity in the local cache.
-    PutEntity(ConfirmedEntity),
-    /// The delta cursor and the last own `clientSeq` the cached state includes, written together.
-    SetCursor {
-        version: u64,
-        confirmed_seq: u64,
-    },
-    SetLastEvent(u64),
-    SetClock(HlcTimestamp),
-}
-
-/// Everything a client persists, as loaded at start.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StoredState {
-    pub ops: Vec<QueuedOp>,
-    pub quarantined: Vec<QuarantinedOp>,
-    pub next_seq: u64,
-    pub entities: Vec<ConfirmedEntity>,
-    pub cursor: u64,
-    pub confirmed_seq: u64,
-    pub last_event: Option<u64>,
-    pub clock: HlcTimestamp,
-}
-
-/// Durable storage for the queue and the client's cache. Implementations apply a slice of writes
-/// atomically (IndexedDB: one transaction).
-pub trait QueueStore {
-    type Error;
-    fn apply(&mut self, writes: &[StoreWrite]) -> Result<(), Self::Error>;
-    fn load(&self) -> Result<StoredState, Self::Error>;
-}
-
-/// The in-memory [`QueueStore`], for tests and native clients without persistence.
-#[derive(Debug, Clone, Default)]
-pub struct MemoryQueueStore {
-    ops: BTreeMap<OperationId, QueuedOp>,
-    quarantined: Vec<QuarantinedOp>,
-    next_seq: u64,
-    entities: BTreeMap<crate::ids::EntityKey, ConfirmedEntity>,
-    cursor: u64,
-    confirmed_seq: u64,
-    last_event: Option<u64>,
-    clock: HlcTimestamp,
-}
-
-impl QueueStore for MemoryQueueStore {
-    type Error = std::convert::Infallible;
-
-    fn apply(&mut self, writes: &[StoreWrite]) -> Result<(), Self::Error> {
-        for w in writes {
-            match w {
-                StoreWrite::PutOp(q) => {
-                    self.ops.insert(q.op.id.clone(), q.clone());
-                }
-                StoreWrite::DeleteOp(id) => {
-                    self.ops.remove(id);
-                }
-                StoreWrite::PutQuarantined(q) => self.quarantined.push(q.clone()),
-                StoreWrite::SetNextSeq(n) => self.next_seq = *n,
-                StoreWrite::PutEntity(e) => {
-                    self.entities.insert(e.key.clone(), e.clone());
-                }
-                StoreWrite::SetCursor { version, confirmed_seq } => {
-                    self.cursor = *version;
-                    self.confirmed_seq = *confirmed_seq;
-                }
-                StoreWrite::SetLastEvent(s) => self.last_event = Some(*s),
-                StoreWrite::SetClock(t) => self.clock = *t,
-            }
-        }
-        Ok(())
-    }
-
-    fn load(&self) -> Result<StoredState, Self::Error> {
-        Ok(StoredState {
-            ops: self.ops.values().cloned().collect(),
-            quarantined: self.quarantined.clone(),
-            next_seq: self.next_seq,
-            entities: self.entities.values().cloned().collect(),
-            cursor: self.cursor,
-            confirmed_seq: self.confirmed_seq,
-            last_event: self.last_event,
-            clock: self.clock,
-        })
     }
 }
 

@@ -12,9 +12,9 @@
 
 use crate::error::Error;
 use crate::ids::{ClientId, TenantId};
-use crate::protocol::{ClientFrame, ServerFrame, WireConflict, WireEvent, WireOpResult};
+use crate::protocol::{ClientFrame, EventPage, ReconcileRequest, ReconcileResponse, ServerFrame};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// An HTTP request for the shell to make (with `Authorization: Bearer <token>`).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,12 +53,17 @@ pub fn request(frame: &ClientFrame, tenant: &TenantId, client: &ClientId) -> Opt
         ClientFrame::Push { batch_id, operations } => Some(HttpRequest {
             method: "POST",
             path: "/api/reconciliation/reconcile".into(),
-            body: Some(json!({
-                "requestId": batch_id,
-                "clientId": client.as_str(),
-                "tenantId": tenant.as_str(),
-                "operations": operations,
-            })),
+            body: Some(
+                serde_json::to_value(ReconcileRequest {
+                    request_id: batch_id.clone(),
+                    client_id: client.to_string(),
+                    tenant_id: Some(tenant.to_string()),
+                    last_known_version: None,
+                    operations: operations.clone(),
+                    requested_at: None,
+                })
+                .expect("requests serialize"),
+            ),
             expects: Expect::PushResult { batch_id: batch_id.clone() },
         }),
         ClientFrame::Pull { since, limit } => {
@@ -77,15 +82,6 @@ pub fn request(frame: &ClientFrame, tenant: &TenantId, client: &ClientId) -> Opt
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReconcileAnswer {
-    #[serde(default)]
-    conflicts: Vec<WireConflict>,
-    resolved_operations: Vec<WireOpResult>,
-    current_version: String,
-}
-
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::Decode(format!("{what}: {e}")))
 }
@@ -94,17 +90,10 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, body: &[u8]) -> Result<T, Er
 pub fn answer(expects: &Expect, body: &[u8]) -> Result<ServerFrame, Error> {
     match expects {
         Expect::PushResult { batch_id } => {
-            let a: ReconcileAnswer = decode("reconcile answer", body)?;
-            let current_version = a
-                .current_version
-                .parse()
-                .map_err(|_| Error::Decode(format!("currentVersion {:?}", a.current_version)))?;
-            Ok(ServerFrame::PushResult {
-                batch_id: batch_id.clone(),
-                results: a.resolved_operations,
-                current_version,
-                conflicts: a.conflicts,
-            })
+            let a: ReconcileResponse = decode("reconcile answer", body)?;
+            let version = a.current_version.clone();
+            a.into_push_result(batch_id.clone())
+                .ok_or_else(|| Error::Decode(format!("currentVersion {version:?}")))
         }
         Expect::Delta => match decode::<ServerFrame>("delta answer", body)? {
             f @ ServerFrame::Delta { .. } => Ok(f),
@@ -125,16 +114,9 @@ pub fn poll_request(after: Option<u64>, patterns: &[String], wait_s: u32) -> Str
     path
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PollAnswer {
-    events: Vec<WireEvent>,
-    next_event_id: String,
-}
-
 /// The events of a poll answer as frames, and where the next poll resumes.
 pub fn poll_answer(body: &[u8]) -> Result<(Vec<ServerFrame>, u64), Error> {
-    let a: PollAnswer = decode("poll answer", body)?;
+    let a: EventPage = decode("poll answer", body)?;
     let next = a
         .next_event_id
         .parse()
@@ -145,6 +127,7 @@ pub fn poll_answer(body: &[u8]) -> Result<(Vec<ServerFrame>, u64), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn ids() -> (TenantId, ClientId) {
         (TenantId::new("acme").unwrap(), ClientId::new("tab-1").unwrap())

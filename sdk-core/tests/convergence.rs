@@ -11,12 +11,14 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sdk_core::apply::{ApplyEngine, ApplyState, EntityBody, Outcome, Submitted};
+use sdk_core::apply::{ApplyEngine, ApplyState, EntityBody, Footprint, Outcome, Submitted};
 use sdk_core::client::{ClientConfig, Output, SyncClient};
 use sdk_core::ids::{ClientId, EntityKey, OperationId, TenantId};
 use sdk_core::interaction::InteractionClass;
 use sdk_core::operation::{Object, OperationKind};
-use sdk_core::protocol::{ClientFrame, ServerFrame, WireConflict, WireEntity, WireOpResult};
+use sdk_core::protocol::{
+    ClientFrame, ServerFrame, WireConflict, WireEntity, WireOpResult, delta_frame,
+};
 use sdk_core::queue::{MemoryQueueStore, QueueStore};
 use sdk_core::rng::SplitMix64;
 use sdk_core::snapshot::delta_since;
@@ -253,7 +255,10 @@ impl Sim {
             ClientFrame::Push { batch_id, operations } => {
                 let batch: Vec<Submitted> =
                     operations.into_iter().map(|w| w.into_submitted().unwrap()).collect();
-                let out = self.engine.apply_batch(&self.tenant, batch, &mut self.state).unwrap();
+                // Exactly what the server loads for a batch, applied, and written back.
+                let mut touched = self.state.slice(&Footprint::of(&self.tenant, &batch));
+                let out = self.engine.apply_batch(&self.tenant, batch, &mut touched).unwrap();
+                self.state.absorb(touched);
                 self.change_ops.extend(out.changes.iter().filter_map(|c| c.operation_id.clone()));
                 for r in &out.results {
                     self.stats.duplicates += r.duplicate as u64;
@@ -282,16 +287,11 @@ impl Sim {
             ClientFrame::Pull { since, limit } => {
                 let limit = limit.unwrap_or(100).min(7) as usize; // small pages exercise hasMore
                 let (records, has_more) = delta_since(self.state.entities.values(), since, limit);
-                let version = if has_more {
-                    records.last().map(|r| r.version).unwrap_or(since)
-                } else {
-                    self.state.version
-                };
                 let id = self.clients[client].config.client_id.clone();
-                let client_seq =
-                    (!has_more).then(|| self.state.ledgers.get(&id).copied().unwrap_or(0));
+                let client_seq = Some(self.state.ledgers.get(&id).copied().unwrap_or(0));
                 let entities = records.into_iter().map(WireEntity::from_record).collect();
-                reply(self, ServerFrame::Delta { since, version, entities, has_more, client_seq });
+                let frame = delta_frame(since, self.state.version, entities, has_more, client_seq);
+                reply(self, frame);
             }
             ClientFrame::Ping { nonce } => reply(self, ServerFrame::Pong { nonce }),
             _ => {}

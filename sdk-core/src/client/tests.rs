@@ -1,4 +1,5 @@
 use super::*;
+use crate::hlc::HlcTimestamp;
 use crate::protocol::{ResultStatus, WireError};
 use serde_json::json;
 

@@ -1,0 +1,23 @@
+// What the documents module (`@pf2/sync/automerge`) needs of the base client, so that neither
+// entry point imports the other: both import this file (types only).
+
+export type Status = 'offline' | 'connecting' | 'syncing' | 'live' | 'degraded'
+
+/** What a documents module needs of the client (internal to the package). */
+export interface DocumentLink {
+  tenantId: string
+  clientId: string
+  /** Resolves once this tab owns the connection (documents are kept by that tab only). */
+  owned: Promise<void>
+  status: Status
+  send(frame: unknown): boolean
+  rest(method: string, path: string, body?: unknown): Promise<any>
+  onFrame(h: (frame: any) => void): () => void
+  onStatus(h: (status: Status) => void): () => void
+}
+
+
+/** A client that can lend its connection to documents (the base `SyncClient`). */
+export interface DocumentHost {
+  documentLink(): DocumentLink
+}

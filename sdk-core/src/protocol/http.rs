@@ -1,0 +1,178 @@
+//! The REST wire contract: the bodies of reconcile, delta, snapshots and the event poll, used by
+//! the server's handlers and by [`crate::rest`] (the client's long-polling transport) alike, so
+//! the two sides cannot drift apart and still compile. Field names are shared/seeds/api.md's.
+
+use super::{ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult, WireOperation};
+use crate::snapshot::{canonical_json, checksum};
+use crate::vclock::VectorClock;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// `POST /api/reconciliation/reconcile`: a batch of operations, idempotent by `requestId`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileRequest {
+    pub request_id: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// A tenant sequence (`42`, `"42"`, `"v42"`); anything else means "unknown", no delta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_known_version: Option<Value>,
+    pub operations: Vec<WireOperation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
+}
+
+impl ReconcileRequest {
+    /// `lastKnownVersion` as a tenant sequence, or `None` when absent or not a sequence
+    /// (api.md's example sends `"v1.0"`).
+    pub fn last_known(&self) -> Option<u64> {
+        match self.last_known_version.as_ref()? {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.strip_prefix('v').unwrap_or(s).parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// What makes two requests under one `requestId` the same request: the client, its
+    /// operations and the version it knows — not when it was sent, nor the tenant it repeats.
+    /// A retried request has the same hash; another body under the same id does not.
+    pub fn idempotency_hash(&self) -> String {
+        let body = json!({
+            "clientId": self.client_id,
+            "operations": self.operations,
+            "lastKnownVersion": self.last_known(),
+        });
+        checksum(&canonical_json(&body))
+    }
+}
+
+/// The answer to a reconcile: every operation's result, the conflicts, the tenant's version,
+/// and — when `lastKnownVersion` was given — the changes since it or a snapshot hint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileResponse {
+    pub request_id: String,
+    #[serde(default)]
+    pub conflicts: Vec<WireConflict>,
+    pub resolved_operations: Vec<WireOpResult>,
+    /// The tenant's sequence, as a string (api.md).
+    pub current_version: String,
+    #[serde(default)]
+    pub completed_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_updates: Option<Vec<WireEntity>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotHint>,
+}
+
+impl ReconcileResponse {
+    /// `currentVersion` as a number.
+    pub fn version(&self) -> Option<u64> {
+        self.current_version.parse().ok()
+    }
+
+    /// The `push_result` frame this answer stands for (the same answer over a socket).
+    pub fn into_push_result(self, batch_id: String) -> Option<ServerFrame> {
+        Some(ServerFrame::PushResult {
+            batch_id,
+            current_version: self.version()?,
+            results: self.resolved_operations,
+            conflicts: self.conflicts,
+        })
+    }
+}
+
+/// The gap since `lastKnownVersion` is too large (or past retention) for a delta.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotHint {
+    pub required: bool,
+    pub reason: String,
+    pub href: String,
+}
+
+/// The delta paging rule, shared by every transport (REST delta, `/v1/ws` pull) and the
+/// simulator: the `changed` entities after `since` (oldest first, one page), `has_more` when
+/// the page is not the last. A page that is not the last continues from its last entity's
+/// version; the last one from the tenant's version `current`, and only the last carries the
+/// client's applied `clientSeq`, because only then does the state include everything it did.
+pub fn delta_frame(
+    since: u64,
+    current: u64,
+    changed: Vec<WireEntity>,
+    has_more: bool,
+    client_seq: Option<u64>,
+) -> ServerFrame {
+    let version = if has_more {
+        changed.last().map(|e| e.version).unwrap_or(since)
+    } else {
+        current.max(since)
+    };
+    ServerFrame::Delta {
+        since,
+        version,
+        entities: changed,
+        has_more,
+        client_seq: if has_more { None } else { client_seq },
+    }
+}
+
+/// `GET /api/reconciliation/snapshot/{entityType}/{entityId}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntitySnapshot {
+    pub snapshot_id: String,
+    pub tenant_id: String,
+    pub entity_type: String,
+    pub entity_id: String,
+    pub version: String,
+    /// The state, or `{"crdt": base64}` for a CRDT entity.
+    pub data: Value,
+    pub vector_clock: VectorClock,
+    pub created_at: String,
+    /// SHA-256 of the canonical JSON of `data`.
+    pub checksum: String,
+}
+
+/// One entity of a collection snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionItem {
+    pub entity_id: String,
+    pub version: u64,
+    pub data: Value,
+    pub vector_clock: VectorClock,
+}
+
+/// `GET /api/reconciliation/snapshot/{entityType}`: one chunk of a type's collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionSnapshot {
+    pub snapshot_id: String,
+    pub tenant_id: String,
+    pub entity_type: String,
+    /// Take it from the first chunk and pull a delta from it afterwards.
+    pub version: String,
+    pub items: Vec<CollectionItem>,
+    pub next_cursor: Option<String>,
+    pub created_at: String,
+    /// SHA-256 of the canonical JSON of `items`.
+    pub checksum: String,
+}
+
+/// The checksum a snapshot body carries: SHA-256 of the canonical JSON of `value`.
+pub fn body_checksum<T: Serialize>(value: &T) -> String {
+    checksum(&canonical_json(&serde_json::to_value(value).unwrap_or(Value::Null)))
+}
+
+/// `GET /api/events/poll`: a page of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPage {
+    pub events: Vec<WireEvent>,
+    #[serde(default)]
+    pub has_more: bool,
+    /// Where the next poll resumes (it passes events that did not match the filter).
+    pub next_event_id: String,
+}
