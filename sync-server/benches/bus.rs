@@ -80,7 +80,7 @@ async fn run(label: &str, url: &str, n: usize) {
         Ok(s) => s,
         Err(e) => return eprintln!("{label} skipped: {e}"),
     };
-    let bus = EventBus::new(state.clone());
+    let bus = state.bus.clone();
     let (mut bp, mut bc, mut fp, mut fc) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         let (p, c) = bus_round(&bus, n).await;

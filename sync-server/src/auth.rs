@@ -11,14 +11,9 @@
 //!   cross-tenant access is audited (INV-003).
 
 use crate::error::ApiError;
-use crate::state::AppState;
-use crate::store::AuditEntry;
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use sdk_core::ids::{TenantId, UserId};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 pub const SUPER_ADMIN: &str = "super_admin";
 pub const MAX_LEEWAY_SECS: u64 = 30;
@@ -206,98 +201,6 @@ pub struct Identity {
 impl Identity {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
-    }
-}
-
-/// An authenticated request: the identity and the tenant it acts on (the token's, or for an
-/// audited super-admin access, the one named in `X-Tenant-ID`).
-#[derive(Debug, Clone)]
-pub struct Auth {
-    pub identity: Identity,
-    pub tenant: TenantId,
-}
-
-impl Auth {
-    pub fn user(&self) -> &str {
-        self.identity.user.as_str()
-    }
-}
-
-fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn client_addr(parts: &Parts) -> String {
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default()
-}
-
-impl FromRequestParts<AppState> for Auth {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let path = parts.uri.path().to_string();
-        let token = header(parts, "authorization")
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim);
-        let identity = match token {
-            None => Err(ApiError::auth("missing bearer token")),
-            Some(t) => state.jwt.verify(t),
-        };
-        let identity = match identity {
-            Ok(i) => i,
-            Err(e) => {
-                state.metrics.inc("pf2_auth_failures_total", &[]);
-                let details =
-                    json!({ "path": path, "ip": client_addr(parts), "reason": e.message });
-                let _ = state
-                    .store
-                    .audit(&AuditEntry {
-                        tenant: "-",
-                        actor: "-",
-                        action: "auth.failed",
-                        target: &path,
-                        outcome: "denied",
-                        details,
-                    })
-                    .await;
-                return Err(e);
-            }
-        };
-        let requested = header(parts, "x-tenant-id").map(str::to_string);
-        let tenant = match requested {
-            None => identity.tenant.clone(),
-            Some(t) if t == identity.tenant.as_str() => identity.tenant.clone(),
-            Some(t) => {
-                let justification =
-                    header(parts, "x-justification").map(str::trim).filter(|j| !j.is_empty());
-                let other = TenantId::new(t.clone()).map_err(|_| ApiError::tenant_violation())?;
-                let allowed = identity.has_role(SUPER_ADMIN) && justification.is_some();
-                let details: Value = json!({
-                    "path": path,
-                    "tokenTenant": identity.tenant.as_str(),
-                    "justification": justification,
-                    "ip": client_addr(parts),
-                });
-                let entry = AuditEntry {
-                    tenant: other.as_str(),
-                    actor: identity.user.as_str(),
-                    action: "tenant.cross_access",
-                    target: &path,
-                    outcome: if allowed { "allowed" } else { "denied" },
-                    details,
-                };
-                state.store.audit(&entry).await?;
-                if !allowed {
-                    return Err(ApiError::tenant_violation());
-                }
-                other
-            }
-        };
-        Ok(Auth { identity, tenant })
     }
 }
 

@@ -5,7 +5,7 @@
 //! experience and never correctness (INV-010):
 //!
 //! - **Fan-out.** Every room, direct and tenant frame a hub sends (see
-//!   [`crate::realtime::hub::Hub::to_room`]) is also published on one channel, `pf2:fanout`, as
+//!   [`Hub::to_room`]) is also published on one channel, `pf2:fanout`, as
 //!   an [`Envelope`] naming its node; every other process delivers it to its own connections.
 //!   A `Log` envelope says a tenant's log grew, waking long-polls, event followers and consumer
 //!   groups elsewhere.
@@ -22,8 +22,14 @@
 //! instead of waiting for wake-ups (every 30 s while Redis is up, as a safety net). When Redis returns, the process resubscribes, rewrites its
 //! presence and pokes its sockets, so clients pull whatever they missed.
 
+use crate::documents::DocumentHub;
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::notifier::Notifier;
+use crate::realtime::fanout::{ClusterFanout, Envelope, Remote};
+use crate::realtime::hub::Hub;
+use crate::realtime::outbound::Outbound;
+use crate::store::Store;
+use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use sdk_core::ids::{ClientId, RoomId, TenantId, UserId};
 use sdk_core::protocol::{PresenceStatus, ServerFrame};
@@ -42,98 +48,11 @@ const PRESENCE_INDEX: &str = "pf2:presence-index";
 const MEMBERSHIP_TTL_S: u64 = 24 * 3600;
 const OUTBOX: usize = 16_384;
 
-/// What crosses processes on [`CHANNEL`] (JSON; `v` is the envelope version).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Envelope {
-    Room {
-        node: String,
-        tenant: TenantId,
-        room: RoomId,
-        frame: ServerFrame,
-    },
-    User {
-        node: String,
-        tenant: TenantId,
-        user: UserId,
-        frame: ServerFrame,
-    },
-    Tenant {
-        node: String,
-        tenant: TenantId,
-        frame: ServerFrame,
-    },
-    /// The tenant's log reached `seq`.
-    Log {
-        node: String,
-        tenant: TenantId,
-        seq: u64,
-    },
-    /// Wake the tenant's waiters although the log did not grow (a dead letter reprocessed).
-    Kick {
-        node: String,
-        tenant: TenantId,
-    },
-    /// A collaborative document changed: processes that have it open re-read its changes.
-    Document {
-        node: String,
-        tenant: TenantId,
-        document_id: String,
-    },
-}
-
-impl Envelope {
-    fn node(&self) -> &str {
-        match self {
-            Envelope::Room { node, .. }
-            | Envelope::User { node, .. }
-            | Envelope::Tenant { node, .. }
-            | Envelope::Log { node, .. }
-            | Envelope::Kick { node, .. }
-            | Envelope::Document { node, .. } => node,
-        }
-    }
-
-    fn set_node(&mut self, id: &str) {
-        match self {
-            Envelope::Room { node, .. }
-            | Envelope::User { node, .. }
-            | Envelope::Tenant { node, .. }
-            | Envelope::Log { node, .. }
-            | Envelope::Kick { node, .. }
-            | Envelope::Document { node, .. } => *node = id.to_string(),
-        }
-    }
-}
-
 #[derive(Serialize, Deserialize)]
 struct Wire {
     v: u32,
     #[serde(flatten)]
     envelope: Envelope,
-}
-
-/// What a hub hands to the cluster (through a bounded outbox, never waiting).
-#[derive(Debug, Clone)]
-pub enum Remote {
-    Fanout(Box<Envelope>),
-    Presence {
-        tenant: TenantId,
-        client: ClientId,
-        user: UserId,
-        status: PresenceStatus,
-        metadata: Option<Value>,
-    },
-    Joined {
-        tenant: TenantId,
-        client: ClientId,
-        room: RoomId,
-    },
-    Left {
-        tenant: TenantId,
-        client: ClientId,
-        room: RoomId,
-    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -170,7 +89,16 @@ fn parse_index_member(m: &str) -> Option<(TenantId, ClientId, UserId)> {
 }
 
 fn now_ms() -> i64 {
-    crate::api::now_ms() as i64
+    crate::clock::now_ms() as i64
+}
+
+/// What the cluster delivers into on this process.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    pub hub: Arc<Hub>,
+    pub notifier: Arc<Notifier>,
+    pub store: Arc<Store>,
+    pub documents: Arc<DocumentHub>,
 }
 
 /// This process's membership of the cluster.
@@ -222,10 +150,6 @@ impl Cluster {
 
     pub fn node_id(&self) -> &str {
         &self.node
-    }
-
-    pub fn outbox(&self) -> mpsc::Sender<Remote> {
-        self.outbox.clone()
     }
 
     /// Whether the fan-out subscription is live and Redis answered the last command.
@@ -436,8 +360,8 @@ impl Cluster {
 
     /// Measure Redis, re-arm the TTL of the presence held here, and announce the presence that
     /// expired anywhere (a killed process's users), once per entry across the cluster.
-    async fn maintain(&self, state: &AppState) {
-        let ttl = state.hub.presence_ttl();
+    async fn maintain(&self, local: &LocalNode) {
+        let ttl = local.hub.presence_ttl();
         let start = Instant::now();
         let ping = self
             .with_conn(
@@ -448,7 +372,7 @@ impl Cluster {
             return;
         }
         *self.latency_ms.lock().expect("latency lock") = start.elapsed().as_secs_f64() * 1000.0;
-        for (tenant, client, user, status, metadata) in state.hub.local_presence() {
+        for (tenant, client, user, status, metadata) in local.hub.local_presence() {
             let _ =
                 self.apply(Remote::Presence { tenant, client, user, status, metadata }, ttl).await;
         }
@@ -496,7 +420,7 @@ impl Cluster {
                         room_id: Some(room.clone()),
                         ttl_ms: Some(ttl.as_millis() as u64),
                     };
-                    state.hub.to_room(&tenant, &room, &frame, None);
+                    local.hub.to_room(&tenant, &room, &frame, None);
                 }
             }
         }
@@ -504,30 +428,62 @@ impl Cluster {
 
     /// Redis came (back): rewrite presence and poke every local socket and waiter, so whatever
     /// crossed no process while Redis was away is pulled from the log now.
-    async fn resync(&self, state: &AppState) {
-        self.maintain(state).await;
-        for tenant in state.hub.local_tenants() {
-            if let Ok((seq, _)) = state.store.tenant_seq(tenant.as_str()).await {
-                state.hub.local_tenant(
-                    &tenant,
-                    &crate::realtime::hub::Outbound::new(ServerFrame::Poke { version: seq }),
-                );
+    async fn resync(&self, local: &LocalNode) {
+        self.maintain(local).await;
+        for tenant in local.hub.local_tenants() {
+            if let Ok((seq, _)) = local.store.tenant_seq(tenant.as_str()).await {
+                local.hub.local_tenant(&tenant, &Outbound::new(ServerFrame::Poke { version: seq }));
             }
         }
-        for tenant in state.notifier.tenants() {
-            if let Ok((seq, _)) = state.store.tenant_seq(&tenant).await {
-                state.notifier.notify(&tenant, seq);
+        for tenant in local.notifier.tenants() {
+            if let Ok((seq, _)) = local.store.tenant_seq(&tenant).await {
+                local.notifier.notify(&tenant, seq);
             }
         }
     }
 }
 
+impl ClusterFanout for Cluster {
+    fn joined(&self) -> bool {
+        true
+    }
+
+    fn forward(&self, remote: Remote) {
+        if self.outbox.try_send(remote).is_err() {
+            self.metrics.inc("pf2_cluster_dropped_total", &[("reason", "outbox_full")]);
+        }
+    }
+
+    /// While Redis is down, wake-ups from other processes cannot arrive: waiters re-read the
+    /// log every second; while it is up, every 30 s as a safety net (a dropped envelope costs
+    /// latency, not events).
+    fn log_recheck(&self) -> Option<Duration> {
+        Some(if self.is_up() { Duration::from_secs(30) } else { Duration::from_secs(1) })
+    }
+
+    fn rooms_of<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        client: &'a ClientId,
+    ) -> BoxFuture<'a, Vec<RoomId>> {
+        Box::pin(Cluster::rooms_of(self, tenant, client))
+    }
+
+    fn presence_in<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        room: &'a RoomId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Option<Vec<ServerFrame>>> {
+        Box::pin(Cluster::presence_in(self, tenant, room, ttl))
+    }
+}
+
 /// Run this process's part of the cluster until `shutdown`: publish what the hub hands over,
 /// deliver what the others publish, keep presence alive, reconnect when Redis returns.
-pub async fn run(state: AppState, shutdown: impl Future<Output = ()>) {
-    let Some(cluster) = state.cluster.clone() else { return };
+pub async fn run(cluster: Arc<Cluster>, local: LocalNode, shutdown: impl Future<Output = ()>) {
     let Some(mut inbox) = cluster.inbox.lock().expect("inbox lock").take() else { return };
-    let ttl = state.hub.presence_ttl();
+    let ttl = local.hub.presence_ttl();
     let writer = {
         let cluster = cluster.clone();
         tokio::spawn(async move {
@@ -538,15 +494,15 @@ pub async fn run(state: AppState, shutdown: impl Future<Output = ()>) {
             }
         })
     };
-    let subscriber = tokio::spawn(subscribe_loop(state.clone(), cluster.clone()));
+    let subscriber = tokio::spawn(subscribe_loop(local.clone(), cluster.clone()));
     let maintenance = {
-        let (state, cluster) = (state.clone(), cluster.clone());
+        let (local, cluster) = (local.clone(), cluster.clone());
         let every = (ttl / 3).clamp(Duration::from_millis(500), Duration::from_secs(10));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                cluster.maintain(&state).await;
+                cluster.maintain(&local).await;
             }
         })
     };
@@ -556,10 +512,10 @@ pub async fn run(state: AppState, shutdown: impl Future<Output = ()>) {
     }
 }
 
-async fn subscribe_loop(state: AppState, cluster: Arc<Cluster>) {
+async fn subscribe_loop(local: LocalNode, cluster: Arc<Cluster>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match subscribe_once(&state, &cluster).await {
+        match subscribe_once(&local, &cluster).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 cluster.report_subscription(false, Some(e.to_string()));
@@ -569,14 +525,14 @@ async fn subscribe_loop(state: AppState, cluster: Arc<Cluster>) {
         cluster.report_subscription(false, Some("fan-out subscription ended".into()));
         // Waiters sleeping on wake-ups that can no longer arrive re-read the log now, and then
         // every second until Redis is back (`AppState::log_recheck`).
-        for tenant in state.notifier.tenants() {
-            state.notifier.kick(&tenant);
+        for tenant in local.notifier.tenants() {
+            local.notifier.kick(&tenant);
         }
         tokio::time::sleep(backoff).await;
     }
 }
 
-async fn subscribe_once(state: &AppState, cluster: &Cluster) -> RedisResult<()> {
+async fn subscribe_once(local: &LocalNode, cluster: &Cluster) -> RedisResult<()> {
     use futures_util::StreamExt;
     let mut pubsub = cluster.client.get_async_pubsub().await?;
     pubsub.subscribe(CHANNEL).await?;
@@ -585,7 +541,7 @@ async fn subscribe_once(state: &AppState, cluster: &Cluster) -> RedisResult<()> 
         .with_conn(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
         .await?;
     cluster.report_subscription(true, None);
-    cluster.resync(state).await;
+    cluster.resync(local).await;
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {
         let Ok(text) = msg.get_payload::<String>() else { continue };
@@ -598,15 +554,13 @@ async fn subscribe_once(state: &AppState, cluster: &Cluster) -> RedisResult<()> 
         }
         cluster.metrics.inc("pf2_cluster_received_total", &[]);
         match wire.envelope {
-            Envelope::Log { tenant, seq, .. } => state.notifier.notify(tenant.as_str(), seq),
-            Envelope::Kick { tenant, .. } => state.notifier.kick(tenant.as_str()),
+            Envelope::Log { tenant, seq, .. } => local.notifier.notify(tenant.as_str(), seq),
+            Envelope::Kick { tenant, .. } => local.notifier.kick(tenant.as_str()),
             Envelope::Document { tenant, document_id, .. } => {
-                let state = state.clone();
-                tokio::spawn(async move {
-                    state.documents.refresh(&state, &tenant, &document_id).await;
-                });
+                let documents = local.documents.clone();
+                tokio::spawn(async move { documents.refresh(&tenant, &document_id).await });
             }
-            envelope => state.hub.deliver_remote(envelope),
+            envelope => local.hub.deliver_remote(envelope),
         }
     }
     Ok(())

@@ -5,8 +5,9 @@
 //! with a guessable secret. The webhook signing secret works the same way (`webhook-secret`).
 
 use crate::auth::JwtConfig;
+use crate::limits::Limits;
 use crate::ratelimit::Rate;
-use crate::state::{AppState, Limits};
+use crate::state::AppState;
 use crate::store::{SqliteSync, Store};
 use anyhow::Context;
 use jsonwebtoken::Algorithm;
@@ -125,10 +126,10 @@ pub struct Config {
     pub rate_publish: u32,
     /// Largest stored form of a collaborative document, bytes (a `doc_sync` past it is refused
     /// with PAYLOAD_TOO_LARGE).
-    #[arg(long, env = "PF2_MAX_DOCUMENT_BYTES", default_value_t = crate::documents::DEFAULT_MAX_DOCUMENT_BYTES)]
+    #[arg(long, env = "PF2_MAX_DOCUMENT_BYTES", default_value_t = crate::limits::DEFAULT_MAX_DOCUMENT_BYTES)]
     pub max_document_bytes: usize,
     /// Appended change bytes after which a document's changes are folded into its save.
-    #[arg(long, env = "PF2_DOCUMENT_COMPACT_BYTES", default_value_t = crate::documents::DEFAULT_COMPACT_BYTES)]
+    #[arg(long, env = "PF2_DOCUMENT_COMPACT_BYTES", default_value_t = crate::limits::DEFAULT_COMPACT_BYTES)]
     pub document_compact_bytes: i64,
     /// Presence TTL, seconds: an entry lives this long after its client's last frame
     /// (heartbeats every 30 s keep it alive), in Redis too.
@@ -174,8 +175,8 @@ impl Config {
             bus_retry_backoff_ms: 1_000,
             rate_publish: 100_000,
             presence_ttl_secs: 90,
-            max_document_bytes: crate::documents::DEFAULT_MAX_DOCUMENT_BYTES,
-            document_compact_bytes: crate::documents::DEFAULT_COMPACT_BYTES,
+            max_document_bytes: crate::limits::DEFAULT_MAX_DOCUMENT_BYTES,
+            document_compact_bytes: crate::limits::DEFAULT_COMPACT_BYTES,
         }
     }
 
@@ -194,7 +195,7 @@ impl Config {
     }
 
     /// The event bus policy from the flags.
-    pub fn bus_policy(&self) -> anyhow::Result<crate::bus::BusPolicy> {
+    pub fn bus_policy(&self) -> anyhow::Result<crate::limits::BusPolicy> {
         let mut retention = Vec::new();
         for spec in &self.event_retention {
             let (pattern, days) =
@@ -207,8 +208,8 @@ impl Config {
             filter.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             retention.push((pattern.trim().to_string(), Duration::from_secs(days * 86_400)));
         }
-        let defaults = crate::bus::BusPolicy::default();
-        Ok(crate::bus::BusPolicy {
+        let defaults = crate::limits::BusPolicy::default();
+        Ok(crate::limits::BusPolicy {
             retention,
             critical: self.critical_event_types.iter().map(|p| p.trim().to_string()).collect(),
             max_deliveries: self.bus_max_deliveries.clamp(1, 100),
@@ -313,7 +314,7 @@ impl Config {
     pub async fn build_with(&self, strategies: StrategyRegistry) -> anyhow::Result<AppState> {
         let store = Store::connect(&self.database_url, self.sqlite_synchronous)
             .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let webhook = match &self.webhook_secret {
             Some(s) => s.clone().into_bytes(),
             None => dev_secret(&self.data_dir(), "webhook-secret")?,
@@ -321,10 +322,12 @@ impl Config {
         let engine = ApplyEngine::new(strategies).with_limits(Default::default(), self.max_batch);
         let mut limits = self.limits();
         limits.bus = self.bus_policy()?;
-        let state = AppState::new(store, engine, self.jwt()?, limits, webhook);
         match &self.redis_url {
-            Some(url) if !url.is_empty() => state.with_cluster(url).map_err(anyhow::Error::msg),
-            _ => Ok(state),
+            Some(url) if !url.is_empty() => {
+                AppState::clustered(store, engine, self.jwt()?, limits, webhook, url)
+                    .map_err(anyhow::Error::msg)
+            }
+            _ => Ok(AppState::new(store, engine, self.jwt()?, limits, webhook)),
         }
     }
 }

@@ -9,23 +9,22 @@
 //! `PAYLOAD_TOO_LARGE` and changes nothing.
 
 use crate::error::ApiError;
-use crate::realtime::hub::Outbound;
-use crate::realtime::mailbox::Mailbox;
-use crate::state::AppState;
-use crate::store::StoredDocument;
+use crate::feed::ChangeFeed;
+use crate::metrics::Metrics;
+use crate::realtime::mailbox::{Mailbox, Offered};
+use crate::realtime::outbound::Outbound;
+use crate::store::{Store, StoredDocument};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use pf2_automerge::DocumentPeer;
 use pf2_automerge::parts::{self, Reassembly};
 use sdk_core::ErrorCode;
-use sdk_core::ids::{ClientId, TenantId};
+use sdk_core::ids::{ClientId, DocumentId, TenantId};
 use sdk_core::protocol::ServerFrame;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Defaults: documents up to 8 MiB, compacted once 256 KiB of changes have been appended.
-pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
-pub const DEFAULT_COMPACT_BYTES: i64 = 256 * 1024;
+pub use crate::limits::{DEFAULT_COMPACT_BYTES, DEFAULT_MAX_DOCUMENT_BYTES};
 
 type Key = (TenantId, String);
 
@@ -47,9 +46,15 @@ struct LiveDoc {
 }
 
 /// Every document open on this process.
-#[derive(Default)]
 pub struct DocumentHub {
     docs: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<LiveDoc>>>>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    feed: ChangeFeed,
+    /// Largest stored form of a document.
+    max_bytes: usize,
+    /// Appended change bytes after which a document's changes are folded into its save.
+    compact_bytes: i64,
 }
 
 impl std::fmt::Debug for DocumentHub {
@@ -59,17 +64,9 @@ impl std::fmt::Debug for DocumentHub {
     }
 }
 
-/// Document ids: 1–128 of `A-Za-z0-9-_.:`.
+/// Document ids: 1–128 of `A-Za-z0-9-_.:` ([`DocumentId`]).
 pub fn valid_document_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty()
-        || id.len() > 128
-        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
-        return Err(ApiError::invalid(format!(
-            "document id {id:?}: 1 to 128 of A-Z a-z 0-9 - _ . :"
-        )));
-    }
-    Ok(())
+    DocumentId::new(id).map(|_| ()).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// A sync message as frames: one, or parts of at most 32 KiB when it is larger.
@@ -110,28 +107,37 @@ fn replica(stored: &StoredDocument) -> Result<DocumentPeer, ApiError> {
     Ok(peer)
 }
 
-/// The stored document, live: a replica and what is known of its stored form.
-async fn load(state: &AppState, tenant: &TenantId, id: &str) -> Result<LiveDoc, ApiError> {
-    let stored = state.store.document(tenant.as_str(), id).await?.unwrap_or_default();
-    let limit = state.limits.max_document_bytes;
-    // Reassembled messages may be as large as a document.
-    let mut peer = replica(&stored)?.with_max_message(limit);
-    let stored_bytes = stored.save.len() + stored.changes_bytes.max(0) as usize;
-    Ok(LiveDoc {
-        persisted: peer.heads(),
-        peer,
-        seq: stored.seq,
-        save_version: stored.save_version,
-        stored_bytes,
-        open: HashMap::new(),
-        parts: Reassembly::new(limit),
-    })
-}
-
 impl DocumentHub {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        feed: ChangeFeed,
+        max_bytes: usize,
+        compact_bytes: i64,
+    ) -> Self {
+        Self { docs: Mutex::default(), store, metrics, feed, max_bytes, compact_bytes }
+    }
+
+    /// The stored document, live: a replica and what is known of its stored form.
+    async fn load(&self, tenant: &TenantId, id: &str) -> Result<LiveDoc, ApiError> {
+        let stored = self.store.document(tenant.as_str(), id).await?.unwrap_or_default();
+        let limit = self.max_bytes;
+        // Reassembled messages may be as large as a document.
+        let mut peer = replica(&stored)?.with_max_message(limit);
+        let stored_bytes = stored.save.len() + stored.changes_bytes.max(0) as usize;
+        Ok(LiveDoc {
+            persisted: peer.heads(),
+            peer,
+            seq: stored.seq,
+            save_version: stored.save_version,
+            stored_bytes,
+            open: HashMap::new(),
+            parts: Reassembly::new(limit),
+        })
+    }
+
     async fn live(
         &self,
-        state: &AppState,
         tenant: &TenantId,
         id: &str,
     ) -> Result<Arc<tokio::sync::Mutex<LiveDoc>>, ApiError> {
@@ -139,7 +145,7 @@ impl DocumentHub {
         if let Some(d) = self.docs.lock().expect("documents lock").get(&key) {
             return Ok(d.clone());
         }
-        let doc = Arc::new(tokio::sync::Mutex::new(load(state, tenant, id).await?));
+        let doc = Arc::new(tokio::sync::Mutex::new(self.load(tenant, id).await?));
         Ok(self.docs.lock().expect("documents lock").entry(key).or_insert(doc).clone())
     }
 
@@ -148,7 +154,6 @@ impl DocumentHub {
     #[allow(clippy::too_many_arguments)]
     pub async fn receive(
         &self,
-        state: &AppState,
         tenant: &TenantId,
         client: &ClientId,
         mailbox: &Arc<Mailbox>,
@@ -160,13 +165,13 @@ impl DocumentHub {
         let part = B64
             .decode(message)
             .map_err(|e| ApiError::invalid(format!("doc_sync message: not base64 ({e})")))?;
-        let live = self.live(state, tenant, id).await?;
+        let live = self.live(tenant, id).await?;
         let mut doc = live.lock().await;
         doc.open.insert(client.clone(), mailbox.clone());
         let Some(bytes) = doc.parts.push(client.as_str(), &part, more).map_err(refused)? else {
             return Ok(());
         };
-        Self::apply(state, tenant, id, &mut doc, client, &bytes).await?;
+        self.apply(tenant, id, &mut doc, client, &bytes).await?;
         Self::sync_open(&mut doc, id, Some(client)).await;
         Ok(())
     }
@@ -177,19 +182,18 @@ impl DocumentHub {
     /// trip, never a change, and an idle document leaves memory; the client keeps its session.
     pub async fn sync_over_http(
         &self,
-        state: &AppState,
         tenant: &TenantId,
         client: &ClientId,
         id: &str,
         message: Option<&[u8]>,
     ) -> Result<Vec<Vec<u8>>, ApiError> {
         valid_document_id(id)?;
-        let live = self.live(state, tenant, id).await?;
+        let live = self.live(tenant, id).await?;
         let (answers, unused) = {
             let mut doc = live.lock().await;
             doc.peer.disconnected(client.as_str());
             let applied = match message {
-                Some(bytes) => Self::apply(state, tenant, id, &mut doc, client, bytes).await,
+                Some(bytes) => self.apply(tenant, id, &mut doc, client, bytes).await,
                 None => Ok(()),
             };
             let answers = match applied {
@@ -212,7 +216,7 @@ impl DocumentHub {
     /// Apply one whole sync message from `client`; persist what it added (refusing, with
     /// nothing kept, what would pass the size limit) and tell the other processes.
     async fn apply(
-        state: &AppState,
+        &self,
         tenant: &TenantId,
         id: &str,
         doc: &mut LiveDoc,
@@ -227,51 +231,51 @@ impl DocumentHub {
         let persisted = std::mem::take(&mut doc.persisted);
         let increment = doc.peer.save_after(&persisted);
         doc.persisted = persisted;
-        let limit = state.limits.max_document_bytes;
+        let limit = self.max_bytes;
         if doc.stored_bytes + increment.len() > limit {
             // Refused: forget the in-memory change by reloading what is stored.
             let size = doc.stored_bytes + increment.len();
             let open = std::mem::take(&mut doc.open);
-            *doc = load(state, tenant, id).await?;
+            *doc = self.load(tenant, id).await?;
             doc.open = open;
-            state.metrics.inc("pf2_documents_refused_total", &[("reason", "too_large")]);
+            self.metrics.inc("pf2_documents_refused_total", &[("reason", "too_large")]);
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("document {id:?} would be {size} bytes; the limit is {limit}"),
             ));
         }
         let (seq, appended) =
-            state.store.append_document_change(tenant.as_str(), id, &increment).await?;
+            self.store.append_document_change(tenant.as_str(), id, &increment).await?;
         doc.stored_bytes += increment.len();
         if seq == doc.seq + 1 {
             doc.seq = seq;
             doc.persisted = doc.peer.heads();
         } else {
             // Other processes appended since the last change this replica has: read them.
-            Self::catch_up(state, tenant, id, doc).await?;
+            self.catch_up(tenant, id, doc).await?;
         }
-        state.metrics.inc("pf2_document_changes_total", &[]);
-        if appended > state.limits.document_compact_bytes {
-            Self::compact(state, tenant, id, doc).await?;
+        self.metrics.inc("pf2_document_changes_total", &[]);
+        if appended > self.compact_bytes {
+            self.compact(tenant, id, doc).await?;
         }
-        state.documents_changed(tenant, id);
+        self.feed.document_changed(tenant, id);
         Ok(())
     }
 
     /// Read the changes stored after `doc.seq` into the replica. If a compaction elsewhere
     /// folded some of them into a save this replica does not have, reload from the store.
     async fn catch_up(
-        state: &AppState,
+        &self,
         tenant: &TenantId,
         id: &str,
         doc: &mut LiveDoc,
     ) -> Result<(), ApiError> {
         let (version, changes) =
-            state.store.document_changes_after(tenant.as_str(), id, doc.seq).await?;
+            self.store.document_changes_after(tenant.as_str(), id, doc.seq).await?;
         let gap = changes.first().is_some_and(|(s, _)| *s != doc.seq + 1);
         if version != doc.save_version || gap {
             let open = std::mem::take(&mut doc.open);
-            *doc = load(state, tenant, id).await?;
+            *doc = self.load(tenant, id).await?;
             doc.open = open;
             return Ok(());
         }
@@ -288,13 +292,13 @@ impl DocumentHub {
     /// stored save changed meanwhile (another process or the periodic compactor compacted),
     /// nothing is written and the replica reloads.
     async fn compact(
-        state: &AppState,
+        &self,
         tenant: &TenantId,
         id: &str,
         doc: &mut LiveDoc,
     ) -> Result<(), ApiError> {
         let save = doc.peer.save();
-        let compacted = state
+        let compacted = self
             .store
             .compact_document(tenant.as_str(), id, &save, doc.seq, doc.save_version)
             .await?;
@@ -302,13 +306,13 @@ impl DocumentHub {
             Some(version) => {
                 doc.save_version = version;
                 doc.stored_bytes = save.len();
-                state.metrics.inc("pf2_document_compactions_total", &[("outcome", "size")]);
+                self.metrics.inc("pf2_document_compactions_total", &[("outcome", "size")]);
             }
             None => {
                 let open = std::mem::take(&mut doc.open);
-                *doc = load(state, tenant, id).await?;
+                *doc = self.load(tenant, id).await?;
                 doc.open = open;
-                state.metrics.inc("pf2_document_compactions_total", &[("outcome", "raced")]);
+                self.metrics.inc("pf2_document_compactions_total", &[("outcome", "raced")]);
             }
         }
         Ok(())
@@ -326,10 +330,7 @@ impl DocumentHub {
                         if mailbox.send(out).await.is_err() {
                             break 'messages;
                         }
-                    } else if !matches!(
-                        mailbox.offer(out),
-                        crate::realtime::mailbox::Offered::Queued
-                    ) {
+                    } else if !matches!(mailbox.offer(out), Offered::Queued) {
                         // A full queue: this socket's session restarts from what both share,
                         // so its next message asks again for what it lacks.
                         doc.peer.disconnected(client.as_str());
@@ -341,13 +342,13 @@ impl DocumentHub {
     }
 
     /// Another process changed the document: read the new changes and pass them on.
-    pub async fn refresh(&self, state: &AppState, tenant: &TenantId, id: &str) {
+    pub async fn refresh(&self, tenant: &TenantId, id: &str) {
         let key = (tenant.clone(), id.to_string());
         let Some(live) = self.docs.lock().expect("documents lock").get(&key).cloned() else {
             return;
         };
         let mut doc = live.lock().await;
-        if let Err(e) = Self::catch_up(state, tenant, id, &mut doc).await {
+        if let Err(e) = self.catch_up(tenant, id, &mut doc).await {
             tracing::warn!(error = %e, document = id, "reading a document's new changes");
             return;
         }
@@ -391,7 +392,6 @@ impl DocumentHub {
     /// plus the changes appended since), from memory when open here, else from the store.
     pub async fn snapshot(
         &self,
-        state: &AppState,
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<Snapshot>, ApiError> {
@@ -410,10 +410,10 @@ impl DocumentHub {
                 Ok((d.stored_bytes > 0).then(|| snap(&mut d)))
             }
             None => {
-                if state.store.document(tenant.as_str(), id).await?.is_none() {
+                if self.store.document(tenant.as_str(), id).await?.is_none() {
                     return Ok(None);
                 }
-                Ok(Some(snap(&mut load(state, tenant, id).await?)))
+                Ok(Some(snap(&mut self.load(tenant, id).await?)))
             }
         }
     }
@@ -422,27 +422,29 @@ impl DocumentHub {
 /// Documents with changes appended and no write for this long are compacted by the workers.
 pub const IDLE_COMPACTION_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Compact documents that have changes appended and no write since `idle` ago (at most 100 a
-/// pass): a later load reads one save instead of the save and every change. Safe beside live
-/// replicas here and on other processes: a compaction replaces only the save it read. Returns
-/// how many were compacted.
-pub async fn compact_idle(state: &AppState, idle: std::time::Duration) -> Result<usize, ApiError> {
-    let before = crate::api::now_ms() as i64 - idle.as_millis() as i64;
-    let mut compacted = 0;
-    for (tenant, id) in state.store.idle_documents_with_changes(before, 100).await? {
-        let Some(stored) = state.store.document(&tenant, &id).await? else { continue };
-        let save = replica(&stored)?.save();
-        if state
-            .store
-            .compact_document(&tenant, &id, &save, stored.seq, stored.save_version)
-            .await?
-            .is_some()
-        {
-            compacted += 1;
-            state.metrics.inc("pf2_document_compactions_total", &[("outcome", "idle")]);
+impl DocumentHub {
+    /// Compact documents that have changes appended and no write since `idle` ago (at most 100 a
+    /// pass): a later load reads one save instead of the save and every change. Safe beside live
+    /// replicas here and on other processes: a compaction replaces only the save it read. Returns
+    /// how many were compacted.
+    pub async fn compact_idle(&self, idle: std::time::Duration) -> Result<usize, ApiError> {
+        let before = crate::clock::now_ms() as i64 - idle.as_millis() as i64;
+        let mut compacted = 0;
+        for (tenant, id) in self.store.idle_documents_with_changes(before, 100).await? {
+            let Some(stored) = self.store.document(&tenant, &id).await? else { continue };
+            let save = replica(&stored)?.save();
+            if self
+                .store
+                .compact_document(&tenant, &id, &save, stored.seq, stored.save_version)
+                .await?
+                .is_some()
+            {
+                compacted += 1;
+                self.metrics.inc("pf2_document_compactions_total", &[("outcome", "idle")]);
+            }
         }
+        Ok(compacted)
     }
-    Ok(compacted)
 }
 
 /// A document as `GET /api/documents/{id}/snapshot` serves it.

@@ -55,6 +55,15 @@ impl From<sdk_core::Error> for ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Internal(detail) => Self::internal(detail),
+            crate::store::StoreError::Refused { code, message } => Self::new(code, message),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())

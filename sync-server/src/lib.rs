@@ -10,15 +10,16 @@
 //!
 //! | module | what lives there |
 //! | --- | --- |
-//! | [`config`] | flags and environment → [`state::AppState`] |
-//! | [`state`] | shared state, limits, the long-poll notifier |
-//! | [`auth`] | JWT verification, tenant isolation, super-admin access |
-//! | [`api`] | the REST handlers |
-//! | [`http`] | health, metrics, OpenAPI |
-//! | [`store`] | all SQL (SQLite and PostgreSQL) |
-//! | [`realtime`] | the realtime hub and the native WebSocket endpoint `/v1/ws` |
-//! | [`workers`] | transaction processing, webhooks, retention, presence sweeps |
-//! | [`extract`], [`error`], [`ratelimit`], [`metrics`] | HTTP plumbing |
+//! Bottom to top; each layer imports only what is below it (ARCHITECTURE.md):
+//!
+//! | layer | modules |
+//! | --- | --- |
+//! | plain values | [`clock`], [`limits`], [`metrics`], [`ratelimit`], [`notifier`], [`auth`] (JWT) |
+//! | storage | [`store`] (all SQL, its own error type), [`error`] (API codes) |
+//! | realtime primitives | [`realtime`]: outbound frames, mailbox, hub, fan-out envelope |
+//! | services | [`feed`], [`sync`], [`bus`], [`documents`], [`rooms`], [`audit`], [`cluster`] (Redis) |
+//! | composition root | [`state`] (builds the services), [`config`], [`workers`] |
+//! | transports | [`rest`] (by resource), [`socket`] (one session; `/v1/ws`, Socket.IO), [`routes`] |
 //!
 //! ## Example
 //!
@@ -32,28 +33,33 @@
 //! # Ok(()) }
 //! ```
 
-pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bus;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod documents;
 pub mod error;
-pub mod extract;
-pub mod http;
+pub mod feed;
+pub mod limits;
 pub mod metrics;
+pub mod notifier;
 pub mod ratelimit;
 pub mod realtime;
-
+pub mod rest;
+pub mod rooms;
+pub mod routes;
+pub mod socket;
 pub mod state;
 pub mod store;
+pub mod sync;
 pub mod workers;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use state::AppState;
 use std::future::Future;
 use std::sync::Arc;
@@ -77,44 +83,10 @@ pub fn app(state: AppState) -> Router {
             .fallback_service(tower_http::services::ServeDir::new(dir)),
         None => router.fallback(|| async { error::ApiError::not_found("no such route") }),
     };
+    let router =
+        routes::table().into_iter().fold(router, |r, route| r.route(route.path, route.handler));
     router
-        .route("/api/reconciliation/reconcile", post(api::reconcile))
-        .route("/api/reconciliation/delta", get(api::delta))
-        .route("/api/reconciliation/snapshot/{entity_type}/{entity_id}", get(api::entity_snapshot))
-        .route("/api/reconciliation/snapshot/{entity_type}", get(api::collection_snapshot))
-        .route("/api/reconciliation/conflicts", get(api::list_conflicts))
-        .route("/api/reconciliation/conflicts/{conflict_id}/resolve", post(api::resolve_conflict))
-        .route("/api/documents/{document_id}/snapshot", get(api::document_snapshot))
-        .route("/api/documents/{document_id}/sync", post(api::document_sync))
-        .route("/api/events/poll", get(api::poll))
-        .route("/api/events", post(bus::http::publish))
-        .route("/api/events/subscriptions", get(bus::http::list_subscriptions))
-        .route(
-            "/api/events/subscriptions/{name}",
-            get(bus::http::get_subscription)
-                .put(bus::http::put_subscription)
-                .delete(bus::http::delete_subscription),
-        )
-        .route("/api/events/subscriptions/{name}/poll", get(bus::http::poll_subscription))
-        .route("/api/events/subscriptions/{name}/ack", post(bus::http::ack))
-        .route("/api/events/subscriptions/{name}/claim", post(bus::http::claim))
-        .route("/api/events/subscriptions/{name}/nack", post(bus::http::nack))
-        .route("/api/events/dlq", get(bus::http::list_dead_letters))
-        .route(
-            "/api/events/dlq/{id}",
-            get(bus::http::get_dead_letter)
-                .patch(bus::http::edit_dead_letter)
-                .delete(bus::http::delete_dead_letter),
-        )
-        .route("/api/events/dlq/{id}/reprocess", post(bus::http::reprocess_dead_letter))
-        .route("/api/transactions", post(api::create_transaction))
-        .route("/api/transactions/{transaction_id}", get(api::get_transaction))
-                .route("/api/audit", get(api::audit))
-        .route("/v1/ws", get(realtime::native::upgrade))
-        .route("/health", get(http::health))
-        .route("/metrics", get(http::metrics))
-        .route("/openapi.json", get(http::openapi))
-                .layer(realtime::socketio::layer(state.clone()))
+        .layer(socket::socketio::layer(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(
@@ -166,9 +138,12 @@ pub async fn serve(
         let _ = worker_stop.wait_for(|s| *s).await;
     }));
     let mut cluster_stop = stop_rx.clone();
-    let cluster = tokio::spawn(cluster::run(state.clone(), async move {
-        let _ = cluster_stop.wait_for(|s| *s).await;
-    }));
+    let cluster = match state.cluster.clone() {
+        Some(c) => tokio::spawn(cluster::run(c, state.local_node(), async move {
+            let _ = cluster_stop.wait_for(|s| *s).await;
+        })),
+        None => tokio::spawn(async {}),
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(state.limits.header_read_timeout);
     let router = app(state);

@@ -9,7 +9,7 @@
 //! database transaction that appends its `transaction.confirmed` / `transaction.failed` event (a
 //! critical event, never pruned).
 
-use crate::api::now_ms;
+use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::TransactionRow;
@@ -83,7 +83,7 @@ pub async fn process_pending_in(
             state.metrics.inc("pf2_transactions_total", &[("status", status)]);
             let (seq, _) = state.store.tenant_seq(&t.tenant_id).await?;
             if let Ok(tenant) = sdk_core::ids::TenantId::new(t.tenant_id.as_str()) {
-                state.events_appended(&tenant, seq);
+                state.feed.events_appended(&tenant, seq);
             }
         }
     }
@@ -194,13 +194,13 @@ pub async fn run(
                         _ = tick.tick() => {}
             _ = sweep_tick.tick() => state.hub.sweep(),
             _ = gauge_tick.tick() => {
-                if let Err(e) = crate::bus::record_gauges(&state).await {
+                if let Err(e) = state.bus.record_gauges().await {
                     tracing::warn!(error = %e, "event bus gauges");
                 }
             }
             _ = compaction_tick.tick() => {
                 let idle = crate::documents::IDLE_COMPACTION_AFTER;
-                match crate::documents::compact_idle(&state, idle).await {
+                match state.documents.compact_idle(idle).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(documents = n, "idle documents compacted"),
                     Err(e) => tracing::warn!(error = %e, "compacting idle documents"),

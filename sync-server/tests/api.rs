@@ -520,7 +520,7 @@ async fn poll_below_retention_requires_a_snapshot(backend: Backend) {
     let pruned = app
         .state
         .store
-        .prune_events(sync_server::api::now_ms() as i64 + 1000, &[], Some(&app.tenant))
+        .prune_events(sync_server::clock::now_ms() as i64 + 1000, &[], Some(&app.tenant))
         .await
         .unwrap();
     assert!(pruned >= 3);

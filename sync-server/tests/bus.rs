@@ -531,7 +531,7 @@ async fn retention_is_per_type_keeps_critical_events_and_answers_snapshot_requir
     put(&app, &svc, "laggard", json!({"kind": "group", "startFrom": 3})).await;
     let held = claim(&app, &svc, "laggard", "w", 1, 0).await;
     assert_eq!(held[0]["event"]["sequence"], 4);
-    let now = sync_server::api::now_ms() as i64;
+    let now = sync_server::clock::now_ms() as i64;
     // Default retention: everything is past it; audit.* has a longer retention.
     let rules = vec![("audit.*".to_string(), now - 86_400_000)];
     let deleted =

@@ -439,8 +439,7 @@ async fn documents_are_size_limited_and_compacted() {
     assert!(!stored.save.is_empty(), "compacted into the save");
     assert!(stored.changes.len() < 10, "{} changes left after compaction", stored.changes.len());
     let fresh = app.config.build().await.unwrap();
-    let snap =
-        fresh.documents.snapshot(&fresh, &app.state_tenant(), "small").await.unwrap().unwrap();
+    let snap = fresh.documents.snapshot(&app.state_tenant(), "small").await.unwrap().unwrap();
     let appended: usize = stored.changes.iter().map(Vec::len).sum();
     assert_eq!(snap.stored_bytes, stored.save.len() + appended, "storedBytes is the stored form");
     let mut reloaded = DocumentPeer::load(&snap.save, b"r").unwrap();
@@ -554,7 +553,7 @@ fn arbitrary_document_sync_bodies_never_fail_inside_and_change_nothing_when_refu
     .unwrap();
     let heads = || async {
         let t = app.state_tenant();
-        app.state.documents.snapshot(&app.state, &t, "fz").await.unwrap().map(|s| s.heads)
+        app.state.documents.snapshot(&t, "fz").await.unwrap().map(|s| s.heads)
     };
     let path = "/api/documents/fz/sync";
     common::post_bodies_never_fail_inside(&rt, &app, path, &token, valid, 200, &[400, 413], heads);
@@ -590,7 +589,7 @@ async fn two_processes_compacting_one_document_lose_nothing() {
     let stored = app.state.store.document(&tenant_of(&app), "shared").await.unwrap().unwrap();
     assert!(stored.save_version >= 2, "both processes compacted: version {}", stored.save_version);
     let third = app.config.build().await.unwrap();
-    let snap = third.documents.snapshot(&third, &app.state_tenant(), "shared").await.unwrap();
+    let snap = third.documents.snapshot(&app.state_tenant(), "shared").await.unwrap();
     let mut reloaded = DocumentPeer::load(&snap.unwrap().save, b"reader").unwrap();
     let t = reloaded.doc().text(&text).unwrap();
     for i in 0..30 {
@@ -619,11 +618,11 @@ async fn idle_documents_are_compacted_and_stale_compactions_refused() {
     assert_eq!(before.changes.len(), 10);
     // Not idle long enough: nothing happens.
     let hour = std::time::Duration::from_secs(3600);
-    assert_eq!(sync_server::documents::compact_idle(&app.state, hour).await.unwrap(), 0);
+    assert_eq!(app.state.documents.compact_idle(hour).await.unwrap(), 0);
     // A stale version: refused, nothing changed.
     let stale = app.state.store.compact_document(&t, "idle", b"junk", before.seq, 41).await;
     assert_eq!(stale.unwrap(), None);
-    let n = sync_server::documents::compact_idle(&app.state, std::time::Duration::ZERO).await;
+    let n = app.state.documents.compact_idle(std::time::Duration::ZERO).await;
     assert_eq!(n.unwrap(), 1);
     let after = app.state.store.document(&t, "idle").await.unwrap().unwrap();
     assert!(after.changes.is_empty() && after.save_version == before.save_version + 1);
@@ -633,7 +632,7 @@ async fn idle_documents_are_compacted_and_stale_compactions_refused() {
     p.doc().splice_text(&text, 0, 0, "more ").unwrap();
     sync_doc(&mut ws, &mut p, "idle").await;
     let fresh = app.config.build().await.unwrap();
-    let snap = fresh.documents.snapshot(&fresh, &app.state_tenant(), "idle").await.unwrap();
+    let snap = fresh.documents.snapshot(&app.state_tenant(), "idle").await.unwrap();
     let mut again = DocumentPeer::load(&snap.unwrap().save, b"r2").unwrap();
     assert_eq!(again.doc().text(&text).unwrap(), p.doc().text(&text).unwrap());
 }

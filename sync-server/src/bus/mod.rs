@@ -10,9 +10,9 @@
 //!
 //! ```no_run
 //! # async fn run(state: sync_server::state::AppState) -> Result<(), sync_server::error::ApiError> {
-//! use sync_server::bus::{EventBus, SubscriptionSpec};
+//! use sync_server::bus::SubscriptionSpec;
 //! use std::time::Duration;
-//! let bus = EventBus::new(state);
+//! let bus = &state.bus;
 //! let tenant = sdk_core::ids::TenantId::new("acme").unwrap();
 //! bus.publish(&tenant, vec![sync_server::bus::event("order.placed", serde_json::json!({"id": 1}))]).await?;
 //! bus.put_subscription(&tenant, SubscriptionSpec::group("billing")).await?;
@@ -23,76 +23,21 @@
 //! # Ok(()) }
 //! ```
 
-pub mod http;
-
+use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::state::AppState;
-use crate::store::{Claimed, NackOutcome, NewEvent, Published, SubscriptionKind, SubscriptionRow};
+use crate::feed::ChangeFeed;
+pub use crate::limits::BusPolicy;
+use crate::metrics::Metrics;
+use crate::store::{
+    Claimed, NackOutcome, NewEvent, Published, Store, SubscriptionKind, SubscriptionRow,
+};
 use sdk_core::ErrorCode;
+use sdk_core::ids::SubscriptionName;
 use sdk_core::ids::TenantId;
-use sdk_core::protocol::{EventFilter, WireEvent, event_type_matches};
+use sdk_core::protocol::{EventFilter, WireEvent};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// How the bus keeps and delivers events (defaults: DESIGN.md's limits).
-#[derive(Debug, Clone)]
-pub struct BusPolicy {
-    /// Retention of an event type, first matching pattern wins; others get the default
-    /// (`Limits::event_retention`).
-    pub retention: Vec<(String, Duration)>,
-    /// Types kept indefinitely (never pruned).
-    pub critical: Vec<String>,
-    /// Deliveries before an event goes to the dead-letter queue.
-    pub max_deliveries: u32,
-    /// How long a claimed event stays leased to its consumer.
-    pub lease: Duration,
-    /// First retry delay; each further retry doubles it, up to `max_backoff`.
-    pub backoff: Duration,
-    pub max_backoff: Duration,
-    /// Events in one publish call.
-    pub max_publish_batch: usize,
-    /// Events published per second per tenant (api.md: 1,000).
-    pub publish_rate: crate::ratelimit::Rate,
-}
-
-impl Default for BusPolicy {
-    fn default() -> Self {
-        Self {
-            retention: Vec::new(),
-            critical: vec!["transaction.*".into()],
-            max_deliveries: 3,
-            lease: Duration::from_secs(30),
-            backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(300),
-            max_publish_batch: 500,
-            publish_rate: crate::ratelimit::Rate::per_second(1000),
-        }
-    }
-}
-
-impl BusPolicy {
-    pub fn is_critical(&self, event_type: &str) -> bool {
-        event_type_matches_any(&self.critical, event_type)
-    }
-
-    /// Retention of `event_type`: `None` keeps it forever.
-    pub fn retention_of(&self, event_type: &str, default: Duration) -> Option<Duration> {
-        if self.is_critical(event_type) {
-            return None;
-        }
-        Some(
-            self.retention
-                .iter()
-                .find(|(p, _)| event_type_matches(std::slice::from_ref(p), event_type))
-                .map(|(_, d)| *d)
-                .unwrap_or(default),
-        )
-    }
-}
-
-fn event_type_matches_any(patterns: &[String], event_type: &str) -> bool {
-    !patterns.is_empty() && event_type_matches(patterns, event_type)
-}
 
 /// The delay before retry number `attempt` (1 = after the first failed delivery):
 /// `base · 2^(attempt-1)`, at most `max`.
@@ -164,32 +109,32 @@ pub struct LogPage {
     pub has_more: bool,
 }
 
-/// Subscription names: like ids, 1–128 of `A-Za-z0-9-_.:`.
+/// Subscription names: like ids, 1–128 of `A-Za-z0-9-_.:` ([`SubscriptionName`]).
 pub fn valid_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty()
-        || name.len() > 128
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
-        return Err(ApiError::invalid(format!(
-            "subscription name {name:?}: 1 to 128 of A-Z a-z 0-9 - _ . :"
-        )));
-    }
-    Ok(())
+    SubscriptionName::new(name).map(|_| ()).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
-/// The in-process event bus API over an [`AppState`].
+/// The in-process event bus API.
 #[derive(Debug, Clone)]
 pub struct EventBus {
-    state: AppState,
+    store: Arc<Store>,
+    policy: Arc<BusPolicy>,
+    metrics: Arc<Metrics>,
+    feed: ChangeFeed,
 }
 
 impl EventBus {
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    pub fn new(
+        store: Arc<Store>,
+        policy: Arc<BusPolicy>,
+        metrics: Arc<Metrics>,
+        feed: ChangeFeed,
+    ) -> Self {
+        Self { store, policy, metrics, feed }
     }
 
-    fn policy(&self) -> &BusPolicy {
-        &self.state.limits.bus
+    pub fn policy(&self) -> &BusPolicy {
+        &self.policy
     }
 
     /// Publish `events` (at most the batch limit) durably; acknowledged once committed.
@@ -211,14 +156,23 @@ impl EventBus {
         for e in &mut events {
             e.critical = e.critical || self.policy().is_critical(&e.event_type);
         }
-        let out = self.state.store.publish_events(tenant.as_str(), &events).await?;
+        let out = self.store.publish_events(tenant.as_str(), &events).await?;
         let dups = out.iter().filter(|p| p.duplicate).count() as u64;
-        self.state.metrics.add("pf2_bus_published_total", &[], out.len() as u64 - dups);
-        self.state.metrics.add("pf2_bus_publish_duplicates_total", &[], dups);
+        self.metrics.add("pf2_bus_published_total", &[], out.len() as u64 - dups);
+        self.metrics.add("pf2_bus_publish_duplicates_total", &[], dups);
         if let Some(top) = out.iter().filter(|p| !p.duplicate).map(|p| p.sequence).max() {
-            self.state.events_appended(tenant, top);
+            self.feed.events_appended(tenant, top);
         }
         Ok(out)
+    }
+
+    /// The sequence of the event with id `event_id`, if it is still in the log.
+    pub async fn event_seq(
+        &self,
+        tenant: &TenantId,
+        event_id: &str,
+    ) -> Result<Option<u64>, ApiError> {
+        Ok(self.store.event_seq(tenant.as_str(), event_id).await?)
     }
 
     /// Create or change a subscription.
@@ -242,10 +196,10 @@ impl EventBus {
         let t = tenant.as_str();
         let start = match spec.start {
             None => None,
-            Some(StartFrom::Latest) => Some(self.state.store.tenant_seq(t).await?.0),
-            Some(StartFrom::Earliest) => Some(self.state.store.tenant_seq(t).await?.1),
+            Some(StartFrom::Latest) => Some(self.store.tenant_seq(t).await?.0),
+            Some(StartFrom::Earliest) => Some(self.store.tenant_seq(t).await?.1),
             Some(StartFrom::After(s)) => {
-                let (_, pruned) = self.state.store.tenant_seq(t).await?;
+                let (_, pruned) = self.store.tenant_seq(t).await?;
                 if s < pruned {
                     return Err(ApiError::new(
                         ErrorCode::SnapshotRequired,
@@ -266,7 +220,7 @@ impl EventBus {
             created_at: 0,
             updated_at: 0,
         };
-        self.state.store.put_subscription(t, &row, start).await
+        Ok(self.store.put_subscription(t, &row, start).await?)
     }
 
     /// Subscription `name`, which must be of `kind` (`NOT_FOUND` / `INVALID_REQUEST` otherwise).
@@ -277,7 +231,6 @@ impl EventBus {
         kind: SubscriptionKind,
     ) -> Result<SubscriptionRow, ApiError> {
         let sub = self
-            .state
             .store
             .subscription(tenant.as_str(), name)
             .await?
@@ -304,11 +257,11 @@ impl EventBus {
     ) -> Result<LogPage, ApiError> {
         let t = tenant.as_str();
         let limit = limit.clamp(1, 1000) as i64;
-        let mut wake = self.state.notifier.subscribe(t);
+        let mut wake = self.feed.subscribe(t);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             wake.borrow_and_update();
-            let (_, pruned) = self.state.store.tenant_seq(t).await?;
+            let (_, pruned) = self.store.tenant_seq(t).await?;
             if after < pruned {
                 return Err(ApiError::new(
                     ErrorCode::SnapshotRequired,
@@ -317,7 +270,7 @@ impl EventBus {
                     ),
                 ));
             }
-            let rows = self.state.store.events_after(t, after, limit + 1).await?;
+            let rows = self.store.events_after(t, after, limit + 1).await?;
             let has_more = rows.len() as i64 > limit;
             let scanned: Vec<_> = rows.into_iter().take(limit as usize).collect();
             if !scanned.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -340,11 +293,12 @@ impl EventBus {
         wake: &mut tokio::sync::watch::Receiver<u64>,
         until: tokio::time::Instant,
     ) {
-        let until = match self.state.log_recheck() {
-            Some(r) => until.min(tokio::time::Instant::now() + r),
-            None => until,
-        };
-        let _ = tokio::time::timeout_at(until, wake.changed()).await;
+        self.feed.wait(wake, until).await
+    }
+
+    /// A dead letter went back to its group: wake its claimers here and everywhere.
+    pub fn kick_waiters(&self, tenant: &TenantId) {
+        self.feed.kick_waiters(tenant)
     }
 
     /// A durable subscription's next events after its stored position, with its filter.
@@ -367,7 +321,7 @@ impl EventBus {
         name: &str,
         sequence: u64,
     ) -> Result<u64, ApiError> {
-        self.state.store.advance_cursor(tenant.as_str(), name, sequence).await
+        Ok(self.store.advance_cursor(tenant.as_str(), name, sequence).await?)
     }
 
     /// Lease up to `max` events of consumer group `group` to `consumer`, waiting up to `wait`
@@ -386,22 +340,22 @@ impl EventBus {
         let sub = self.subscription(tenant, group, SubscriptionKind::Group).await?;
         let max = max.clamp(1, 500);
         let t = tenant.as_str();
-        let mut wake = self.state.notifier.subscribe(t);
+        let mut wake = self.feed.subscribe(t);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             wake.borrow_and_update();
-            let now = crate::api::now_ms() as i64;
-            let (claimed, dead) = self.state.store.claim(t, &sub, consumer, max, now).await?;
+            let now = now_ms() as i64;
+            let (claimed, dead) = self.store.claim(t, &sub, consumer, max, now).await?;
             if dead > 0 {
-                self.state.metrics.add("pf2_bus_dead_lettered_total", &[], dead as u64);
+                self.metrics.add("pf2_bus_dead_lettered_total", &[], dead as u64);
             }
             if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
-                self.state.metrics.add("pf2_bus_delivered_total", &[], claimed.len() as u64);
+                self.metrics.add("pf2_bus_delivered_total", &[], claimed.len() as u64);
                 let redelivered = claimed.iter().filter(|c| c.attempt > 1).count() as u64;
-                self.state.metrics.add("pf2_bus_redelivered_total", &[], redelivered);
+                self.metrics.add("pf2_bus_redelivered_total", &[], redelivered);
                 return Ok(claimed);
             }
-            let until = match self.state.store.next_visible(t, group, now).await? {
+            let until = match self.store.next_visible(t, group, now).await? {
                 Some(at) => deadline.min(
                     tokio::time::Instant::now() + Duration::from_millis((at - now).max(1) as u64),
                 ),
@@ -421,10 +375,10 @@ impl EventBus {
         if items.len() > 500 {
             return Err(ApiError::invalid("at most 500 acknowledgements at once"));
         }
-        let out = self.state.store.ack(tenant.as_str(), group, items).await?;
+        let out = self.store.ack(tenant.as_str(), group, items).await?;
         let acked = out.iter().filter(|a| **a).count() as u64;
-        self.state.metrics.add("pf2_bus_acked_total", &[], acked);
-        self.state.metrics.add("pf2_bus_lease_lost_total", &[], out.len() as u64 - acked);
+        self.metrics.add("pf2_bus_acked_total", &[], acked);
+        self.metrics.add("pf2_bus_lease_lost_total", &[], out.len() as u64 - acked);
         Ok(out)
     }
 
@@ -450,9 +404,8 @@ impl EventBus {
                 })
                 .as_millis() as i64
         };
-        let now = crate::api::now_ms() as i64;
+        let now = now_ms() as i64;
         let outcome = self
-            .state
             .store
             .nack(tenant.as_str(), &sub, sequence, lease_token, &reason, delay, now)
             .await?;
@@ -461,28 +414,30 @@ impl EventBus {
             NackOutcome::DeadLettered { .. } => "dead_lettered",
             NackOutcome::LeaseLost => "lease_lost",
         };
-        self.state.metrics.inc("pf2_bus_nacked_total", &[("outcome", label)]);
+        self.metrics.inc("pf2_bus_nacked_total", &[("outcome", label)]);
         if matches!(outcome, NackOutcome::DeadLettered { .. }) {
-            self.state.metrics.inc("pf2_bus_dead_lettered_total", &[]);
+            self.metrics.inc("pf2_bus_dead_lettered_total", &[]);
         }
         Ok(outcome)
     }
 }
 
-/// Refresh the lag and dead-letter gauges of every subscription (the monitoring runbook's
-/// alerts read these).
-pub async fn record_gauges(state: &AppState) -> Result<(), ApiError> {
-    let now = crate::api::now_ms() as i64;
-    for (tenant, name, kind, cursor, seq) in state.store.all_subscription_positions().await? {
-        let stats = state.store.subscription_stats(&tenant, &name, now).await?;
-        let labels = [("tenant", tenant.as_str()), ("subscription", name.as_str())];
-        let lag = seq.saturating_sub(cursor)
-            + if kind == SubscriptionKind::Group { stats.pending } else { 0 };
-        state.metrics.set_gauge("pf2_bus_consumer_lag", &labels, lag as f64);
-        state.metrics.set_gauge("pf2_bus_in_flight", &labels, stats.leased as f64);
-        state.metrics.set_gauge("pf2_bus_dlq_size", &labels, stats.dead as f64);
+impl EventBus {
+    /// Refresh the lag and dead-letter gauges of every subscription (the monitoring runbook's
+    /// alerts read these).
+    pub async fn record_gauges(&self) -> Result<(), ApiError> {
+        let now = now_ms() as i64;
+        for (tenant, name, kind, cursor, seq) in self.store.all_subscription_positions().await? {
+            let stats = self.store.subscription_stats(&tenant, &name, now).await?;
+            let labels = [("tenant", tenant.as_str()), ("subscription", name.as_str())];
+            let lag = seq.saturating_sub(cursor)
+                + if kind == SubscriptionKind::Group { stats.pending } else { 0 };
+            self.metrics.set_gauge("pf2_bus_consumer_lag", &labels, lag as f64);
+            self.metrics.set_gauge("pf2_bus_in_flight", &labels, stats.leased as f64);
+            self.metrics.set_gauge("pf2_bus_dlq_size", &labels, stats.dead as f64);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

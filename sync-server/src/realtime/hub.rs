@@ -7,53 +7,22 @@
 //! - Each connection has a bounded outbound buffer. Fan-out uses `try_send`: when a buffer is full
 //!   the connection is a slow consumer and is disconnected; memory never grows without bound.
 //! - Presence (Class A) lives in memory with a TTL and disappears with the connection.
-//! - With a cluster ([`crate::cluster`]), every fan-out that starts here is also handed to the
+//! - With a cluster (a [`ClusterFanout`]), every fan-out that starts here is also handed to the
 //!   cluster's outbox (never waiting: a full outbox drops it) and reaches the other processes'
 //!   hubs through Redis, which deliver it with the `local_*` methods only. Presence and room
 //!   membership changes go the same way, so Redis holds the cluster-wide view.
 
+use super::fanout::{ClusterFanout, Envelope, LocalOnly, Remote};
 use super::mailbox::{Mailbox, Offered};
-use crate::cluster::{Envelope, Remote};
+use super::outbound::Outbound;
 use crate::metrics::Metrics;
 use sdk_core::ids::{ClientId, RoomId, TenantId, UserId};
 use sdk_core::protocol::{PresenceStatus, ServerFrame};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A frame on its way to one or many connections: shared, and encoded at most once per codec
-/// however many recipients it has.
-#[derive(Debug)]
-pub struct Outbound {
-    pub frame: ServerFrame,
-    json: OnceLock<axum::extract::ws::Utf8Bytes>,
-    msgpack: OnceLock<axum::body::Bytes>,
-}
-
-impl Outbound {
-    pub fn new(frame: ServerFrame) -> Arc<Self> {
-        Arc::new(Self { frame, json: OnceLock::new(), msgpack: OnceLock::new() })
-    }
-
-    /// The WebSocket message for `codec`, encoding on first use only.
-    pub fn message(&self, codec: sdk_core::protocol::Codec) -> axum::extract::ws::Message {
-        use axum::extract::ws::Message;
-        match codec {
-            sdk_core::protocol::Codec::Json => Message::Text(
-                self.json
-                    .get_or_init(|| {
-                        String::from_utf8(codec.encode(&self.frame)).expect("JSON is UTF-8").into()
-                    })
-                    .clone(),
-            ),
-            sdk_core::protocol::Codec::MessagePack => Message::Binary(
-                self.msgpack.get_or_init(|| codec.encode(&self.frame).into()).clone(),
-            ),
-        }
-    }
-}
 
 /// The hub's handle on one connection.
 #[derive(Debug)]
@@ -104,8 +73,8 @@ pub struct Hub {
     send_buffer: usize,
     presence_ttl: Duration,
     membership_ttl: Duration,
-    /// The cluster's outbox, when there is a cluster.
-    remote: OnceLock<tokio::sync::mpsc::Sender<Remote>>,
+    /// The other processes (a no-op for one process).
+    cluster: Arc<dyn ClusterFanout>,
 }
 
 fn scoped(tenant: &TenantId, id: &str) -> Scoped {
@@ -113,7 +82,18 @@ fn scoped(tenant: &TenantId, id: &str) -> Scoped {
 }
 
 impl Hub {
+    /// A hub for one process.
     pub fn new(metrics: Arc<Metrics>, send_buffer: usize, presence_ttl: Duration) -> Self {
+        Self::with_cluster(metrics, send_buffer, presence_ttl, Arc::new(LocalOnly))
+    }
+
+    /// A hub that also hands every fan-out, presence and membership change to `cluster`.
+    pub fn with_cluster(
+        metrics: Arc<Metrics>,
+        send_buffer: usize,
+        presence_ttl: Duration,
+        cluster: Arc<dyn ClusterFanout>,
+    ) -> Self {
         Self {
             inner: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -121,13 +101,8 @@ impl Hub {
             send_buffer: send_buffer.max(1),
             presence_ttl,
             membership_ttl: Duration::from_secs(24 * 3600),
-            remote: OnceLock::new(),
+            cluster,
         }
-    }
-
-    /// Hand cluster-wide changes to `outbox` from now on (once; by [`crate::cluster`]).
-    pub fn attach_remote(&self, outbox: tokio::sync::mpsc::Sender<Remote>) {
-        let _ = self.remote.set(outbox);
     }
 
     pub fn presence_ttl(&self) -> Duration {
@@ -137,10 +112,8 @@ impl Hub {
     /// Tell the cluster, if any (`remote` is only built when there is one). Never waits:
     /// realtime loss degrades, it does not block.
     fn forward(&self, remote: impl FnOnce() -> Remote) {
-        if let Some(tx) = self.remote.get()
-            && tx.try_send(remote()).is_err()
-        {
-            self.metrics.inc("pf2_cluster_dropped_total", &[("reason", "outbox_full")]);
+        if self.cluster.joined() {
+            self.cluster.forward(remote());
         }
     }
 

@@ -14,7 +14,7 @@
 //!   consumer.
 //! - A close request ([`Mailbox::close`]) lets the frames already queued go out first.
 
-use super::hub::Outbound;
+use super::outbound::Outbound;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;

@@ -8,10 +8,10 @@
 //! the lease; a nack or an expired lease makes it visible again later; after `max_deliveries`
 //! deliveries it moves to `dead_letters` with its original data.
 
+use super::StoreError;
 use super::{
     Backend, EVENT_COLUMNS, Store, Tx, db, event_from_row, insert_audit, placeholders, set_seq,
 };
-use crate::error::ApiError;
 use crate::store::AuditEntry;
 use sdk_core::ErrorCode;
 use sdk_core::protocol::{EventFilter, WireEvent};
@@ -172,16 +172,16 @@ const MAX_FILL_PAGES: usize = 50;
 
 const SUB_COLUMNS: &str = "name, kind, event_types, filter, cursor, max_deliveries, lease_ms, backoff_ms, created_at, updated_at";
 
-fn subscription_from_row(r: &AnyRow) -> Result<SubscriptionRow, ApiError> {
+fn subscription_from_row(r: &AnyRow) -> Result<SubscriptionRow, StoreError> {
     let kind: String = r.get(1);
     let event_types: Vec<String> = serde_json::from_str(&r.get::<String, _>(2))
-        .map_err(|e| ApiError::internal(format!("stored subscription patterns: {e}")))?;
+        .map_err(|e| StoreError::internal(format!("stored subscription patterns: {e}")))?;
     let attributes = serde_json::from_str(&r.get::<String, _>(3))
-        .map_err(|e| ApiError::internal(format!("stored subscription filter: {e}")))?;
+        .map_err(|e| StoreError::internal(format!("stored subscription filter: {e}")))?;
     Ok(SubscriptionRow {
         name: r.get(0),
         kind: SubscriptionKind::parse(&kind)
-            .ok_or_else(|| ApiError::internal(format!("stored subscription kind {kind:?}")))?,
+            .ok_or_else(|| StoreError::internal(format!("stored subscription kind {kind:?}")))?,
         filter: EventFilter { event_types, attributes },
         cursor: r.get::<i64, _>(4) as u64,
         max_deliveries: r.get::<i64, _>(5) as u32,
@@ -194,7 +194,7 @@ fn subscription_from_row(r: &AnyRow) -> Result<SubscriptionRow, ApiError> {
 
 const DLQ_COLUMNS: &str = "dlq_id, subscription, seq, event_id, event_type, payload, original_payload, metadata, schema_version, event_time, reason, attempts, consumer, first_attempt_at, last_attempt_at, dead_at, status, updated_at";
 
-fn dead_letter_from_row(tenant: &str, r: &AnyRow) -> Result<DeadLetter, ApiError> {
+fn dead_letter_from_row(tenant: &str, r: &AnyRow) -> Result<DeadLetter, StoreError> {
     Ok(DeadLetter {
         dlq_id: r.get(0),
         subscription: r.get(1),
@@ -203,7 +203,7 @@ fn dead_letter_from_row(tenant: &str, r: &AnyRow) -> Result<DeadLetter, ApiError
             event_id: r.get(3),
             event_type: r.get(4),
             tenant_id: sdk_core::ids::TenantId::new(tenant)
-                .map_err(|e| ApiError::internal(e.to_string()))?,
+                .map_err(|e| StoreError::internal(e.to_string()))?,
             timestamp: sdk_core::hlc::HlcTimestamp::new(r.get::<i64, _>(9).max(0) as u64, 0)
                 .to_string(),
             payload: json_text(r.get(5)),
@@ -250,7 +250,7 @@ impl Store {
         &self,
         tenant: &str,
         events: &[NewEvent],
-    ) -> Result<Vec<Published>, ApiError> {
+    ) -> Result<Vec<Published>, StoreError> {
         let (mut tx, _guard, mut seq) = self.begin_tenant(tenant).await?;
         let mut known: HashMap<String, u64> = HashMap::new();
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
@@ -267,7 +267,7 @@ impl Store {
                 known.insert(r.get(0), r.get::<i64, _>(1) as u64);
             }
         }
-        let now = crate::api::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         let mut out = Vec::with_capacity(events.len());
         let mut fresh: Vec<(u64, &NewEvent)> = Vec::new();
         for e in events {
@@ -321,12 +321,12 @@ impl Store {
         &self,
         tenant: &str,
         name: &str,
-    ) -> Result<Option<SubscriptionRow>, ApiError> {
+    ) -> Result<Option<SubscriptionRow>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         load_subscription(&mut conn, tenant, name).await
     }
 
-    pub async fn subscriptions(&self, tenant: &str) -> Result<Vec<SubscriptionRow>, ApiError> {
+    pub async fn subscriptions(&self, tenant: &str) -> Result<Vec<SubscriptionRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 ORDER BY name"
         ))
@@ -346,9 +346,9 @@ impl Store {
         tenant: &str,
         want: &SubscriptionRow,
         start: Option<u64>,
-    ) -> Result<(SubscriptionRow, bool), ApiError> {
+    ) -> Result<(SubscriptionRow, bool), StoreError> {
         let (mut tx, _guard, seq) = self.begin_tenant(tenant).await?;
-        let now = crate::api::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         let existing = load_subscription(&mut tx, tenant, &want.name).await?;
         let patterns = serde_json::to_string(&want.filter.event_types).expect("strings serialize");
         let attributes = serde_json::to_string(&want.filter.attributes).expect("json serializes");
@@ -356,7 +356,7 @@ impl Store {
         let created = existing.is_none();
         match existing {
             Some(old) if old.kind != want.kind => {
-                return Err(ApiError::invalid(format!(
+                return Err(StoreError::invalid(format!(
                     "subscription {:?} is a {} subscription; delete it to change its kind",
                     want.name,
                     old.kind.as_str()
@@ -411,15 +411,15 @@ impl Store {
                 .map_err(db)?;
             }
         }
-        let row = load_subscription(&mut tx, tenant, &want.name)
-            .await?
-            .ok_or_else(|| ApiError::internal("a subscription vanished inside its transaction"))?;
+        let row = load_subscription(&mut tx, tenant, &want.name).await?.ok_or_else(|| {
+            StoreError::internal("a subscription vanished inside its transaction")
+        })?;
         tx.commit().await.map_err(db)?;
         Ok((row, created))
     }
 
     /// Delete a subscription and its pending deliveries (its dead letters stay).
-    pub async fn delete_subscription(&self, tenant: &str, name: &str) -> Result<bool, ApiError> {
+    pub async fn delete_subscription(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("DELETE FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2")
@@ -444,7 +444,7 @@ impl Store {
         tenant: &str,
         name: &str,
         now: i64,
-    ) -> Result<SubscriptionStats, ApiError> {
+    ) -> Result<SubscriptionStats, StoreError> {
         let r = sqlx::query(
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN lease_token IS NOT NULL AND visible_at > $3 THEN 1 ELSE 0 END), 0) \
              FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2",
@@ -478,7 +478,7 @@ impl Store {
         tenant: &str,
         name: &str,
         sequence: u64,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         let _guard = self.sqlite_writer().await;
         sqlx::query(
             "UPDATE event_subscriptions SET cursor = $3, updated_at = $4 WHERE tenant_id = $1 AND name = $2 \
@@ -487,7 +487,7 @@ impl Store {
         .bind(tenant)
         .bind(name)
         .bind(sequence as i64)
-        .bind(crate::api::now_ms() as i64)
+        .bind(crate::clock::now_ms() as i64)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -501,10 +501,10 @@ impl Store {
         .map_err(db)?;
         match row {
             Some(r) if r.get::<String, _>(1) == "durable" => Ok(r.get::<i64, _>(0) as u64),
-            Some(_) => Err(ApiError::invalid(format!(
+            Some(_) => Err(StoreError::invalid(format!(
                 "{name:?} is a consumer group: acknowledge its deliveries, not a position"
             ))),
-            None => Err(ApiError::not_found(format!("no subscription {name:?}"))),
+            None => Err(StoreError::not_found(format!("no subscription {name:?}"))),
         }
     }
 
@@ -521,7 +521,7 @@ impl Store {
         consumer: &str,
         max: u32,
         now: i64,
-    ) -> Result<(Vec<Claimed>, usize), ApiError> {
+    ) -> Result<(Vec<Claimed>, usize), StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let name = sub.name.as_str();
@@ -575,26 +575,14 @@ impl Store {
             q = q.bind(*s);
         }
         q.execute(&mut *tx).await.map_err(db)?;
-        let mut events: HashMap<u64, WireEvent> = HashMap::new();
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq IN ({})",
-            placeholders(seqs.len(), 1, 2)
-        );
-        let mut q = sqlx::query(&sql).bind(tenant);
-        for s in &seqs {
-            q = q.bind(*s);
-        }
-        for r in q.fetch_all(&mut *tx).await.map_err(db)? {
-            let e = event_from_row(tenant, &r)?.event;
-            events.insert(e.sequence, e);
-        }
+        let mut events = events_by_seq(&mut tx, tenant, &seqs).await?;
         tx.commit().await.map_err(db)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let seq = r.get::<i64, _>(0) as u64;
             let event = match r.get::<Option<String>, _>(4) {
                 Some(o) => serde_json::from_str::<WireEvent>(&o)
-                    .map_err(|e| ApiError::internal(format!("stored event override: {e}")))?,
+                    .map_err(|e| StoreError::internal(format!("stored event override: {e}")))?,
                 None => match events.remove(&seq) {
                     Some(e) => e,
                     None => {
@@ -625,7 +613,7 @@ impl Store {
         tenant: &str,
         sub: &str,
         now: i64,
-    ) -> Result<Option<i64>, ApiError> {
+    ) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
             "SELECT MIN(visible_at) FROM event_deliveries WHERE tenant_id = $1 AND subscription = $2 AND visible_at > $3",
         )
@@ -647,7 +635,7 @@ impl Store {
         sub: &str,
         now: i64,
         max: u32,
-    ) -> Result<Vec<AnyRow>, ApiError> {
+    ) -> Result<Vec<AnyRow>, StoreError> {
         sqlx::query(&format!(
             "SELECT seq, attempts, consumer, last_error, event_override, first_at, last_at FROM event_deliveries \
              WHERE tenant_id = $1 AND subscription = $2 AND visible_at <= $3 ORDER BY seq LIMIT $4{}",
@@ -673,7 +661,7 @@ impl Store {
         cursor: u64,
         want: u32,
         _now: i64,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, StoreError> {
         let pruned: i64 = sqlx::query("SELECT pruned_through FROM tenants WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_optional(&mut **tx)
@@ -682,7 +670,7 @@ impl Store {
             .map(|r| r.get(0))
             .unwrap_or(0);
         if (cursor as i64) < pruned {
-            return Err(ApiError::new(
+            return Err(StoreError::new(
                 ErrorCode::SnapshotRequired,
                 format!(
                     "consumer group {:?} is at {cursor}, but events up to {pruned} are past retention; \
@@ -758,7 +746,7 @@ impl Store {
         tenant: &str,
         sub: &str,
         items: &[(u64, String)],
-    ) -> Result<Vec<bool>, ApiError> {
+    ) -> Result<Vec<bool>, StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         // One statement per lease token (a claim's deliveries share one), per chunk.
@@ -803,7 +791,7 @@ impl Store {
         reason: &str,
         delay_ms: impl Fn(u32) -> i64,
         now: i64,
-    ) -> Result<NackOutcome, ApiError> {
+    ) -> Result<NackOutcome, StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let row = sqlx::query(&format!(
@@ -850,7 +838,7 @@ impl Store {
         &self,
         tenant: &str,
         q: &DlqQuery,
-    ) -> Result<Vec<DeadLetter>, ApiError> {
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 \
              AND ($2 = '' OR subscription = $2) AND ($3 = '' OR event_type LIKE $3 ESCAPE '\\') \
@@ -874,7 +862,7 @@ impl Store {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<DeadLetter>, ApiError> {
+    ) -> Result<Option<DeadLetter>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         load_dead_letter(&mut conn, tenant, id, "").await
     }
@@ -886,10 +874,10 @@ impl Store {
         id: &str,
         payload: &Value,
         actor: &str,
-    ) -> Result<Option<DeadLetter>, ApiError> {
+    ) -> Result<Option<DeadLetter>, StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let now = crate::api::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         let n = sqlx::query(
             "UPDATE dead_letters SET payload = $3, updated_at = $4 WHERE tenant_id = $1 AND dlq_id = $2",
         )
@@ -918,15 +906,15 @@ impl Store {
         tenant: &str,
         id: &str,
         actor: &str,
-    ) -> Result<DeadLetter, ApiError> {
+    ) -> Result<DeadLetter, StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let now = crate::api::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         let mut dl = load_dead_letter(&mut tx, tenant, id, self.for_update())
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
+            .ok_or_else(|| StoreError::not_found(format!("no dead letter {id}")))?;
         if dl.status != "dead" {
-            return Err(ApiError::invalid(format!("dead letter {id} was already {}", dl.status)));
+            return Err(StoreError::invalid(format!("dead letter {id} was already {}", dl.status)));
         }
         let group =
             sqlx::query("SELECT kind FROM event_subscriptions WHERE tenant_id = $1 AND name = $2")
@@ -936,7 +924,7 @@ impl Store {
                 .await
                 .map_err(db)?;
         if group.is_none() {
-            return Err(ApiError::not_found(format!(
+            return Err(StoreError::not_found(format!(
                 "consumer group {:?} no longer exists",
                 dl.subscription
             )));
@@ -955,7 +943,7 @@ impl Store {
         .map_err(db)?
         .rows_affected();
         if n == 0 {
-            return Err(ApiError::invalid(format!(
+            return Err(StoreError::invalid(format!(
                 "event {} is already being delivered to {:?}",
                 dl.event.sequence, dl.subscription
             )));
@@ -986,10 +974,10 @@ impl Store {
         tenant: &str,
         id: &str,
         actor: &str,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let now = crate::api::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         let n = sqlx::query("DELETE FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2")
             .bind(tenant)
             .bind(id)
@@ -1008,7 +996,7 @@ impl Store {
     /// Every tenant's subscriptions with their positions (the lag gauges).
     pub async fn all_subscription_positions(
         &self,
-    ) -> Result<Vec<(String, String, SubscriptionKind, u64, u64)>, ApiError> {
+    ) -> Result<Vec<(String, String, SubscriptionKind, u64, u64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT s.tenant_id, s.name, s.kind, s.cursor, t.seq FROM event_subscriptions s \
              JOIN tenants t ON t.tenant_id = s.tenant_id ORDER BY s.tenant_id, s.name LIMIT 1000",
@@ -1035,7 +1023,7 @@ async fn load_subscription(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
     name: &str,
-) -> Result<Option<SubscriptionRow>, ApiError> {
+) -> Result<Option<SubscriptionRow>, StoreError> {
     sqlx::query(&format!(
         "SELECT {SUB_COLUMNS} FROM event_subscriptions WHERE tenant_id = $1 AND name = $2"
     ))
@@ -1055,7 +1043,7 @@ async fn load_dead_letter(
     tenant: &str,
     id: &str,
     lock: &str,
-) -> Result<Option<DeadLetter>, ApiError> {
+) -> Result<Option<DeadLetter>, StoreError> {
     sqlx::query(&format!(
         "SELECT {DLQ_COLUMNS} FROM dead_letters WHERE tenant_id = $1 AND dlq_id = $2{lock}"
     ))
@@ -1087,12 +1075,12 @@ async fn dead_letter(
     d: &AnyRow,
     reason: &str,
     now: i64,
-) -> Result<String, ApiError> {
+) -> Result<String, StoreError> {
     let seq = d.get::<i64, _>(0);
     let event = match d.get::<Option<String>, _>(4) {
         Some(o) => Some(
             serde_json::from_str::<WireEvent>(&o)
-                .map_err(|e| ApiError::internal(format!("stored event override: {e}")))?,
+                .map_err(|e| StoreError::internal(format!("stored event override: {e}")))?,
         ),
         None => sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq = $2"
@@ -1151,6 +1139,28 @@ async fn dead_letter(
     .await
     .map_err(db)?;
     Ok(dlq_id)
+}
+
+/// The events with sequence numbers `seqs`, by sequence.
+async fn events_by_seq(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &str,
+    seqs: &[i64],
+) -> Result<HashMap<u64, WireEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq IN ({})",
+        placeholders(seqs.len(), 1, 2)
+    );
+    let mut q = sqlx::query(&sql).bind(tenant);
+    for s in seqs {
+        q = q.bind(*s);
+    }
+    let mut events = HashMap::new();
+    for r in q.fetch_all(&mut **tx).await.map_err(db)? {
+        let e = event_from_row(tenant, &r)?.event;
+        events.insert(e.sequence, e);
+    }
+    Ok(events)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The documents' SQL: a compacted save per document plus the changes appended since, in order.
 
+use super::StoreError;
 use super::{Backend, Store, db};
-use crate::error::ApiError;
 use sqlx::Row;
 
 /// A stored document: its save and the changes appended after it (`seq` order), up to `seq`.
@@ -20,7 +20,7 @@ pub struct StoredDocument {
 impl Store {
     /// A read transaction that sees one snapshot (SQLite's read transactions do; PostgreSQL's
     /// default sees each statement's own).
-    async fn snapshot(&self) -> Result<super::Tx<'_>, ApiError> {
+    async fn snapshot(&self) -> Result<super::Tx<'_>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -38,7 +38,7 @@ impl Store {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<StoredDocument>, ApiError> {
+    ) -> Result<Option<StoredDocument>, StoreError> {
         let mut tx = self.snapshot().await?;
         let Some(row) = sqlx::query(
             "SELECT save, changes_bytes, next_seq, save_version FROM documents WHERE tenant_id = $1 AND document_id = $2",
@@ -70,7 +70,7 @@ impl Store {
         tenant: &str,
         id: &str,
         after: i64,
-    ) -> Result<(i64, Vec<(i64, Vec<u8>)>), ApiError> {
+    ) -> Result<(i64, Vec<(i64, Vec<u8>)>), StoreError> {
         let mut tx = self.snapshot().await?;
         let version: i64 = sqlx::query(
             "SELECT save_version FROM documents WHERE tenant_id = $1 AND document_id = $2",
@@ -91,10 +91,10 @@ impl Store {
         tenant: &str,
         id: &str,
         bytes: &[u8],
-    ) -> Result<(i64, i64), ApiError> {
+    ) -> Result<(i64, i64), StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let now = crate::api::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         sqlx::query(
             "INSERT INTO documents (tenant_id, document_id, save, changes_bytes, next_seq, updated_at) \
              VALUES ($1, $2, $3, 0, 1, $4) ON CONFLICT (tenant_id, document_id) DO NOTHING",
@@ -154,7 +154,7 @@ impl Store {
         save: &[u8],
         through: i64,
         read: i64,
-    ) -> Result<Option<i64>, ApiError> {
+    ) -> Result<Option<i64>, StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let folded: i64 = sqlx::query(
@@ -176,7 +176,7 @@ impl Store {
         .bind(id)
         .bind(save.to_vec())
         .bind(folded)
-        .bind(crate::api::now_ms() as i64)
+        .bind(crate::clock::now_ms() as i64)
         .bind(read)
         .execute(&mut *tx)
         .await
@@ -202,7 +202,7 @@ impl Store {
         &self,
         before: i64,
         limit: i64,
-    ) -> Result<Vec<(String, String)>, ApiError> {
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT tenant_id, document_id FROM documents WHERE changes_bytes > 0 AND updated_at < $1 \
              ORDER BY updated_at LIMIT $2",
@@ -221,7 +221,7 @@ async fn changes_after(
     tenant: &str,
     id: &str,
     after: i64,
-) -> Result<Vec<(i64, Vec<u8>)>, ApiError> {
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     let rows = sqlx::query(
         "SELECT seq, bytes FROM document_changes WHERE tenant_id = $1 AND document_id = $2 AND seq > $3 ORDER BY seq",
     )

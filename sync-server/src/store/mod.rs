@@ -6,13 +6,14 @@
 //! PostgreSQL; on SQLite one in-process writer lock, as SQLite has a single writer anyway), so
 //! batches of one tenant apply one at a time, across processes too.
 
-use crate::error::ApiError;
 use sdk_core::apply::{
-    ApplyEngine, ApplyState, BatchOutcome, Change, EntityRecord, StoredResult, Submitted,
+    ApplyEngine, ApplyState, BatchOutcome, Change, EntityRecord, Footprint, StoredResult, Submitted,
 };
 use sdk_core::ids::{ClientId, EntityId, EntityKey, EntityType, OperationId, TenantId};
 use sdk_core::persist::{decode_record, encode_record};
-use sdk_core::protocol::{WireConflict, WireEntity, WireEvent, WireOpResult};
+use sdk_core::protocol::{
+    ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult, delta_frame,
+};
 use serde_json::{Value, json};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
@@ -21,11 +22,13 @@ use std::time::{Duration, Instant};
 
 mod bus;
 mod documents;
+mod error;
 pub use bus::{
     Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, Published, SubscriptionKind,
     SubscriptionRow, SubscriptionStats,
 };
 pub use documents::StoredDocument;
+pub use error::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -121,20 +124,20 @@ pub struct AuditEntry<'a> {
     pub details: Value,
 }
 
-fn db(e: sqlx::Error) -> ApiError {
-    ApiError::internal(format!("database: {e}"))
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::from(e)
 }
 
 impl Store {
     /// Connect to `sqlite://path` (created if missing; WAL) or `postgres://…`, and migrate.
-    pub async fn connect(url: &str, sync: SqliteSync) -> Result<Store, ApiError> {
+    pub async fn connect(url: &str, sync: SqliteSync) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(ApiError::internal(format!("unsupported database URL {url:?}")));
+            return Err(StoreError::internal(format!("unsupported database URL {url:?}")));
         };
         let url = match backend {
             Backend::Sqlite => {
@@ -144,7 +147,7 @@ impl Store {
                     std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty())
                 {
                     std::fs::create_dir_all(dir).map_err(|e| {
-                        ApiError::internal(format!("creating {}: {e}", dir.display()))
+                        StoreError::internal(format!("creating {}: {e}", dir.display()))
                     })?;
                 }
                 if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") }
@@ -177,7 +180,7 @@ impl Store {
             .connect(&url)
             .await
             .map_err(|e| {
-                ApiError::internal(format!("connecting to the {} database: {e}", backend.name()))
+                StoreError::internal(format!("connecting to the {} database: {e}", backend.name()))
             })?;
         let store = Store { pool, backend, write_lock: tokio::sync::Mutex::new(()) };
         store.migrate().await?;
@@ -188,16 +191,16 @@ impl Store {
         self.backend
     }
 
-    pub async fn migrate(&self) -> Result<(), ApiError> {
+    pub async fn migrate(&self) -> Result<(), StoreError> {
         let migrator = match self.backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
         };
-        migrator.run(&self.pool).await.map_err(|e| ApiError::internal(format!("migrations: {e}")))
+        migrator.run(&self.pool).await.map_err(|e| StoreError::internal(format!("migrations: {e}")))
     }
 
     /// Round-trip time of a trivial query.
-    pub async fn ping(&self) -> Result<Duration, ApiError> {
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
         let start = Instant::now();
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db)?;
         Ok(start.elapsed())
@@ -216,7 +219,7 @@ impl Store {
     async fn begin_tenant(
         &self,
         tenant: &str,
-    ) -> Result<(Tx<'_>, Option<tokio::sync::MutexGuard<'_, ()>>, u64), ApiError> {
+    ) -> Result<(Tx<'_>, Option<tokio::sync::MutexGuard<'_, ()>>, u64), StoreError> {
         let guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("INSERT INTO tenants (tenant_id, seq, pruned_through) VALUES ($1, 0, 0) ON CONFLICT (tenant_id) DO NOTHING")
@@ -232,7 +235,7 @@ impl Store {
         Ok((tx, guard, seq as u64))
     }
 
-    pub async fn tenant_seq(&self, tenant: &str) -> Result<(u64, u64), ApiError> {
+    pub async fn tenant_seq(&self, tenant: &str) -> Result<(u64, u64), StoreError> {
         let row = sqlx::query("SELECT seq, pruned_through FROM tenants WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_optional(&self.pool)
@@ -255,7 +258,7 @@ impl Store {
         last_known: Option<u64>,
         max_delta: u64,
         respond: impl FnOnce(ReconcileView<'_>) -> String,
-    ) -> Result<Reconciled, ApiError> {
+    ) -> Result<Reconciled, StoreError> {
         let t = tenant.as_str();
         let (mut tx, _guard, seq) = self.begin_tenant(t).await?;
         if let Some(row) = sqlx::query(
@@ -269,93 +272,12 @@ impl Store {
         {
             return Ok(Reconciled::Replay { response: row.get(0), request_hash: row.get(1) });
         }
-        let mut state = ApplyState { version: seq, ..ApplyState::default() };
-        let mut keys = BTreeSet::new();
-        let mut clients = BTreeSet::new();
-        let mut op_ids = BTreeSet::new();
-        for s in &batch {
-            match s {
-                Submitted::Valid(op) => {
-                    keys.insert(op.key.clone());
-                    clients.insert(op.client_id.clone());
-                    op_ids.insert(op.id.clone());
-                }
-                Submitted::Invalid { id, client_id, .. } => {
-                    clients.insert(client_id.clone());
-                    op_ids.insert(id.clone());
-                }
-            }
-        }
-        let own_keys: Vec<&EntityKey> = keys.iter().filter(|k| &k.tenant == tenant).collect();
-        for rec in load_entities(&mut tx, t, &own_keys).await? {
-            state.entities.insert(rec.key.clone(), rec);
-        }
-        let existed: BTreeSet<EntityKey> = state.entities.keys().cloned().collect();
-        for c in &clients {
-            let row = sqlx::query(
-                "SELECT last_seq FROM client_ledgers WHERE tenant_id = $1 AND client_id = $2",
-            )
-            .bind(t)
-            .bind(c.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-            if let Some(row) = row {
-                state.ledgers.insert(c.clone(), row.get::<i64, _>(0) as u64);
-            }
-        }
-        let ids: Vec<&OperationId> = op_ids.iter().collect();
-        for (id, stored) in load_results(&mut tx, t, &ids).await? {
-            state.results.insert(id, stored);
-        }
+        let footprint = Footprint::of(tenant, &batch);
+        let (mut state, existed) = load_footprint(&mut tx, t, seq, &footprint).await?;
         let ledgers_before = state.ledgers.clone();
-        let outcome = engine.apply_batch(tenant, batch, &mut state).map_err(ApiError::from)?;
-        let now = crate::api::now_ms() as i64;
-        write_changes(&mut tx, t, &outcome.changes, &existed, now).await?;
-        for (client, seq) in &state.ledgers {
-            if ledgers_before.get(client) != Some(seq) {
-                sqlx::query(
-                    "INSERT INTO client_ledgers (tenant_id, client_id, last_seq) VALUES ($1, $2, $3) \
-                     ON CONFLICT (tenant_id, client_id) DO UPDATE SET last_seq = excluded.last_seq",
-                )
-                .bind(t)
-                .bind(client.as_str())
-                .bind(*seq as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            }
-        }
-        // Unrecorded refusals (gaps, reused numbers) are not stored: the engine did not record them.
-        let fresh: Vec<(&sdk_core::apply::OpResult, &StoredResult)> = outcome
-            .results
-            .iter()
-            .filter(|r| !r.duplicate)
-            .filter_map(|r| {
-                state
-                    .results
-                    .get(&r.operation_id)
-                    .filter(|s| s.client_seq == r.client_seq)
-                    .map(|s| (r, s))
-            })
-            .collect();
-        insert_results(&mut tx, t, &fresh, now).await?;
-        for c in &outcome.conflicts {
-            let wire = WireConflict::from_conflict(c);
-            sqlx::query(
-                "INSERT INTO conflicts (tenant_id, conflict_id, entity_type, entity_id, body, status, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'open', $6) ON CONFLICT (tenant_id, conflict_id) DO NOTHING",
-            )
-            .bind(t)
-            .bind(&c.id)
-            .bind(c.key.entity_type.as_str())
-            .bind(c.key.entity_id.as_str())
-            .bind(serde_json::to_string(&wire).expect("serializes"))
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        }
+        let outcome = engine.apply_batch(tenant, batch, &mut state)?;
+        let now = crate::clock::now_ms() as i64;
+        write_outcome(&mut tx, t, &outcome, &state, &ledgers_before, &existed, now).await?;
         if state.version != seq {
             set_seq(&mut tx, t, state.version).await?;
         }
@@ -399,7 +321,7 @@ impl Store {
         tenant: &str,
         since: u64,
         limit: i64,
-    ) -> Result<(Vec<WireEntity>, bool), ApiError> {
+    ) -> Result<(Vec<WireEntity>, bool), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         entities_since(&mut conn, tenant, since, limit).await
     }
@@ -415,23 +337,18 @@ impl Store {
         since: u64,
         limit: i64,
         client: Option<&ClientId>,
-    ) -> Result<(Vec<WireEntity>, bool, u64, Option<u64>), ApiError> {
+    ) -> Result<ServerFrame, StoreError> {
         let client_seq = match client {
             Some(c) => Some(self.client_seq(tenant, c).await?),
             None => None,
         };
         let (seq, _) = self.tenant_seq(tenant).await?;
         let (entities, has_more) = self.delta(tenant, since, limit).await?;
-        let version = if has_more {
-            entities.last().map(|e| e.version).unwrap_or(since)
-        } else {
-            seq.max(since)
-        };
-        Ok((entities, has_more, version, if has_more { None } else { client_seq }))
+        Ok(delta_frame(since, seq, entities, has_more, client_seq))
     }
 
     /// The last applied `clientSeq` of a client (0 if none).
-    pub async fn client_seq(&self, tenant: &str, client: &ClientId) -> Result<u64, ApiError> {
+    pub async fn client_seq(&self, tenant: &str, client: &ClientId) -> Result<u64, StoreError> {
         let row = sqlx::query(
             "SELECT last_seq FROM client_ledgers WHERE tenant_id = $1 AND client_id = $2",
         )
@@ -443,7 +360,7 @@ impl Store {
         Ok(row.map(|r| r.get::<i64, _>(0) as u64).unwrap_or(0))
     }
 
-    pub async fn entity(&self, key: &EntityKey) -> Result<Option<EntityRecord>, ApiError> {
+    pub async fn entity(&self, key: &EntityKey) -> Result<Option<EntityRecord>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         load_entity(&mut conn, key).await
     }
@@ -455,7 +372,7 @@ impl Store {
         entity_type: &EntityType,
         cursor: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<EntityRecord>, ApiError> {
+    ) -> Result<Vec<EntityRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT entity_type, entity_id, record FROM entities \
              WHERE tenant_id = $1 AND entity_type = $2 AND entity_id > $3 AND deleted = 0 \
@@ -477,7 +394,7 @@ impl Store {
         tenant: &str,
         after: u64,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>, ApiError> {
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         ))
@@ -491,7 +408,7 @@ impl Store {
     }
 
     /// The sequence of the event with this id, if it exists.
-    pub async fn event_seq(&self, tenant: &str, event_id: &str) -> Result<Option<u64>, ApiError> {
+    pub async fn event_seq(&self, tenant: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
         let row = sqlx::query("SELECT seq FROM events WHERE tenant_id = $1 AND event_id = $2")
             .bind(tenant)
             .bind(event_id)
@@ -510,7 +427,7 @@ impl Store {
         payload: &Value,
         metadata: &Value,
         critical: bool,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         let (mut tx, _guard, seq) = self.begin_tenant(tenant).await?;
         let seq = seq + 1;
         insert_event(
@@ -522,7 +439,7 @@ impl Store {
             payload,
             metadata,
             critical,
-            crate::api::now_ms() as i64,
+            crate::clock::now_ms() as i64,
         )
         .await?;
         set_seq(&mut tx, tenant, seq).await?;
@@ -540,7 +457,7 @@ impl Store {
         default_cutoff: i64,
         rules: &[(String, i64)],
         tenant: Option<&str>,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         let _guard = self.sqlite_writer().await;
         let tenant = tenant.unwrap_or("");
         // $1 tenant, $2 default cutoff, then (pattern, cutoff) pairs from $3.
@@ -595,7 +512,7 @@ impl Store {
         tenant: &str,
         status: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<ConflictRow>, ApiError> {
+    ) -> Result<Vec<ConflictRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT body, status, resolution, resolved_by FROM conflicts \
              WHERE tenant_id = $1 AND ($2 = '' OR status = $2) ORDER BY created_at, conflict_id LIMIT $3",
@@ -618,8 +535,8 @@ impl Store {
         conflict_id: &str,
         actor: &str,
         resolution: &str,
-        decide: impl FnOnce(&WireConflict, &mut ApplyState) -> Result<Option<Change>, ApiError>,
-    ) -> Result<(ConflictRow, u64), ApiError> {
+        decide: impl FnOnce(&WireConflict, &mut ApplyState) -> Result<Option<Change>, StoreError>,
+    ) -> Result<(ConflictRow, u64), StoreError> {
         let t = tenant.as_str();
         let (mut tx, _guard, seq) = self.begin_tenant(t).await?;
         let row = sqlx::query(
@@ -630,10 +547,10 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?
-        .ok_or_else(|| ApiError::not_found(format!("no conflict {conflict_id}")))?;
+        .ok_or_else(|| StoreError::not_found(format!("no conflict {conflict_id}")))?;
         let mut row = conflict_from_row(&row)?;
         if row.status != "open" {
-            return Err(ApiError::invalid(format!(
+            return Err(StoreError::invalid(format!(
                 "conflict {conflict_id} is already {}",
                 row.status
             )));
@@ -649,7 +566,7 @@ impl Store {
         }
         let existed = state.entities.contains_key(&key);
         let change = decide(&row.conflict, &mut state)?;
-        let now = crate::api::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         if let Some(change) = &change {
             let before: BTreeSet<EntityKey> =
                 if existed { [key.clone()].into() } else { BTreeSet::new() };
@@ -688,12 +605,12 @@ impl Store {
         Ok((row, state.version))
     }
 
-    pub async fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), ApiError> {
+    pub async fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        insert_audit(&mut conn, entry, crate::api::now_ms() as i64).await
+        insert_audit(&mut conn, entry, crate::clock::now_ms() as i64).await
     }
 
-    pub async fn audit_entries(&self, tenant: &str, limit: i64) -> Result<Vec<Value>, ApiError> {
+    pub async fn audit_entries(&self, tenant: &str, limit: i64) -> Result<Vec<Value>, StoreError> {
         let rows = sqlx::query(
             "SELECT actor, action, target, outcome, details, at FROM audit_log WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
         )
@@ -725,7 +642,7 @@ impl Store {
         idem_key: &str,
         request_hash: &str,
         response: &str,
-    ) -> Result<Option<(String, String)>, ApiError> {
+    ) -> Result<Option<(String, String)>, StoreError> {
         let (mut tx, _guard, _) = self.begin_tenant(&row.tenant_id).await?;
         if let Some(existing) = sqlx::query(
             "SELECT response, request_hash FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2",
@@ -775,7 +692,7 @@ impl Store {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<TransactionRow>, ApiError> {
+    ) -> Result<Option<TransactionRow>, StoreError> {
         let row =
             sqlx::query(&format!("{TX_COLUMNS} WHERE tenant_id = $1 AND transaction_id = $2"))
                 .bind(tenant)
@@ -794,7 +711,7 @@ impl Store {
         lease_ms: i64,
         limit: i64,
         tenant: Option<&str>,
-    ) -> Result<Vec<TransactionRow>, ApiError> {
+    ) -> Result<Vec<TransactionRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "{TX_COLUMNS} WHERE (status = 'pending' OR (status = 'processing' AND updated_at < $1)) \
              AND ($3 = '' OR tenant_id = $3) ORDER BY created_at LIMIT $2"
@@ -815,7 +732,7 @@ impl Store {
         t: &TransactionRow,
         now: i64,
         lease_ms: i64,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, StoreError> {
         let _guard = self.sqlite_writer().await;
         let claimed = sqlx::query(
             "UPDATE transactions SET status = 'processing', updated_at = $3 WHERE tenant_id = $1 AND transaction_id = $2 \
@@ -840,9 +757,9 @@ impl Store {
         status: &str,
         result: &Value,
         event_id: &str,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, StoreError> {
         let (mut tx, _guard, seq) = self.begin_tenant(&t.tenant_id).await?;
-        let now = crate::api::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         let updated = sqlx::query(
             "UPDATE transactions SET status = $3, result = $4, updated_at = $5, \
              callback_state = CASE WHEN callback_url IS NULL THEN 'none' ELSE 'pending' END \
@@ -891,7 +808,7 @@ impl Store {
         now: i64,
         limit: i64,
         tenant: Option<&str>,
-    ) -> Result<Vec<TransactionRow>, ApiError> {
+    ) -> Result<Vec<TransactionRow>, StoreError> {
         let rows = sqlx::query(&format!(
             "{TX_COLUMNS} WHERE callback_state = 'pending' AND callback_next_at <= $1 \
              AND ($3 = '' OR tenant_id = $3) ORDER BY updated_at LIMIT $2"
@@ -911,7 +828,7 @@ impl Store {
         state: &str,
         attempts: i64,
         next_at: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE transactions SET callback_state = $3, callback_attempts = $4, callback_next_at = $5 \
              WHERE tenant_id = $1 AND transaction_id = $2",
@@ -928,7 +845,7 @@ impl Store {
     }
 
     /// Delete idempotency keys and reconcile responses older than `older_than_ms`.
-    pub async fn prune_idempotency(&self, older_than_ms: i64) -> Result<u64, ApiError> {
+    pub async fn prune_idempotency(&self, older_than_ms: i64) -> Result<u64, StoreError> {
         let a = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(older_than_ms)
             .execute(&self.pool)
@@ -950,7 +867,7 @@ impl Store {
         tenant: &str,
         rows: &[(String, Vec<u8>)],
         base_version: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         for (i, (id, record)) in rows.iter().enumerate() {
@@ -976,7 +893,7 @@ impl Store {
         tenant: &str,
         first_seq: i64,
         payloads: &[String],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         for (c, chunk) in payloads.chunks(CHUNK).enumerate() {
@@ -1006,7 +923,7 @@ impl Store {
 
     /// Benchmark floor: take and delete the oldest `n` rows of the bare queue in one
     /// transaction (the textbook SQL queue: `FOR UPDATE SKIP LOCKED` on PostgreSQL).
-    pub async fn floor_queue_take(&self, tenant: &str, n: i64) -> Result<usize, ApiError> {
+    pub async fn floor_queue_take(&self, tenant: &str, n: i64) -> Result<usize, StoreError> {
         let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
         let rows = sqlx::query(&format!(
@@ -1034,10 +951,10 @@ impl Store {
 const TX_COLUMNS: &str = "SELECT tenant_id, transaction_id, kind, body, user_id, status, result, callback_url, \
     callback_state, callback_attempts, created_at, updated_at FROM transactions";
 
-fn transaction_from_row(r: &AnyRow) -> Result<TransactionRow, ApiError> {
+fn transaction_from_row(r: &AnyRow) -> Result<TransactionRow, StoreError> {
     let json = |s: String| {
         serde_json::from_str::<Value>(&s)
-            .map_err(|e| ApiError::internal(format!("stored json: {e}")))
+            .map_err(|e| StoreError::internal(format!("stored json: {e}")))
     };
     Ok(TransactionRow {
         tenant_id: r.get(0),
@@ -1055,18 +972,18 @@ fn transaction_from_row(r: &AnyRow) -> Result<TransactionRow, ApiError> {
     })
 }
 
-fn conflict_from_row(r: &AnyRow) -> Result<ConflictRow, ApiError> {
+fn conflict_from_row(r: &AnyRow) -> Result<ConflictRow, StoreError> {
     Ok(ConflictRow {
         conflict: serde_json::from_str(&r.get::<String, _>(0))
-            .map_err(|e| ApiError::internal(format!("stored conflict: {e}")))?,
+            .map_err(|e| StoreError::internal(format!("stored conflict: {e}")))?,
         status: r.get(1),
         resolution: r.get(2),
         resolved_by: r.get(3),
     })
 }
 
-fn record_from_row(tenant: &str, r: &AnyRow) -> Result<EntityRecord, ApiError> {
-    let bad = |e: sdk_core::Error| ApiError::internal(format!("stored entity: {e}"));
+fn record_from_row(tenant: &str, r: &AnyRow) -> Result<EntityRecord, StoreError> {
+    let bad = |e: sdk_core::Error| StoreError::internal(format!("stored entity: {e}"));
     let key = EntityKey::new(
         TenantId::new(tenant).map_err(bad)?,
         EntityType::new(r.get::<String, _>(0)).map_err(bad)?,
@@ -1078,7 +995,7 @@ fn record_from_row(tenant: &str, r: &AnyRow) -> Result<EntityRecord, ApiError> {
 /// The columns [`event_from_row`] reads, in its order.
 const EVENT_COLUMNS: &str = "seq, event_id, event_type, payload, metadata, schema_version, critical, COALESCE(occurred_at, created_at)";
 
-fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, ApiError> {
+fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, StoreError> {
     let json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::Null);
     let created: i64 = r.get(7);
     Ok(StoredEvent {
@@ -1086,7 +1003,7 @@ fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, ApiError> {
             sequence: r.get::<i64, _>(0) as u64,
             event_id: r.get(1),
             event_type: r.get(2),
-            tenant_id: TenantId::new(tenant).map_err(|e| ApiError::internal(e.to_string()))?,
+            tenant_id: TenantId::new(tenant).map_err(|e| StoreError::internal(e.to_string()))?,
             timestamp: sdk_core::hlc::HlcTimestamp::new(created.max(0) as u64, 0).to_string(),
             payload: json(r.get(3)),
             metadata: json(r.get(4)),
@@ -1099,7 +1016,7 @@ fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, ApiError> {
 async fn load_entity(
     conn: &mut sqlx::AnyConnection,
     key: &EntityKey,
-) -> Result<Option<EntityRecord>, ApiError> {
+) -> Result<Option<EntityRecord>, StoreError> {
     let row = sqlx::query(
         "SELECT entity_type, entity_id, record FROM entities WHERE tenant_id = $1 AND entity_type = $2 AND entity_id = $3",
     )
@@ -1112,12 +1029,104 @@ async fn load_entity(
     row.map(|r| record_from_row(key.tenant.as_str(), &r)).transpose()
 }
 
+/// Everything `footprint` touches, read inside the batch's transaction: the entities (and which
+/// of them existed), the clients' ledgers and the stored results of its operations.
+async fn load_footprint(
+    tx: &mut Tx<'_>,
+    t: &str,
+    seq: u64,
+    footprint: &Footprint,
+) -> Result<(ApplyState, BTreeSet<EntityKey>), StoreError> {
+    let mut state = ApplyState { version: seq, ..ApplyState::default() };
+    let keys: Vec<&EntityKey> = footprint.entities.iter().collect();
+    for rec in load_entities(tx, t, &keys).await? {
+        state.entities.insert(rec.key.clone(), rec);
+    }
+    let existed: BTreeSet<EntityKey> = state.entities.keys().cloned().collect();
+    for c in &footprint.clients {
+        let row = sqlx::query(
+            "SELECT last_seq FROM client_ledgers WHERE tenant_id = $1 AND client_id = $2",
+        )
+        .bind(t)
+        .bind(c.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+        if let Some(row) = row {
+            state.ledgers.insert(c.clone(), row.get::<i64, _>(0) as u64);
+        }
+    }
+    let ids: Vec<&OperationId> = footprint.operations.iter().collect();
+    for (id, stored) in load_results(tx, t, &ids).await? {
+        state.results.insert(id, stored);
+    }
+    Ok((state, existed))
+}
+
+/// Write what a batch produced: entity records, changed ledgers, fresh results, conflicts.
+async fn write_outcome(
+    tx: &mut Tx<'_>,
+    t: &str,
+    outcome: &BatchOutcome,
+    state: &ApplyState,
+    ledgers_before: &std::collections::BTreeMap<ClientId, u64>,
+    existed: &BTreeSet<EntityKey>,
+    now: i64,
+) -> Result<(), StoreError> {
+    write_changes(tx, t, &outcome.changes, existed, now).await?;
+    for (client, seq) in &state.ledgers {
+        if ledgers_before.get(client) != Some(seq) {
+            sqlx::query(
+                "INSERT INTO client_ledgers (tenant_id, client_id, last_seq) VALUES ($1, $2, $3) \
+                     ON CONFLICT (tenant_id, client_id) DO UPDATE SET last_seq = excluded.last_seq",
+            )
+            .bind(t)
+            .bind(client.as_str())
+            .bind(*seq as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+    }
+    // Unrecorded refusals (gaps, reused numbers) are not stored: the engine did not record them.
+    let fresh: Vec<(&sdk_core::apply::OpResult, &StoredResult)> = outcome
+        .results
+        .iter()
+        .filter(|r| !r.duplicate)
+        .filter_map(|r| {
+            state
+                .results
+                .get(&r.operation_id)
+                .filter(|s| s.client_seq == r.client_seq)
+                .map(|s| (r, s))
+        })
+        .collect();
+    insert_results(tx, t, &fresh, now).await?;
+    for c in &outcome.conflicts {
+        let wire = WireConflict::from_conflict(c);
+        sqlx::query(
+                "INSERT INTO conflicts (tenant_id, conflict_id, entity_type, entity_id, body, status, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'open', $6) ON CONFLICT (tenant_id, conflict_id) DO NOTHING",
+            )
+            .bind(t)
+            .bind(&c.id)
+            .bind(c.key.entity_type.as_str())
+            .bind(c.key.entity_id.as_str())
+            .bind(serde_json::to_string(&wire).expect("serializes"))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
 async fn entities_since(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
     since: u64,
     limit: i64,
-) -> Result<(Vec<WireEntity>, bool), ApiError> {
+) -> Result<(Vec<WireEntity>, bool), StoreError> {
     let rows = sqlx::query(
         "SELECT entity_type, entity_id, record FROM entities WHERE tenant_id = $1 AND version > $2 ORDER BY version LIMIT $3",
     )
@@ -1136,7 +1145,7 @@ async fn entities_since(
     Ok((items, has_more))
 }
 
-async fn pruned_through(conn: &mut sqlx::AnyConnection, tenant: &str) -> Result<u64, ApiError> {
+async fn pruned_through(conn: &mut sqlx::AnyConnection, tenant: &str) -> Result<u64, StoreError> {
     let row = sqlx::query("SELECT pruned_through FROM tenants WHERE tenant_id = $1")
         .bind(tenant)
         .fetch_optional(&mut *conn)
@@ -1145,7 +1154,7 @@ async fn pruned_through(conn: &mut sqlx::AnyConnection, tenant: &str) -> Result<
     Ok(row.map(|r| r.get::<i64, _>(0) as u64).unwrap_or(0))
 }
 
-async fn set_seq(conn: &mut sqlx::AnyConnection, tenant: &str, seq: u64) -> Result<(), ApiError> {
+async fn set_seq(conn: &mut sqlx::AnyConnection, tenant: &str, seq: u64) -> Result<(), StoreError> {
     sqlx::query("UPDATE tenants SET seq = $2 WHERE tenant_id = $1")
         .bind(tenant)
         .bind(seq as i64)
@@ -1174,7 +1183,7 @@ async fn load_entities(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
     keys: &[&EntityKey],
-) -> Result<Vec<EntityRecord>, ApiError> {
+) -> Result<Vec<EntityRecord>, StoreError> {
     let mut out = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(CHUNK) {
         let sql = format!(
@@ -1196,7 +1205,7 @@ async fn load_results(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
     ids: &[&OperationId],
-) -> Result<Vec<(OperationId, StoredResult)>, ApiError> {
+) -> Result<Vec<(OperationId, StoredResult)>, StoreError> {
     let mut out = Vec::new();
     for chunk in ids.chunks(CHUNK) {
         let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
@@ -1209,7 +1218,7 @@ async fn load_results(
             q = q.bind(id.as_str());
         }
         for row in q.fetch_all(&mut *conn).await.map_err(db)? {
-            let bad = |e: String| ApiError::internal(format!("stored result: {e}"));
+            let bad = |e: String| StoreError::internal(format!("stored result: {e}"));
             let id = OperationId::new(row.get::<String, _>(0)).map_err(|e| bad(e.to_string()))?;
             let client_id =
                 ClientId::new(row.get::<String, _>(1)).map_err(|e| bad(e.to_string()))?;
@@ -1233,7 +1242,7 @@ async fn insert_results(
     tenant: &str,
     results: &[(&sdk_core::apply::OpResult, &StoredResult)],
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     for chunk in results.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO operation_results (tenant_id, operation_id, client_id, client_seq, result, created_at) VALUES {} \
@@ -1264,7 +1273,7 @@ async fn write_changes(
     changes: &[Change],
     existed: &BTreeSet<EntityKey>,
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let mut latest: std::collections::BTreeMap<&EntityKey, &Change> =
         std::collections::BTreeMap::new();
     for c in changes {
@@ -1341,7 +1350,7 @@ async fn insert_event(
     metadata: &Value,
     critical: bool,
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO events (tenant_id, seq, event_id, event_type, payload, metadata, schema_version, critical, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, '1.0', $7, $8)",
@@ -1364,7 +1373,7 @@ async fn insert_audit(
     conn: &mut sqlx::AnyConnection,
     e: &AuditEntry<'_>,
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, details, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )

@@ -2,10 +2,9 @@
 //! claim / ack / nack with long-polling, and the dead-letter queue. Services use it with a token
 //! holding the `service` role (or `admin`); everything is scoped to the token's tenant.
 
-use super::{EventBus, StartFrom, SubscriptionSpec};
-use crate::auth::Auth;
+use super::extract::{Auth, JsonBody, Path, Query};
+use crate::bus::{StartFrom, SubscriptionSpec};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Path, Query};
 use crate::state::AppState;
 use crate::store::{
     Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, SubscriptionKind, SubscriptionRow,
@@ -149,7 +148,7 @@ pub async fn publish(
             state.metrics.inc("pf2_rate_limited_total", &[("route", "publish")]);
             ApiError::rate_limited(retry)
         })?;
-    let out = EventBus::new(state).publish(&auth.tenant, events).await?;
+    let out = state.bus.publish(&auth.tenant, events).await?;
     let results: Vec<Value> = out
         .iter()
         .map(|p| {
@@ -190,7 +189,7 @@ async fn subscription_json(
     tenant: &str,
     s: &SubscriptionRow,
 ) -> Result<Value, ApiError> {
-    let now = crate::api::now_ms() as i64;
+    let now = crate::clock::now_ms() as i64;
     let stats = state.store.subscription_stats(tenant, &s.name, now).await?;
     let (seq, _) = state.store.tenant_seq(tenant).await?;
     let behind = seq.saturating_sub(s.cursor);
@@ -240,7 +239,7 @@ pub async fn put_subscription(
         backoff: b.retry_backoff_ms.map(Duration::from_millis),
         start,
     };
-    let (row, created) = EventBus::new(state.clone()).put_subscription(&auth.tenant, spec).await?;
+    let (row, created) = state.bus.put_subscription(&auth.tenant, spec).await?;
     let body = subscription_json(&state, auth.tenant.as_str(), &row).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(body)).into_response())
@@ -304,9 +303,8 @@ pub async fn poll_subscription(
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(30));
-    let (sub, page) = EventBus::new(state)
-        .poll_subscription(&auth.tenant, &name, q.limit.unwrap_or(100), wait)
-        .await?;
+    let (sub, page) =
+        state.bus.poll_subscription(&auth.tenant, &name, q.limit.unwrap_or(100), wait).await?;
     Ok(Json(json!({
         "subscription": sub.name,
         "position": sub.cursor,
@@ -343,7 +341,7 @@ pub async fn ack(
     body: JsonBody<AckBody>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
-    let bus = EventBus::new(state);
+    let bus = state.bus;
     match (body.value.sequence, body.value.deliveries) {
         (Some(seq), d) if d.is_empty() => {
             let position = bus.ack_position(&auth.tenant, &name, seq).await?;
@@ -399,9 +397,8 @@ pub async fn claim(
     require_service(&auth)?;
     let b = body.value;
     let wait = Duration::from_millis(b.wait_ms.unwrap_or(0).min(30_000));
-    let claimed = EventBus::new(state)
-        .claim(&auth.tenant, &name, &b.consumer, b.max.unwrap_or(10), wait)
-        .await?;
+    let claimed =
+        state.bus.claim(&auth.tenant, &name, &b.consumer, b.max.unwrap_or(10), wait).await?;
     let deliveries: Vec<Value> = claimed.iter().map(|c| delivery_json(&name, c)).collect();
     Ok(Json(json!({ "deliveries": deliveries })).into_response())
 }
@@ -426,7 +423,8 @@ pub async fn nack(
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
     let b = body.value;
-    let outcome = EventBus::new(state)
+    let outcome = state
+        .bus
         .nack(
             &auth.tenant,
             &name,
@@ -565,7 +563,7 @@ pub async fn reprocess_dead_letter(
     let t = auth.tenant.clone();
     let d = state.store.reprocess_dead_letter(t.as_str(), &id, auth.user()).await?;
     state.metrics.inc("pf2_bus_reprocessed_total", &[]);
-    state.kick_waiters(&t);
+    state.bus.kick_waiters(&t);
     Ok(Json(dead_letter_json(&d)).into_response())
 }
 

@@ -1,0 +1,81 @@
+//! The change feed: how every writer says "the log grew" or "entities changed" — to the log
+//! waiters of this process, to every live socket of the tenant (a poke to pull), and through
+//! the cluster fan-out to every other process. One place, so no writer forgets a reader.
+
+use crate::notifier::Notifier;
+use crate::realtime::fanout::{ClusterFanout, Envelope, Remote};
+use crate::realtime::hub::Hub;
+use sdk_core::ids::TenantId;
+use sdk_core::protocol::ServerFrame;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct ChangeFeed {
+    notifier: Arc<Notifier>,
+    hub: Arc<Hub>,
+    cluster: Arc<dyn ClusterFanout>,
+}
+
+impl ChangeFeed {
+    pub fn new(notifier: Arc<Notifier>, hub: Arc<Hub>, cluster: Arc<dyn ClusterFanout>) -> Self {
+        Self { notifier, hub, cluster }
+    }
+
+    /// Entities of `tenant` changed, up to `version`, whoever wrote them (REST reconcile, a push
+    /// over `/v1/ws`, a conflict resolution): wake the log waiters and poke every live socket
+    /// of the tenant to pull.
+    pub fn entities_changed(&self, tenant: &TenantId, version: u64) {
+        self.events_appended(tenant, version);
+        self.hub.to_tenant(tenant, &ServerFrame::Poke { version });
+    }
+
+    /// The tenant's log grew to `seq` (any writer, any event): wake long-polls, followers and
+    /// consumer groups here and, through the cluster, in every other process.
+    pub fn events_appended(&self, tenant: &TenantId, seq: u64) {
+        self.notifier.notify(tenant.as_str(), seq);
+        self.forward(|| Envelope::Log { node: String::new(), tenant: tenant.clone(), seq });
+    }
+
+    /// Wake the tenant's log waiters here and everywhere although the log did not grow (a dead
+    /// letter went back to its group).
+    pub fn kick_waiters(&self, tenant: &TenantId) {
+        self.notifier.kick(tenant.as_str());
+        self.forward(|| Envelope::Kick { node: String::new(), tenant: tenant.clone() });
+    }
+
+    /// Document `id` of `tenant` changed here: the processes that have it open re-read it.
+    pub fn document_changed(&self, tenant: &TenantId, id: &str) {
+        self.forward(|| Envelope::Document {
+            node: String::new(),
+            tenant: tenant.clone(),
+            document_id: id.to_string(),
+        });
+    }
+
+    /// A wake-up for waiters on `tenant`'s log.
+    pub fn subscribe(&self, tenant: &str) -> watch::Receiver<u64> {
+        self.notifier.subscribe(tenant)
+    }
+
+    /// How long a log waiter may sleep without a wake-up (see [`ClusterFanout::log_recheck`]).
+    pub fn log_recheck(&self) -> Option<Duration> {
+        self.cluster.log_recheck()
+    }
+
+    /// Sleep until `tenant`'s log may have grown: a wake-up, `until`, or the re-check interval.
+    pub async fn wait(&self, wake: &mut watch::Receiver<u64>, until: tokio::time::Instant) {
+        let until = match self.log_recheck() {
+            Some(r) => until.min(tokio::time::Instant::now() + r),
+            None => until,
+        };
+        let _ = tokio::time::timeout_at(until, wake.changed()).await;
+    }
+
+    fn forward(&self, envelope: impl FnOnce() -> Envelope) {
+        if self.cluster.joined() {
+            self.cluster.forward(Remote::Fanout(Box::new(envelope())));
+        }
+    }
+}

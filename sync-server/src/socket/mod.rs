@@ -1,0 +1,45 @@
+//! The socket transports: one [`session::Session`] per socket, carried by the native protocol
+//! ([`native`], `GET /v1/ws`) or by Socket.IO v4 ([`socketio`], `/socket.io`).
+
+pub mod native;
+pub mod session;
+pub mod socketio;
+
+/// Whether a browser `Origin` may open a socket. Patterns are exact origins, `*` (anything), or
+/// end in `:*` for any port (`http://localhost:*`). A request without `Origin` (a native app, a
+/// server) is not a browser and is allowed; its token still has to verify.
+pub fn origin_allowed(patterns: &[String], origin: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    patterns.iter().any(|p| {
+        p == "*"
+            || p == origin
+            || p.strip_suffix(":*").is_some_and(|base| {
+                origin == base
+                    || origin
+                        .strip_prefix(base)
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .is_some_and(|port| {
+                            !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                        })
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origins_match_exactly_or_by_port_wildcard() {
+        let p = vec!["http://localhost:*".to_string(), "https://app.example".to_string()];
+        assert!(origin_allowed(&p, None));
+        assert!(origin_allowed(&p, Some("http://localhost:5173")));
+        assert!(origin_allowed(&p, Some("http://localhost")));
+        assert!(origin_allowed(&p, Some("https://app.example")));
+        assert!(!origin_allowed(&p, Some("https://app.example.evil")));
+        assert!(!origin_allowed(&p, Some("http://localhost.evil:80")));
+        assert!(!origin_allowed(&p, Some("http://localhost:80x")));
+        assert!(!origin_allowed(&p, Some("https://evil.example")));
+        assert!(origin_allowed(&["*".to_string()], Some("https://anything")));
+    }
+}

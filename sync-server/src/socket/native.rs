@@ -1,0 +1,309 @@
+//! `GET /v1/ws`: the native WebSocket transport, speaking sdk-core's protocol
+//! (docs/protocol.md). It turns WebSocket messages into [`ClientFrame`]s for the connection's
+//! [`Session`] and writes the session's mailbox back out; everything else is the session's.
+//!
+//! One connection = one reader loop and one writer task. The writer drains the connection's
+//! bounded [`Mailbox`]: hub fan-out never waits (a full mailbox disconnects the slow consumer);
+//! replies and the event stream (Class B) wait for room, so replay is paced by the client's
+//! reading speed. Nothing is unbounded.
+
+use super::session::{self, CLOSE_AUTH, CLOSE_NORMAL, CLOSE_TRY_AGAIN, NATIVE, Refusal, Session};
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::realtime::mailbox::{Closing, Mailbox, Next};
+use crate::state::AppState;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use sdk_core::ErrorCode;
+use sdk_core::ids::ClientId;
+use sdk_core::protocol::{ClientFrame, Codec, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, ServerFrame};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the closing handshake may wait for the peer's Close.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WsQuery {
+    token: Option<String>,
+    client_id: Option<String>,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let ip = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    match session::admission(&state, NATIVE, header(&headers, "origin"), &ip).await {
+        Ok(()) => {}
+        Err(Refusal::Origin) => {
+            return ApiError::new(ErrorCode::AuthzFailed, "this origin may not open a socket")
+                .into_response();
+        }
+        Err(Refusal::Capacity) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "5")],
+                "connection limit reached",
+            )
+                .into_response();
+        }
+    }
+    let offered: Vec<&str> = header(&headers, "sec-websocket-protocol")
+        .map(|v| v.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let codec =
+        if offered.contains(&MSGPACK_SUBPROTOCOL) { Codec::MessagePack } else { Codec::Json };
+    let limit = state.limits.ws_frame_bytes;
+    let meta =
+        Meta { ip, user_agent: header(&headers, "user-agent").unwrap_or_default().to_string() };
+    ws.protocols([MSGPACK_SUBPROTOCOL, JSON_SUBPROTOCOL])
+        // The library refuses frames far over the limit; the session enforces the limit exactly
+        // and closes with 1009.
+        .max_message_size(limit * 2)
+        // Small per-connection buffers: an idle socket should cost kilobytes, not the library's
+        // 128 KiB defaults. They grow for large frames and shrink back.
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_frame_size(limit * 2)
+        .on_upgrade(move |socket| run(socket, state, codec, q, meta))
+}
+
+#[derive(Debug, Clone)]
+struct Meta {
+    ip: String,
+    user_agent: String,
+}
+
+fn closing(code: u16, reason: &'static str) -> Closing {
+    Closing { code, reason }
+}
+
+/// An encoded frame as a WebSocket message (JSON text or MessagePack binary).
+fn message(codec: Codec, bytes: bytes::Bytes) -> Message {
+    match codec {
+        Codec::Json => Message::Text(Utf8Bytes::try_from(bytes).expect("JSON is UTF-8")),
+        Codec::MessagePack => Message::Binary(bytes),
+    }
+}
+
+fn encode(codec: Codec, frame: &ServerFrame) -> Message {
+    message(codec, codec.encode(frame).into())
+}
+
+fn close_message(c: &Closing) -> Message {
+    Message::Close(Some(CloseFrame { code: c.code, reason: c.reason.into() }))
+}
+
+/// Not `async`: the socket is split before the connection's future is built, so that future
+/// holds the two small halves, not the 368-byte socket, for its whole life (an async fn keeps
+/// its arguments' space even after they are moved out).
+fn run(
+    socket: WebSocket,
+    state: AppState,
+    codec: Codec,
+    q: WsQuery,
+    meta: Meta,
+) -> impl std::future::Future<Output = ()> {
+    let (sink, stream) = socket.split();
+    connection(sink, stream, state, codec, q, meta)
+}
+
+async fn connection(
+    mut sink: Sink,
+    mut stream: Stream,
+    state: AppState,
+    codec: Codec,
+    q: WsQuery,
+    meta: Meta,
+) {
+    let (identity, client) = match Box::pin(authenticate(&mut stream, &state, codec, q)).await {
+        Ok(ok) => ok,
+        Err((e, reason)) => {
+            let details = json!({ "ip": meta.ip, "userAgent": meta.user_agent });
+            session::auth_failed(&state, NATIVE, &e.message, details);
+            let frame = ServerFrame::error(e.code, e.message, None);
+            let _ = sink.send(encode(codec, &frame)).await;
+            let _ = sink.send(close_message(&closing(CLOSE_AUTH, reason))).await;
+            drain_until_close(&mut stream).await;
+            return;
+        }
+    };
+    let details = json!({ "ip": meta.ip, "userAgent": meta.user_agent });
+    let mut session = Session::open(state, NATIVE, identity, client, details).await;
+    let mailbox = session.tx.clone();
+    let mut writer = tokio::spawn(write_loop(sink, mailbox.clone(), codec));
+    let outcome = read_loop(&mut session, &mut stream, &mut writer, codec).await;
+    let reason = outcome.reason;
+    let we_close = outcome.code != CLOSE_NORMAL || reason != "client closed";
+    mailbox.close(we_close.then_some(outcome));
+    if !writer.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    }
+    if we_close {
+        drain_until_close(&mut stream).await;
+    }
+    session.close(reason).await;
+}
+
+/// Read frames until the connection ends: translate each into a [`ClientFrame`] for the session.
+async fn read_loop(
+    session: &mut Session,
+    stream: &mut Stream,
+    writer: &mut tokio::task::JoinHandle<()>,
+    codec: Codec,
+) -> Closing {
+    loop {
+        // One timer for both deadlines (an idle connection carries one `Sleep`, not two).
+        let msg = tokio::select! {
+            // The writer stops on its own only for a slow consumer or a dead socket.
+            _ = &mut *writer => {
+                return if session.tx.killed() {
+                    closing(CLOSE_TRY_AGAIN, "slow consumer")
+                } else {
+                    closing(CLOSE_NORMAL, "client closed")
+                };
+            }
+            _ = tokio::time::sleep_until(session.deadline()) => return session.expired(),
+            m = stream.next() => m,
+        };
+        let bytes = match msg {
+            None | Some(Err(_)) => return closing(CLOSE_NORMAL, "client closed"),
+            Some(Ok(Message::Close(_))) => return closing(CLOSE_NORMAL, "client closed"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                session.last_heard = std::time::Instant::now();
+                continue;
+            }
+            Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+            Some(Ok(Message::Binary(b))) => b.to_vec(),
+        };
+        if let Some(c) = session.too_large(bytes.len()) {
+            return c;
+        }
+        // Boxed: the handlers (push → reconcile …) are large state machines; inline, every
+        // idle connection would carry their size in its task.
+        if let Some(c) = Box::pin(on_frame(session, codec, bytes)).await {
+            return c;
+        }
+    }
+}
+
+/// One frame from the client: admitted by the session (rate limit), decoded, handled.
+async fn on_frame(session: &mut Session, codec: Codec, bytes: Vec<u8>) -> Option<Closing> {
+    if let Err(c) = session.admit().await {
+        return Some(c);
+    }
+    match codec.decode::<ClientFrame>(&bytes, session.frame_limit()) {
+        Ok(frame) => session.handle(frame).await,
+        Err(e) => session.error(e.into(), None).await,
+    }
+    None
+}
+
+/// The closing handshake (RFC 6455 §7.1.1): after our Close, read — and discard — until the
+/// peer's Close or EOF, for at most [`CLOSE_DRAIN`]. Dropping the socket with unread bytes in the
+/// kernel's receive buffer makes it send RST, and the client would see 1006 instead of our code.
+async fn drain_until_close(stream: &mut Stream) {
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Authenticate by `?token=` or by the first frame (`auth`), within [`AUTH_TIMEOUT`].
+async fn authenticate(
+    stream: &mut Stream,
+    state: &AppState,
+    codec: Codec,
+    q: WsQuery,
+) -> Result<(Identity, ClientId), (ApiError, &'static str)> {
+    let query_client = q
+        .client_id
+        .map(ClientId::new)
+        .transpose()
+        .map_err(|e| (ApiError::invalid(e.to_string()), "bad client id"))?;
+    if let Some(token) = q.token {
+        let identity = state.jwt.verify(&token).map_err(|e| (e, "auth failed"))?;
+        let client = query_client.unwrap_or_else(|| {
+            ClientId::new(format!("anon-{}", uuid::Uuid::new_v4().simple())).expect("valid")
+        });
+        return Ok((identity, client));
+    }
+    let first = tokio::time::timeout(AUTH_TIMEOUT, stream.next())
+        .await
+        .map_err(|_| (ApiError::auth("no auth frame within 10 s"), "auth timeout"))?;
+    let bytes = match first {
+        Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+        Some(Ok(Message::Binary(b))) => b.to_vec(),
+        _ => return Err((ApiError::auth("the first frame must be auth"), "auth failed")),
+    };
+    match codec.decode::<ClientFrame>(&bytes, state.limits.ws_frame_bytes) {
+        Ok(ClientFrame::Auth { token, client_id }) => {
+            let identity = state.jwt.verify(&token).map_err(|e| (e, "auth failed"))?;
+            Ok((identity, client_id))
+        }
+        _ => Err((ApiError::auth("the first frame must be auth"), "auth failed")),
+    }
+}
+
+async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec) {
+    /// Frames written per flush when several are already queued (one syscall for a burst).
+    const BURST: usize = 32;
+    loop {
+        let first = match mailbox.next().await {
+            Next::Frame(f) => f,
+            Next::Killed => {
+                // A slow consumer: try to say why, but never wait on it.
+                let close = close_message(&closing(CLOSE_TRY_AGAIN, "slow consumer"));
+                let _ = tokio::time::timeout(Duration::from_millis(100), sink.send(close)).await;
+                return;
+            }
+            Next::Close(c) => {
+                if let Some(c) = c {
+                    let _ = tokio::time::timeout(CLOSE_DRAIN, sink.send(close_message(&c))).await;
+                }
+                return;
+            }
+        };
+        let write = async {
+            sink.feed(message(codec, first.encoded(codec))).await?;
+            for _ in 1..BURST {
+                match mailbox.try_next() {
+                    Some(Next::Frame(f)) => sink.feed(message(codec, f.encoded(codec))).await?,
+                    _ => break,
+                }
+            }
+            sink.flush().await
+        };
+        // Only a blocked write needs the kill signal: it is how a slow consumer is cut off.
+        tokio::select! {
+            r = write => if r.is_err() { return },
+            _ = mailbox.until_killed() => return,
+        }
+    }
+}
