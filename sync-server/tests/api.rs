@@ -1034,3 +1034,30 @@ async fn static_files_are_served_beside_the_api() {
     let token = app.token("u");
     app.get("/api/reconciliation/delta?since=0", &token).await.expect(200);
 }
+
+/// The router and `/openapi.json` come from one route table: every route is documented under
+/// its method, and every documented route is served (none answers the "no such route" 404).
+#[tokio::test]
+async fn every_route_in_the_table_is_served_and_documented() {
+    let app = app!(Backend::Sqlite);
+    let doc = app.send(Method::GET, "/openapi.json", None, &[], None).await.json();
+    let token = app.token("u");
+    let table = sync_server::routes::table();
+    assert!(table.len() >= 30, "{} routes", table.len());
+    for route in table {
+        let documented = sync_server::routes::openapi_path(route.path);
+        assert!(
+            doc["paths"][&documented][route.method].is_object(),
+            "{} {documented} is not documented",
+            route.method
+        );
+        let path = route.path.replace(['{', '}'], "");
+        let method = Method::from_bytes(route.method.to_uppercase().as_bytes()).unwrap();
+        let body = (method != Method::GET).then(|| b"{}".to_vec());
+        let r = app.send(method, &path, Some(&token), &[], body).await;
+        let unrouted = r.status.as_u16() == 404
+            && serde_json::from_slice::<Value>(&r.body)
+                .is_ok_and(|v| v["error"]["message"] == "no such route");
+        assert!(!unrouted, "{} {} is documented but not served", route.method, route.path);
+    }
+}

@@ -748,3 +748,43 @@ async fn a_durable_subscription_followed_over_websocket_resumes_after_its_ack() 
     let e = c.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await;
     assert!(matches!(e, ServerFrame::Error { code: sdk_core::ErrorCode::NotFound, .. }), "{e:?}");
 }
+
+/// One function reconciles for both transports: a batch applied over REST and sent again over
+/// `/v1/ws` gets the same per-operation answers (now as duplicates) and the same version, and
+/// the socket's batch is counted in the operation metrics too; its retry replays its answer.
+#[tokio::test]
+async fn the_same_batch_is_answered_identically_over_rest_and_ws() {
+    let s = server(|_| {}).await;
+    let token = s.app.token("u1");
+    let ops = vec![
+        s.app.op("c1", 1, "todo", "a", "CREATE", json!({"x": 1}), 1, &json!({})),
+        s.app.op("c1", 2, "todo", "b", "CREATE", json!({"y": 2}), 2, &json!({})),
+    ];
+    let rest = s.app.reconcile(&token, "batch-1", "c1", ops.clone()).await;
+    let rest = rest.expect(200).json();
+    let counted = |outcome: &str| {
+        s.app.state.metrics.counter("pf2_operations_total", &[("outcome", outcome)])
+    };
+    assert_eq!(counted("applied"), 2);
+    let mut c = connect(&s, "u1", "c1").await;
+    let operations: Vec<WireOperation> = serde_json::from_value(json!(ops)).unwrap();
+    let push = ClientFrame::Push { batch_id: "batch-1".into(), operations };
+    c.send(&push).await;
+    let first = c.recv_until(|f| matches!(f, ServerFrame::PushResult { .. })).await;
+    let ServerFrame::PushResult { results, current_version, .. } = &first else { unreachable!() };
+    assert_eq!(current_version.to_string(), rest["currentVersion"].as_str().unwrap());
+    let rest_results: Vec<Value> = rest["resolvedOperations"].as_array().unwrap().clone();
+    assert_eq!(results.len(), rest_results.len());
+    for (ws, rest) in results.iter().zip(rest_results) {
+        let mut ws = serde_json::to_value(ws).unwrap();
+        assert_eq!(ws["duplicate"], true, "the socket's copy is a replay: {ws}");
+        ws["duplicate"] = json!(false);
+        assert_eq!(ws, rest, "the same answer on both transports");
+    }
+    assert_eq!(counted("duplicate"), 2, "the socket's batch is counted as REST's is");
+    let replays = s.app.state.metrics.counter("pf2_reconcile_replays_total", &[]);
+    c.send(&push).await;
+    let again = c.recv_until(|f| matches!(f, ServerFrame::PushResult { .. })).await;
+    assert_eq!(again, first, "a retried batch replays its stored answer");
+    assert_eq!(s.app.state.metrics.counter("pf2_reconcile_replays_total", &[]), replays + 1);
+}

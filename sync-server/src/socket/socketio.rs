@@ -238,6 +238,8 @@ async fn deliver(s: &SocketRef, frame: Result<ClientFrame, String>) {
     let mut guard = shared.0.lock().await;
     let Some(session) = guard.as_mut() else { return };
     if session.admit().await.is_err() {
+        // Not under the lock: the disconnect handler takes it to end the session.
+        drop(guard);
         let _ = s.clone().disconnect();
         return;
     }
