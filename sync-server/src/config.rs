@@ -83,7 +83,7 @@ pub struct Config {
     #[arg(long, env = "PF2_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub ws_max_connections: usize,
     /// Messages per minute per WebSocket connection (api.md: 100).
-    #[arg(long, env = "PF2_WS_RATE", default_value_t = 100)]
+    #[arg(long, env = "PF2_WS_RATE", default_value_t = crate::limits::DEFAULT_WS_RATE_PER_MINUTE)]
     pub ws_rate: u32,
     #[arg(long, env = "PF2_WS_SEND_BUFFER", default_value_t = 256)]
     pub ws_send_buffer: usize,
@@ -138,7 +138,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults with a database URL and generous rate limits (tests raise or lower what they need).
+    /// Defaults with a database URL. The realtime rate limit is the shipped one; the REST rate
+    /// limits are lifted, since a test drives many requests per tenant in a second.
     pub fn for_tests(database_url: &str) -> Self {
         Self {
             listen: "127.0.0.1:0".into(),
@@ -162,7 +163,8 @@ impl Config {
             strategies: Vec::new(),
             ws_allowed_origins: Vec::new(),
             ws_max_connections: 10_000,
-            ws_rate: 100_000,
+            // The shipped realtime limit: the session's rate rule is tested as users meet it.
+            ws_rate: crate::limits::DEFAULT_WS_RATE_PER_MINUTE,
             ws_send_buffer: 256,
             event_retention_days: 7,
             idempotency_retention_days: 7,

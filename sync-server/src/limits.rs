@@ -8,6 +8,8 @@ use std::time::Duration;
 /// Defaults: documents up to 8 MiB, compacted once 256 KiB of changes have been appended.
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_COMPACT_BYTES: i64 = 256 * 1024;
+/// api.md: 100 messages a minute per realtime connection.
+pub const DEFAULT_WS_RATE_PER_MINUTE: u32 = 100;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -71,7 +73,7 @@ impl Default for Limits {
             ],
             ws_max_connections: 10_000,
             ws_frame_bytes: sdk_core::protocol::DEFAULT_MAX_FRAME,
-            ws_rate: Rate::per_minute(100),
+            ws_rate: Rate::per_minute(DEFAULT_WS_RATE_PER_MINUTE),
             ws_send_buffer: 256,
             ws_heartbeat: Duration::from_secs(30),
             ws_stale: Duration::from_secs(90),

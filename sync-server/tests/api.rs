@@ -73,8 +73,8 @@ async fn replay_gives_a_byte_identical_response(backend: Backend) {
     let app = app!(backend);
     let token = app.token("u");
     let ops = vec![
-        app.op("c1", 1, "todo", "a", "CREATE", json!({"title": "milk"}), 1, &json!({})),
-        app.op("c1", 2, "todo", "a", "UPDATE", json!({"done": true}), 2, &json!({})),
+        app.op("c1", 1).create("todo", "a", json!({"title": "milk"})).build(),
+        app.op("c1", 2).update("todo", "a", json!({"done": true})).build(),
     ];
     let first = app.reconcile(&token, "r-1", "c1", ops.clone()).await;
     first.expect(200);
@@ -97,9 +97,9 @@ async fn events_name_what_happened_to_the_entity(backend: Backend) {
     let app = app!(backend);
     let token = app.token("u");
     let ops = vec![
-        app.op("c1", 1, "todo", "a", "CREATE", json!({"title": "milk"}), 1, &json!({})),
-        app.op("c1", 2, "todo", "a", "UPDATE", json!({"done": true}), 2, &json!({})),
-        app.op("c1", 3, "todo", "a", "DELETE", Value::Null, 3, &json!({})),
+        app.op("c1", 1).create("todo", "a", json!({"title": "milk"})).build(),
+        app.op("c1", 2).update("todo", "a", json!({"done": true})).build(),
+        app.op("c1", 3).delete("todo", "a").build(),
     ];
     app.reconcile(&token, "r", "c1", ops).await.expect(200);
     let events = app.get("/api/events/poll", &token).await.json();
@@ -121,9 +121,7 @@ async fn a_large_gap_answers_a_snapshot_signal_instead_of_a_delta(backend: Backe
     let app = app!(backend, |c| c.max_delta = 3);
     let token = app.token("u");
     let ops: Vec<Value> = (1..=5)
-        .map(|i| {
-            app.op("c1", i, "todo", &format!("e{i}"), "CREATE", json!({"i": i}), i, &json!({}))
-        })
+        .map(|i| app.op("c1", i).create("todo", &format!("e{i}"), json!({"i": i})).build())
         .collect();
     app.reconcile(&token, "r1", "c1", ops).await.expect(200);
     let mut body = app.reconcile_body("r2", "c1", vec![]);
@@ -145,7 +143,7 @@ async fn same_request_id_with_another_body_is_refused(backend: Backend) {
         &token,
         "r",
         "c1",
-        vec![app.op("c1", 1, "todo", "a", "CREATE", json!({"x": 1}), 1, &json!({}))],
+        vec![app.op("c1", 1).create("todo", "a", json!({"x": 1})).build()],
     )
     .await
     .expect(200);
@@ -154,7 +152,7 @@ async fn same_request_id_with_another_body_is_refused(backend: Backend) {
             &token,
             "r",
             "c1",
-            vec![app.op("c1", 1, "todo", "a", "CREATE", json!({"x": 2}), 1, &json!({}))],
+            vec![app.op("c1", 1).create("todo", "a", json!({"x": 2})).build()],
         )
         .await;
     r.expect(422);
@@ -169,7 +167,7 @@ async fn a_gap_is_refused_and_heals(backend: Backend) {
             &token,
             "r1",
             "c1",
-            vec![app.op("c1", 2, "todo", "a", "CREATE", json!({"x": 2}), 2, &json!({}))],
+            vec![app.op("c1", 2).create("todo", "a", json!({"x": 2})).build()],
         )
         .await;
     let v = r.json();
@@ -182,8 +180,8 @@ async fn a_gap_is_refused_and_heals(backend: Backend) {
             "r2",
             "c1",
             vec![
-                app.op("c1", 1, "todo", "a", "CREATE", json!({"x": 1}), 1, &json!({})),
-                app.op("c1", 2, "todo", "a", "UPDATE", json!({"x": 2}), 2, &json!({})),
+                app.op("c1", 1).create("todo", "a", json!({"x": 1})).build(),
+                app.op("c1", 2).update("todo", "a", json!({"x": 2})).build(),
             ],
         )
         .await;
@@ -215,16 +213,7 @@ async fn concurrent_edit(
             &token,
             &c0,
             &c0,
-            vec![app.op(
-                &c0,
-                1,
-                entity_type,
-                "x",
-                "CREATE",
-                json!({"title": "t", "n": 1}),
-                1,
-                &json!({}),
-            )],
+            vec![app.op(&c0, 1).create(entity_type, "x", json!({"title": "t", "n": 1})).build()],
         )
         .await;
     created.expect(200);
@@ -233,7 +222,7 @@ async fn concurrent_edit(
         &token,
         &ca,
         &ca,
-        vec![app.op(&ca, 1, entity_type, "x", "UPDATE", first, 50, &base)],
+        vec![app.op(&ca, 1).update(entity_type, "x", first).at(50).after(&base).build()],
     )
     .await
     .expect(200);
@@ -242,7 +231,7 @@ async fn concurrent_edit(
             &token,
             &cb,
             &cb,
-            vec![app.op(&cb, 1, entity_type, "x", "UPDATE", second, 40, &base)],
+            vec![app.op(&cb, 1).update(entity_type, "x", second).at(40).after(&base).build()],
         )
         .await;
     r.expect(200);
@@ -337,16 +326,11 @@ async fn snapshots_carry_verifiable_checksums(backend: Backend) {
         &token,
         "r",
         "c1",
-        vec![app.op(
-            "c1",
-            1,
-            "todo",
-            "a",
-            "CREATE",
-            json!({"b": 2, "a": {"z": 1, "y": [1, 2]}}),
-            1,
-            &json!({}),
-        )],
+        vec![
+            app.op("c1", 1)
+                .create("todo", "a", json!({"b": 2, "a": {"z": 1, "y": [1, 2]}}))
+                .build(),
+        ],
     )
     .await
     .expect(200);
@@ -377,9 +361,7 @@ async fn collection_snapshots_page_and_verify(backend: Backend) {
     let app = app!(backend);
     let token = app.token("u");
     let ops: Vec<Value> = (1..=25)
-        .map(|i| {
-            app.op("c1", i, "todo", &format!("e{i:02}"), "CREATE", json!({"i": i}), i, &json!({}))
-        })
+        .map(|i| app.op("c1", i).create("todo", &format!("e{i:02}"), json!({"i": i})).build())
         .collect();
     app.reconcile(&token, "r", "c1", ops).await.expect(200);
     let mut cursor: Option<String> = None;
@@ -420,9 +402,7 @@ async fn delta_reports_the_clients_confirmed_sequence(backend: Backend) {
     let app = app!(backend);
     let token = app.token("u");
     let ops: Vec<Value> = (1..=5)
-        .map(|i| {
-            app.op("c1", i, "todo", &format!("e{i}"), "CREATE", json!({"i": i}), i, &json!({}))
-        })
+        .map(|i| app.op("c1", i).create("todo", &format!("e{i}"), json!({"i": i})).build())
         .collect();
     app.reconcile(&token, "r", "c1", ops).await.expect(200);
     let page =
@@ -442,9 +422,7 @@ async fn poll_paginates_gap_free(backend: Backend) {
     let app = app!(backend);
     let token = app.token("u");
     let ops: Vec<Value> = (1..=7)
-        .map(|i| {
-            app.op("c1", i, "todo", &format!("e{i}"), "CREATE", json!({"i": i}), i, &json!({}))
-        })
+        .map(|i| app.op("c1", i).create("todo", &format!("e{i}"), json!({"i": i})).build())
         .collect();
     app.reconcile(&token, "r", "c1", ops).await.expect(200);
     let mut last = "0".to_string();
@@ -493,7 +471,7 @@ async fn long_poll_wakes_on_a_new_event(backend: Backend) {
         &token,
         "r",
         "c1",
-        vec![app.op("c1", 1, "todo", "a", "CREATE", json!({"x": 1}), 1, &json!({}))],
+        vec![app.op("c1", 1).create("todo", "a", json!({"x": 1})).build()],
     )
     .await
     .expect(200);
@@ -510,9 +488,7 @@ async fn poll_below_retention_requires_a_snapshot(backend: Backend) {
     let app = app!(backend);
     let token = app.token("u");
     let ops: Vec<Value> = (1..=3)
-        .map(|i| {
-            app.op("c1", i, "todo", &format!("e{i}"), "CREATE", json!({"i": i}), i, &json!({}))
-        })
+        .map(|i| app.op("c1", i).create("todo", &format!("e{i}"), json!({"i": i})).build())
         .collect();
     app.reconcile(&token, "r", "c1", ops).await.expect(200);
     // Everything of this tenant older than a second from now is past retention (scoped to the
@@ -737,7 +713,7 @@ async fn class_d_webhook_is_signed_and_retried(backend: Backend) {
 async fn class_d_travels_rest_and_never_realtime(backend: Backend) {
     let app = app!(backend);
     let token = app.token("u");
-    let mut op = app.op("c1", 1, "payment", "p1", "CREATE", json!({"amount": 1}), 1, &json!({}));
+    let mut op = app.op("c1", 1).create("payment", "p1", json!({"amount": 1})).build();
     op["interactionClass"] = json!("CLASS_D");
     // Class D over REST is allowed; the same operation on a realtime transport is refused by the
     // one policy gate every shell calls.
@@ -833,7 +809,7 @@ async fn tenant_mismatch_is_refused_on_every_route(backend: Backend) {
         &token,
         "r",
         "c1",
-        vec![app.op("c1", 1, "todo", "a", "CREATE", json!({"secret": "s3cr3t"}), 1, &json!({}))],
+        vec![app.op("c1", 1).create("todo", "a", json!({"secret": "s3cr3t"})).build()],
     )
     .await
     .expect(200);
@@ -894,7 +870,7 @@ async fn super_admin_cross_tenant_access_needs_justification_and_is_audited(back
         &token,
         "r",
         "c1",
-        vec![app.op("c1", 1, "todo", "a", "CREATE", json!({"x": 1}), 1, &json!({}))],
+        vec![app.op("c1", 1).create("todo", "a", json!({"x": 1})).build()],
     )
     .await
     .expect(200);
@@ -933,9 +909,8 @@ async fn oversized_body_is_413_and_oversized_batch_is_400(backend: Backend) {
         .await;
     r.expect(413);
     assert_eq!(r.error_code(), "PAYLOAD_TOO_LARGE");
-    let ops: Vec<Value> = (1..=501)
-        .map(|i| app.op("c1", i, "todo", "a", "UPDATE", json!({"i": i}), i, &json!({})))
-        .collect();
+    let ops: Vec<Value> =
+        (1..=501).map(|i| app.op("c1", i).update("todo", "a", json!({"i": i})).build()).collect();
     let r = app.reconcile(&token, "big", "c1", ops).await;
     r.expect(400);
     assert_eq!(r.error_code(), "INVALID_REQUEST");
@@ -983,7 +958,7 @@ async fn health_metrics_and_openapi(backend: Backend) {
         &token,
         "r",
         "c1",
-        vec![app.op("c1", 1, "todo", "a", "CREATE", json!({"x": 1}), 1, &json!({}))],
+        vec![app.op("c1", 1).create("todo", "a", json!({"x": 1})).build()],
     )
     .await
     .expect(200);

@@ -122,26 +122,8 @@ async fn concurrent_offline_text_edits_converge_through_the_server(backend: Back
 
 // ---- over /v1/ws: Automerge's sync protocol in `doc_sync` frames --------------------------------
 
-use futures_util::{SinkExt, StreamExt};
+use common::net::{self, WsClient as Ws};
 use sdk_core::protocol::{ClientFrame, Codec, ServerFrame};
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-const SAFETY: std::time::Duration = std::time::Duration::from_secs(30);
-
-async fn serve(
-    state: sync_server::state::AppState,
-) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sync_server::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
-}
 
 /// A new connection is a new sync session: the replica keeps only what it shares with the
 /// server (`disconnected`), so its first message says what it has.
@@ -156,13 +138,7 @@ async fn reconnect(
 }
 
 async fn connect(addr: std::net::SocketAddr, token: &str, client: &str) -> Ws {
-    let url = format!("ws://{addr}/v1/ws?token={token}&clientId={client}");
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws
-}
-
-async fn send(ws: &mut Ws, f: &ClientFrame) {
-    ws.send(Message::Text(String::from_utf8(Codec::Json.encode(f)).unwrap().into())).await.unwrap();
+    Ws::connect(addr, token, client, Codec::Json).await
 }
 
 /// One round: send what `peer` has for the server (if anything) and a ping; apply every
@@ -172,20 +148,14 @@ async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (
     if let Some(m) = &out {
         for (part, more) in parts::split(m, parts::PART_BYTES) {
             let message = B64.encode(part);
-            send(ws, &ClientFrame::DocSync { document_id: doc.into(), message, more }).await;
+            ws.send(&ClientFrame::DocSync { document_id: doc.into(), message, more }).await;
         }
     }
-    send(ws, &ClientFrame::Ping { nonce }).await;
+    ws.send(&ClientFrame::Ping { nonce }).await;
     let mut received = false;
     let mut joined = Reassembly::new(usize::MAX);
     loop {
-        let msg = tokio::time::timeout(SAFETY, ws.next())
-            .await
-            .expect("a frame in time")
-            .unwrap()
-            .unwrap();
-        let Message::Text(t) = msg else { continue };
-        match Codec::Json.decode::<ServerFrame>(t.as_bytes(), usize::MAX).unwrap() {
+        match ws.recv().await {
             ServerFrame::DocSync { document_id, message, more } if document_id == doc => {
                 if let Some(m) = joined.push(doc, &B64.decode(message).unwrap(), more).unwrap() {
                     peer.receive("server", &m).unwrap();
@@ -197,6 +167,14 @@ async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (
             _ => {}
         }
     }
+}
+
+/// Lifts api.md's 100 frames a minute per socket, for the tests that sync thousands of edits
+/// through one connection in seconds: every sync round and every 64 KiB part is a frame, and the
+/// session meters frames, not what they cost (the realtime-at-human-pace issue changes that and
+/// removes this lift).
+fn lift_frame_rate(c: &mut sync_server::config::Config) {
+    c.ws_rate = 100_000;
 }
 
 /// Rounds until neither side has anything to say.
@@ -219,7 +197,8 @@ async fn two_clients_sync_a_document_over_websocket_through_a_server_restart() {
     let text = alice.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
     alice.doc().splice_text(&text, 0, 0, "draft").unwrap();
     alice.doc().commit();
-    let (addr, stop) = serve(app.state.clone()).await;
+    let served = net::serve(app.state.clone()).await;
+    let addr = served.addr;
     let mut a = connect(addr, &token, "alice").await;
     sync_doc(&mut a, &mut alice, "notes").await;
     let mut bob = DocumentPeer::new(b"bob");
@@ -239,9 +218,10 @@ async fn two_clients_sync_a_document_over_websocket_through_a_server_restart() {
     let mut a = reconnect(addr, &token, "alice", &mut alice).await;
     sync_doc(&mut a, &mut alice, "notes").await;
     drop(a);
-    stop.send(()).unwrap();
+    served.stop().await.unwrap();
     let restarted = app.config.build().await.unwrap();
-    let (addr, _stop) = serve(restarted).await;
+    let served = net::serve(restarted).await;
+    let addr = served.addr;
     let mut b = reconnect(addr, &token, "bob", &mut bob).await;
     sync_doc(&mut b, &mut bob, "notes").await;
     let mut a = reconnect(addr, &token, "alice", &mut alice).await;
@@ -268,9 +248,10 @@ async fn two_clients_sync_a_document_over_websocket_through_a_server_restart() {
 /// text a plain string gets from the same trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100000_operation_editing_trace_through_the_server_with_two_clients() {
-    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let app = TestApp::start_with(Backend::Sqlite, lift_frame_rate).await.unwrap();
     let token = app.token("writer");
-    let (addr, _stop) = serve(app.state.clone()).await;
+    let served = net::serve(app.state.clone()).await;
+    let addr = served.addr;
     let mut peers = [DocumentPeer::new(b"alice"), DocumentPeer::new(b"bob")];
     let text = peers[0].doc().put_object(ROOT, "text", ObjType::Text).unwrap();
     peers[0].doc().commit();
@@ -327,7 +308,8 @@ fn noise(n: u32, seed: u64) -> String {
 async fn a_backlog_larger_than_a_frame_syncs_in_parts() {
     let app = TestApp::start(Backend::Sqlite).await.unwrap();
     let token = app.token("writer");
-    let (addr, _stop) = serve(app.state.clone()).await;
+    let served = net::serve(app.state.clone()).await;
+    let addr = served.addr;
     let mut alice = DocumentPeer::new(b"alice");
     let text = alice.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
     for i in 0..30 {
@@ -376,7 +358,8 @@ async fn sync_over_http(app: &TestApp, token: &str, peer: &mut DocumentPeer, doc
 async fn documents_sync_over_rest_for_long_polling_clients() {
     let app = TestApp::start(Backend::Sqlite).await.unwrap();
     let token = app.token("writer");
-    let (addr, _stop) = serve(app.state.clone()).await;
+    let served = net::serve(app.state.clone()).await;
+    let addr = served.addr;
     let mut ws_peer = DocumentPeer::new(b"ws");
     let text = ws_peer.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
     ws_peer.doc().splice_text(&text, 0, 0, "over ws").unwrap();
@@ -423,7 +406,8 @@ async fn documents_are_size_limited_and_compacted() {
     .await
     .unwrap();
     let token = app.token("writer");
-    let (addr, _stop) = serve(app.state.clone()).await;
+    let served = net::serve(app.state.clone()).await;
+    let addr = served.addr;
     let mut p = DocumentPeer::new(b"writer");
     let text = p.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
     let mut ws = connect(addr, &token, "writer").await;
@@ -451,23 +435,15 @@ async fn documents_are_size_limited_and_compacted() {
         p.doc().splice_text(&text, 0, 0, std::str::from_utf8(chunk).unwrap()).unwrap();
         p.doc().commit();
     }
-    send(
-        &mut ws,
-        &ClientFrame::DocSync {
-            document_id: "small".into(),
-            message: B64.encode(p.generate("server").unwrap()),
-            more: false,
-        },
-    )
+    ws.send(&ClientFrame::DocSync {
+        document_id: "small".into(),
+        message: B64.encode(p.generate("server").unwrap()),
+        more: false,
+    })
     .await;
-    let refused = loop {
-        let msg = tokio::time::timeout(SAFETY, ws.next()).await.unwrap().unwrap().unwrap();
-        let Message::Text(t) = msg else { continue };
-        if let ServerFrame::Error { code, message, request_id, .. } =
-            Codec::Json.decode::<ServerFrame>(t.as_bytes(), usize::MAX).unwrap()
-        {
-            break (code, message, request_id);
-        }
+    let refused = match ws.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await {
+        ServerFrame::Error { code, message, request_id, .. } => (code, message, request_id),
+        _ => unreachable!(),
     };
     assert_eq!(refused.0, sdk_core::ErrorCode::PayloadTooLarge, "{}", refused.1);
     assert_eq!(refused.2.as_deref(), Some("small"));
@@ -502,7 +478,8 @@ async fn stock_automerge_from_npm_reads_the_servers_bytes_and_its_changes_are_ac
         .await
         .unwrap();
     let token = app.token("writer");
-    let (addr, _stop) = serve(app.state.clone()).await;
+    let served = net::serve(app.state.clone()).await;
+    let addr = served.addr;
     // An entity document, written as a CRDT operation by a Rust client.
     let mut rust = DocumentPeer::new(b"rust");
     let text = rust.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
@@ -565,13 +542,18 @@ fn arbitrary_document_sync_bodies_never_fail_inside_and_change_nothing_when_refu
 /// process's appended changes, and deleted them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_compacting_one_document_lose_nothing() {
-    let app = TestApp::start_with(Backend::Sqlite, |c| c.document_compact_bytes = 2 * 1024)
-        .await
-        .unwrap();
+    let app = TestApp::start_with(Backend::Sqlite, |c| {
+        lift_frame_rate(c);
+        c.document_compact_bytes = 2 * 1024;
+    })
+    .await
+    .unwrap();
     let token = app.token("writer");
     let second = app.config.build().await.unwrap();
-    let (addr1, _stop1) = serve(app.state.clone()).await;
-    let (addr2, _stop2) = serve(second.clone()).await;
+    let served1 = net::serve(app.state.clone()).await;
+    let addr1 = served1.addr;
+    let served2 = net::serve(second.clone()).await;
+    let addr2 = served2.addr;
     let mut alice = DocumentPeer::new(b"alice");
     let text = alice.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
     let mut a = connect(addr1, &token, "alice").await;
@@ -604,7 +586,8 @@ async fn two_processes_compacting_one_document_lose_nothing() {
 async fn idle_documents_are_compacted_and_stale_compactions_refused() {
     let app = TestApp::start(Backend::Sqlite).await.unwrap();
     let token = app.token("writer");
-    let (addr, _stop) = serve(app.state.clone()).await;
+    let served = net::serve(app.state.clone()).await;
+    let addr = served.addr;
     let mut p = DocumentPeer::new(b"writer");
     let text = p.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
     let mut ws = connect(addr, &token, "writer").await;

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_over_tcp_runs_workers_and_shuts_down_gracefully() {
     let app = TestApp::start(Backend::Sqlite).await.unwrap();
-    let (addr, stop, server) = serve_on_tcp(app.state.clone()).await;
-    let base = format!("http://{addr}");
+    let served = common::net::serve(app.state.clone()).await;
+    let base = served.http("");
     let http = reqwest::Client::new();
     let health: Value =
         http.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
@@ -51,8 +51,7 @@ async fn serves_over_tcp_runs_workers_and_shuts_down_gracefully() {
         .await
         .unwrap();
     assert_eq!(status["status"], "confirmed");
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await.unwrap();
     assert!(http.get(format!("{base}/health")).send().await.is_err(), "the listener is closed");
 }
 
@@ -78,23 +77,6 @@ fn arbitrary_reconcile_bodies_never_fail_inside_and_change_nothing_when_refused(
 }
 
 /// A valid reconcile body for `tenant`, the seed the mutations start from.
-/// Serve `state` on a fresh loopback port; sending on (or dropping) the sender stops it.
-async fn serve_on_tcp(
-    state: sync_server::state::AppState,
-) -> (
-    std::net::SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sync_server::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop, server)
-}
-
 fn valid_body_bytes(tenant: &str) -> Vec<u8> {
     let op = json!({
         "operationId": "op-1", "clientId": "c1", "clientSeq": 1, "tenantId": tenant,
@@ -112,7 +94,8 @@ async fn a_client_that_never_finishes_its_headers_is_dropped() {
     let mut limits = (*state.limits).clone();
     limits.header_read_timeout = std::time::Duration::from_millis(500);
     state.limits = std::sync::Arc::new(limits);
-    let (addr, _stop, _server) = serve_on_tcp(state).await;
+    let served = common::net::serve(state).await;
+    let addr = served.addr;
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // The server hangs up (EOF) instead of waiting forever for the rest of the headers.

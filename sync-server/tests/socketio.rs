@@ -7,13 +7,12 @@
 
 mod common;
 
+use common::net::WsClient;
 use common::{Backend, TestApp};
-use futures_util::{SinkExt, StreamExt};
 use sdk_core::ids::RoomId;
 use sdk_core::protocol::{ClientFrame, Codec, ServerFrame};
 use serde_json::json;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stock_socket_io_client_speaks_every_api_md_event() {
@@ -23,41 +22,14 @@ async fn a_stock_socket_io_client_speaks_every_api_md_event() {
         "run `npm ci --prefix sync-server/tests/socketio` (make test does) to install the stock client"
     );
     let app = TestApp::start(Backend::Sqlite).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sync_server::serve(listener, app.state.clone(), async {
-        let _ = stopped.await;
-    }));
+    let served = common::net::serve(app.state.clone()).await;
+    let addr = served.addr;
     let room = format!("room-{}", &app.tenant[2..]);
 
     // The native client joins the room first.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{addr}/v1/ws?token={}&clientId=native-1",
-        app.token("user-native")
-    ))
-    .await
-    .unwrap();
-    let codec = Codec::Json;
-    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >|
-           -> ServerFrame {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                .await
-                .expect("a frame in time")
-                .unwrap()
-                .unwrap();
-            if let Message::Text(t) = msg {
-                return codec.decode::<ServerFrame>(t.as_bytes(), usize::MAX).unwrap();
-            }
-        }
-    };
-    assert!(matches!(next(&mut ws).await, ServerFrame::Connected { .. }));
-    let join = codec.encode(&ClientFrame::JoinRoom { room_id: RoomId::new(room.clone()).unwrap() });
-    ws.send(Message::Text(String::from_utf8(join).unwrap().into())).await.unwrap();
-    assert!(matches!(next(&mut ws).await, ServerFrame::RoomJoined { .. }));
+    let mut ws = WsClient::connect(addr, &app.token("user-native"), "native-1", Codec::Json).await;
+    ws.send(&ClientFrame::JoinRoom { room_id: RoomId::new(room.clone()).unwrap() }).await;
+    assert!(matches!(ws.recv().await, ServerFrame::RoomJoined { .. }));
 
     let node = tokio::process::Command::new("node")
         .arg("conformance.mjs")
@@ -66,6 +38,13 @@ async fn a_stock_socket_io_client_speaks_every_api_md_event() {
         .env("TOKEN_A", app.token("user-a"))
         .env("TOKEN_B", app.token("user-b"))
         .env("TOKEN_OTHER", app.token_for("another-tenant", "user-x", &[]))
+        .env("TOKEN_SHORT", {
+            let now = jsonwebtoken::get_current_timestamp();
+            app.state
+                .jwt
+                .mint(&sync_server::auth::Claims::new(&app.tenant, "user-a", now, 2))
+                .unwrap()
+        })
         .env("ROOM", &room)
         .env("BAD_TOKENS", serde_json::to_string(&common::bad_tokens(&app.tenant)).unwrap())
         .stdout(std::process::Stdio::piped())
@@ -75,7 +54,7 @@ async fn a_stock_socket_io_client_speaks_every_api_md_event() {
 
     // When socket.io's room message arrives here, answer from the native side.
     loop {
-        if let ServerFrame::Message { payload, sender_id, .. } = next(&mut ws).await
+        if let ServerFrame::Message { payload, sender_id, .. } = ws.recv().await
             && payload == json!({"text": "from-socketio"})
         {
             assert_eq!(sender_id.as_str(), "user-a");
@@ -91,7 +70,7 @@ async fn a_stock_socket_io_client_speaks_every_api_md_event() {
         payload: json!({"text": "from-native"}),
         metadata: None,
     };
-    ws.send(Message::Text(String::from_utf8(codec.encode(&reply)).unwrap().into())).await.unwrap();
+    ws.send(&reply).await;
 
     let out = tokio::time::timeout(Duration::from_secs(60), node.wait_with_output())
         .await
@@ -104,4 +83,8 @@ async fn a_stock_socket_io_client_speaks_every_api_md_event() {
         out.status.success() && stdout.contains("PASS"),
         "conformance failed:\n{stdout}\n{stderr}"
     );
+    // The session's rules, met over Socket.IO, counted as over /v1/ws.
+    let m = &app.state.metrics;
+    assert_eq!(m.counter("pf2_ws_disconnects_total", &[("reason", "rate_limit")]), 1);
+    assert_eq!(m.counter("pf2_ws_disconnects_total", &[("reason", "token_expired")]), 1);
 }

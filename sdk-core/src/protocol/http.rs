@@ -6,7 +6,7 @@ use super::{ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult, Wire
 use crate::snapshot::{canonical_json, checksum};
 use crate::vclock::VectorClock;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// `POST /api/reconciliation/reconcile`: a batch of operations, idempotent by `requestId`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,15 +35,16 @@ impl ReconcileRequest {
         }
     }
 
-    /// What makes two requests under one `requestId` the same request: the client, its
-    /// operations and the version it knows — not when it was sent, nor the tenant it repeats.
-    /// A retried request has the same hash; another body under the same id does not.
+    /// What makes two requests under one `requestId` the same request: everything the request
+    /// says except when it was sent (`requestedAt`). A retried request has the same hash;
+    /// another body under the same id does not. For a body of exactly these fields (every body
+    /// the SDK sends) this is the REST rule of earlier releases, so answers they stored still
+    /// replay after an upgrade.
     pub fn idempotency_hash(&self) -> String {
-        let body = json!({
-            "clientId": self.client_id,
-            "operations": self.operations,
-            "lastKnownVersion": self.last_known(),
-        });
+        let mut body = serde_json::to_value(self).expect("a request serializes");
+        if let Value::Object(fields) = &mut body {
+            fields.remove("requestedAt");
+        }
         checksum(&canonical_json(&body))
     }
 }
@@ -175,4 +176,51 @@ pub struct EventPage {
     pub has_more: bool,
     /// Where the next poll resumes (it passes events that did not match the filter).
     pub next_event_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(ops: Value, requested_at: &str) -> Value {
+        json!({
+            "requestId": "r-1", "clientId": "c1", "tenantId": "t1", "lastKnownVersion": "v4",
+            "requestedAt": requested_at, "operations": ops,
+        })
+    }
+
+    fn op(payload: Value) -> Value {
+        json!({
+            "operationId": "op-1", "clientId": "c1", "clientSeq": 1, "tenantId": "t1",
+            "entityType": "todo", "entityId": "a", "operationType": "CREATE", "payload": payload,
+            "timestamp": "2026-01-30T12:00:00.000Z-0000", "vectorClock": {"c1": 1}
+        })
+    }
+
+    fn hash_of(v: &Value) -> String {
+        serde_json::from_value::<ReconcileRequest>(v.clone()).unwrap().idempotency_hash()
+    }
+
+    /// Earlier servers hashed the body as received, minus `requestedAt`: a request stored by one
+    /// of them and retried against this one must replay, not answer IDEMPOTENCY_MISMATCH.
+    #[test]
+    fn the_hash_is_the_earlier_rest_rule_for_the_sdks_bodies() {
+        let v = body(json!([op(json!({"title": "milk"}))]), "2026-01-30T12:00:00Z");
+        let mut earlier = v.clone();
+        earlier.as_object_mut().unwrap().remove("requestedAt");
+        assert_eq!(hash_of(&v), checksum(&canonical_json(&earlier)));
+    }
+
+    #[test]
+    fn a_retry_hashes_the_same_and_another_body_does_not() {
+        let v = body(json!([op(json!({"title": "milk"}))]), "2026-01-30T12:00:00Z");
+        let retry = body(json!([op(json!({"title": "milk"}))]), "2026-01-30T12:05:00Z");
+        let other = body(json!([op(json!({"title": "eggs"}))]), "2026-01-30T12:00:00Z");
+        assert_eq!(hash_of(&v), hash_of(&retry));
+        assert_ne!(hash_of(&v), hash_of(&other));
+        let mut elsewhere = v.clone();
+        elsewhere["lastKnownVersion"] = json!("v5");
+        assert_ne!(hash_of(&v), hash_of(&elsewhere));
+    }
 }

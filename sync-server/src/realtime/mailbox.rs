@@ -62,6 +62,8 @@ pub struct Mailbox {
     ready: Notify,
     /// Wakes senders waiting for room.
     room: Notify,
+    /// Wakes whoever waits for the end ([`Mailbox::ended`]): a kill or a close.
+    end: Notify,
     capacity: usize,
 }
 
@@ -74,6 +76,7 @@ impl Mailbox {
             slots: Mutex::default(),
             ready: Notify::new(),
             room: Notify::new(),
+            end: Notify::new(),
             capacity: capacity.max(2),
         })
     }
@@ -93,6 +96,7 @@ impl Mailbox {
             drop(s);
             self.ready.notify_one();
             self.room.notify_waiters();
+            self.end.notify_waiters();
             return Offered::Full;
         }
         s.queue.push_back(frame);
@@ -134,6 +138,27 @@ impl Mailbox {
         drop(s);
         self.ready.notify_one();
         self.room.notify_waiters();
+        self.end.notify_waiters();
+    }
+
+    /// Resolves once the connection is killed or asked to close (for tasks that live as long
+    /// as the connection, beside its writer).
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.end.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ending() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the connection was killed or asked to close.
+    pub fn ending(&self) -> bool {
+        let s = self.lock();
+        s.killed || s.closing.is_some()
     }
 
     /// Whether the hub killed this connection as a slow consumer.

@@ -49,12 +49,19 @@ pub struct Endpoint {
     pub target: &'static str,
     /// The `transport` label of the connection counter (none for the native protocol).
     pub label: Option<&'static str>,
+    /// Whether the session judges liveness (a silent client goes stale), or the transport
+    /// does (Socket.IO: engine.io's own ping, which never reaches the session).
+    pub stale_check: bool,
 }
 
 pub const NATIVE: Endpoint =
-    Endpoint { transport: Transport::WebSocket, target: "/v1/ws", label: None };
-pub const SOCKET_IO: Endpoint =
-    Endpoint { transport: Transport::SocketIo, target: "/socket.io", label: Some("socket.io") };
+    Endpoint { transport: Transport::WebSocket, target: "/v1/ws", label: None, stale_check: true };
+pub const SOCKET_IO: Endpoint = Endpoint {
+    transport: Transport::SocketIo,
+    target: "/socket.io",
+    label: Some("socket.io"),
+    stale_check: false,
+};
 
 /// Why a socket may not open (checked before authentication, on both transports).
 #[derive(Debug)]
@@ -159,11 +166,21 @@ impl Session {
         session
     }
 
-    /// When the connection must end unless the client is heard from (stale) or refreshes its
-    /// token, whichever is first; [`Session::expired`] says which.
+    /// When the connection must end unless the client is heard from (stale, where the session
+    /// judges liveness) or refreshes its token, whichever is first; [`Session::expired`] says
+    /// which. Every transport ends its socket at this instant.
     pub fn deadline(&self) -> TokioInstant {
+        if !self.endpoint.stale_check {
+            return self.token_deadline;
+        }
         let stale_at = TokioInstant::from_std(self.last_heard + self.state.limits.ws_stale);
         stale_at.min(self.token_deadline)
+    }
+
+    /// Why the connection closes (counted), once [`Session::deadline`] has passed; `None`
+    /// while the session is still within it (the deadline moved: heard from, or refreshed).
+    pub fn overdue(&self) -> Option<Closing> {
+        (TokioInstant::now() >= self.deadline()).then(|| self.expired())
     }
 
     /// The deadline passed: why the connection closes (counted).

@@ -14,7 +14,7 @@
 
 use super::session::{self, Refusal, SOCKET_IO, Session};
 use crate::auth::Identity;
-use crate::realtime::mailbox::Next;
+use crate::realtime::mailbox::{Mailbox, Next};
 use crate::state::AppState;
 use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, RoomId, UserId};
@@ -170,25 +170,10 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     let details = json!({ "transport": "socket.io" });
     let session = Session::open(state.clone(), SOCKET_IO, identity, client, details).await;
     let (mailbox, conn_id) = (session.tx.clone(), session.conn_id);
-    s.extensions.insert(Shared(Arc::new(Mutex::new(Some(session)))));
-    // The session's frames as api.md's events; a slow consumer is disconnected.
-    let (fs, fstate) = (s.clone(), state.clone());
-    tokio::spawn(async move {
-        loop {
-            match mailbox.next().await {
-                Next::Frame(out) => {
-                    if let Some((event, payload)) = to_event(&out.frame) {
-                        emit(&fstate, &fs, event, &payload)
-                    }
-                }
-                Next::Killed => {
-                    let _ = fs.disconnect();
-                    return;
-                }
-                Next::Close(_) => return,
-            }
-        }
-    });
+    let shared = Shared(Arc::new(Mutex::new(Some(session))));
+    s.extensions.insert(shared.clone());
+    tokio::spawn(drain(s.clone(), state.clone(), mailbox.clone()));
+    tokio::spawn(watchdog(shared, mailbox));
     s.on("message", async |s: SocketRef, TryData(m): TryData<IoMessage>| {
         deliver(&s, m.map(IoMessage::into_frame).map_err(|e| format!("invalid message: {e}"))).await
     });
@@ -231,16 +216,56 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     );
 }
 
+/// The session's frames as api.md's events, in order. A slow consumer is disconnected at once;
+/// a session that ends itself (rate limit, token expiry) is disconnected after what it queued
+/// before (the warnings) is out.
+async fn drain(s: SocketRef, state: AppState, mailbox: Arc<Mailbox>) {
+    loop {
+        match mailbox.next().await {
+            Next::Frame(out) => {
+                if let Some((event, payload)) = to_event(&out.frame) {
+                    emit(&state, &s, event, &payload)
+                }
+            }
+            Next::Killed | Next::Close(Some(_)) => {
+                let _ = s.disconnect();
+                return;
+            }
+            Next::Close(None) => return,
+        }
+    }
+}
+
+/// Ends the session at its deadline (token expiry), as `/v1/ws`'s read loop does. Never holds the
+/// session's lock while waiting; stops when the connection ends.
+async fn watchdog(shared: Shared, mailbox: Arc<Mailbox>) {
+    loop {
+        let Some(deadline) = shared.0.lock().await.as_ref().map(Session::deadline) else { return };
+        tokio::select! {
+            _ = mailbox.ended() => return,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let guard = shared.0.lock().await;
+        let Some(session) = guard.as_ref() else { return };
+        if let Some(closing) = session.overdue() {
+            mailbox.close(Some(closing));
+            return;
+        }
+    }
+}
+
 /// One event as a frame for the socket's session: admitted (rate limit), then handled; an event
 /// that does not translate is answered with `error` after admission, as a bad frame would be.
+/// A session over its limit is closed through its mailbox, so the warnings before go out first.
 async fn deliver(s: &SocketRef, frame: Result<ClientFrame, String>) {
     let Some(shared) = s.extensions.get::<Shared>() else { return };
     let mut guard = shared.0.lock().await;
     let Some(session) = guard.as_mut() else { return };
-    if session.admit().await.is_err() {
-        // Not under the lock: the disconnect handler takes it to end the session.
-        drop(guard);
-        let _ = s.clone().disconnect();
+    if session.tx.ending() {
+        return;
+    }
+    if let Err(closing) = session.admit().await {
+        session.tx.close(Some(closing));
         return;
     }
     match frame {

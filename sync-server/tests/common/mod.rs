@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use base64::Engine as _;
@@ -171,33 +173,21 @@ impl TestApp {
         })
     }
 
-    /// A wire operation. `base` is the vector clock the operation was made against.
-    #[allow(clippy::too_many_arguments)]
-    pub fn op(
-        &self,
-        client: &str,
-        seq: u64,
-        entity_type: &str,
-        entity: &str,
-        kind: &str,
-        payload: Value,
-        millis: u64,
-        base: &Value,
-    ) -> Value {
-        let mut clock = base.as_object().cloned().unwrap_or_default();
-        clock.insert(client.into(), json!(seq));
-        json!({
-            "operationId": format!("{client}-{seq}-{}", self.tenant),
-            "clientId": client,
-            "clientSeq": seq,
-            "tenantId": self.tenant,
-            "entityType": entity_type,
-            "entityId": entity,
-            "operationType": kind,
-            "payload": payload,
-            "timestamp": sdk_core::hlc::HlcTimestamp::new(1_800_000_000_000 + millis, 0).to_string(),
-            "vectorClock": clock,
-        })
+    /// A wire operation by `client`, its `seq`-th: say what it does (`create`, `update`,
+    /// `delete`, `kind`), optionally when (`at`, default `seq` ms past the test epoch) and
+    /// against which vector clock (`after`, default empty), then `build` it.
+    pub fn op(&self, client: &str, seq: u64) -> OpBuilder {
+        OpBuilder {
+            tenant: self.tenant.clone(),
+            client: client.into(),
+            seq,
+            entity_type: "todo".into(),
+            entity: String::new(),
+            kind: "CREATE",
+            payload: Value::Null,
+            millis: seq,
+            base: json!({}),
+        }
     }
 
     pub async fn reconcile(
@@ -400,4 +390,73 @@ pub fn good_raw_token(tenant: &str) -> String {
         &json!({"sub": "u", "tenantId": tenant, "exp": now + 600}),
         SECRET.as_bytes(),
     )
+}
+
+/// See [`TestApp::op`].
+pub struct OpBuilder {
+    tenant: String,
+    client: String,
+    seq: u64,
+    entity_type: String,
+    entity: String,
+    kind: &'static str,
+    payload: Value,
+    millis: u64,
+    base: Value,
+}
+
+impl OpBuilder {
+    pub fn create(self, entity_type: &str, entity: &str, payload: Value) -> Self {
+        self.kind("CREATE", entity_type, entity, payload)
+    }
+
+    pub fn update(self, entity_type: &str, entity: &str, payload: Value) -> Self {
+        self.kind("UPDATE", entity_type, entity, payload)
+    }
+
+    pub fn delete(self, entity_type: &str, entity: &str) -> Self {
+        self.kind("DELETE", entity_type, entity, Value::Null)
+    }
+
+    /// Any `operationType`, valid or not (for the refusal tests).
+    pub fn kind(
+        mut self,
+        kind: &'static str,
+        entity_type: &str,
+        entity: &str,
+        payload: Value,
+    ) -> Self {
+        (self.kind, self.entity_type, self.entity, self.payload) =
+            (kind, entity_type.into(), entity.into(), payload);
+        self
+    }
+
+    /// The operation's HLC time, in ms past the test epoch.
+    pub fn at(mut self, millis: u64) -> Self {
+        self.millis = millis;
+        self
+    }
+
+    /// The vector clock the operation was made against (its own entry is added).
+    pub fn after(mut self, base: &Value) -> Self {
+        self.base = base.clone();
+        self
+    }
+
+    pub fn build(self) -> Value {
+        let mut clock = self.base.as_object().cloned().unwrap_or_default();
+        clock.insert(self.client.clone(), json!(self.seq));
+        json!({
+            "operationId": format!("{}-{}-{}", self.client, self.seq, self.tenant),
+            "clientId": self.client,
+            "clientSeq": self.seq,
+            "tenantId": self.tenant,
+            "entityType": self.entity_type,
+            "entityId": self.entity,
+            "operationType": self.kind,
+            "payload": self.payload,
+            "timestamp": sdk_core::hlc::HlcTimestamp::new(1_800_000_000_000 + self.millis, 0).to_string(),
+            "vectorClock": clock,
+        })
+    }
 }

@@ -137,6 +137,25 @@ c2.close();
 assert.equal((await offline).status, "offline");
 step("presence goes offline on disconnect");
 
+// The session's rate limit (api.md: 100 messages a minute per connection, the shipped default):
+// past it every message is answered with a RATE_LIMIT warning, and after ten warnings the
+// server ends the connection.
+const flood = connect(TOKEN_A, "client-flood");
+await once(flood, "connected");
+let warnings = 0;
+flood.on("error", (e) => { if (e.code === "RATE_LIMIT") warnings += 1; });
+const ended = once(flood, "disconnect");
+for (let i = 0; i < 130; i++) flood.emit("ping");
+assert.equal(await ended, "io server disconnect");
+assert.equal(warnings, 10);
+step("over the rate limit -> RATE_LIMIT warnings, then the server disconnects");
+
+// The session ends when its token expires (TOKEN_SHORT lives 2 s), as /v1/ws closes with 4401.
+const lapsing = connect(process.env.TOKEN_SHORT, "client-lapsing");
+await once(lapsing, "connected");
+assert.equal(await once(lapsing, "disconnect"), "io server disconnect");
+step("token expiry -> the server disconnects");
+
 for (const s of [a, b, other]) s.close();
 clearTimeout(failAfter);
 console.log("PASS");
