@@ -8,6 +8,8 @@ CONNS=${1:-1000}
 SECS=${2:-10}
 IDLE=${IDLE_CONNECTIONS:-10000}
 # FANOUT_ARGS: extra load-generator flags, e.g. "--room-size 100 --rate 5"; IDLE_CONNECTIONS=0 skips the idle part.
+# BEFORE_BIN: an earlier build's sync-server binary, measured in the same run (a before/after row).
+BEFORE_BIN=${BEFORE_BIN:-}
 TICKS=$(getconf CLK_TCK)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p sync-server -p pf2-e2e
@@ -17,9 +19,10 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
-start_native() {
+start_native() { # [binary]
+  rm -f "$DATA"/pf2.db*
   PF2_DATABASE_URL="sqlite://$DATA/pf2.db" PF2_LISTEN=127.0.0.1:3100 PF2_JWT_SECRET=bench-secret-bench-secret-bench-secret-01 \
-    PF2_WS_RATE=1000000 PF2_WS_MAX_CONNECTIONS=100000 PF2_LOG=warn ./target/release/sync-server serve 2>>"$DATA/server.log" & echo $! > "$DATA/pid"
+    PF2_WS_RATE=1000000 PF2_WS_MAX_CONNECTIONS=100000 PF2_LOG=warn "${1:-./target/release/sync-server}" serve 2>>"$DATA/server.log" & echo $! > "$DATA/pid"
   wait_port 3100
 }
 start_floor() { ./target/release/broadcast-floor 127.0.0.1:3101 >/dev/null & echo $! > "$DATA/pid"; wait_port 3101; }
@@ -39,6 +42,9 @@ echo "| server | delivered | delivered/s | of expected | server CPU s | delivere
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 start_floor;    run "tokio-tungstenite floor" floor 127.0.0.1:3101 --connections "$CONNS" --seconds "$SECS" ${FANOUT_ARGS:-}; stop
 start_native;   run "PF-2 /v1/ws" native 127.0.0.1:3100 --connections "$CONNS" --seconds "$SECS" ${FANOUT_ARGS:-}; stop
+if [ -n "$BEFORE_BIN" ]; then
+start_native "$BEFORE_BIN"; run "PF-2 /v1/ws (before)" native 127.0.0.1:3100 --connections "$CONNS" --seconds "$SECS" ${FANOUT_ARGS:-}; stop
+fi
 start_socketio; run "socket.io 4.8 (Node)" socketio 127.0.0.1:3102 --connections "$CONNS" --seconds "$SECS" ${FANOUT_ARGS:-}; stop
 [ "$IDLE" -gt 0 ] || exit 0
 echo
@@ -46,4 +52,7 @@ echo "| server | load | RSS before → after | per idle connection |"
 echo "| --- | --- | --- | --- |"
 start_floor;    run "tokio-tungstenite floor" floor 127.0.0.1:3101 --connections "$IDLE" --idle; stop
 start_native;   run "PF-2 /v1/ws" native 127.0.0.1:3100 --connections "$IDLE" --idle; stop
+if [ -n "$BEFORE_BIN" ]; then
+start_native "$BEFORE_BIN"; run "PF-2 /v1/ws (before)" native 127.0.0.1:3100 --connections "$IDLE" --idle; stop
+fi
 start_socketio; run "socket.io 4.8 (Node)" socketio 127.0.0.1:3102 --connections "$IDLE" --idle; stop
