@@ -18,6 +18,17 @@ pub struct ChangeFeed {
     cluster: Arc<dyn ClusterFanout>,
 }
 
+/// How a log waiter's sleep ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woke {
+    /// A wake-up: the log grew (here, or on another process that told us).
+    Notified,
+    /// The deadline or the re-check interval passed without one.
+    Timer,
+    /// The notifier is gone (the server is shutting down).
+    Gone,
+}
+
 impl ChangeFeed {
     pub fn new(notifier: Arc<Notifier>, hub: Arc<Hub>, cluster: Arc<dyn ClusterFanout>) -> Self {
         Self { notifier, hub, cluster }
@@ -64,13 +75,26 @@ impl ChangeFeed {
         self.cluster.log_recheck()
     }
 
-    /// Sleep until `tenant`'s log may have grown: a wake-up, `until`, or the re-check interval.
-    pub async fn wait(&self, wake: &mut watch::Receiver<u64>, until: tokio::time::Instant) {
-        let until = match self.log_recheck() {
-            Some(r) => until.min(tokio::time::Instant::now() + r),
-            None => until,
+    /// Sleep until `tenant`'s log may have grown: a wake-up, `until` (none: no deadline), or
+    /// the re-check interval; says which.
+    pub async fn wait(
+        &self,
+        wake: &mut watch::Receiver<u64>,
+        until: Option<tokio::time::Instant>,
+    ) -> Woke {
+        let recheck = self.log_recheck().map(|r| tokio::time::Instant::now() + r);
+        let until = match (until, recheck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let _ = tokio::time::timeout_at(until, wake.changed()).await;
+        let changed = match until {
+            Some(at) => match tokio::time::timeout_at(at, wake.changed()).await {
+                Ok(c) => c,
+                Err(_) => return Woke::Timer,
+            },
+            None => wake.changed().await,
+        };
+        if changed.is_ok() { Woke::Notified } else { Woke::Gone }
     }
 
     fn forward(&self, envelope: impl FnOnce() -> Envelope) {

@@ -54,6 +54,7 @@ pub mod socket;
 pub mod state;
 pub mod store;
 pub mod sync;
+pub mod tail;
 pub mod workers;
 
 use axum::Router;

@@ -17,6 +17,7 @@ use crate::realtime::hub::Hub;
 use crate::rooms::Rooms;
 use crate::store::Store;
 use crate::sync::SyncService;
+use crate::tail::EventTail;
 use sdk_core::apply::ApplyEngine;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub documents: Arc<DocumentHub>,
     pub rooms: Rooms,
     pub feed: ChangeFeed,
+    /// The shared tail of every tenant's event log (what live readers are served from).
+    pub tail: Arc<EventTail>,
     pub audit: Audit,
 }
 
@@ -107,11 +110,13 @@ impl AppState {
             limits.max_batch,
             limits.max_delta,
         );
+        let tail = Arc::new(EventTail::new(store.clone(), metrics.clone()));
         let bus = EventBus::new(
             store.clone(),
             Arc::new(limits.bus.clone()),
             metrics.clone(),
             feed.clone(),
+            tail.clone(),
         );
         let documents = Arc::new(DocumentHub::new(
             store.clone(),
@@ -122,6 +127,7 @@ impl AppState {
         ));
         let rooms = Rooms::new(hub.clone(), fanout, store.clone(), metrics.clone(), feed.clone());
         Ok(Self {
+            tail,
             audit: Audit::new(store.clone()),
             hub,
             store,

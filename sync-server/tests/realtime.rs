@@ -680,3 +680,70 @@ async fn the_same_batch_is_answered_identically_over_rest_and_ws() {
     assert_eq!(again, first, "a retried batch replays its stored answer");
     assert_eq!(s.app.state.metrics.counter("pf2_reconcile_replays_total", &[]), replays + 1);
 }
+
+/// The log is read once per append, not once per live subscriber: every subscriber at the tail
+/// is served the new event from one shared read (reads counted, not timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscribers_share_one_log_read_per_append() {
+    const APPENDS: u64 = 12;
+    let s = server(|_| {}).await;
+    let svc = s.app.token_for(&s.app.tenant, "feed-service", &["service"]);
+    let reads = || s.app.state.store.log_reads();
+    let mut n = 0u64;
+    let mut publish = async |subs: &mut Vec<Client>| {
+        n += 1;
+        let event = json!({
+            "eventId": uuid::Uuid::new_v4().to_string(), "eventType": "feed.item", "tenantId": s.app.tenant,
+            "timestamp": "2026-01-30T12:00:00Z", "payload": { "n": n }, "schemaVersion": "1.0"
+        });
+        s.app.post("/api/events", &svc, &event).await.expect(201);
+        for c in subs.iter_mut() {
+            c.recv_until(|f| matches!(f, ServerFrame::Event { event } if event.payload["n"] == n))
+                .await;
+        }
+    };
+    let mut per_append = Vec::new();
+    for (round, count) in [1usize, 40].into_iter().enumerate() {
+        let mut subs = Vec::new();
+        let (at, _) = s.app.state.store.tenant_seq(&s.app.tenant).await.unwrap();
+        for i in 0..count {
+            let mut c = connect(&s, "reader", &format!("sub-{round}-{i}")).await;
+            let subscribe = ClientFrame::Subscribe {
+                after: Some(at),
+                event_types: vec![],
+                attributes: Default::default(),
+            };
+            c.send(&subscribe).await;
+            subs.push(c);
+        }
+        // Every subscriber has its first event: all of them follow the tail live.
+        publish(&mut subs).await;
+        let before = reads();
+        for _ in 0..APPENDS {
+            publish(&mut subs).await;
+        }
+        per_append.push((reads() - before) as f64 / APPENDS as f64);
+    }
+    println!("store reads per append, 1 and 40 subscribers: {per_append:?}");
+    assert!(per_append[0] <= 1.5, "reads per append with 1 subscriber: {per_append:?}");
+    assert!(
+        per_append[1] <= per_append[0] + 0.25,
+        "reads per append grew with the subscribers (1 → 40): {per_append:?}"
+    );
+}
+
+/// The closing handshake (RFC 6455 §5.5.1): a client that closes gets its own code back in the
+/// server's Close, not a bare FIN (which its library reports as 1006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_echoed_with_its_code() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let s = server(|_| {}).await;
+    for code in [1000u16, 4000] {
+        let mut c = connect(&s, "u", &format!("closer-{code}")).await;
+        let frame = CloseFrame { code: code.into(), reason: "bye".into() };
+        c.ws.close(Some(frame)).await.unwrap();
+        assert_eq!(c.closed().await.0, code);
+    }
+    let m = &s.app.state.metrics;
+    assert_eq!(m.counter("pf2_ws_closed_total", &[("reason", "client closed")]), 2);
+}

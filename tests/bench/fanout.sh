@@ -10,6 +10,8 @@ IDLE=${IDLE_CONNECTIONS:-10000}
 # FANOUT_ARGS: extra load-generator flags, e.g. "--room-size 100 --rate 5"; IDLE_CONNECTIONS=0 skips the idle part.
 # BEFORE_BIN: an earlier build's sync-server binary, measured in the same run (a before/after row).
 BEFORE_BIN=${BEFORE_BIN:-}
+# NATIVE_BIN: the sync-server binary measured as "PF-2 /v1/ws" (default: this tree's release build).
+NATIVE_BIN=${NATIVE_BIN:-./target/release/sync-server}
 TICKS=$(getconf CLK_TCK)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p sync-server -p pf2-e2e
@@ -22,7 +24,7 @@ wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null 
 start_native() { # [binary]
   rm -f "$DATA"/pf2.db*
   PF2_DATABASE_URL="sqlite://$DATA/pf2.db" PF2_LISTEN=127.0.0.1:3100 PF2_JWT_SECRET=bench-secret-bench-secret-bench-secret-01 \
-    PF2_WS_RATE=1000000 PF2_WS_MAX_CONNECTIONS=100000 PF2_LOG=warn "${1:-./target/release/sync-server}" serve 2>>"$DATA/server.log" & echo $! > "$DATA/pid"
+    PF2_WS_RATE=1000000 PF2_WS_MAX_CONNECTIONS=100000 PF2_LOG=warn "${1:-$NATIVE_BIN}" serve 2>>"$DATA/server.log" & echo $! > "$DATA/pid"
   wait_port 3100
 }
 start_floor() { ./target/release/broadcast-floor 127.0.0.1:3101 >/dev/null & echo $! > "$DATA/pid"; wait_port 3101; }

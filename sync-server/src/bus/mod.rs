@@ -25,12 +25,13 @@
 
 use crate::clock::now_ms;
 use crate::error::ApiError;
-use crate::feed::ChangeFeed;
+use crate::feed::{ChangeFeed, Woke};
 pub use crate::limits::BusPolicy;
 use crate::metrics::Metrics;
 use crate::store::{
     Claimed, NackOutcome, NewEvent, Published, Store, SubscriptionKind, SubscriptionRow,
 };
+use crate::tail::{EventTail, Told, event_of};
 use sdk_core::ErrorCode;
 use sdk_core::ids::SubscriptionName;
 use sdk_core::ids::TenantId;
@@ -121,6 +122,8 @@ pub struct EventBus {
     policy: Arc<BusPolicy>,
     metrics: Arc<Metrics>,
     feed: ChangeFeed,
+    /// Where log reads come from (shared with every live reader of the tenant).
+    tail: Arc<EventTail>,
 }
 
 impl EventBus {
@@ -129,8 +132,9 @@ impl EventBus {
         policy: Arc<BusPolicy>,
         metrics: Arc<Metrics>,
         feed: ChangeFeed,
+        tail: Arc<EventTail>,
     ) -> Self {
-        Self { store, policy, metrics, feed }
+        Self { store, policy, metrics, feed, tail }
     }
 
     pub fn policy(&self) -> &BusPolicy {
@@ -256,44 +260,31 @@ impl EventBus {
         wait: Duration,
     ) -> Result<LogPage, ApiError> {
         let t = tenant.as_str();
-        let limit = limit.clamp(1, 1000) as i64;
+        let limit = limit.clamp(1, 1000) as usize;
+        let reader = self.tail.reader(t);
         let mut wake = self.feed.subscribe(t);
         let deadline = tokio::time::Instant::now() + wait;
+        let mut unsure_since = None;
         loop {
-            wake.borrow_and_update();
-            let (_, pruned) = self.store.tenant_seq(t).await?;
-            if after < pruned {
-                return Err(ApiError::new(
-                    ErrorCode::SnapshotRequired,
-                    format!(
-                        "events up to {pruned} are past retention; take a snapshot and resume from its version"
-                    ),
-                ));
-            }
-            let rows = self.store.events_after(t, after, limit + 1).await?;
-            let has_more = rows.len() as i64 > limit;
-            let scanned: Vec<_> = rows.into_iter().take(limit as usize).collect();
+            let head = *wake.borrow_and_update();
+            let told = Told { head, unsure_since };
+            let rows = self.tail.after(&reader, after, limit + 1, told).await?;
+            let has_more = rows.len() > limit;
+            let scanned = &rows[..rows.len().min(limit)];
             if !scanned.is_empty() || tokio::time::Instant::now() >= deadline {
-                let next = scanned.last().map(|e| e.event.sequence).unwrap_or(after);
+                let next = scanned.last().map(|f| event_of(f).sequence).unwrap_or(after);
                 let events: Vec<WireEvent> = scanned
-                    .into_iter()
-                    .map(|e| e.event)
+                    .iter()
+                    .map(|f| event_of(f))
                     .filter(|e| filter.matches(&e.event_type, &e.payload))
+                    .cloned()
                     .collect();
                 return Ok(LogPage { events, next, has_more });
             }
-            self.wait_for_log(&mut wake, deadline).await;
+            let waited = tokio::time::Instant::now();
+            let woke = self.feed.wait(&mut wake, Some(deadline)).await;
+            unsure_since = (woke != Woke::Notified).then_some(waited);
         }
-    }
-
-    /// Sleep until the log may have grown: a wake-up, the deadline, or (in a cluster) the
-    /// re-check interval.
-    async fn wait_for_log(
-        &self,
-        wake: &mut tokio::sync::watch::Receiver<u64>,
-        until: tokio::time::Instant,
-    ) {
-        self.feed.wait(wake, until).await
     }
 
     /// A dead letter went back to its group: wake its claimers here and everywhere.
@@ -361,7 +352,7 @@ impl EventBus {
                 ),
                 None => deadline,
             };
-            self.wait_for_log(&mut wake, until).await;
+            self.feed.wait(&mut wake, Some(until)).await;
         }
     }
 

@@ -141,6 +141,20 @@ impl Mailbox {
         self.end.notify_waiters();
     }
 
+    /// The peer closed or went away: what is queued can no longer be sent, so drop it; the
+    /// writer finishes at once (answering the peer's Close, if it sent one).
+    pub fn abandon(&self) {
+        let mut s = self.lock();
+        s.queue.clear();
+        if s.closing.is_none() {
+            s.closing = Some(None);
+        }
+        drop(s);
+        self.ready.notify_one();
+        self.room.notify_waiters();
+        self.end.notify_waiters();
+    }
+
     /// Resolves once the connection is killed or asked to close (for tasks that live as long
     /// as the connection, beside its writer).
     pub async fn ended(&self) {

@@ -154,17 +154,31 @@ async fn connection(
     let mut session = Session::open(state, NATIVE, identity, client, details).await;
     let mailbox = session.tx.clone();
     let mut writer = tokio::spawn(write_loop(sink, mailbox.clone(), codec));
-    let outcome = read_loop(&mut session, &mut stream, &mut writer, codec).await;
+    let (outcome, ended) = read_loop(&mut session, &mut stream, &mut writer, codec).await;
     let reason = outcome.reason;
-    let we_close = outcome.code != CLOSE_NORMAL || reason != "client closed";
-    mailbox.close(we_close.then_some(outcome));
+    match ended {
+        // Nothing more can be sent: answer the peer's Close (if it sent one) at once.
+        Ended::PeerClosed | Ended::PeerGone => mailbox.abandon(),
+        Ended::Server => mailbox.close(Some(outcome)),
+    }
     if !writer.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
-    if we_close {
+    if ended == Ended::Server {
         drain_until_close(&mut stream).await;
     }
     session.close(reason).await;
+}
+
+/// Who ended the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client sent a Close: echo its code.
+    PeerClosed,
+    /// The client went away without one (EOF, reset, a dead writer).
+    PeerGone,
+    /// The server closes (limits, deadlines, a slow consumer): its Close, then the drain.
+    Server,
 }
 
 /// Read frames until the connection ends: translate each into a [`ClientFrame`] for the session.
@@ -173,24 +187,30 @@ async fn read_loop(
     stream: &mut Stream,
     writer: &mut tokio::task::JoinHandle<()>,
     codec: Codec,
-) -> Closing {
+) -> (Closing, Ended) {
+    let gone = || (closing(CLOSE_NORMAL, "client closed"), Ended::PeerGone);
     loop {
         // One timer for both deadlines (an idle connection carries one `Sleep`, not two).
         let msg = tokio::select! {
             // The writer stops on its own only for a slow consumer or a dead socket.
             _ = &mut *writer => {
                 return if session.tx.killed() {
-                    closing(CLOSE_TRY_AGAIN, "slow consumer")
+                    (closing(CLOSE_TRY_AGAIN, "slow consumer"), Ended::Server)
                 } else {
-                    closing(CLOSE_NORMAL, "client closed")
+                    gone()
                 };
             }
-            _ = tokio::time::sleep_until(session.deadline()) => return session.expired(),
+            _ = tokio::time::sleep_until(session.deadline()) => {
+                return (session.expired(), Ended::Server);
+            }
             m = stream.next() => m,
         };
         let bytes = match msg {
-            None | Some(Err(_)) => return closing(CLOSE_NORMAL, "client closed"),
-            Some(Ok(Message::Close(_))) => return closing(CLOSE_NORMAL, "client closed"),
+            None | Some(Err(_)) => return gone(),
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map(|f| f.code).unwrap_or(CLOSE_NORMAL);
+                return (closing(code, "client closed"), Ended::PeerClosed);
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
                 session.last_heard = std::time::Instant::now();
                 continue;
@@ -199,12 +219,12 @@ async fn read_loop(
             Some(Ok(Message::Binary(b))) => b.to_vec(),
         };
         if let Some(c) = session.too_large(bytes.len()) {
-            return c;
+            return (c, Ended::Server);
         }
         // Boxed: the handlers (push → reconcile …) are large state machines; inline, every
         // idle connection would carry their size in its task.
         if let Some(c) = Box::pin(on_frame(session, codec, bytes)).await {
-            return c;
+            return (c, Ended::Server);
         }
     }
 }
@@ -286,6 +306,10 @@ async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec) {
             Next::Close(c) => {
                 if let Some(c) = c {
                     let _ = tokio::time::timeout(CLOSE_DRAIN, sink.send(close_message(&c))).await;
+                } else {
+                    // The peer closed: the WebSocket library has queued the echo of its Close
+                    // (RFC 6455 §5.5.1); a flush sends it.
+                    let _ = tokio::time::timeout(CLOSE_DRAIN, sink.flush()).await;
                 }
                 return;
             }

@@ -9,13 +9,14 @@ use crate::audit::AuditRecord;
 use crate::auth::Identity;
 use crate::bus::EventBus;
 use crate::error::ApiError;
-use crate::feed::ChangeFeed;
+use crate::feed::{ChangeFeed, Woke};
 use crate::ratelimit::Rate;
 use crate::realtime::mailbox::{Closing, Mailbox};
 use crate::realtime::outbound::Outbound;
 use crate::rooms::Outgoing;
 use crate::state::AppState;
-use crate::store::{NackOutcome, Store, SubscriptionKind};
+use crate::store::{NackOutcome, SubscriptionKind};
+use crate::tail::{EventTail, Told, event_of};
 use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, TenantId};
 use sdk_core::interaction::{InteractionClass, Transport};
@@ -510,9 +511,8 @@ impl Session {
                 )
                 .await;
         }
-        let (store, feed, tx) =
-            (self.state.store.clone(), self.state.feed.clone(), self.tx.clone());
-        self.subscription = Some(tokio::spawn(follow(store, feed, tenant, after, filter, tx)));
+        let (tail, feed, tx) = (self.state.tail.clone(), self.state.feed.clone(), self.tx.clone());
+        self.subscription = Some(tokio::spawn(follow(tail, feed, tenant, after, filter, tx)));
     }
 
     fn set_followed(&mut self, name: Option<String>) {
@@ -669,41 +669,42 @@ impl Session {
 }
 
 /// Class B: replay the log after `after`, then follow it. Both phases read the log by sequence
-/// (`seq > last sent`), so the switch from replay to live has no gap and no duplicate.
+/// (`seq > last sent`), so the switch from replay to live has no gap and no duplicate. Live, the
+/// events come from the tenant's shared tail (one store read per append for every follower),
+/// each as one frame shared by every socket it goes to.
 async fn follow(
-    store: Arc<Store>,
+    tail: Arc<EventTail>,
     feed: ChangeFeed,
     tenant: String,
     mut after: u64,
     filter: EventFilter,
     tx: Arc<Mailbox>,
 ) {
+    let reader = tail.reader(&tenant);
     let mut wake = feed.subscribe(&tenant);
+    let mut unsure_since = None;
     loop {
-        wake.borrow_and_update();
-        let rows = match store.events_after(&tenant, after, 500).await {
-            Ok(r) => r,
+        let told = Told { head: *wake.borrow_and_update(), unsure_since };
+        let frames = match tail.after(&reader, after, 500, told).await {
+            Ok(f) => f,
             Err(e) => {
                 let e = ApiError::from(e);
                 let _ = tx.send(Outbound::new(ServerFrame::error(e.code, e.message, None))).await;
                 return;
             }
         };
-        if rows.is_empty() {
-            let changed = match feed.log_recheck() {
-                Some(r) => tokio::time::timeout(r, wake.changed()).await.unwrap_or(Ok(())),
-                None => wake.changed().await,
-            };
-            if changed.is_err() {
-                return;
+        if frames.is_empty() {
+            let waited = tokio::time::Instant::now();
+            match feed.wait(&mut wake, None).await {
+                Woke::Gone => return,
+                woke => unsure_since = (woke == Woke::Timer).then_some(waited),
             }
             continue;
         }
-        for e in rows {
-            after = e.event.sequence;
-            if filter.matches(&e.event.event_type, &e.event.payload)
-                && tx.send(Outbound::new(ServerFrame::Event { event: e.event })).await.is_err()
-            {
+        for f in frames {
+            let event = event_of(&f);
+            after = event.sequence;
+            if filter.matches(&event.event_type, &event.payload) && tx.send(f).await.is_err() {
                 return;
             }
         }

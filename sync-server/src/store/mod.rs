@@ -59,6 +59,9 @@ pub struct Store {
     backend: Backend,
     /// SQLite has one writer: serialize writers in-process instead of retrying `SQLITE_BUSY`.
     write_lock: tokio::sync::Mutex<()>,
+    /// Reads of the event log ([`Store::events_after`]) since start: what the log's readers
+    /// cost the database (tests count them; `pf2_event_log_reads_total` says who read).
+    log_reads: std::sync::atomic::AtomicU64,
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -182,7 +185,12 @@ impl Store {
             .map_err(|e| {
                 StoreError::internal(format!("connecting to the {} database: {e}", backend.name()))
             })?;
-        let store = Store { pool, backend, write_lock: tokio::sync::Mutex::new(()) };
+        let store = Store {
+            pool,
+            backend,
+            write_lock: tokio::sync::Mutex::new(()),
+            log_reads: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -395,6 +403,7 @@ impl Store {
         after: u64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.log_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         ))
@@ -405,6 +414,11 @@ impl Store {
         .await
         .map_err(db)?;
         rows.iter().map(|r| event_from_row(tenant, r)).collect()
+    }
+
+    /// How many times the event log has been read since start.
+    pub fn log_reads(&self) -> u64 {
+        self.log_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The sequence of the event with this id, if it exists.

@@ -1,0 +1,259 @@
+//! The recent end of every tenant's event log, in memory, shared by every reader at the tail:
+//! live subscribers on `/v1/ws` and Socket.IO, durable follows, long-polls. A new event is read
+//! from the store once — by the first reader that wants it — however many readers there are,
+//! and each event is one shared frame, encoded at most once per codec whatever the number of
+//! sockets it goes to. Every reader evaluates its own filter in memory.
+//!
+//! A reader behind the window (resuming from an older position) reads the store. Readers behind
+//! at the same position share one page read, and at most [`BEHIND_READS`] such reads run at once,
+//! so a reconnect storm cannot take the pool from REST.
+//!
+//! Correctness rests on the log's order: a tenant's sequence is allocated under its row lock and
+//! a notification is sent after the commit, so when a reader has been told of position `head`,
+//! every event at or below it is committed and a read made now sees all of them.
+
+use crate::metrics::Metrics;
+use crate::realtime::outbound::Outbound;
+use crate::store::{Store, StoreError};
+use sdk_core::ErrorCode;
+use sdk_core::protocol::{Codec, ServerFrame, WireEvent};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::{OnceCell, RwLock, Semaphore};
+use tokio::time::Instant;
+
+/// Store reads for readers behind the window that may run at once.
+pub const BEHIND_READS: usize = 2;
+/// Events a window keeps per tenant (and at most [`WINDOW_BYTES`] of them).
+const WINDOW_EVENTS: usize = 2048;
+const WINDOW_BYTES: usize = 4 * 1024 * 1024;
+/// One store read's page.
+const PAGE: i64 = 500;
+
+/// The shared tails of every tenant with a reader.
+pub struct EventTail {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    windows: Mutex<HashMap<String, Weak<Window>>>,
+    behind_turns: Semaphore,
+    /// Reads in flight for readers behind, by (tenant, position, head told of).
+    pages: Mutex<HashMap<(String, u64, u64), Weak<PageRead>>>,
+}
+
+type PageRead = OnceCell<Arc<Vec<Arc<Outbound>>>>;
+
+/// A reader's hold on its tenant's window: the window lives while someone holds one.
+#[derive(Clone)]
+pub struct TailReader {
+    window: Arc<Window>,
+}
+
+impl std::fmt::Debug for TailReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailReader").field("tenant", &self.window.tenant).finish()
+    }
+}
+
+struct Window {
+    tenant: String,
+    span: RwLock<Span>,
+}
+
+/// Invariant: when `known`, `events` holds every event with `from < sequence <= to`, in order.
+#[derive(Default)]
+struct Span {
+    known: bool,
+    from: u64,
+    to: u64,
+    events: VecDeque<Arc<Outbound>>,
+    bytes: usize,
+    /// When the window last read the store.
+    refreshed: Option<Instant>,
+}
+
+/// What a reader knows of the log when it asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Told {
+    /// The highest position it has been notified of.
+    pub head: u64,
+    /// Set when the reader woke from its re-check timer rather than a notification (another
+    /// process may have written without a wake-up reaching us): the window must have read the
+    /// store after this instant.
+    pub unsure_since: Option<Instant>,
+}
+
+/// The event inside a frame the tail produced.
+pub fn event_of(frame: &Outbound) -> &WireEvent {
+    match &frame.frame {
+        ServerFrame::Event { event } => event,
+        _ => unreachable!("the tail holds event frames only"),
+    }
+}
+
+fn seq_of(frame: &Outbound) -> u64 {
+    event_of(frame).sequence
+}
+
+impl Span {
+    /// Events after `after` (at most `limit`) if the window can answer without the store.
+    fn serve(&self, after: u64, limit: usize, told: Told) -> Option<Vec<Arc<Outbound>>> {
+        let fresh = match (told.unsure_since, self.refreshed) {
+            (Some(since), Some(at)) => at >= since,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        (self.known && after >= self.from && self.to >= after.max(told.head) && fresh)
+            .then(|| self.slice(after, limit))
+    }
+
+    fn slice(&self, after: u64, limit: usize) -> Vec<Arc<Outbound>> {
+        let start = self.events.partition_point(|f| seq_of(f) <= after);
+        self.events.range(start..).take(limit).cloned().collect()
+    }
+
+    /// Extend by a read of the store made after the reader was told of `head`: every event
+    /// after `self.to` up to `head` (and up to the last row read) is now known.
+    fn extend(&mut self, rows: Vec<Arc<Outbound>>, full_page: bool, head: u64) {
+        let last = rows.last().map(|f| seq_of(f)).unwrap_or(self.to);
+        for f in rows {
+            self.bytes += f.encoded(Codec::Json).len();
+            self.events.push_back(f);
+        }
+        self.to = if full_page { last } else { last.max(head).max(self.to) };
+        self.refreshed = Some(Instant::now());
+        while self.events.len() > WINDOW_EVENTS || self.bytes > WINDOW_BYTES {
+            let Some(f) = self.events.pop_front() else { break };
+            self.bytes -= f.encoded(Codec::Json).len();
+            self.from = seq_of(&f);
+        }
+    }
+}
+
+impl std::fmt::Debug for EventTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let windows = self.windows.lock().expect("tail lock").len();
+        f.debug_struct("EventTail").field("windows", &windows).finish_non_exhaustive()
+    }
+}
+
+impl EventTail {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            metrics,
+            windows: Mutex::default(),
+            behind_turns: Semaphore::new(BEHIND_READS),
+            pages: Mutex::default(),
+        }
+    }
+
+    /// A hold on `tenant`'s window (made on first use, dropped with its last reader).
+    pub fn reader(&self, tenant: &str) -> TailReader {
+        let mut windows = self.windows.lock().expect("tail lock");
+        if let Some(window) = windows.get(tenant).and_then(Weak::upgrade) {
+            return TailReader { window };
+        }
+        windows.retain(|_, w| w.strong_count() > 0);
+        let window = Arc::new(Window { tenant: tenant.to_string(), span: RwLock::default() });
+        windows.insert(tenant.to_string(), Arc::downgrade(&window));
+        TailReader { window }
+    }
+
+    /// Events after `after`, at most `limit`, in order, as shared `event` frames. From memory
+    /// when the window holds them; otherwise one store read that every reader at the tail
+    /// shares. Below retention: `SNAPSHOT_REQUIRED`.
+    pub async fn after(
+        &self,
+        reader: &TailReader,
+        after: u64,
+        limit: usize,
+        told: Told,
+    ) -> Result<Vec<Arc<Outbound>>, StoreError> {
+        let window = &reader.window;
+        if let Some(out) = window.span.read().await.serve(after, limit, told) {
+            return Ok(out);
+        }
+        let mut span = window.span.write().await;
+        if let Some(out) = span.serve(after, limit, told) {
+            return Ok(out);
+        }
+        if span.known && after >= span.from {
+            // At the tail, behind the news: read what is new, once, for everyone.
+            loop {
+                let rows = self.read(&window.tenant, span.to, "tail").await?;
+                let full = rows.len() as i64 == PAGE;
+                span.extend(rows, full, told.head);
+                if !full || span.to >= after.max(told.head) {
+                    break;
+                }
+            }
+        } else if !span.known {
+            // A cold window starts where its first reader is.
+            let rows = self.behind(&window.tenant, after, told).await?;
+            let full = rows.len() as i64 == PAGE;
+            *span = Span { known: true, from: after, to: after, ..Span::default() };
+            span.extend(rows.to_vec(), full, told.head);
+        }
+        // The window may have moved past this reader while growing (a burst larger than it).
+        if span.known && after >= span.from {
+            return Ok(span.slice(after, limit));
+        }
+        drop(span);
+        let rows = self.behind(&window.tenant, after, told).await?;
+        Ok(rows.iter().take(limit).cloned().collect())
+    }
+
+    /// A page after `after` for readers behind the window, refused below retention. Readers
+    /// behind at the same position that were told of the same head share one read (it started
+    /// after they were told, so it holds everything they were told of); at most
+    /// [`BEHIND_READS`] such reads run at a time.
+    async fn behind(
+        &self,
+        tenant: &str,
+        after: u64,
+        told: Told,
+    ) -> Result<Arc<Vec<Arc<Outbound>>>, StoreError> {
+        let read = async {
+            let _turn = self.behind_turns.acquire().await.expect("never closed");
+            let (_, pruned) = self.store.tenant_seq(tenant).await?;
+            if after < pruned {
+                return Err(StoreError::new(
+                    ErrorCode::SnapshotRequired,
+                    format!(
+                        "events up to {pruned} are past retention; take a snapshot and resume from its version"
+                    ),
+                ));
+            }
+            Ok(Arc::new(self.read(tenant, after, "behind").await?))
+        };
+        if told.unsure_since.is_some() {
+            // It must see a read made after it woke: no sharing.
+            return read.await;
+        }
+        let key = (tenant.to_string(), after, told.head);
+        let cell = {
+            let mut pages = self.pages.lock().expect("tail lock");
+            match pages.get(&key).and_then(Weak::upgrade) {
+                Some(cell) => cell,
+                None => {
+                    pages.retain(|_, c| c.strong_count() > 0);
+                    let cell = Arc::new(PageRead::new());
+                    pages.insert(key, Arc::downgrade(&cell));
+                    cell
+                }
+            }
+        };
+        Ok(cell.get_or_try_init(|| read).await?.clone())
+    }
+
+    async fn read(
+        &self,
+        tenant: &str,
+        after: u64,
+        why: &'static str,
+    ) -> Result<Vec<Arc<Outbound>>, StoreError> {
+        self.metrics.inc("pf2_event_log_reads_total", &[("reader", why)]);
+        let rows = self.store.events_after(tenant, after, PAGE).await?;
+        Ok(rows.into_iter().map(|e| Outbound::new(ServerFrame::Event { event: e.event })).collect())
+    }
+}
