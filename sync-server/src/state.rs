@@ -39,15 +39,16 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Redis-joined scale-out; `None` on one machine.
     pub cluster: Option<Arc<Cluster>>,
-    /// The services.
-    pub sync: SyncService,
-    pub bus: EventBus,
+    /// The services (behind `Arc`s: every socket's session holds a clone of this state, so it
+    /// stays a row of pointers).
+    pub sync: Arc<SyncService>,
+    pub bus: Arc<EventBus>,
     pub documents: Arc<DocumentHub>,
-    pub rooms: Rooms,
+    pub rooms: Arc<Rooms>,
     pub feed: ChangeFeed,
     /// The shared tail of every tenant's event log (what live readers are served from).
     pub tail: Arc<EventTail>,
-    pub audit: Audit,
+    pub audit: Arc<Audit>,
 }
 
 impl AppState {
@@ -128,7 +129,7 @@ impl AppState {
         let rooms = Rooms::new(hub.clone(), fanout, store.clone(), metrics.clone(), feed.clone());
         Ok(Self {
             tail,
-            audit: Audit::new(store.clone()),
+            audit: Arc::new(Audit::new(store.clone())),
             hub,
             store,
             jwt: Arc::new(jwt),
@@ -143,10 +144,10 @@ impl AppState {
                 .build()
                 .expect("an HTTP client builds"),
             cluster,
-            sync,
-            bus,
+            sync: Arc::new(sync),
+            bus: Arc::new(bus),
             documents,
-            rooms,
+            rooms: Arc::new(rooms),
             feed,
         })
     }

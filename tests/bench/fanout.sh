@@ -10,11 +10,12 @@ IDLE=${IDLE_CONNECTIONS:-10000}
 # FANOUT_ARGS: extra load-generator flags, e.g. "--room-size 100 --rate 5"; IDLE_CONNECTIONS=0 skips the idle part.
 # BEFORE_BIN: an earlier build's sync-server binary, measured in the same run (a before/after row).
 BEFORE_BIN=${BEFORE_BIN:-}
+# SKIP_BUILD=1: use the release binaries already built.
 # NATIVE_BIN: the sync-server binary measured as "PF-2 /v1/ws" (default: this tree's release build).
 NATIVE_BIN=${NATIVE_BIN:-./target/release/sync-server}
 TICKS=$(getconf CLK_TCK)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release -q -p sync-server -p pf2-e2e
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p sync-server -p pf2-e2e
 test -d tests/bench/node_modules/socket.io || npm ci --prefix tests/bench --no-audit --no-fund >/dev/null
 DATA=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT

@@ -151,7 +151,9 @@ async fn connection(
         }
     };
     let details = json!({ "ip": meta.ip, "userAgent": meta.user_agent });
-    let mut session = Session::open(state, NATIVE, identity, client, details).await;
+    // Boxed, as every await below that is not the read loop's: an async fn is as large as its
+    // largest await, and this future lives as long as the (mostly idle) connection.
+    let mut session = Box::pin(Session::open(state, NATIVE, identity, client, details)).await;
     let mailbox = session.tx.clone();
     let mut writer = tokio::spawn(write_loop(sink, mailbox.clone(), codec));
     let (outcome, ended) = read_loop(&mut session, &mut stream, &mut writer, codec).await;
@@ -167,7 +169,7 @@ async fn connection(
     if ended == Ended::Server {
         drain_until_close(&mut stream).await;
     }
-    session.close(reason).await;
+    Box::pin(session.close(reason)).await;
 }
 
 /// Who ended the connection.

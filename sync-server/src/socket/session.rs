@@ -761,7 +761,7 @@ impl Slots {
 
 /// Push a consumer group's deliveries to one socket while it has free slots.
 async fn consume(
-    bus: EventBus,
+    bus: Arc<EventBus>,
     tenant: TenantId,
     group: String,
     consumer: String,
