@@ -37,6 +37,9 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     #[arg(long, env = "PF2_SQLITE_SYNCHRONOUS", value_enum, default_value = "full")]
     pub sqlite_synchronous: SqliteSync,
+    /// Database connections per process (default: 4 for SQLite, 16 for PostgreSQL).
+    #[arg(long, env = "PF2_DB_POOL_SIZE")]
+    pub db_pool_size: Option<u32>,
     #[arg(long, env = "PF2_JWT_ALGORITHM", value_enum, default_value = "hs256")]
     pub jwt_algorithm: JwtAlgorithm,
     /// HS256 shared secret (≥ 32 bytes). Generated and kept in the data folder when absent.
@@ -146,6 +149,7 @@ impl Config {
             database_url: database_url.into(),
             data_dir: None,
             sqlite_synchronous: SqliteSync::Normal,
+            db_pool_size: None,
             jwt_algorithm: JwtAlgorithm::Hs256,
             jwt_secret: Some("test-secret-test-secret-test-secret-0123".into()),
             jwt_public_key: None,
@@ -314,9 +318,10 @@ impl Config {
 
     /// As [`Self::build`], with a strategy registry built in code (custom merges, CRDT mergers).
     pub async fn build_with(&self, strategies: StrategyRegistry) -> anyhow::Result<AppState> {
-        let store = Store::connect(&self.database_url, self.sqlite_synchronous)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let store =
+            Store::connect_pooled(&self.database_url, self.sqlite_synchronous, self.db_pool_size)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         let webhook = match &self.webhook_secret {
             Some(s) => s.clone().into_bytes(),
             None => dev_secret(&self.data_dir(), "webhook-secret")?,

@@ -27,7 +27,7 @@ pub const BEHIND_READS: usize = 2;
 /// Events a window keeps per tenant (and at most [`WINDOW_BYTES`] of them).
 const WINDOW_EVENTS: usize = 2048;
 const WINDOW_BYTES: usize = 4 * 1024 * 1024;
-/// One store read's page.
+/// One store read's page (or the reader's limit, if larger).
 const PAGE: i64 = 500;
 
 /// The shared tails of every tenant with a reader.
@@ -36,8 +36,8 @@ pub struct EventTail {
     metrics: Arc<Metrics>,
     windows: Mutex<HashMap<String, Weak<Window>>>,
     behind_turns: Semaphore,
-    /// Reads in flight for readers behind, by (tenant, position, head told of).
-    pages: Mutex<HashMap<(String, u64, u64), Weak<PageRead>>>,
+    /// Reads in flight for readers behind, by (tenant, position, head told of, page size).
+    pages: Mutex<HashMap<(String, u64, u64, i64), Weak<PageRead>>>,
 }
 
 type PageRead = OnceCell<Arc<Vec<Arc<Outbound>>>>;
@@ -102,7 +102,7 @@ impl Span {
             (Some(_), None) => false,
             (None, _) => true,
         };
-        (self.known && after >= self.from && self.to >= after.max(told.head) && fresh)
+        (self.known && after >= self.from && self.to >= told.head && fresh)
             .then(|| self.slice(after, limit))
     }
 
@@ -159,9 +159,10 @@ impl EventTail {
         TailReader { window }
     }
 
-    /// Events after `after`, at most `limit`, in order, as shared `event` frames. From memory
-    /// when the window holds them; otherwise one store read that every reader at the tail
-    /// shares. Below retention: `SNAPSHOT_REQUIRED`.
+    /// Events after `after`, at most `limit`, in order, as shared `event` frames; fewer than
+    /// `limit` only when there are no more up to the position the reader was told of. From
+    /// memory when the window holds them; otherwise one store read that every reader at the
+    /// tail shares. Below retention: `SNAPSHOT_REQUIRED`.
     pub async fn after(
         &self,
         reader: &TailReader,
@@ -173,33 +174,32 @@ impl EventTail {
         if let Some(out) = window.span.read().await.serve(after, limit, told) {
             return Ok(out);
         }
+        let page = (limit as i64).max(PAGE);
         let mut span = window.span.write().await;
-        if let Some(out) = span.serve(after, limit, told) {
-            return Ok(out);
-        }
-        if span.known && after >= span.from {
-            // At the tail, behind the news: read what is new, once, for everyone.
-            loop {
-                let rows = self.read(&window.tenant, span.to, "tail").await?;
-                let full = rows.len() as i64 == PAGE;
-                span.extend(rows, full, told.head);
-                if !full || span.to >= after.max(told.head) {
-                    break;
-                }
-            }
-        } else if !span.known {
+        if !span.known {
             // A cold window starts where its first reader is.
-            let rows = self.behind(&window.tenant, after, told).await?;
-            let full = rows.len() as i64 == PAGE;
+            let rows = self.behind(&window.tenant, after, told, page).await?;
+            let full = rows.len() as i64 == page;
             *span = Span { known: true, from: after, to: after, ..Span::default() };
             span.extend(rows.to_vec(), full, told.head);
         }
-        // The window may have moved past this reader while growing (a burst larger than it).
-        if span.known && after >= span.from {
-            return Ok(span.slice(after, limit));
+        // At the tail, behind the news: read what is new, once, for everyone — until the window
+        // holds what this reader was told of, or a full answer for it.
+        while after >= span.from {
+            if let Some(out) = span.serve(after, limit, told) {
+                return Ok(out);
+            }
+            let out = span.slice(after, limit);
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            let rows = self.read(&window.tenant, span.to, page, "tail").await?;
+            let full = rows.len() as i64 == page;
+            span.extend(rows, full, told.head);
         }
+        // The window moved past this reader while growing (a burst larger than it).
         drop(span);
-        let rows = self.behind(&window.tenant, after, told).await?;
+        let rows = self.behind(&window.tenant, after, told, page).await?;
         Ok(rows.iter().take(limit).cloned().collect())
     }
 
@@ -212,6 +212,7 @@ impl EventTail {
         tenant: &str,
         after: u64,
         told: Told,
+        page: i64,
     ) -> Result<Arc<Vec<Arc<Outbound>>>, StoreError> {
         let read = async {
             let _turn = self.behind_turns.acquire().await.expect("never closed");
@@ -224,13 +225,13 @@ impl EventTail {
                     ),
                 ));
             }
-            Ok(Arc::new(self.read(tenant, after, "behind").await?))
+            Ok(Arc::new(self.read(tenant, after, page, "behind").await?))
         };
         if told.unsure_since.is_some() {
             // It must see a read made after it woke: no sharing.
             return read.await;
         }
-        let key = (tenant.to_string(), after, told.head);
+        let key = (tenant.to_string(), after, told.head, page);
         let cell = {
             let mut pages = self.pages.lock().expect("tail lock");
             match pages.get(&key).and_then(Weak::upgrade) {
@@ -250,10 +251,11 @@ impl EventTail {
         &self,
         tenant: &str,
         after: u64,
+        page: i64,
         why: &'static str,
     ) -> Result<Vec<Arc<Outbound>>, StoreError> {
         self.metrics.inc("pf2_event_log_reads_total", &[("reader", why)]);
-        let rows = self.store.events_after(tenant, after, PAGE).await?;
+        let rows = self.store.events_after(tenant, after, page).await?;
         Ok(rows.into_iter().map(|e| Outbound::new(ServerFrame::Event { event: e.event })).collect())
     }
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 
 on_both_backends!(
+    a_poll_page_holds_up_to_its_limit_and_says_when_there_is_more,
     publish_is_durable_idempotent_by_event_id_and_for_services,
     bad_events_are_refused_whole_and_change_nothing,
     filters_select_by_type_pattern_and_payload_attribute,
@@ -600,4 +601,33 @@ fn arbitrary_publish_bodies_never_fail_inside_and_append_nothing_when_refused() 
         &[400, 403, 413],
         probe,
     );
+}
+
+/// A page is as long as its `limit` (up to 1,000) and `hasMore` says whether the log goes on:
+/// a client pages to the end by it (the regression: pages stopped at the tail's 500-event
+/// reads with `hasMore: false`).
+async fn a_poll_page_holds_up_to_its_limit_and_says_when_there_is_more(backend: Backend) {
+    let app = app!(backend);
+    let svc = service(&app);
+    let user = app.token("reader");
+    for batch in 0..3 {
+        let events = (0..400)
+            .map(|i| {
+                json!({"eventId": uuid(), "eventType": "feed.item", "tenantId": app.tenant,
+                       "timestamp": "2026-01-30T12:00:00Z", "payload": {"n": batch * 400 + i}})
+            })
+            .collect();
+        publish(&app, &svc, events).await;
+    }
+    let first = app.get("/api/events/poll?lastEventId=0&limit=1000", &user).await;
+    first.expect(200);
+    let first = first.json();
+    assert_eq!(first["events"].as_array().unwrap().len(), 1000);
+    assert_eq!(first["hasMore"], true);
+    let next = first["nextEventId"].as_str().unwrap().to_string();
+    let rest = app.get(&format!("/api/events/poll?lastEventId={next}&limit=1000"), &user).await;
+    let rest = rest.json();
+    assert_eq!(rest["events"].as_array().unwrap().len(), 200);
+    assert_eq!(rest["hasMore"], false);
+    assert_eq!(rest["events"][199]["payload"]["n"], 1199);
 }

@@ -127,13 +127,29 @@ pub struct AuditEntry<'a> {
     pub details: Value,
 }
 
+/// Connections per process: SQLite in WAL reads in parallel while writers take turns in-process;
+/// PostgreSQL's pool is multiplied by the number of processes against its `max_connections`.
+pub const DEFAULT_SQLITE_POOL: u32 = 4;
+pub const DEFAULT_POSTGRES_POOL: u32 = 16;
+
 fn db(e: sqlx::Error) -> StoreError {
     StoreError::from(e)
 }
 
 impl Store {
-    /// Connect to `sqlite://path` (created if missing; WAL) or `postgres://…`, and migrate.
+    /// Connect to `sqlite://path` (created if missing; WAL) or `postgres://…` with the default
+    /// pool, and migrate.
     pub async fn connect(url: &str, sync: SqliteSync) -> Result<Store, StoreError> {
+        Self::connect_pooled(url, sync, None).await
+    }
+
+    /// [`Store::connect`] with `pool_size` connections (default: [`DEFAULT_SQLITE_POOL`] or
+    /// [`DEFAULT_POSTGRES_POOL`]; docs/runbooks/server.md says how to size it).
+    pub async fn connect_pooled(
+        url: &str,
+        sync: SqliteSync,
+        pool_size: Option<u32>,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -162,10 +178,10 @@ impl Store {
             SqliteSync::Normal => "NORMAL",
         };
         let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 4,
-                Backend::Postgres => 16,
-            })
+            .max_connections(pool_size.filter(|n| *n > 0).unwrap_or(match backend {
+                Backend::Sqlite => DEFAULT_SQLITE_POOL,
+                Backend::Postgres => DEFAULT_POSTGRES_POOL,
+            }))
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
