@@ -37,10 +37,12 @@ pub struct EventTail {
     windows: Mutex<HashMap<String, Weak<Window>>>,
     behind_turns: Semaphore,
     /// Reads in flight for readers behind, by (tenant, position, head told of, page size).
-    pages: Mutex<HashMap<(String, u64, u64, i64), Weak<PageRead>>>,
+    pages: Mutex<HashMap<PageKey, Weak<PageRead>>>,
 }
 
 type PageRead = OnceCell<Arc<Vec<Arc<Outbound>>>>;
+/// (tenant, position, head told of, page size).
+type PageKey = (String, u64, u64, i64);
 
 /// A reader's hold on its tenant's window: the window lives while someone holds one.
 #[derive(Clone)]
