@@ -124,6 +124,11 @@ bench-browser: js-build
 bench-realtime:
 	tests/bench/fanout.sh 1000 10
 
+# Event streams: publishing with 0 / 1,000 / 10,000 live subscribers, 1,000 clients resuming
+# 1,000 missed events (also across a restart), on SQLite and PostgreSQL.
+bench-streams:
+	tests/bench/streams.sh
+
 # The 100,000-edit trace: in-process Automerge, PF-2's /v1/ws, automerge-repo 2.5's Node server.
 DOC_OPS ?= 100000
 bench-documents:

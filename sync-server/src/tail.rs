@@ -69,6 +69,9 @@ struct Span {
     to: u64,
     events: VecDeque<Arc<Outbound>>,
     bytes: usize,
+    /// The last read filled its page: there may be more after `to` than anyone was told of
+    /// (after a restart nobody has been told of anything yet).
+    more: bool,
     /// When the window last read the store.
     refreshed: Option<Instant>,
 }
@@ -104,7 +107,7 @@ impl Span {
             (Some(_), None) => false,
             (None, _) => true,
         };
-        (self.known && after >= self.from && self.to >= told.head && fresh)
+        (self.known && after >= self.from && self.to >= told.head && !self.more && fresh)
             .then(|| self.slice(after, limit))
     }
 
@@ -122,6 +125,7 @@ impl Span {
             self.events.push_back(f);
         }
         self.to = if full_page { last } else { last.max(head).max(self.to) };
+        self.more = full_page;
         self.refreshed = Some(Instant::now());
         while self.events.len() > WINDOW_EVENTS || self.bytes > WINDOW_BYTES {
             let Some(f) = self.events.pop_front() else { break };

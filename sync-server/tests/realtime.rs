@@ -744,6 +744,46 @@ async fn a_client_close_is_echoed_with_its_code() {
         c.ws.close(Some(frame)).await.unwrap();
         assert_eq!(c.closed().await.0, code);
     }
+    // The server counts a close when its session has ended, just after the echo went out.
     let m = &s.app.state.metrics;
-    assert_eq!(m.counter("pf2_ws_closed_total", &[("reason", "client closed")]), 2);
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    while m.counter("pf2_ws_closed_total", &[("reason", "client closed")]) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "both closes counted");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// After a restart nothing has been notified yet: a reader resuming 1,000 events behind still
+/// gets every one, in order (the regression: it stopped after the first 500, taking the end of
+/// the first read for the end of the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_resuming_after_a_restart_gets_every_missed_event() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let svc = app.token_for(&app.tenant, "feed-service", &["service"]);
+    for batch in 0..2 {
+        let events: Vec<Value> = (0..500)
+            .map(|i| {
+                json!({"eventId": uuid::Uuid::new_v4().to_string(), "eventType": "feed.item",
+                       "tenantId": app.tenant, "timestamp": "2026-01-30T12:00:00Z",
+                       "payload": {"n": batch * 500 + i}})
+            })
+            .collect();
+        app.post("/api/events", &svc, &json!({ "events": events })).await.expect(201);
+    }
+    let restarted = app.config.build().await.unwrap();
+    let served = net::serve(restarted).await;
+    let mut c = Client::connect(served.addr, &app.token("reader"), "r1", Codec::Json).await;
+    let subscribe = ClientFrame::Subscribe {
+        after: Some(0),
+        event_types: vec![],
+        attributes: Default::default(),
+    };
+    c.send(&subscribe).await;
+    let mut seen = Vec::new();
+    while seen.len() < 1000 {
+        if let ServerFrame::Event { event } = c.recv().await {
+            seen.push(event.payload["n"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seen, (0..1000).collect::<Vec<u64>>(), "every event once, in order");
 }

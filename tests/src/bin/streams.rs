@@ -1,0 +1,311 @@
+//! Event-stream load generator (`make bench-streams`), against PF-2's `/v1/ws` and REST:
+//!
+//! - `publish`: N live subscribers of one tenant's log (`subscribe` from 0), then E events
+//!   published one at a time over `POST /api/events` — as fast as one publisher goes, or paced
+//!   at `--rate` events/s. Reports publish throughput, POST p99, whether every subscriber got
+//!   every event, delivery p50 / p99 (publish → receipt, one clock) and server CPU.
+//! - `prepare` + `resume`: N clients follow the log, note their position and go away; E events
+//!   are published meanwhile (`prepare` does both, then exits, closing every socket); `resume`
+//!   reconnects all N at once from that position and reports the time until each has every
+//!   missed event (median and last), server CPU, and events missing, repeated or out of order.
+//!   Between the two a script may restart the server.
+
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use pf2_e2e::cpu_seconds;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Publish,
+    Prepare,
+    Resume,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// host:port of the server.
+    #[arg(long)]
+    addr: String,
+    /// The server process, for CPU readings.
+    #[arg(long)]
+    pid: u32,
+    /// A user token for the subscribers.
+    #[arg(long)]
+    token: String,
+    /// A token with the `service` role, for publishing.
+    #[arg(long)]
+    service_token: String,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 100)]
+    events: usize,
+    /// Events per second for `publish` (0: one after another, as fast as the answers come).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// `resume`: the position the clients resume from (what `prepare` printed).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    #[arg(long, default_value_t = 100.0)]
+    clock_ticks: f64,
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// A subscriber following the log from `after`.
+async fn subscriber(a: &Args, i: usize, after: u64) -> anyhow::Result<Ws> {
+    let url = format!("ws://{}/v1/ws?token={}&clientId=stream-{i}", a.addr, a.token);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"connected\"") => break,
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("connection ended during setup: {other:?}"),
+        }
+    }
+    let subscribe = json!({"v": 1, "type": "subscribe", "after": after});
+    ws.send(Message::Text(subscribe.to_string().into())).await?;
+    Ok(ws)
+}
+
+/// Open `n` subscribers in waves of 200 (the accept queue is not what is measured).
+async fn subscribers(a: &Arc<Args>, after: u64) -> anyhow::Result<Vec<Ws>> {
+    let mut out = Vec::with_capacity(a.subscribers);
+    for chunk in (0..a.subscribers).collect::<Vec<_>>().chunks(200) {
+        let opened =
+            futures_util::future::join_all(chunk.iter().map(|&i| subscriber(a, i, after))).await;
+        for ws in opened {
+            out.push(ws?);
+        }
+    }
+    Ok(out)
+}
+
+/// An event frame's (sequence, payload), if `text` is one.
+fn event_of(text: &str) -> Option<(u64, Value)> {
+    if !text.contains("\"event\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).ok()?;
+    let e = v.get("event")?;
+    Some((e["sequence"].as_u64()?, e["payload"].clone()))
+}
+
+struct Publisher {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Publisher {
+    fn new(a: &Args) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: format!("http://{}/api/events", a.addr),
+            token: a.service_token.clone(),
+        }
+    }
+
+    /// Publish `events` in one request; the sequence of the last.
+    async fn publish(&self, events: Vec<Value>) -> anyhow::Result<u64> {
+        let r = self.http.post(&self.url).bearer_auth(&self.token);
+        let r = r.json(&json!({ "events": events })).send().await?;
+        anyhow::ensure!(r.status() == 201, "publish answered {}: {}", r.status(), r.text().await?);
+        let body: Value = r.json().await?;
+        let last = body["results"].as_array().and_then(|r| r.last()).cloned().unwrap_or_default();
+        Ok(last["sequence"].as_u64().unwrap_or(0))
+    }
+}
+
+fn event(n: usize) -> Value {
+    json!({
+        "eventId": uuid::Uuid::new_v4().to_string(),
+        "eventType": "feed.item",
+        "timestamp": "2026-12-01T00:00:00Z",
+        "payload": { "n": n, "sentUs": now_us() },
+        "schemaVersion": "1.0",
+    })
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0) as f64 / 1000.0
+}
+
+/// `publish`: every subscriber counts the events it receives and their delivery latency.
+async fn publish(a: Arc<Args>) -> anyhow::Result<()> {
+    let conns = subscribers(&a, 0).await?;
+    let total = a.subscribers as u64 * (a.events as u64 + 1);
+    let received = Arc::new(AtomicU64::new(0));
+    let warm = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+    for mut ws in conns {
+        let (received, warm, done) = (received.clone(), warm.clone(), done_tx.clone());
+        let events = a.events;
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(events);
+            let mut seen = 0;
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Text(t) = m else { continue };
+                let Some((_, payload)) = event_of(&t) else { continue };
+                received.fetch_add(1, Ordering::Relaxed);
+                seen += 1;
+                if payload["n"] == 0 {
+                    warm.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(sent) = payload["sentUs"].as_u64() {
+                    lat.push(now_us().saturating_sub(sent));
+                }
+                if seen == events + 1 {
+                    break;
+                }
+            }
+            let _ = done.send(lat);
+        });
+    }
+    drop(done_tx);
+    let publisher = Publisher::new(&a);
+    // Warm-up: one event every subscriber receives, so all of them follow the tail.
+    publisher.publish(vec![event(0)]).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while warm.load(Ordering::Relaxed) < a.subscribers as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu0 = cpu_seconds(a.pid, a.clock_ticks)?;
+    let started = Instant::now();
+    let mut posts = Vec::with_capacity(a.events);
+    let mut tick =
+        (a.rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate)));
+    for n in 1..=a.events {
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
+        let t0 = Instant::now();
+        publisher.publish(vec![event(n)]).await?;
+        posts.push(t0.elapsed().as_micros() as u64);
+    }
+    let published_in = started.elapsed().as_secs_f64();
+    let mut lat = Vec::new();
+    let wait = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(l) = done_rx.recv().await {
+            lat.extend(l);
+        }
+    });
+    let _ = wait.await;
+    let cpu = cpu_seconds(a.pid, a.clock_ticks)? - cpu0;
+    posts.sort_unstable();
+    lat.sort_unstable();
+    let got = received.load(Ordering::Relaxed);
+    println!(
+        "| {} | {} | {} | {:.1} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.2} |",
+        a.label,
+        a.subscribers,
+        a.events,
+        a.events as f64 / published_in,
+        percentile(&posts, 0.99),
+        100.0 * got as f64 / total.max(1) as f64,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        cpu,
+    );
+    Ok(())
+}
+
+/// `prepare`: follow, note the position, go away, and publish what the clients will miss.
+async fn prepare(a: Arc<Args>) -> anyhow::Result<()> {
+    let mut conns = subscribers(&a, 0).await?;
+    let publisher = Publisher::new(&a);
+    let position = publisher.publish(vec![event(0)]).await?;
+    for ws in &mut conns {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if event_of(&t).is_some() => break,
+                Some(Ok(_)) => continue,
+                other => anyhow::bail!("a subscriber ended before its first event: {other:?}"),
+            }
+        }
+    }
+    for mut ws in conns {
+        let _ = ws.close(None).await;
+    }
+    for start in (1..=a.events).step_by(100) {
+        let end = (start + 99).min(a.events);
+        publisher.publish((start..=end).map(event).collect()).await?;
+    }
+    println!("{position}");
+    Ok(())
+}
+
+/// `resume`: everyone back at once from `after`; time until each has every missed event.
+async fn resume(a: Arc<Args>) -> anyhow::Result<()> {
+    let cpu0 = cpu_seconds(a.pid, a.clock_ticks)?;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(a.subscribers);
+    for i in 0..a.subscribers {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ws = subscriber(&a, i, a.after).await?;
+            let (mut last, mut bad, mut got) = (a.after, 0u64, 0usize);
+            while got < a.events {
+                match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        if let Some((seq, _)) = event_of(&t) {
+                            if seq <= last {
+                                bad += 1;
+                            }
+                            last = last.max(seq);
+                            got += 1;
+                        }
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    _ => break,
+                }
+            }
+            anyhow::Ok((started.elapsed().as_micros() as u64, got, bad))
+        }));
+    }
+    let mut times = Vec::new();
+    let (mut missing, mut bad) = (0usize, 0u64);
+    for t in tasks {
+        let (at, got, b) = t.await??;
+        times.push(at);
+        missing += a.events - got.min(a.events);
+        bad += b;
+    }
+    let cpu = cpu_seconds(a.pid, a.clock_ticks)? - cpu0;
+    times.sort_unstable();
+    println!(
+        "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} |",
+        a.label,
+        a.subscribers,
+        a.events,
+        percentile(&times, 0.5),
+        percentile(&times, 1.0),
+        cpu,
+        missing,
+        bad
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Arc::new(Args::parse());
+    match a.mode {
+        Mode::Publish => publish(a).await,
+        Mode::Prepare => prepare(a).await,
+        Mode::Resume => resume(a).await,
+    }
+}
