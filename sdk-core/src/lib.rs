@@ -62,6 +62,7 @@ pub mod hlc;
 pub mod ids;
 pub mod interaction;
 pub mod local_store;
+pub mod log_window;
 pub mod operation;
 pub mod persist;
 pub mod protocol;

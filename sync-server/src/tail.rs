@@ -16,8 +16,9 @@ use crate::metrics::Metrics;
 use crate::realtime::outbound::Outbound;
 use crate::store::{Store, StoreError};
 use sdk_core::ErrorCode;
+use sdk_core::log_window::{LogWindow, Sequenced};
 use sdk_core::protocol::{Codec, ServerFrame, WireEvent};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{OnceCell, RwLock, Semaphore};
 use tokio::time::Instant;
@@ -61,19 +62,32 @@ struct Window {
     span: RwLock<Span>,
 }
 
-/// Invariant: when `known`, `events` holds every event with `from < sequence <= to`, in order.
-#[derive(Default)]
+/// A tenant's window on its log (the bookkeeping is sdk-core's `LogWindow`) and when it last
+/// read the store.
 struct Span {
-    known: bool,
-    from: u64,
-    to: u64,
-    events: VecDeque<Arc<Outbound>>,
-    bytes: usize,
-    /// The last read filled its page: there may be more after `to` than anyone was told of
-    /// (after a restart nobody has been told of anything yet).
-    more: bool,
-    /// When the window last read the store.
+    log: LogWindow<Entry>,
     refreshed: Option<Instant>,
+}
+
+impl Default for Span {
+    fn default() -> Self {
+        Self { log: LogWindow::new(WINDOW_EVENTS, WINDOW_BYTES), refreshed: None }
+    }
+}
+
+/// An event frame as an entry of the window (weighed by its JSON encoding, which most sockets
+/// need anyway).
+#[derive(Clone)]
+struct Entry(Arc<Outbound>);
+
+impl Sequenced for Entry {
+    fn sequence(&self) -> u64 {
+        seq_of(&self.0)
+    }
+
+    fn weight(&self) -> usize {
+        self.0.encoded(Codec::Json).len()
+    }
 }
 
 /// What a reader knows of the log when it asks.
@@ -107,31 +121,18 @@ impl Span {
             (Some(_), None) => false,
             (None, _) => true,
         };
-        (self.known && after >= self.from && self.to >= told.head && !self.more && fresh)
+        (self.log.covers(after) && self.log.complete_to(told.head) && fresh)
             .then(|| self.slice(after, limit))
     }
 
     fn slice(&self, after: u64, limit: usize) -> Vec<Arc<Outbound>> {
-        let start = self.events.partition_point(|f| seq_of(f) <= after);
-        self.events.range(start..).take(limit).cloned().collect()
+        self.log.slice(after, limit).into_iter().map(|e| e.0).collect()
     }
 
-    /// Extend by a read of the store made after the reader was told of `head`: every event
-    /// after `self.to` up to `head` (and up to the last row read) is now known.
+    /// A read of the store made after the reader was told of `head`.
     fn extend(&mut self, rows: Vec<Arc<Outbound>>, full_page: bool, head: u64) {
-        let last = rows.last().map(|f| seq_of(f)).unwrap_or(self.to);
-        for f in rows {
-            self.bytes += f.encoded(Codec::Json).len();
-            self.events.push_back(f);
-        }
-        self.to = if full_page { last } else { last.max(head).max(self.to) };
-        self.more = full_page;
+        self.log.extend(rows.into_iter().map(Entry).collect(), full_page, head);
         self.refreshed = Some(Instant::now());
-        while self.events.len() > WINDOW_EVENTS || self.bytes > WINDOW_BYTES {
-            let Some(f) = self.events.pop_front() else { break };
-            self.bytes -= f.encoded(Codec::Json).len();
-            self.from = seq_of(&f);
-        }
     }
 }
 
@@ -182,16 +183,16 @@ impl EventTail {
         }
         let page = (limit as i64).max(PAGE);
         let mut span = window.span.write().await;
-        if !span.known {
+        if !span.log.is_known() {
             // A cold window starts where its first reader is.
             let rows = self.behind(&window.tenant, after, told, page).await?;
             let full = rows.len() as i64 == page;
-            *span = Span { known: true, from: after, to: after, ..Span::default() };
+            span.log.start_at(after);
             span.extend(rows.to_vec(), full, told.head);
         }
         // At the tail, behind the news: read what is new, once, for everyone — until the window
         // holds what this reader was told of, or a full answer for it.
-        while after >= span.from {
+        while span.log.covers(after) {
             if let Some(out) = span.serve(after, limit, told) {
                 return Ok(out);
             }
@@ -199,7 +200,7 @@ impl EventTail {
             if out.len() >= limit {
                 return Ok(out);
             }
-            let rows = self.read(&window.tenant, span.to, page, "tail").await?;
+            let rows = self.read(&window.tenant, span.log.end(), page, "tail").await?;
             let full = rows.len() as i64 == page;
             span.extend(rows, full, told.head);
         }
