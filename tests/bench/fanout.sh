@@ -22,6 +22,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
+# The realtime limits are lifted for PF-2: each sender sends 20 messages a second (1,200 a minute,
+# twelve times api.md's 100 a minute per connection) and 10,000 idle sockets meet the default cap;
+# this measures fan-out capacity, not the limits (tests/realtime.rs tests those at their defaults).
 start_native() { # [binary]
   rm -f "$DATA"/pf2.db*
   PF2_DATABASE_URL="sqlite://$DATA/pf2.db" PF2_LISTEN=127.0.0.1:3100 PF2_JWT_SECRET=bench-secret-bench-secret-bench-secret-01 \
