@@ -11,6 +11,7 @@ SECRET=bench-secret-bench-secret-bench-secret-01
 TICKS=$(getconf CLK_TCK)
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p sync-server -p pf2-e2e
+test -d tests/bench/node_modules/socket.io-client || npm ci --prefix tests/bench --no-audit --no-fund >/dev/null
 DATA=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
@@ -65,3 +66,27 @@ for backend in $BACKENDS; do
   done
   stop
 done
+
+# The peer: Socket.IO 4.8 with connection-state recovery, the same resume (stock clients).
+start_sio() { node tests/bench/socketio-streams-server.mjs 3202 >/dev/null & echo $! > "$DATA/sio.pid"; wait_port 3202; }
+stop_sio() { kill "$(cat "$DATA/sio.pid")"; wait "$(cat "$DATA/sio.pid")" 2>/dev/null || true; }
+resume_sio() { CLK_TCK=$TICKS node tests/bench/socketio-resume.mjs 3202 "$DATA/sio.pid" 1000 1000 "$@"; }
+echo
+echo "Resume, socket.io 4.8 with connection-state recovery (the peer): the same 1,000 × 1,000"
+echo
+echo "| run | clients | missed events | median ms to caught up | last ms | server CPU s | events missing | recovered |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+start_sio
+resume_sio "same process"
+stop_sio
+start_sio
+mkfifo "$DATA/go"
+RESTART=1 resume_sio "after a server restart" < "$DATA/go" 2>"$DATA/sio-resume.err" &
+client=$!
+exec 3>"$DATA/go"
+for _ in $(seq 600); do grep -q "READY FOR RESTART" "$DATA/sio-resume.err" 2>/dev/null && break; sleep 0.1; done
+stop_sio; start_sio
+echo go >&3
+wait $client
+exec 3>&-
+stop_sio
