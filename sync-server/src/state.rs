@@ -111,7 +111,7 @@ impl AppState {
             limits.max_batch,
             limits.max_delta,
         );
-        let tail = Arc::new(EventTail::new(store.clone(), metrics.clone()));
+        let tail = Arc::new(EventTail::new(store.clone(), metrics.clone(), feed.clone()));
         let bus = EventBus::new(
             store.clone(),
             Arc::new(limits.bus.clone()),

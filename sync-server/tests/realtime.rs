@@ -732,6 +732,94 @@ async fn live_subscribers_share_one_log_read_per_append() {
     );
 }
 
+/// A live subscriber that stops reading is not cut off as a slow consumer: its socket and then
+/// its mailbox fill, it leaves the live set, and it reads the durable log itself once it reads
+/// again — every event, in order, once. A subscriber that kept reading (and one with a filter)
+/// got every event it wanted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_falls_back_to_the_log_and_misses_nothing() {
+    // 24 posts × 40 events × 20 KB ≈ 19 MB: more than the loopback socket buffers and the
+    // shipped 256-frame mailbox hold together, so the stalled subscriber must fall behind.
+    const POSTS: u64 = 24;
+    const PER_POST: u64 = 40;
+    let s = server(|_| {}).await;
+    let svc = s.app.token_for(&s.app.tenant, "feed-service", &["service"]);
+    let (at, _) = s.app.state.store.tenant_seq(&s.app.tenant).await.unwrap();
+    let subscribe = |types: Vec<String>| ClientFrame::Subscribe {
+        after: Some(at),
+        event_types: types,
+        attributes: Default::default(),
+    };
+    let mut stalled = connect(&s, "reader", "stalled").await;
+    stalled.send(&subscribe(vec![])).await;
+    let mut filtered = connect(&s, "reader", "filtered").await;
+    filtered.send(&subscribe(vec!["feed.even".into()])).await;
+    let mut reading = connect(&s, "reader", "reading").await;
+    reading.send(&subscribe(vec![])).await;
+    let blob = "x".repeat(20 * 1024);
+    let mut n = 0u64;
+    let mut sequences = Vec::new();
+    let mut reading_got = Vec::new();
+    let mut filtered_got = Vec::new();
+    let mut evens = Vec::new();
+    for _ in 0..POSTS {
+        let events: Vec<Value> = (0..PER_POST)
+            .map(|_| {
+                n += 1;
+                let kind = if n % 2 == 0 { "feed.even" } else { "feed.odd" };
+                json!({
+                    "eventId": uuid::Uuid::new_v4().to_string(), "eventType": kind,
+                    "tenantId": s.app.tenant, "timestamp": "2026-01-30T12:00:00Z",
+                    "payload": { "n": n, "blob": blob }, "schemaVersion": "1.0"
+                })
+            })
+            .collect();
+        let body = s.app.post("/api/events", &svc, &json!({ "events": events })).await;
+        let body = body.expect(201).json();
+        for r in body["results"].as_array().unwrap() {
+            let q = r["sequence"].as_u64().unwrap();
+            if (sequences.len() + 1) % 2 == 0 {
+                evens.push(q);
+            }
+            sequences.push(q);
+        }
+        // The reading subscribers keep up as the events come.
+        while reading_got.len() < sequences.len() {
+            if let ServerFrame::Event { event } = reading.recv().await {
+                reading_got.push(event.sequence);
+            }
+        }
+        while filtered_got.len() < evens.len() {
+            if let ServerFrame::Event { event } = filtered.recv().await {
+                assert_eq!(event.event_type, "feed.even");
+                filtered_got.push(event.sequence);
+            }
+        }
+    }
+    let m = &s.app.state.metrics;
+    assert!(
+        m.counter("pf2_event_stream_fell_behind_total", &[]) >= 1,
+        "the stalled subscriber left the live set"
+    );
+    let mut stalled_got = Vec::new();
+    while stalled_got.len() < sequences.len() {
+        if let ServerFrame::Event { event } = stalled.recv().await {
+            stalled_got.push(event.sequence);
+        }
+    }
+    assert_eq!(stalled_got, sequences, "every event, in order, once");
+    assert_eq!(reading_got, sequences);
+    assert_eq!(filtered_got, evens);
+    // And the stalled one is live again: the next event reaches it from the pump.
+    let event = json!({
+        "eventId": uuid::Uuid::new_v4().to_string(), "eventType": "feed.odd", "tenantId": s.app.tenant,
+        "timestamp": "2026-01-30T12:00:00Z", "payload": { "n": 0 }, "schemaVersion": "1.0"
+    });
+    s.app.post("/api/events", &svc, &event).await.expect(201);
+    stalled.recv_until(|f| matches!(f, ServerFrame::Event { event } if event.payload["n"] == 0)).await;
+    assert_eq!(m.counter("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]), 0);
+}
+
 /// The closing handshake (RFC 6455 §5.5.1): a client that closes gets its own code back in the
 /// server's Close, not a bare FIN (which its library reports as 1006).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,20 @@ impl Mailbox {
         Offered::Queued
     }
 
+    /// An event pushed by a stream's pump: queued only while the queue is less than half full
+    /// (the share [`Mailbox::send`] uses), never waiting and never killing — an event stream
+    /// that cannot take more reads the durable log itself instead. Whether it was queued.
+    pub fn push(&self, frame: &Arc<Outbound>) -> bool {
+        let mut s = self.lock();
+        if s.killed || s.closing.is_some() || s.queue.len() >= self.capacity / 2 {
+            return false;
+        }
+        s.queue.push_back(frame.clone());
+        drop(s);
+        self.ready.notify_one();
+        true
+    }
+
     /// A reply or a replayed event: waits until the queue is less than half full. Errs when the
     /// connection is gone.
     pub async fn send(&self, frame: Arc<Outbound>) -> Result<(), Arc<Outbound>> {

@@ -9,14 +9,12 @@ use crate::audit::AuditRecord;
 use crate::auth::Identity;
 use crate::bus::EventBus;
 use crate::error::ApiError;
-use crate::feed::{ChangeFeed, Woke};
 use crate::ratelimit::Rate;
 use crate::realtime::mailbox::{Closing, Mailbox};
 use crate::realtime::outbound::Outbound;
 use crate::rooms::Outgoing;
 use crate::state::AppState;
 use crate::store::{NackOutcome, SubscriptionKind};
-use crate::tail::{EventTail, Told, event_of};
 use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, TenantId};
 use sdk_core::interaction::{InteractionClass, Transport};
@@ -511,8 +509,8 @@ impl Session {
                 )
                 .await;
         }
-        let (tail, feed, tx) = (self.state.tail.clone(), self.state.feed.clone(), self.tx.clone());
-        self.subscription = Some(tokio::spawn(follow(tail, feed, tenant, after, filter, tx)));
+        let follow = self.state.tail.clone().follow(tenant, after, filter, self.tx.clone());
+        self.subscription = Some(tokio::spawn(follow));
     }
 
     fn set_followed(&mut self, name: Option<String>) {
@@ -664,49 +662,6 @@ impl Session {
                 next_cursor: next_cursor.clone(),
             })
             .await;
-        }
-    }
-}
-
-/// Class B: replay the log after `after`, then follow it. Both phases read the log by sequence
-/// (`seq > last sent`), so the switch from replay to live has no gap and no duplicate. Live, the
-/// events come from the tenant's shared tail (one store read per append for every follower),
-/// each as one frame shared by every socket it goes to.
-async fn follow(
-    tail: Arc<EventTail>,
-    feed: ChangeFeed,
-    tenant: String,
-    mut after: u64,
-    filter: EventFilter,
-    tx: Arc<Mailbox>,
-) {
-    let reader = tail.reader(&tenant);
-    let mut wake = feed.subscribe(&tenant);
-    let mut unsure_since = None;
-    loop {
-        let told = Told { head: *wake.borrow_and_update(), unsure_since };
-        let frames = match tail.after(&reader, after, 500, told).await {
-            Ok(f) => f,
-            Err(e) => {
-                let e = ApiError::from(e);
-                let _ = tx.send(Outbound::new(ServerFrame::error(e.code, e.message, None))).await;
-                return;
-            }
-        };
-        if frames.is_empty() {
-            let waited = tokio::time::Instant::now();
-            match feed.wait(&mut wake, None).await {
-                Woke::Gone => return,
-                woke => unsure_since = (woke == Woke::Timer).then_some(waited),
-            }
-            continue;
-        }
-        for f in frames {
-            let event = event_of(&f);
-            after = event.sequence;
-            if filter.matches(&event.event_type, &event.payload) && tx.send(f).await.is_err() {
-                return;
-            }
         }
     }
 }

@@ -4,6 +4,9 @@
 //! and each event is one shared frame, encoded at most once per codec whatever the number of
 //! sockets it goes to. Every reader evaluates its own filter in memory.
 //!
+//! Followers at the tail do not even wake per event: they join the window's live set and the
+//! tenant's pump — one task — pushes each new event into their mailboxes (see [`live`]).
+//!
 //! A reader behind the window (resuming from an older position) reads the store. Readers behind
 //! at the same position share one page read, and at most [`BEHIND_READS`] such reads run at once,
 //! so a reconnect storm cannot take the pool from REST.
@@ -12,15 +15,21 @@
 //! a notification is sent after the commit, so when a reader has been told of position `head`,
 //! every event at or below it is committed and a read made now sees all of them.
 
+mod live;
+
+use crate::error::ApiError;
+use crate::feed::{ChangeFeed, Woke};
 use crate::metrics::Metrics;
+use crate::realtime::mailbox::Mailbox;
 use crate::realtime::outbound::Outbound;
 use crate::store::{Store, StoreError};
+use live::Live;
 use sdk_core::ErrorCode;
 use sdk_core::log_window::{LogWindow, Sequenced};
-use sdk_core::protocol::{Codec, ServerFrame, WireEvent};
+use sdk_core::protocol::{Codec, EventFilter, ServerFrame, WireEvent};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::{OnceCell, RwLock, Semaphore};
+use tokio::sync::{Notify, OnceCell, RwLock, Semaphore};
 use tokio::time::Instant;
 
 /// Store reads for readers behind the window that may run at once.
@@ -35,6 +44,7 @@ const PAGE: i64 = 500;
 pub struct EventTail {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    feed: ChangeFeed,
     windows: Mutex<HashMap<String, Weak<Window>>>,
     behind_turns: Semaphore,
     /// Reads in flight for readers behind, by (tenant, position, head told of, page size).
@@ -60,6 +70,31 @@ impl std::fmt::Debug for TailReader {
 struct Window {
     tenant: String,
     span: RwLock<Span>,
+    /// Followers at the tail, fed by the pump.
+    live: Mutex<Live>,
+    /// Tells the pump its last member left.
+    idle: Notify,
+}
+
+impl Window {
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().expect("live lock")
+    }
+}
+
+/// A follower's place in the live set, given up when it is dropped (the follower fell behind,
+/// unsubscribed, or its connection ended).
+struct Member<'a> {
+    window: &'a Window,
+    id: u64,
+}
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        if self.window.live().leave(self.id) {
+            self.window.idle.notify_one();
+        }
+    }
 }
 
 /// A tenant's window on its log (the bookkeeping is sdk-core's `LogWindow`) and when it last
@@ -144,10 +179,11 @@ impl std::fmt::Debug for EventTail {
 }
 
 impl EventTail {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, feed: ChangeFeed) -> Self {
         Self {
             store,
             metrics,
+            feed,
             windows: Mutex::default(),
             behind_turns: Semaphore::new(BEHIND_READS),
             pages: Mutex::default(),
@@ -161,9 +197,111 @@ impl EventTail {
             return TailReader { window };
         }
         windows.retain(|_, w| w.strong_count() > 0);
-        let window = Arc::new(Window { tenant: tenant.to_string(), span: RwLock::default() });
+        let window = Arc::new(Window {
+            tenant: tenant.to_string(),
+            span: RwLock::default(),
+            live: Mutex::default(),
+            idle: Notify::new(),
+        });
         windows.insert(tenant.to_string(), Arc::downgrade(&window));
         TailReader { window }
+    }
+
+    /// Class B: send `tenant`'s events after `after` that `filter` wants into `tx`, then every
+    /// new one, until the connection ends. Behind, the follower reads the log itself (in pages,
+    /// waiting for room in its mailbox as any replay does); at the tail it joins the live set
+    /// and the pump pushes to it. Both read the log by sequence (`seq > last given`), so the
+    /// switches between them have no gap and no duplicate. A store error is sent as an
+    /// `error` frame and ends the stream.
+    pub async fn follow(
+        self: Arc<Self>,
+        tenant: String,
+        mut after: u64,
+        filter: EventFilter,
+        tx: Arc<Mailbox>,
+    ) {
+        let reader = self.reader(&tenant);
+        let window = &reader.window;
+        let mut wake = self.feed.subscribe(&tenant);
+        // The pump's position when it refused us: we are told of at least that much.
+        let mut floor = 0;
+        loop {
+            // Woken by the pump, not the feed: its read was fresh.
+            let told = Told { head: (*wake.borrow_and_update()).max(floor), unsure_since: None };
+            let frames = match self.after(&reader, after, PAGE as usize, told).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    let _ = tx.send(Outbound::new(ServerFrame::error(e.code, e.message, None))).await;
+                    return;
+                }
+            };
+            if frames.is_empty() {
+                let joined = window.live().join(after, &filter, &tx);
+                let joined = match joined {
+                    Ok(j) => j,
+                    Err(at) => {
+                        floor = at;
+                        continue;
+                    }
+                };
+                let _member = Member { window, id: joined.id };
+                if joined.start_pump {
+                    tokio::spawn(self.clone().pump(reader.clone()));
+                }
+                tokio::select! {
+                    resume = joined.behind => match resume {
+                        Ok(at) => after = at,
+                        Err(_) => return,
+                    },
+                    _ = tx.ended() => return,
+                }
+                continue;
+            }
+            for f in frames {
+                let event = event_of(&f);
+                after = event.sequence;
+                if filter.matches(&event.event_type, &event.payload) && tx.send(f).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The tenant's pump: while the live set has members, read what is new (once, for all of
+    /// them) and push it to each; stops when the last member leaves.
+    async fn pump(self: Arc<Self>, reader: TailReader) {
+        let window = &reader.window;
+        let mut wake = self.feed.subscribe(&window.tenant);
+        let mut unsure_since = None;
+        loop {
+            let Some(at) = window.live().pump_from() else { return };
+            let told = Told { head: *wake.borrow_and_update(), unsure_since };
+            match self.after(&reader, at, PAGE as usize, told).await {
+                Ok(frames) if !frames.is_empty() => {
+                    let fell = window.live().deliver(&frames);
+                    if fell > 0 {
+                        let n = fell as u64;
+                        self.metrics.add("pf2_event_stream_fell_behind_total", &[], n);
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                // Each member reads for itself, and sees the error.
+                Err(_) => {
+                    window.live().disband();
+                    continue;
+                }
+            }
+            let waited = Instant::now();
+            tokio::select! {
+                woke = self.feed.wait(&mut wake, None) => match woke {
+                    Woke::Gone => window.live().disband(),
+                    woke => unsure_since = (woke == Woke::Timer).then_some(waited),
+                },
+                _ = window.idle.notified() => {}
+            }
+        }
     }
 
     /// Events after `after`, at most `limit`, in order, as shared `event` frames; fewer than

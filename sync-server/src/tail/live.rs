@@ -1,0 +1,231 @@
+//! The followers of one tenant's log that are at its tail, and what the pump gives them.
+//!
+//! A follower that has caught up joins the live set and sleeps. When the log grows, one task —
+//! the tenant's pump — takes the new events from the window and pushes each to every member
+//! whose filter wants it, straight into the member's mailbox: one task wakes per append, not
+//! one per follower, and each follower's writer finds its frames already queued.
+//!
+//! A member whose mailbox cannot take an event without waiting (it is less than half free, see
+//! [`Mailbox::push`]) is not a slow consumer to be cut off — the log is durable: it leaves the
+//! set, is told the last position it was given, and reads the log itself from there, waiting
+//! for room as a replay does, until it is at the tail again.
+//!
+//! Invariant: a member has been given, in order, every event up to its `after` that its filter
+//! wants, and nothing else; `Live::at` is the position the pump has pushed to. A follower joins
+//! only at or past `at`, so between its own reads and the pump's pushes there is no gap, and
+//! since the pump pushes only events past each member's own position, no duplicate.
+
+use super::event_of;
+use crate::realtime::mailbox::Mailbox;
+use crate::realtime::outbound::Outbound;
+use sdk_core::protocol::EventFilter;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+#[derive(Debug, Default)]
+pub(super) struct Live {
+    members: Vec<Member>,
+    next_id: u64,
+    /// The position the pump has given every member (meaningful while `pumping`).
+    at: u64,
+    /// A pump task is running for this window.
+    pumping: bool,
+}
+
+#[derive(Debug)]
+struct Member {
+    id: u64,
+    after: u64,
+    filter: EventFilter,
+    tx: Arc<Mailbox>,
+    /// Where the follower resumes reading for itself when it falls behind.
+    behind: oneshot::Sender<u64>,
+}
+
+/// A follower in the live set: `id` to leave with, `behind` resolves (with the position to
+/// resume from) if it falls behind; `start_pump` when no pump runs yet.
+#[derive(Debug)]
+pub(super) struct Joined {
+    pub id: u64,
+    pub behind: oneshot::Receiver<u64>,
+    pub start_pump: bool,
+}
+
+impl Live {
+    /// A follower that has every event up to `after` joins; refused with the pump's position
+    /// when the pump has pushed past `after` (the follower reads up to it first).
+    pub fn join(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        tx: &Arc<Mailbox>,
+    ) -> Result<Joined, u64> {
+        if !self.pumping {
+            self.at = after;
+        } else if after < self.at {
+            return Err(self.at);
+        }
+        let (behind_tx, behind) = oneshot::channel();
+        self.next_id += 1;
+        let id = self.next_id;
+        self.members.push(Member {
+            id,
+            after,
+            filter: filter.clone(),
+            tx: tx.clone(),
+            behind: behind_tx,
+        });
+        let start_pump = !self.pumping;
+        self.pumping = true;
+        Ok(Joined { id, behind, start_pump })
+    }
+
+    /// `id` leaves; whether the set is now empty.
+    pub fn leave(&mut self, id: u64) -> bool {
+        if let Some(i) = self.members.iter().position(|m| m.id == id) {
+            self.members.swap_remove(i);
+        }
+        self.members.is_empty()
+    }
+
+    /// The pump's position, or `None` (and the pump stops) when nobody is left.
+    pub fn pump_from(&mut self) -> Option<u64> {
+        if self.members.is_empty() {
+            self.pumping = false;
+            return None;
+        }
+        Some(self.at)
+    }
+
+    /// Give `frames` — the events after `at`, in order — to every member that wants them.
+    /// Returns how many members fell behind (and left).
+    pub fn deliver(&mut self, frames: &[Arc<Outbound>]) -> usize {
+        let Some(last) = frames.last() else { return 0 };
+        let mut fell = Vec::new();
+        for (i, m) in self.members.iter_mut().enumerate() {
+            for f in frames {
+                let e = event_of(f);
+                if e.sequence <= m.after {
+                    continue;
+                }
+                if m.filter.matches(&e.event_type, &e.payload) && !m.tx.push(f) {
+                    fell.push(i);
+                    break;
+                }
+                m.after = e.sequence;
+            }
+        }
+        self.at = self.at.max(event_of(last).sequence);
+        let n = fell.len();
+        // Highest index first, so each swap_remove leaves the lower indices in place.
+        for i in fell.into_iter().rev() {
+            let m = self.members.swap_remove(i);
+            let _ = m.behind.send(m.after);
+        }
+        n
+    }
+
+    /// Everyone reads for themselves (the pump cannot go on: a store error, shutdown).
+    pub fn disband(&mut self) {
+        for m in self.members.drain(..) {
+            let _ = m.behind.send(m.after);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::mailbox::Next;
+    use sdk_core::protocol::{ServerFrame, WireEvent};
+    use serde_json::json;
+
+    fn event(seq: u64, event_type: &str) -> Arc<Outbound> {
+        let event: WireEvent = serde_json::from_value(json!({
+            "sequence": seq,
+            "eventId": format!("e{seq}"),
+            "eventType": event_type,
+            "tenantId": "t",
+            "timestamp": "2026-12-01T00:00:00Z",
+            "payload": {},
+            "schemaVersion": "1.0",
+        }))
+        .unwrap();
+        Outbound::new(ServerFrame::Event { event })
+    }
+
+    fn queued(tx: &Mailbox) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(Next::Frame(f)) = tx.try_next() {
+            out.push(event_of(&f).sequence);
+        }
+        out
+    }
+
+    fn types(t: &[&str]) -> EventFilter {
+        EventFilter { event_types: t.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn each_member_gets_what_its_filter_wants_once() {
+        let mut live = Live::default();
+        let (a, b) = (Mailbox::new(64), Mailbox::new(64));
+        let ja = live.join(3, &EventFilter::default(), &a).unwrap();
+        assert!(ja.start_pump);
+        // Joined ahead of the pump (it read event 4 itself): 4 is not given again.
+        let jb = live.join(4, &types(&["order.*"]), &b).unwrap();
+        assert!(!jb.start_pump);
+        let frames = [event(4, "order.paid"), event(5, "feed.item"), event(6, "order.sent")];
+        assert_eq!(live.deliver(&frames), 0);
+        assert_eq!(queued(&a), [4, 5, 6]);
+        assert_eq!(queued(&b), [6]);
+        // Delivering the same events again gives nothing twice.
+        live.deliver(&frames);
+        assert!(queued(&a).is_empty() && queued(&b).is_empty());
+    }
+
+    #[test]
+    fn a_follower_behind_the_pump_is_sent_to_catch_up_first() {
+        let mut live = Live::default();
+        let a = Mailbox::new(64);
+        live.join(0, &EventFilter::default(), &a).unwrap();
+        live.deliver(&[event(1, "x"), event(2, "x")]);
+        assert_eq!(live.join(1, &EventFilter::default(), &a).unwrap_err(), 2);
+        assert!(live.join(2, &EventFilter::default(), &a).is_ok());
+    }
+
+    #[test]
+    fn a_full_member_falls_behind_with_its_position_and_is_not_killed() {
+        let mut live = Live::default();
+        let (slow, fast) = (Mailbox::new(4), Mailbox::new(64));
+        let mut js = live.join(0, &EventFilter::default(), &slow).unwrap();
+        live.join(0, &EventFilter::default(), &fast).unwrap();
+        let frames: Vec<_> = (1..=5).map(|s| event(s, "x")).collect();
+        assert_eq!(live.deliver(&frames), 1);
+        // Half of 4 fits: it was given 1 and 2, and resumes from 2 on its own.
+        assert_eq!(js.behind.try_recv().unwrap(), 2);
+        assert!(!slow.killed());
+        assert_eq!(queued(&slow), [1, 2]);
+        assert_eq!(queued(&fast), [1, 2, 3, 4, 5]);
+        assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn the_pump_stops_when_the_last_member_leaves() {
+        let mut live = Live::default();
+        let a = Mailbox::new(8);
+        let j = live.join(7, &EventFilter::default(), &a).unwrap();
+        assert_eq!(live.pump_from(), Some(7));
+        assert!(live.leave(j.id));
+        assert_eq!(live.pump_from(), None);
+        // The next follower starts a pump again, from its own position.
+        let j = live.join(3, &EventFilter::default(), &a).unwrap();
+        assert!(j.start_pump);
+        assert_eq!(live.pump_from(), Some(3));
+    }
+}
