@@ -517,6 +517,13 @@ impl SyncClient {
     }
 
     pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) {
+        if let ServerFrame::Batch { frames } = frame {
+            // One level only: a batch inside a batch is not a frame the server sends.
+            for f in frames.into_iter().filter(|f| !matches!(f, ServerFrame::Batch { .. })) {
+                self.handle_frame(now_ms, f);
+            }
+            return;
+        }
         if !self.link_up() {
             return;
         }

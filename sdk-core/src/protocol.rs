@@ -649,6 +649,12 @@ pub enum ServerFrame {
         #[serde(default)]
         details: Option<Value>,
     },
+    /// Several frames in one WebSocket message, in order — sent only to a connection that asked
+    /// for them (`/v1/ws?batch=1`), when several frames are waiting at once. Never nested. See
+    /// [`Codec::encode_batch`].
+    Batch {
+        frames: Vec<ServerFrame>,
+    },
 }
 
 impl ServerFrame {
@@ -699,6 +705,49 @@ impl Codec {
             Codec::Json => serde_json::to_vec(&env).expect("frames always serialize"),
             Codec::MessagePack => rmp_serde::to_vec_named(&env).expect("frames always serialize"),
         }
+    }
+
+    /// A `batch` frame holding `frames`, each already encoded by this codec (their own `v`
+    /// fields are ignored when decoded), built without decoding or re-encoding any of them.
+    pub fn encode_batch<B: AsRef<[u8]>>(self, frames: &[B]) -> Vec<u8> {
+        let body: usize = frames.iter().map(|f| f.as_ref().len() + 1).sum();
+        let mut out = Vec::with_capacity(body + 48);
+        match self {
+            Codec::Json => {
+                out.extend_from_slice(b"{\"v\":");
+                out.extend_from_slice(PROTOCOL_VERSION.to_string().as_bytes());
+                out.extend_from_slice(b",\"type\":\"batch\",\"frames\":[");
+                for (i, f) in frames.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(f.as_ref());
+                }
+                out.extend_from_slice(b"]}");
+            }
+            Codec::MessagePack => {
+                // A map of three: "v", "type": "batch", "frames": [...]; keys as fixstr.
+                out.push(0x83);
+                out.extend_from_slice(b"\xa1v");
+                out.extend(rmp_serde::to_vec(&PROTOCOL_VERSION).expect("an integer encodes"));
+                out.extend_from_slice(b"\xa4type\xa5batch\xa6frames");
+                match frames.len() {
+                    n @ 0..=15 => out.push(0x90 | n as u8),
+                    n @ 16..=0xffff => {
+                        out.push(0xdc);
+                        out.extend_from_slice(&(n as u16).to_be_bytes());
+                    }
+                    n => {
+                        out.push(0xdd);
+                        out.extend_from_slice(&(n as u32).to_be_bytes());
+                    }
+                }
+                for f in frames {
+                    out.extend_from_slice(f.as_ref());
+                }
+            }
+        }
+        out
     }
 
     /// Decode one frame of at most `max_bytes`. Never panics.

@@ -150,12 +150,13 @@ impl SyncEngine {
         }
         let core = SyncClient::recover(config.clone(), Default::default(), stored);
         let base = o.url.trim_end_matches('/').to_string();
+        // `batch=1`: this client reads `batch` frames (the core unrolls them).
         let ws_url = if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}/v1/ws")
+            format!("wss://{rest}/v1/ws?batch=1")
         } else if let Some(rest) = base.strip_prefix("http://") {
-            format!("ws://{rest}/v1/ws")
+            format!("ws://{rest}/v1/ws?batch=1")
         } else {
-            format!("{base}/v1/ws")
+            format!("{base}/v1/ws?batch=1")
         };
         let http_url = base;
         Ok(SyncEngine {

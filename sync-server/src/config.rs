@@ -90,6 +90,14 @@ pub struct Config {
     pub ws_rate: u32,
     #[arg(long, env = "PF2_WS_SEND_BUFFER", default_value_t = 256)]
     pub ws_send_buffer: usize,
+    /// Worker threads of the runtime WebSocket sessions run on, apart from HTTP (default: one
+    /// per core; 0 runs them on the HTTP runtime).
+    #[arg(long, env = "PF2_REALTIME_THREADS")]
+    pub realtime_threads: Option<usize>,
+    /// How many `nice` steps below the HTTP threads the session threads run (0: the same
+    /// priority). Realtime is what may degrade when the CPU is short.
+    #[arg(long, env = "PF2_REALTIME_NICE", default_value_t = crate::realtime::runtime::DEFAULT_NICE)]
+    pub realtime_nice: i32,
     #[arg(long, env = "PF2_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
     #[arg(long, env = "PF2_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7)]
@@ -170,6 +178,8 @@ impl Config {
             // The shipped realtime limit: the session's rate rule is tested as users meet it.
             ws_rate: crate::limits::DEFAULT_WS_RATE_PER_MINUTE,
             ws_send_buffer: 256,
+            realtime_threads: None,
+            realtime_nice: crate::realtime::runtime::DEFAULT_NICE,
             event_retention_days: 7,
             idempotency_retention_days: 7,
             static_dir: None,
@@ -241,6 +251,10 @@ impl Config {
             ws_max_connections: self.ws_max_connections,
             ws_rate: Rate::per_minute(self.ws_rate),
             ws_send_buffer: self.ws_send_buffer,
+            realtime_threads: self
+                .realtime_threads
+                .unwrap_or_else(crate::realtime::runtime::default_threads),
+            realtime_nice: self.realtime_nice,
             static_dir: self.static_dir.clone(),
             presence_ttl: Duration::from_secs(self.presence_ttl_secs.max(1)),
             max_document_bytes: self.max_document_bytes,

@@ -33,6 +33,10 @@ pub struct Limits {
     pub ws_rate: Rate,
     /// Frames buffered per connection before it counts as a slow consumer.
     pub ws_send_buffer: usize,
+    /// Worker threads of the WebSocket sessions' own runtime (0: they share the HTTP runtime).
+    pub realtime_threads: usize,
+    /// How many `nice` steps below HTTP those threads run.
+    pub realtime_nice: i32,
     pub ws_heartbeat: Duration,
     /// Silence after which a connection is dead (and its presence with it).
     pub ws_stale: Duration,
@@ -75,6 +79,8 @@ impl Default for Limits {
             ws_frame_bytes: sdk_core::protocol::DEFAULT_MAX_FRAME,
             ws_rate: Rate::per_minute(DEFAULT_WS_RATE_PER_MINUTE),
             ws_send_buffer: 256,
+            realtime_threads: crate::realtime::runtime::default_threads(),
+            realtime_nice: crate::realtime::runtime::DEFAULT_NICE,
             ws_heartbeat: Duration::from_secs(30),
             ws_stale: Duration::from_secs(90),
             presence_ttl: Duration::from_secs(90),

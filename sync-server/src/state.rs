@@ -14,6 +14,7 @@ use crate::notifier::Notifier;
 use crate::ratelimit::RateLimiter;
 use crate::realtime::fanout::{ClusterFanout, LocalOnly};
 use crate::realtime::hub::Hub;
+use crate::realtime::runtime::SessionRuntime;
 use crate::rooms::Rooms;
 use crate::store::Store;
 use crate::sync::SyncService;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// The shared tail of every tenant's event log (what live readers are served from).
     pub tail: Arc<EventTail>,
     pub audit: Arc<Audit>,
+    /// Where WebSocket sessions run (apart from HTTP, see [`SessionRuntime`]).
+    pub sessions: Arc<SessionRuntime>,
 }
 
 impl AppState {
@@ -61,7 +64,7 @@ impl AppState {
         webhook_secret: Vec<u8>,
     ) -> Self {
         Self::assemble(store, engine, jwt, limits, webhook_secret, None)
-            .expect("no cluster, nothing to refuse")
+            .expect("no cluster to refuse, and a runtime builds")
     }
 
     /// One process of several, joined by the Redis at `url` (connections start with
@@ -127,7 +130,10 @@ impl AppState {
             limits.document_compact_bytes,
         ));
         let rooms = Rooms::new(hub.clone(), fanout, store.clone(), metrics.clone(), feed.clone());
+        let sessions = SessionRuntime::new(limits.realtime_threads, limits.realtime_nice)
+            .map_err(|e| format!("the session runtime: {e}"))?;
         Ok(Self {
+            sessions: Arc::new(sessions),
             tail,
             audit: Arc::new(Audit::new(store.clone())),
             hub,

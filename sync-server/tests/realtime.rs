@@ -735,7 +735,8 @@ async fn live_subscribers_share_one_log_read_per_append() {
 /// A live subscriber that stops reading is not cut off as a slow consumer: its socket and then
 /// its mailbox fill, it leaves the live set, and it reads the durable log itself once it reads
 /// again — every event, in order, once. A subscriber that kept reading (and one with a filter)
-/// got every event it wanted meanwhile.
+/// got every event it wanted meanwhile. The stalled one asked for batches (`batch=1`): what
+/// waited in its mailbox came in fewer messages than events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_falls_back_to_the_log_and_misses_nothing() {
     // 24 posts × 40 events × 20 KB ≈ 19 MB: more than the loopback socket buffers and the
@@ -750,7 +751,13 @@ async fn a_subscriber_that_stops_reading_falls_back_to_the_log_and_misses_nothin
         event_types: types,
         attributes: Default::default(),
     };
-    let mut stalled = connect(&s, "reader", "stalled").await;
+    let mut stalled = Client::json(net::open(s.addr, "?batch=1", None, None).await.unwrap());
+    let auth = ClientFrame::Auth {
+        token: s.app.token("reader"),
+        client_id: ClientId::new("stalled").unwrap(),
+    };
+    stalled.send(&auth).await;
+    assert!(matches!(stalled.recv().await, ServerFrame::Connected { .. }));
     stalled.send(&subscribe(vec![])).await;
     let mut filtered = connect(&s, "reader", "filtered").await;
     filtered.send(&subscribe(vec!["feed.even".into()])).await;
@@ -766,7 +773,7 @@ async fn a_subscriber_that_stops_reading_falls_back_to_the_log_and_misses_nothin
         let events: Vec<Value> = (0..PER_POST)
             .map(|_| {
                 n += 1;
-                let kind = if n % 2 == 0 { "feed.even" } else { "feed.odd" };
+                let kind = if n.is_multiple_of(2) { "feed.even" } else { "feed.odd" };
                 json!({
                     "eventId": uuid::Uuid::new_v4().to_string(), "eventType": kind,
                     "tenantId": s.app.tenant, "timestamp": "2026-01-30T12:00:00Z",
@@ -778,7 +785,7 @@ async fn a_subscriber_that_stops_reading_falls_back_to_the_log_and_misses_nothin
         let body = body.expect(201).json();
         for r in body["results"].as_array().unwrap() {
             let q = r["sequence"].as_u64().unwrap();
-            if (sequences.len() + 1) % 2 == 0 {
+            if (sequences.len() + 1).is_multiple_of(2) {
                 evens.push(q);
             }
             sequences.push(q);
@@ -802,12 +809,21 @@ async fn a_subscriber_that_stops_reading_falls_back_to_the_log_and_misses_nothin
         "the stalled subscriber left the live set"
     );
     let mut stalled_got = Vec::new();
+    let mut messages = 0;
     while stalled_got.len() < sequences.len() {
-        if let ServerFrame::Event { event } = stalled.recv().await {
-            stalled_got.push(event.sequence);
+        messages += 1;
+        let frames = match stalled.recv().await {
+            ServerFrame::Batch { frames } => frames,
+            f => vec![f],
+        };
+        for f in frames {
+            if let ServerFrame::Event { event } = f {
+                stalled_got.push(event.sequence);
+            }
         }
     }
     assert_eq!(stalled_got, sequences, "every event, in order, once");
+    assert!(messages < sequences.len(), "{messages} messages for {} events", sequences.len());
     assert_eq!(reading_got, sequences);
     assert_eq!(filtered_got, evens);
     // And the stalled one is live again: the next event reaches it from the pump.
@@ -816,7 +832,9 @@ async fn a_subscriber_that_stops_reading_falls_back_to_the_log_and_misses_nothin
         "timestamp": "2026-01-30T12:00:00Z", "payload": { "n": 0 }, "schemaVersion": "1.0"
     });
     s.app.post("/api/events", &svc, &event).await.expect(201);
-    stalled.recv_until(|f| matches!(f, ServerFrame::Event { event } if event.payload["n"] == 0)).await;
+    stalled
+        .recv_until(|f| matches!(f, ServerFrame::Event { event } if event.payload["n"] == 0))
+        .await;
     assert_eq!(m.counter("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]), 0);
 }
 

@@ -276,9 +276,11 @@ fn events_resume_after_the_last_sequence_without_duplicates() {
             schema_version: "1.0".into(),
         },
     };
-    for seq in [1, 2, 2, 1, 3] {
-        c.handle_frame(5, event(seq));
-    }
+    c.handle_frame(5, event(1));
+    // A batch is its frames, in order; one nested in it is not a frame the server sends.
+    let nested = ServerFrame::Batch { frames: vec![event(9)] };
+    c.handle_frame(5, ServerFrame::Batch { frames: vec![event(2), nested, event(2), event(1)] });
+    c.handle_frame(5, event(3));
     let delivered: Vec<u64> = drain(&mut c)
         .into_iter()
         .filter_map(

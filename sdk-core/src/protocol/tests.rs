@@ -269,7 +269,33 @@ fn subprotocols_select_the_codec() {
     assert_eq!(Codec::from_subprotocol("graphql-ws"), None);
 }
 
+fn batch_round_trips(frames: Vec<ServerFrame>) {
+    for codec in [Codec::Json, Codec::MessagePack] {
+        let parts: Vec<Vec<u8>> = frames.iter().map(|f| codec.encode(f)).collect();
+        let bytes = codec.encode_batch(&parts);
+        let decoded = codec.decode::<ServerFrame>(&bytes, usize::MAX).unwrap();
+        assert_eq!(decoded, ServerFrame::Batch { frames: frames.clone() }, "{codec:?}");
+    }
+}
+
+#[test]
+fn a_batch_past_65535_frames_keeps_them_all() {
+    // MessagePack's array header takes its 32-bit form.
+    batch_round_trips((0..70_000u64).map(|version| ServerFrame::Poke { version }).collect());
+}
+
 proptest! {
+    /// Any sequence of frames, each encoded on its own, batched by concatenation, decodes to
+    /// the same frames in the same order (including the array-length forms of MessagePack).
+    #[test]
+    fn a_batch_of_encoded_frames_decodes_to_those_frames(
+        picks in proptest::collection::vec(any::<usize>(), 0..40)
+    ) {
+        let samples = sample_server_frames();
+        let frames: Vec<ServerFrame> = picks.iter().map(|i| samples[i % samples.len()].clone()).collect();
+        batch_round_trips(frames);
+    }
+
     #[test]
     fn decoders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         for codec in [Codec::Json, Codec::MessagePack] {

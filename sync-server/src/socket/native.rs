@@ -38,6 +38,15 @@ type Stream = futures_util::stream::SplitStream<WebSocket>;
 pub struct WsQuery {
     token: Option<String>,
     client_id: Option<String>,
+    /// `batch=1`: frames waiting together go out as one `batch` message (the client
+    /// understands them; see `ServerFrame::Batch`).
+    batch: Option<String>,
+}
+
+impl WsQuery {
+    fn batch(&self) -> bool {
+        matches!(self.batch.as_deref(), Some("1" | "true"))
+    }
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -87,7 +96,12 @@ pub async fn upgrade(
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_frame_size(limit * 2)
-        .on_upgrade(move |socket| run(socket, state, codec, q, meta))
+        // The session moves to the sessions' runtime; nothing stays behind on this one.
+        .on_upgrade(move |socket| {
+            let sessions = state.sessions.clone();
+            drop(sessions.spawn(run(socket, state, codec, q, meta)));
+            std::future::ready(())
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +152,7 @@ async fn connection(
     q: WsQuery,
     meta: Meta,
 ) {
+    let batch = q.batch();
     let (identity, client) = match Box::pin(authenticate(&mut stream, &state, codec, q)).await {
         Ok(ok) => ok,
         Err((e, reason)) => {
@@ -155,7 +170,7 @@ async fn connection(
     // largest await, and this future lives as long as the (mostly idle) connection.
     let mut session = Box::pin(Session::open(state, NATIVE, identity, client, details)).await;
     let mailbox = session.tx.clone();
-    let mut writer = tokio::spawn(write_loop(sink, mailbox.clone(), codec));
+    let mut writer = tokio::spawn(write_loop(sink, mailbox.clone(), codec, batch));
     let (outcome, ended) = read_loop(&mut session, &mut stream, &mut writer, codec).await;
     let reason = outcome.reason;
     match ended {
@@ -293,7 +308,11 @@ async fn authenticate(
     }
 }
 
-async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec) {
+/// A batch stops growing once it holds this many bytes (plus its last frame) or frames.
+const BATCH_BYTES: usize = 32 * 1024;
+const BATCH_FRAMES: usize = 256;
+
+async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec, batch: bool) {
     /// Frames written per flush when several are already queued (one syscall for a burst).
     const BURST: usize = 32;
     loop {
@@ -317,6 +336,22 @@ async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec) {
             }
         };
         let write = async {
+            if batch {
+                let mut parts = vec![first.encoded(codec)];
+                let mut size = parts[0].len();
+                while size < BATCH_BYTES && parts.len() < BATCH_FRAMES {
+                    let Some(Next::Frame(f)) = mailbox.try_next() else { break };
+                    let bytes = f.encoded(codec);
+                    size += bytes.len();
+                    parts.push(bytes);
+                }
+                let bytes = if parts.len() == 1 {
+                    parts.swap_remove(0)
+                } else {
+                    codec.encode_batch(&parts).into()
+                };
+                return sink.send(message(codec, bytes)).await;
+            }
             sink.feed(message(codec, first.encoded(codec))).await?;
             for _ in 1..BURST {
                 match mailbox.try_next() {

@@ -232,7 +232,8 @@ impl EventTail {
                 Ok(f) => f,
                 Err(e) => {
                     let e = ApiError::from(e);
-                    let _ = tx.send(Outbound::new(ServerFrame::error(e.code, e.message, None))).await;
+                    let _ =
+                        tx.send(Outbound::new(ServerFrame::error(e.code, e.message, None))).await;
                     return;
                 }
             };
