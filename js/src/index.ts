@@ -448,11 +448,15 @@ export class SyncClient {
     return this.engine.flushed()
   }
 
-  /** Resolves when the queue is empty (everything acknowledged), or rejects after `timeoutMs`. */
+  /**
+   * Resolves when the queue is empty (everything acknowledged) and the local view has caught up
+   * with what was acknowledged (not `syncing`: the confirming pull has come back), or rejects
+   * after `timeoutMs`.
+   */
   async settled(timeoutMs = 30_000): Promise<void> {
     const until = Date.now() + timeoutMs
-    while (this.engine.pendingCount > 0) {
-      if (Date.now() > until) throw new SyncError('TIMEOUT', `${this.engine.pendingCount} operations still queued`)
+    while (this.engine.pendingCount > 0 || this.status === 'syncing') {
+      if (Date.now() > until) throw new SyncError('TIMEOUT', `${this.engine.pendingCount} operations still queued (status ${this.status})`)
       await new Promise<void>((resolve) => {
         const off = this.on('change', () => {
           off()
