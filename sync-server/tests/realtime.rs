@@ -838,6 +838,45 @@ async fn a_subscriber_that_stops_reading_falls_back_to_the_log_and_misses_nothin
     assert_eq!(m.counter("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]), 0);
 }
 
+/// Store connections belong to the HTTP side: a SQLite connection's worker thread inherits the
+/// priority of the thread that opened it, so one opened by a WebSocket session (nice +10) would
+/// serve HTTP requests at the sessions' priority. The pool opens all of its connections when the
+/// store is built; 16 reads at once from the sessions' runtime, against the pool of 4, leave
+/// every SQLite worker thread of this process at the test's own priority.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_connections_keep_the_http_priority_when_sessions_use_them() {
+    let app = TestApp::start_with(Backend::Sqlite, |_| {}).await.unwrap();
+    let (store, tenant) = (app.state.store.clone(), app.tenant.clone());
+    let reads = app.state.sessions.spawn(async move {
+        let all = (0..16).map(|_| {
+            let (store, tenant) = (store.clone(), tenant.clone());
+            tokio::spawn(async move { store.tenant_seq(&tenant).await.map(|_| ()) })
+        });
+        for r in futures_util::future::join_all(all).await {
+            r.unwrap().unwrap();
+        }
+    });
+    reads.await.unwrap();
+    let nice = |stat: &str| -> i64 {
+        // Field 19 (nice), counted after the command's closing parenthesis.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or(stat);
+        rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+    };
+    let own = nice(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let mut workers = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "sqlx-sqlite-wor" {
+            workers += 1;
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            assert_eq!(nice(&stat), own, "a SQLite worker opened by a session");
+        }
+    }
+    assert!(workers >= 4, "the test saw the pool's worker threads ({workers})");
+}
+
 /// The closing handshake (RFC 6455 §5.5.1): a client that closes gets its own code back in the
 /// server's Close, not a bare FIN (which its library reports as 1006).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
