@@ -576,6 +576,9 @@ async fn a_consumer_group_is_pushed_over_websocket_with_acks() {
     .await;
     let e = a.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await;
     assert!(format!("{e:?}").contains("lease was lost"), "{e:?}");
+    // A socket's frames are handled in order: b's pong means its acks are settled.
+    b.send(&ClientFrame::Ping { nonce: 9 }).await;
+    b.recv_until(|f| matches!(f, ServerFrame::Pong { .. })).await;
     let status = s.app.get("/api/events/subscriptions/ws-workers", &svc).await.json();
     assert_eq!(status["pending"], 0, "{status}");
     assert_eq!(status["deadLetters"], 1, "the nacked event (maxDeliveries 1)");
