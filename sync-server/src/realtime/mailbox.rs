@@ -158,15 +158,8 @@ impl Mailbox {
     /// The peer closed or went away: what is queued can no longer be sent, so drop it; the
     /// writer finishes at once (answering the peer's Close, if it sent one).
     pub fn abandon(&self) {
-        let mut s = self.lock();
-        s.queue.clear();
-        if s.closing.is_none() {
-            s.closing = Some(None);
-        }
-        drop(s);
-        self.ready.notify_one();
-        self.room.notify_waiters();
-        self.end.notify_waiters();
+        self.lock().queue.clear();
+        self.close(None);
     }
 
     /// Resolves once the connection is killed or asked to close (for tasks that live as long
