@@ -61,7 +61,9 @@ impl Live {
         tx: &Arc<Mailbox>,
     ) -> Result<Joined, u64> {
         if !self.pumping {
-            self.at = after;
+            // A new pump starts where the furthest-behind member is (members left by a pump
+            // that stopped keep their own positions).
+            self.at = self.members.iter().map(|m| m.after).fold(after, u64::min);
         } else if after < self.at {
             return Err(self.at);
         }
@@ -123,6 +125,11 @@ impl Live {
             let _ = m.behind.send(m.after);
         }
         n
+    }
+
+    /// The pump ends with members still in the set (the next follower to join starts one).
+    pub fn stop_pump(&mut self) {
+        self.pumping = false;
     }
 
     /// Everyone reads for themselves (the pump cannot go on: a store error, shutdown).
@@ -225,6 +232,11 @@ mod tests {
         assert_eq!(live.pump_from(), None);
         // The next follower starts a pump again, from its own position.
         let j = live.join(3, &EventFilter::default(), &a).unwrap();
+        assert!(j.start_pump);
+        assert_eq!(live.pump_from(), Some(3));
+        // A pump that stopped with members left: the next one starts at the furthest behind.
+        live.stop_pump();
+        let j = live.join(9, &EventFilter::default(), &a).unwrap();
         assert!(j.start_pump);
         assert_eq!(live.pump_from(), Some(3));
     }

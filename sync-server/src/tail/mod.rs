@@ -297,7 +297,9 @@ impl EventTail {
             let waited = Instant::now();
             tokio::select! {
                 woke = self.feed.wait(&mut wake, None) => match woke {
-                    Woke::Gone => window.live().disband(),
+                    // Shutting down: the members sleep until their connections end (sent to
+                    // read for themselves they would find the feed gone too, and spin).
+                    Woke::Gone => return window.live().stop_pump(),
                     woke => unsure_since = (woke == Woke::Timer).then_some(waited),
                 },
                 _ = window.idle.notified() => {}
