@@ -105,18 +105,36 @@ impl Mailbox {
         Offered::Queued
     }
 
-    /// An event pushed by a stream's pump: queued only while the queue is less than half full
-    /// (the share [`Mailbox::send`] uses), never waiting and never killing — an event stream
-    /// that cannot take more reads the durable log itself instead. Whether it was queued.
-    pub fn push(&self, frame: &Arc<Outbound>) -> bool {
+    /// Events pushed by a stream's pump, under one lock: in order, each of `frames` that
+    /// `wants` is queued while the queue is less than half full (the share [`Mailbox::send`]
+    /// uses), never waiting and never killing — an event stream that cannot take more reads
+    /// the durable log itself instead. Returns how many of `frames` were dealt with (queued or
+    /// not wanted) before one did not fit; 0 when the connection is going.
+    pub fn push_run(
+        &self,
+        frames: &[Arc<Outbound>],
+        mut wants: impl FnMut(&Outbound) -> bool,
+    ) -> usize {
         let mut s = self.lock();
-        if s.killed || s.closing.is_some() || s.queue.len() >= self.capacity / 2 {
-            return false;
+        if s.killed || s.closing.is_some() {
+            return 0;
         }
-        s.queue.push_back(frame.clone());
+        let (mut done, mut queued) = (0, false);
+        for f in frames {
+            if wants(f) {
+                if s.queue.len() >= self.capacity / 2 {
+                    break;
+                }
+                s.queue.push_back(f.clone());
+                queued = true;
+            }
+            done += 1;
+        }
         drop(s);
-        self.ready.notify_one();
-        true
+        if queued {
+            self.ready.notify_one();
+        }
+        done
     }
 
     /// A reply or a replayed event: waits until the queue is less than half full. Errs when the
@@ -298,6 +316,21 @@ mod tests {
         tokio::task::yield_now().await;
         m.close(None);
         assert!(waiting.await.unwrap().is_err());
+    }
+
+    #[test]
+    fn a_pushed_run_fills_half_skips_what_is_not_wanted_and_never_kills() {
+        let m = Mailbox::new(8);
+        let frames: Vec<_> = (1..=10).map(frame).collect();
+        // Odd ones only: 1, 3, 5, 7 fill half of 8; 9 does not fit, so 1..=8 were dealt with.
+        let odd =
+            |f: &Outbound| matches!(f.frame, ServerFrame::Poke { version } if version % 2 == 1);
+        assert_eq!(m.push_run(&frames, odd), 8);
+        assert!(!m.killed());
+        let got: Vec<_> = std::iter::from_fn(|| poke(m.try_next())).collect();
+        assert_eq!(got, [1, 3, 5, 7]);
+        m.close(None);
+        assert_eq!(m.push_run(&frames, |_| true), 0);
     }
 
     #[test]

@@ -105,16 +105,20 @@ impl Live {
         let Some(last) = frames.last() else { return 0 };
         let mut fell = Vec::new();
         for (i, m) in self.members.iter_mut().enumerate() {
-            for f in frames {
+            let new = &frames[frames.partition_point(|f| event_of(f).sequence <= m.after)..];
+            if new.is_empty() {
+                continue;
+            }
+            let filter = &m.filter;
+            let done = m.tx.push_run(new, |f| {
                 let e = event_of(f);
-                if e.sequence <= m.after {
-                    continue;
-                }
-                if m.filter.matches(&e.event_type, &e.payload) && !m.tx.push(f) {
-                    fell.push(i);
-                    break;
-                }
-                m.after = e.sequence;
+                filter.matches(&e.event_type, &e.payload)
+            });
+            if done > 0 {
+                m.after = event_of(&new[done - 1]).sequence;
+            }
+            if done < new.len() {
+                fell.push(i);
             }
         }
         self.at = self.at.max(event_of(last).sequence);
