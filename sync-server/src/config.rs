@@ -98,6 +98,10 @@ pub struct Config {
     /// priority). Realtime is what may degrade when the CPU is short.
     #[arg(long, env = "PF2_REALTIME_NICE", default_value_t = crate::realtime::runtime::DEFAULT_NICE)]
     pub realtime_nice: i32,
+    /// Milliseconds a busy event stream gathers events before its next delivery (0: every
+    /// event goes out on its own). An event after a quiet spell goes out at once.
+    #[arg(long, env = "PF2_EVENT_BATCH_MS", default_value_t = crate::limits::DEFAULT_EVENT_BATCH_MS)]
+    pub event_batch_ms: u64,
     #[arg(long, env = "PF2_EVENT_RETENTION_DAYS", default_value_t = 7)]
     pub event_retention_days: u64,
     #[arg(long, env = "PF2_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7)]
@@ -180,6 +184,7 @@ impl Config {
             ws_send_buffer: 256,
             realtime_threads: None,
             realtime_nice: crate::realtime::runtime::DEFAULT_NICE,
+            event_batch_ms: crate::limits::DEFAULT_EVENT_BATCH_MS,
             event_retention_days: 7,
             idempotency_retention_days: 7,
             static_dir: None,
@@ -255,6 +260,7 @@ impl Config {
                 .realtime_threads
                 .unwrap_or_else(crate::realtime::runtime::default_threads),
             realtime_nice: self.realtime_nice,
+            event_batch_window: Duration::from_millis(self.event_batch_ms.min(1_000)),
             static_dir: self.static_dir.clone(),
             presence_ttl: Duration::from_secs(self.presence_ttl_secs.max(1)),
             max_document_bytes: self.max_document_bytes,

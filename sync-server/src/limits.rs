@@ -8,6 +8,9 @@ use std::time::Duration;
 /// Defaults: documents up to 8 MiB, compacted once 256 KiB of changes have been appended.
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_COMPACT_BYTES: i64 = 256 * 1024;
+/// How long an event stream's pump gathers events after a delivery before the next one (the
+/// platform document's message batching: up to 100 ms; see [`Limits::event_batch_window`]).
+pub const DEFAULT_EVENT_BATCH_MS: u64 = 50;
 /// api.md: 100 messages a minute per realtime connection.
 pub const DEFAULT_WS_RATE_PER_MINUTE: u32 = 100;
 
@@ -37,6 +40,10 @@ pub struct Limits {
     pub realtime_threads: usize,
     /// How many `nice` steps below HTTP those threads run.
     pub realtime_nice: i32,
+    /// After delivering to its live subscribers, a tenant's event pump waits this long before
+    /// it delivers again, so that a busy stream reaches each socket as one write per window
+    /// instead of one per event. An event after a quiet spell goes out at once.
+    pub event_batch_window: Duration,
     pub ws_heartbeat: Duration,
     /// Silence after which a connection is dead (and its presence with it).
     pub ws_stale: Duration,
@@ -81,6 +88,7 @@ impl Default for Limits {
             ws_send_buffer: 256,
             realtime_threads: crate::realtime::runtime::default_threads(),
             realtime_nice: crate::realtime::runtime::DEFAULT_NICE,
+            event_batch_window: Duration::from_millis(DEFAULT_EVENT_BATCH_MS),
             ws_heartbeat: Duration::from_secs(30),
             ws_stale: Duration::from_secs(90),
             presence_ttl: Duration::from_secs(90),

@@ -114,7 +114,12 @@ impl AppState {
             limits.max_batch,
             limits.max_delta,
         );
-        let tail = Arc::new(EventTail::new(store.clone(), metrics.clone(), feed.clone()));
+        let tail = Arc::new(EventTail::new(
+            store.clone(),
+            metrics.clone(),
+            feed.clone(),
+            limits.event_batch_window,
+        ));
         let bus = EventBus::new(
             store.clone(),
             Arc::new(limits.bus.clone()),

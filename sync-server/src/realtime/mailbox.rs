@@ -14,7 +14,7 @@
 //!   consumer.
 //! - A close request ([`Mailbox::close`]) lets the frames already queued go out first.
 
-use super::outbound::Outbound;
+use super::outbound::{Outbound, Run};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -41,15 +41,35 @@ pub enum Offered {
 #[derive(Debug)]
 pub enum Next {
     Frame(Arc<Outbound>),
+    /// Several frames queued together (an event stream's delivery round), in order.
+    Run(Arc<Run>),
     /// A slow consumer: stop without writing anything more.
     Killed,
     /// Everything queued is out: send this close frame (if any) and stop.
     Close(Option<Closing>),
 }
 
+/// One item of the queue: a frame, or a run of frames shared with other connections.
+#[derive(Debug)]
+enum Queued {
+    One(Arc<Outbound>),
+    Run(Arc<Run>),
+}
+
+impl Queued {
+    fn frames(&self) -> usize {
+        match self {
+            Queued::One(_) => 1,
+            Queued::Run(r) => r.frames.len(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slots {
-    queue: VecDeque<Arc<Outbound>>,
+    queue: VecDeque<Queued>,
+    /// Frames waiting (a run counts each of its frames): what the capacity bounds.
+    frames: usize,
     killed: bool,
     /// The session ended; with `Some` the server closes with this code.
     closing: Option<Option<Closing>>,
@@ -69,6 +89,13 @@ pub struct Mailbox {
 
 /// A queue that grew this large is released once it drains.
 const KEEP_CAPACITY: usize = 8;
+
+impl Slots {
+    fn push(&mut self, q: Queued) {
+        self.frames += q.frames();
+        self.queue.push_back(q);
+    }
+}
 
 impl Mailbox {
     pub fn new(capacity: usize) -> Arc<Self> {
@@ -91,7 +118,7 @@ impl Mailbox {
         if s.killed || s.closing.is_some() {
             return Offered::Closed;
         }
-        if s.queue.len() >= self.capacity {
+        if s.frames >= self.capacity {
             s.killed = true;
             drop(s);
             self.ready.notify_one();
@@ -99,42 +126,43 @@ impl Mailbox {
             self.end.notify_waiters();
             return Offered::Full;
         }
-        s.queue.push_back(frame);
+        s.push(Queued::One(frame));
         drop(s);
         self.ready.notify_one();
         Offered::Queued
     }
 
-    /// Events pushed by a stream's pump, under one lock: in order, each of `frames` that
-    /// `wants` is queued while the queue is less than half full (the share [`Mailbox::send`]
-    /// uses), never waiting and never killing — an event stream that cannot take more reads
-    /// the durable log itself instead. Returns how many of `frames` were dealt with (queued or
-    /// not wanted) before one did not fit; 0 when the connection is going.
-    pub fn push_run(
-        &self,
-        frames: &[Arc<Outbound>],
-        mut wants: impl FnMut(&Outbound) -> bool,
-    ) -> usize {
+    /// A stream's pump delivering `run` (events this connection wants, in order) under one
+    /// lock: queued as one item while the queue stays within half its capacity (the share
+    /// [`Mailbox::send`] uses); otherwise as many of its frames as fit there. Never waits and
+    /// never kills — an event stream that cannot take more reads the durable log itself
+    /// instead. Returns how many of the run's frames were queued; 0 when the connection is
+    /// going.
+    pub fn push_shared(&self, run: &Arc<Run>) -> usize {
         let mut s = self.lock();
         if s.killed || s.closing.is_some() {
             return 0;
         }
-        let (mut done, mut queued) = (0, false);
-        for f in frames {
-            if wants(f) {
-                if s.queue.len() >= self.capacity / 2 {
-                    break;
-                }
-                s.queue.push_back(f.clone());
-                queued = true;
+        let half = self.capacity / 2;
+        let n = run.frames.len();
+        let queued = if s.frames + n <= half {
+            s.push(match n {
+                1 => Queued::One(run.frames[0].clone()),
+                _ => Queued::Run(run.clone()),
+            });
+            n
+        } else {
+            let fit = half.saturating_sub(s.frames).min(n);
+            for f in &run.frames[..fit] {
+                s.push(Queued::One(f.clone()));
             }
-            done += 1;
-        }
+            fit
+        };
         drop(s);
-        if queued {
+        if queued > 0 {
             self.ready.notify_one();
         }
-        done
+        queued
     }
 
     /// A reply or a replayed event: waits until the queue is less than half full. Errs when the
@@ -149,8 +177,8 @@ impl Mailbox {
                 if s.killed || s.closing.is_some() {
                     return Err(frame);
                 }
-                if s.queue.len() < self.capacity / 2 {
-                    s.queue.push_back(frame);
+                if s.frames < self.capacity / 2 {
+                    s.push(Queued::One(frame));
                     drop(s);
                     self.ready.notify_one();
                     return Ok(());
@@ -176,7 +204,10 @@ impl Mailbox {
     /// The peer closed or went away: what is queued can no longer be sent, so drop it; the
     /// writer finishes at once (answering the peer's Close, if it sent one).
     pub fn abandon(&self) {
-        self.lock().queue.clear();
+        let mut s = self.lock();
+        s.queue.clear();
+        s.frames = 0;
+        drop(s);
         self.close(None);
     }
 
@@ -200,6 +231,11 @@ impl Mailbox {
         s.killed || s.closing.is_some()
     }
 
+    /// Whether nothing is waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+
     /// Whether the hub killed this connection as a slow consumer.
     pub fn killed(&self) -> bool {
         self.lock().killed
@@ -211,13 +247,17 @@ impl Mailbox {
         if s.killed {
             return Some(Next::Killed);
         }
-        if let Some(f) = s.queue.pop_front() {
+        if let Some(q) = s.queue.pop_front() {
+            s.frames -= q.frames();
             if s.queue.is_empty() && s.queue.capacity() > KEEP_CAPACITY {
                 s.queue = VecDeque::new();
             }
             drop(s);
             self.room.notify_waiters();
-            return Some(Next::Frame(f));
+            return Some(match q {
+                Queued::One(f) => Next::Frame(f),
+                Queued::Run(r) => Next::Run(r),
+            });
         }
         s.closing.map(Next::Close)
     }
@@ -318,19 +358,36 @@ mod tests {
         assert!(waiting.await.unwrap().is_err());
     }
 
+    fn run(range: std::ops::RangeInclusive<u64>) -> Arc<Run> {
+        Run::new(range.map(frame).collect())
+    }
+
     #[test]
-    fn a_pushed_run_fills_half_skips_what_is_not_wanted_and_never_kills() {
+    fn a_pushed_run_is_one_item_within_half_then_what_fits_and_never_kills() {
         let m = Mailbox::new(8);
-        let frames: Vec<_> = (1..=10).map(frame).collect();
-        // Odd ones only: 1, 3, 5, 7 fill half of 8; 9 does not fit, so 1..=8 were dealt with.
-        let odd =
-            |f: &Outbound| matches!(f.frame, ServerFrame::Poke { version } if version % 2 == 1);
-        assert_eq!(m.push_run(&frames, odd), 8);
+        assert_eq!(m.push_shared(&run(1..=3)), 3);
+        assert!(matches!(m.try_next(), Some(Next::Run(r)) if r.frames.len() == 3));
+        m.offer(frame(0));
+        // 1 waiting, half of 8 is 4: a run of 5 does not fit whole, 3 of its frames do.
+        assert_eq!(m.push_shared(&run(1..=5)), 3);
         assert!(!m.killed());
         let got: Vec<_> = std::iter::from_fn(|| poke(m.try_next())).collect();
-        assert_eq!(got, [1, 3, 5, 7]);
+        assert_eq!(got, [0, 1, 2, 3]);
+        // A run of one is queued as its frame.
+        assert_eq!(m.push_shared(&run(7..=7)), 1);
+        assert_eq!(poke(m.try_next()), Some(7));
         m.close(None);
-        assert_eq!(m.push_run(&frames, |_| true), 0);
+        assert_eq!(m.push_shared(&run(1..=2)), 0);
+    }
+
+    #[test]
+    fn a_run_counts_each_of_its_frames_against_the_capacity() {
+        let m = Mailbox::new(8);
+        assert_eq!(m.push_shared(&run(1..=4)), 4);
+        for i in 0..4 {
+            assert_eq!(m.offer(frame(i)), Offered::Queued);
+        }
+        assert_eq!(m.offer(frame(9)), Offered::Full);
     }
 
     #[test]

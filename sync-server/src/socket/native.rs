@@ -11,11 +11,13 @@ use super::session::{self, CLOSE_AUTH, CLOSE_NORMAL, CLOSE_TRY_AGAIN, NATIVE, Re
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::realtime::mailbox::{Closing, Mailbox, Next};
+use crate::realtime::outbound::{Outbound, Run};
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use sdk_core::ErrorCode;
 use sdk_core::ids::ClientId;
@@ -312,12 +314,41 @@ async fn authenticate(
 const BATCH_BYTES: usize = 32 * 1024;
 const BATCH_FRAMES: usize = 256;
 
+/// What the writer took from the mailbox.
+enum Ready {
+    One(Arc<Outbound>),
+    Run(Arc<Run>),
+}
+
+/// For a client that takes batches: `first` and whatever else is queued, as one message. A run
+/// alone is sent as its shared batch (built once for every subscriber it went to).
+fn gather(first: Ready, mailbox: &Mailbox, codec: Codec) -> Bytes {
+    let mut parts: Vec<Bytes> = Vec::new();
+    match first {
+        Ready::Run(run) if mailbox.is_empty() => return run.encoded_batch(codec),
+        Ready::Run(run) => parts.extend(run.frames.iter().map(|f| f.encoded(codec))),
+        Ready::One(f) => parts.push(f.encoded(codec)),
+    }
+    let mut size: usize = parts.iter().map(Bytes::len).sum();
+    while size < BATCH_BYTES && parts.len() < BATCH_FRAMES {
+        let more = parts.len();
+        match mailbox.try_next() {
+            Some(Next::Frame(f)) => parts.push(f.encoded(codec)),
+            Some(Next::Run(run)) => parts.extend(run.frames.iter().map(|f| f.encoded(codec))),
+            _ => break,
+        }
+        size += parts[more..].iter().map(Bytes::len).sum::<usize>();
+    }
+    if parts.len() == 1 { parts.swap_remove(0) } else { codec.encode_batch(&parts).into() }
+}
+
 async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec, batch: bool) {
     /// Frames written per flush when several are already queued (one syscall for a burst).
     const BURST: usize = 32;
     loop {
         let first = match mailbox.next().await {
-            Next::Frame(f) => f,
+            Next::Frame(f) => Ready::One(f),
+            Next::Run(r) => Ready::Run(r),
             Next::Killed => {
                 // A slow consumer: try to say why, but never wait on it.
                 let close = close_message(&closing(CLOSE_TRY_AGAIN, "slow consumer"));
@@ -337,26 +368,26 @@ async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec, batch: 
         };
         let write = async {
             if batch {
-                let mut parts = vec![first.encoded(codec)];
-                let mut size = parts[0].len();
-                while size < BATCH_BYTES && parts.len() < BATCH_FRAMES {
-                    let Some(Next::Frame(f)) = mailbox.try_next() else { break };
-                    let bytes = f.encoded(codec);
-                    size += bytes.len();
-                    parts.push(bytes);
-                }
-                let bytes = if parts.len() == 1 {
-                    parts.swap_remove(0)
-                } else {
-                    codec.encode_batch(&parts).into()
-                };
-                return sink.send(message(codec, bytes)).await;
+                return sink.send(message(codec, gather(first, &mailbox, codec))).await;
             }
-            sink.feed(message(codec, first.encoded(codec))).await?;
-            for _ in 1..BURST {
-                match mailbox.try_next() {
-                    Some(Next::Frame(f)) => sink.feed(message(codec, f.encoded(codec))).await?,
-                    _ => break,
+            let mut fed = 0;
+            let mut ready = Some(first);
+            while let Some(r) = ready.take() {
+                match r {
+                    Ready::One(f) => sink.feed(message(codec, f.encoded(codec))).await?,
+                    Ready::Run(run) => {
+                        for f in &run.frames {
+                            sink.feed(message(codec, f.encoded(codec))).await?;
+                        }
+                    }
+                }
+                fed += 1;
+                if fed < BURST {
+                    ready = match mailbox.try_next() {
+                        Some(Next::Frame(f)) => Some(Ready::One(f)),
+                        Some(Next::Run(r)) => Some(Ready::Run(r)),
+                        _ => None,
+                    };
                 }
             }
             sink.flush().await

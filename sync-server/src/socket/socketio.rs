@@ -227,6 +227,13 @@ async fn drain(s: SocketRef, state: AppState, mailbox: Arc<Mailbox>) {
                     emit(&state, &s, event, &payload)
                 }
             }
+            Next::Run(run) => {
+                for out in &run.frames {
+                    if let Some((event, payload)) = to_event(&out.frame) {
+                        emit(&state, &s, event, &payload)
+                    }
+                }
+            }
             Next::Killed | Next::Close(Some(_)) => {
                 let _ = s.disconnect();
                 return;

@@ -17,14 +17,17 @@
 
 use super::event_of;
 use crate::realtime::mailbox::Mailbox;
-use crate::realtime::outbound::Outbound;
+use crate::realtime::outbound::{Outbound, Run};
 use sdk_core::protocol::EventFilter;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
 #[derive(Debug, Default)]
 pub(super) struct Live {
     members: Vec<Member>,
+    /// Each distinct filter once, so that members with the same filter share their runs.
+    filters: HashMap<String, Arc<EventFilter>>,
     next_id: u64,
     /// The position the pump has given every member (meaningful while `pumping`).
     at: u64,
@@ -36,7 +39,7 @@ pub(super) struct Live {
 struct Member {
     id: u64,
     after: u64,
-    filter: EventFilter,
+    filter: Arc<EventFilter>,
     tx: Arc<Mailbox>,
     /// Where the follower resumes reading for itself when it falls behind.
     behind: oneshot::Sender<u64>,
@@ -70,16 +73,19 @@ impl Live {
         let (behind_tx, behind) = oneshot::channel();
         self.next_id += 1;
         let id = self.next_id;
-        self.members.push(Member {
-            id,
-            after,
-            filter: filter.clone(),
-            tx: tx.clone(),
-            behind: behind_tx,
-        });
+        let filter = self.intern(filter);
+        self.members.push(Member { id, after, filter, tx: tx.clone(), behind: behind_tx });
         let start_pump = !self.pumping;
         self.pumping = true;
         Ok(Joined { id, behind, start_pump })
+    }
+
+    fn intern(&mut self, filter: &EventFilter) -> Arc<EventFilter> {
+        if self.filters.len() > 2 * self.members.len() + 16 {
+            self.filters.retain(|_, f| Arc::strong_count(f) > 1);
+        }
+        let key = serde_json::to_string(filter).expect("a filter serializes");
+        self.filters.entry(key).or_insert_with(|| Arc::new(filter.clone())).clone()
     }
 
     /// `id` leaves; whether the set is now empty.
@@ -100,25 +106,40 @@ impl Live {
     }
 
     /// Give `frames` — the events after `at`, in order — to every member that wants them.
-    /// Returns how many members fell behind (and left).
+    /// Members at the same position with the same filter are given the same [`Run`] (made
+    /// once, and encoded as a batch once). Returns how many members fell behind (and left).
     pub fn deliver(&mut self, frames: &[Arc<Outbound>]) -> usize {
         let Some(last) = frames.last() else { return 0 };
+        let end = event_of(last).sequence;
+        let mut runs: HashMap<(u64, *const EventFilter), Option<Arc<Run>>> = HashMap::new();
         let mut fell = Vec::new();
         for (i, m) in self.members.iter_mut().enumerate() {
-            let new = &frames[frames.partition_point(|f| event_of(f).sequence <= m.after)..];
-            if new.is_empty() {
+            if m.after >= end {
                 continue;
             }
-            let filter = &m.filter;
-            let done = m.tx.push_run(new, |f| {
-                let e = event_of(f);
-                filter.matches(&e.event_type, &e.payload)
+            let run = runs.entry((m.after, Arc::as_ptr(&m.filter))).or_insert_with(|| {
+                let new = &frames[frames.partition_point(|f| event_of(f).sequence <= m.after)..];
+                let wanted: Vec<_> = new
+                    .iter()
+                    .filter(|f| {
+                        let e = event_of(f);
+                        m.filter.matches(&e.event_type, &e.payload)
+                    })
+                    .cloned()
+                    .collect();
+                (!wanted.is_empty()).then(|| Run::new(wanted))
             });
-            if done > 0 {
-                m.after = event_of(&new[done - 1]).sequence;
-            }
-            if done < new.len() {
-                fell.push(i);
+            let Some(run) = run else {
+                m.after = end;
+                continue;
+            };
+            match m.tx.push_shared(run) {
+                n if n == run.frames.len() => m.after = end,
+                0 => fell.push(i),
+                n => {
+                    m.after = event_of(&run.frames[n - 1]).sequence;
+                    fell.push(i);
+                }
             }
         }
         self.at = self.at.max(event_of(last).sequence);
@@ -172,10 +193,13 @@ mod tests {
 
     fn queued(tx: &Mailbox) -> Vec<u64> {
         let mut out = Vec::new();
-        while let Some(Next::Frame(f)) = tx.try_next() {
-            out.push(event_of(&f).sequence);
+        loop {
+            match tx.try_next() {
+                Some(Next::Frame(f)) => out.push(event_of(&f).sequence),
+                Some(Next::Run(r)) => out.extend(r.frames.iter().map(|f| event_of(f).sequence)),
+                _ => return out,
+            }
         }
-        out
     }
 
     fn types(t: &[&str]) -> EventFilter {
@@ -198,6 +222,28 @@ mod tests {
         // Delivering the same events again gives nothing twice.
         live.deliver(&frames);
         assert!(queued(&a).is_empty() && queued(&b).is_empty());
+    }
+
+    #[test]
+    fn members_at_one_position_with_one_filter_share_one_run() {
+        let mut live = Live::default();
+        let boxes: Vec<_> = (0..3).map(|_| Mailbox::new(64)).collect();
+        for b in &boxes {
+            live.join(0, &types(&["feed.*"]), b).unwrap();
+        }
+        let other = Mailbox::new(64);
+        live.join(0, &EventFilter::default(), &other).unwrap();
+        live.deliver(&[event(1, "feed.item"), event(2, "order.paid"), event(3, "feed.item")]);
+        let runs: Vec<_> = boxes
+            .iter()
+            .map(|b| match b.try_next() {
+                Some(Next::Run(r)) => r,
+                other => panic!("expected a run, got {other:?}"),
+            })
+            .collect();
+        assert!(runs.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "one run for all three");
+        assert_eq!(runs[0].frames.iter().map(|f| event_of(f).sequence).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(queued(&other), [1, 2, 3]);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct EventTail {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     feed: ChangeFeed,
+    /// See [`crate::limits::Limits::event_batch_window`].
+    batch_window: std::time::Duration,
     windows: Mutex<HashMap<String, Weak<Window>>>,
     behind_turns: Semaphore,
     /// Reads in flight for readers behind, by (tenant, position, head told of, page size).
@@ -179,11 +181,17 @@ impl std::fmt::Debug for EventTail {
 }
 
 impl EventTail {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, feed: ChangeFeed) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        feed: ChangeFeed,
+        batch_window: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             metrics,
             feed,
+            batch_window,
             windows: Mutex::default(),
             behind_turns: Semaphore::new(BEHIND_READS),
             pages: Mutex::default(),
@@ -270,12 +278,19 @@ impl EventTail {
     }
 
     /// The tenant's pump: while the live set has members, read what is new (once, for all of
-    /// them) and push it to each; stops when the last member leaves.
+    /// them) and push it to each; stops when the last member leaves. After a delivery it
+    /// gathers for the batch window before the next, so each member's writer wakes once per
+    /// window with everything new (one socket write), not once per event; a page that came
+    /// back full (a burst) is delivered on at once.
     async fn pump(self: Arc<Self>, reader: TailReader) {
         let window = &reader.window;
         let mut wake = self.feed.subscribe(&window.tenant);
         let mut unsure_since = None;
+        let mut gather_until = None;
         loop {
+            if let Some(until) = gather_until.take() {
+                tokio::time::sleep_until(until).await;
+            }
             let Some(at) = window.live().pump_from() else { return };
             let told = Told { head: *wake.borrow_and_update(), unsure_since };
             match self.after(&reader, at, PAGE as usize, told).await {
@@ -284,6 +299,9 @@ impl EventTail {
                     if fell > 0 {
                         let n = fell as u64;
                         self.metrics.add("pf2_event_stream_fell_behind_total", &[], n);
+                    }
+                    if frames.len() < PAGE as usize && !self.batch_window.is_zero() {
+                        gather_until = Some(Instant::now() + self.batch_window);
                     }
                     continue;
                 }
