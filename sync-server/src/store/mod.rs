@@ -654,8 +654,17 @@ impl Store {
     }
 
     pub async fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        insert_audit(&mut conn, entry, crate::clock::now_ms() as i64).await
+        self.audit_all(std::slice::from_ref(entry)).await
+    }
+
+    /// Several entries in one transaction (all or none).
+    pub async fn audit_all(&self, entries: &[AuditEntry<'_>]) -> Result<(), StoreError> {
+        let now = crate::clock::now_ms() as i64;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for e in entries {
+            insert_audit(&mut tx, e, now).await?;
+        }
+        tx.commit().await.map_err(db)
     }
 
     pub async fn audit_entries(&self, tenant: &str, limit: i64) -> Result<Vec<Value>, StoreError> {
