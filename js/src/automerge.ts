@@ -324,16 +324,17 @@ export class DocHandle {
     }, this.options.batchMs ?? 0)
   }
 
+  /**
+   * Within the connection's message budget: the sync message is built when the budget allows,
+   * from every edit made until then — typing faster than the budget makes fewer, larger
+   * messages, never a closed socket.
+   */
   private sendSync() {
     if (this.closed) return
     if (this.status() === 'degraded') return void this.syncOverHttp()
-    for (const f of this.replica.syncFrames() as unknown[]) {
-      if (!this.link.send(f)) {
-        // Not connected after all: start over from what both sides share when live again.
-        this.replica.disconnected()
-        return
-      }
-    }
+    const wanted = this.link.pacedSync(this.id, () => (this.closed ? [] : (this.replica.syncFrames() as unknown[])))
+    // Not connected after all: start over from what both sides share when live again.
+    if (!wanted) this.replica.disconnected()
   }
 
   /**

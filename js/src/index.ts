@@ -562,6 +562,8 @@ export class SyncClient {
       owned: tabs.owned,
       status: tabs.currentStatus,
       send: (frame) => tabs.sendRealtime(frame),
+      // Documents live in the owner tab only (see `owned`), next to the engine.
+      pacedSync: (id, build) => this.engine.pacedSync(id, build),
       rest: (method, path, body) => this.rest(method, path, body),
       onFrame: (h) => this.emitter.on('frame', h),
       onStatus: (h) => this.emitter.on('status', h),

@@ -11,6 +11,12 @@ export interface DocumentLink {
   owned: Promise<void>
   status: Status
   send(frame: unknown): boolean
+  /**
+   * Document `id` has something to say: `build` is called when the connection's message budget
+   * allows (at once if it does) and returns the frames to send then. Wanting again before that
+   * adds nothing. `false` when no WebSocket is open.
+   */
+  pacedSync(id: string, build: () => unknown[]): boolean
   rest(method: string, path: string, body?: unknown): Promise<any>
   onFrame(h: (frame: any) => void): () => void
   onStatus(h: (status: Status) => void): () => void

@@ -12,6 +12,13 @@
 //! exponential backoff: the first wait is uniform in 0.5–3 s, both bounds double per attempt,
 //! capped at 30 s.
 //!
+//! On a WebSocket the client paces itself within the connection's message budget (api.md: 100 a
+//! minute, announced in `connected`) through a [`Pacer`]: a push, a pull, the subscription and
+//! the heartbeat are slots, granted when the budget allows and built at grant time from what is
+//! pending — so a burst of edits becomes one push, and no ping is sent while other traffic
+//! proves the link alive. The shell's own frames (documents, presence, room messages) ask
+//! through [`SyncClient::want_send`] and are granted with [`Output::Grant`].
+//!
 //! The local view is the confirmed (server) state with every own operation the server has not
 //! yet confirmed re-applied on top — "rebase", as Replicache does it.
 
@@ -20,6 +27,7 @@ use crate::hlc::HybridClock;
 use crate::ids::{ClientId, EntityId, EntityKey, EntityType, OperationId, TenantId};
 use crate::interaction::{InteractionClass, Transport};
 use crate::operation::{Object, Operation, OperationKind, OperationLimits, apply_patch};
+use crate::pacing::{Pacer, Slot, WS_RATE};
 use crate::protocol::{
     ClientFrame, ResultStatus, ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult,
     WireOperation,
@@ -153,6 +161,9 @@ pub enum Output {
     /// Close the current link.
     Disconnect,
     Send(ClientFrame),
+    /// Send the shell's frame for this slot now — built from everything pending for it (a
+    /// document's edits, the latest presence): its share of the budget is taken.
+    Grant(Slot),
     /// Make these writes durable, in order, atomically.
     Store(Vec<StoreWrite>),
     Event(AppEvent),
@@ -202,6 +213,10 @@ pub struct SyncClient {
     pull: Option<InFlight>,
     counter: u64,
     outputs: VecDeque<Output>,
+    /// The WebSocket's message budget.
+    pacer: Pacer,
+    /// When this client last sent a frame (a heartbeat is due only after a silence).
+    last_sent: u64,
 }
 
 impl SyncClient {
@@ -245,6 +260,8 @@ impl SyncClient {
             pull: None,
             counter: 0,
             outputs: VecDeque::new(),
+            pacer: Pacer::new(WS_RATE, 0),
+            last_sent: 0,
             config,
         }
     }
@@ -354,6 +371,7 @@ impl SyncClient {
             self.next_poll_at,
             self.push.as_ref().map(|p| p.deadline),
             self.pull.as_ref().map(|p| p.deadline),
+            self.link_up().then(|| self.pacer.poll_timeout()).flatten(),
             self.link_up().then(|| self.last_heard + self.config.stale_after_ms),
         ]
         .into_iter()
@@ -439,6 +457,9 @@ impl SyncClient {
         self.link = Link::Up(t);
         self.last_heard = now_ms;
         if t == Transport::WebSocket {
+            // The server's budget starts full once it has the token (which it does not count).
+            let rate = self.pacer.rate();
+            self.pacer.reset(rate, now_ms);
             self.outputs.push_back(Output::Send(ClientFrame::Auth {
                 token: token.to_string(),
                 client_id: self.config.client_id.clone(),
@@ -448,12 +469,8 @@ impl SyncClient {
             self.attempt = 0;
             self.next_poll_at = Some(now_ms + self.config.poll_interval_ms);
         }
-        if let Some(types) = self.subscription.clone() {
-            self.outputs.push_back(Output::Send(ClientFrame::Subscribe {
-                after: self.last_event,
-                event_types: types,
-                attributes: Default::default(),
-            }));
+        if self.subscription.is_some() {
+            self.send_subscribe(now_ms);
         }
         self.send_pull(now_ms);
         self.pump(now_ms);
@@ -490,30 +507,49 @@ impl SyncClient {
     }
 
     /// A fresh token for the live socket (token refresh).
-    pub fn refresh_token(&mut self, token: &str) {
+    pub fn refresh_token(&mut self, now_ms: u64, token: &str) {
         if self.link == Link::Up(Transport::WebSocket) {
+            // It cannot wait (the old token is about to expire): sent now, and counted.
+            self.pacer.spend(now_ms);
+            self.last_sent = now_ms;
             self.outputs.push_back(Output::Send(ClientFrame::RefreshToken { token: token.into() }));
         }
     }
 
-    /// Class B: follow the tenant's event stream, resuming after the last event seen.
-    pub fn subscribe(&mut self, event_types: Vec<String>) {
-        self.subscription = Some(event_types.clone());
-        if self.link_up() {
-            self.outputs.push_back(Output::Send(ClientFrame::Subscribe {
-                after: self.last_event,
-                event_types,
-                attributes: Default::default(),
-            }));
+    /// The shell sent a frame it could not hold back (the rest of a multi-part message): counted
+    /// against the budget so the mirror stays true.
+    pub fn spend(&mut self, now_ms: u64) {
+        if self.link == Link::Up(Transport::WebSocket) {
+            self.pacer.spend(now_ms);
+            self.last_sent = now_ms;
         }
+    }
+
+    /// The shell wants to send its frame for `slot` (a document's sync message, presence, a
+    /// room message): granted now or when the budget allows, as [`Output::Grant`]; wanting a
+    /// slot that already waits adds nothing. `false` when no WebSocket is up (the shell has
+    /// its own way over HTTP, or sends once a link is back).
+    pub fn want_send(&mut self, now_ms: u64, slot: Slot) -> bool {
+        if self.link != Link::Up(Transport::WebSocket) {
+            return false;
+        }
+        self.pacer.want(slot);
+        self.flush(now_ms);
+        true
+    }
+
+    /// Class B: follow the tenant's event stream, resuming after the last event seen.
+    pub fn subscribe(&mut self, now_ms: u64, event_types: Vec<String>) {
+        self.subscription = Some(event_types);
+        self.send_subscribe(now_ms);
     }
 
     /// Class B from a chosen position: events after `after` (0: from the beginning of what the
     /// server retains), then live. Moves this client's stream position, durably.
-    pub fn subscribe_from(&mut self, event_types: Vec<String>, after: u64) {
+    pub fn subscribe_from(&mut self, now_ms: u64, event_types: Vec<String>, after: u64) {
         self.last_event = Some(after);
         self.outputs.push_back(Output::Store(vec![StoreWrite::SetLastEvent(after)]));
-        self.subscribe(event_types);
+        self.subscribe(now_ms, event_types);
     }
 
     pub fn handle_frame(&mut self, now_ms: u64, frame: ServerFrame) {
@@ -529,9 +565,12 @@ impl SyncClient {
         }
         self.last_heard = now_ms;
         match frame {
-            ServerFrame::Connected { .. } => {
+            ServerFrame::Connected { rate_limit, .. } => {
                 self.attempt = 0;
                 self.ws_failures = 0;
+                if let Some(rate) = rate_limit.filter(|r| r.limit > 0 && r.window_ms > 0) {
+                    self.pacer.set_rate(rate, now_ms);
+                }
             }
             ServerFrame::PushResult { batch_id, results, conflicts, current_version } => {
                 self.heard_of(now_ms, current_version);
@@ -597,8 +636,11 @@ impl SyncClient {
             self.send_pull(now_ms);
         }
         if self.next_ping_at.is_some_and(|t| t <= now_ms) {
-            self.counter += 1;
-            self.outputs.push_back(Output::Send(ClientFrame::Ping { nonce: self.counter }));
+            // Traffic both ways within the interval already proves the link alive.
+            let quiet = |at: u64| now_ms.saturating_sub(at) >= self.config.heartbeat_ms;
+            if quiet(self.last_sent) || quiet(self.last_heard) {
+                self.pacer.want(Slot::Ping);
+            }
             self.next_ping_at = Some(now_ms + self.config.heartbeat_ms);
         }
         if self.next_poll_at.is_some_and(|t| t <= now_ms) {
@@ -608,6 +650,7 @@ impl SyncClient {
             self.next_poll_at = Some(now_ms + self.config.poll_interval_ms);
         }
         self.pump(now_ms);
+        self.flush(now_ms);
         self.update_status();
     }
 
@@ -639,6 +682,8 @@ impl SyncClient {
     }
 
     fn drop_link(&mut self) {
+        // What is still needed is wanted again on the next link.
+        self.pacer.clear();
         self.link = Link::Down;
         self.push = None;
         self.pull = None;
@@ -670,6 +715,14 @@ impl SyncClient {
         if !self.link_up() {
             return;
         }
+        if self.link == Link::Up(Transport::WebSocket) {
+            self.pacer.want(Slot::Pull);
+            return self.flush(now_ms);
+        }
+        self.pull_now(now_ms);
+    }
+
+    fn pull_now(&mut self, now_ms: u64) {
         let id = self.next_id("pull");
         self.pull = Some(InFlight { id, deadline: now_ms + self.config.request_timeout_ms });
         self.outputs.push_back(Output::Send(ClientFrame::Pull {
@@ -678,9 +731,59 @@ impl SyncClient {
         }));
     }
 
+    fn send_subscribe(&mut self, now_ms: u64) {
+        if self.link == Link::Up(Transport::WebSocket) {
+            self.pacer.want(Slot::Subscribe);
+            self.flush(now_ms);
+        } else if self.link_up() {
+            self.subscribe_now();
+        }
+    }
+
+    fn subscribe_now(&mut self) {
+        let Some(types) = self.subscription.clone() else { return };
+        self.outputs.push_back(Output::Send(ClientFrame::Subscribe {
+            after: self.last_event,
+            event_types: types,
+            attributes: Default::default(),
+        }));
+    }
+
+    /// Send what the budget allows of what waits, each frame built now from what is pending.
+    fn flush(&mut self, now_ms: u64) {
+        if self.link != Link::Up(Transport::WebSocket) {
+            return;
+        }
+        while let Some(slot) = self.pacer.poll_grant(now_ms) {
+            self.last_sent = now_ms;
+            match slot {
+                Slot::Push => self.push_now(now_ms),
+                Slot::Pull if self.pull.is_none() => self.pull_now(now_ms),
+                Slot::Pull => {}
+                Slot::Subscribe => self.subscribe_now(),
+                Slot::Ping => {
+                    self.counter += 1;
+                    self.outputs.push_back(Output::Send(ClientFrame::Ping { nonce: self.counter }));
+                }
+                other => self.outputs.push_back(Output::Grant(other)),
+            }
+        }
+    }
+
     /// Send the next batch if the link is up and none is in flight.
     fn pump(&mut self, now_ms: u64) {
-        if !self.link_up() || self.push.is_some() {
+        if !self.link_up() || self.push.is_some() || self.queue.pending().next().is_none() {
+            return;
+        }
+        if self.link == Link::Up(Transport::WebSocket) {
+            self.pacer.want(Slot::Push);
+            return self.flush(now_ms);
+        }
+        self.push_now(now_ms);
+    }
+
+    fn push_now(&mut self, now_ms: u64) {
+        if self.push.is_some() {
             return;
         }
         let Some(batch) = self.queue.take_batch() else { return };
@@ -860,7 +963,8 @@ impl SyncClient {
             Link::Down | Link::Opening(_) => Status::Connecting,
             Link::Up(Transport::LongPoll) => Status::Degraded,
             Link::Up(_) => {
-                if self.pull.is_none() && self.push.is_none() && self.queue.is_empty() {
+                let waiting = self.pacer.is_waiting(&Slot::Pull);
+                if self.pull.is_none() && !waiting && self.push.is_none() && self.queue.is_empty() {
                     Status::Live
                 } else {
                     Status::Syncing

@@ -21,6 +21,7 @@
 //! | [`interaction`] | interaction classes A–D and their transport policy |
 //! | [`protocol`] | versioned wire frames, JSON and MessagePack codecs |
 //! | [`rest`] | the long-polling transport: frames as REST requests and back |
+//! | [`pacing`] | message budgets: the rate limit's token bucket, and the client's pacer that coalesces within it |
 //! | [`queue`] | the client's persistent outbound operation queue |
 //! | [`client`] | the client sync state machine |
 //! | [`error`] | the crate's one error type and the wire error codes |
@@ -64,6 +65,7 @@ pub mod interaction;
 pub mod local_store;
 pub mod log_window;
 pub mod operation;
+pub mod pacing;
 pub mod persist;
 pub mod protocol;
 pub mod queue;

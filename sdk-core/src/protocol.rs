@@ -545,6 +545,10 @@ pub enum ServerFrame {
         interaction_classes: Vec<InteractionClass>,
         protocol_version: u32,
         heartbeat_ms: u64,
+        /// The connection's message budget (api.md: 100 a minute), which the client paces
+        /// itself within (`sdk_core::pacing`). Absent from older servers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_limit: Option<crate::pacing::Rate>,
     },
     PushResult {
         batch_id: String,

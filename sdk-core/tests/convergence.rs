@@ -231,6 +231,8 @@ impl Sim {
                     sdk_core::client::Status::Degraded,
                 )) => self.stats.degraded += 1,
                 Output::Event(_) => {}
+                // The simulated clients send only what the core builds.
+                Output::Grant(_) => {}
             }
         }
     }
@@ -250,6 +252,7 @@ impl Sim {
                     interaction_classes: InteractionClass::ALL.to_vec(),
                     protocol_version: 1,
                     heartbeat_ms: 30_000,
+                    rate_limit: Some(sdk_core::pacing::WS_RATE),
                 },
             ),
             ClientFrame::Push { batch_id, operations } => {

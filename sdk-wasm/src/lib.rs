@@ -20,9 +20,11 @@ use sdk_core::ids::{ClientId, EntityId, EntityKey, EntityType, OperationId, Tena
 use sdk_core::interaction::Transport;
 use sdk_core::local_store::{self, RecordWrite};
 use sdk_core::operation::OperationKind;
+use sdk_core::pacing::Slot;
 use sdk_core::protocol::{ClientFrame, Codec, DEFAULT_MAX_FRAME, ServerFrame};
 use serde_json::{Value, json};
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use store::{IdbStore, from_js, to_js};
 use wasm_bindgen::JsCast;
@@ -90,7 +92,18 @@ struct Inner {
     pending: RefCell<Vec<RecordWrite>>,
     waiters: RefCell<Vec<oneshot::Sender<Result<(), String>>>>,
     flushing: Cell<bool>,
+    /// Realtime frames waiting for the connection's budget, by slot: presence keeps its
+    /// latest value per room, every other frame waits in order (see [`MAX_WAITING`]).
+    paced: RefCell<BTreeMap<Slot, ClientFrame>>,
+    paced_seq: Cell<u64>,
+    /// Documents waiting for the budget: each one's builder of its sync frames, called when it
+    /// is granted — so everything edited meanwhile goes in one message.
+    builders: RefCell<BTreeMap<Slot, js_sys::Function>>,
 }
+
+/// Realtime frames that may wait for budget at once; past it `sendRealtime` says `false`, as
+/// it does without a socket (realtime is best effort: an app that floods is told, not queued).
+const MAX_WAITING: usize = 1_000;
 
 /// The engine behind the npm package's `SyncClient`.
 #[wasm_bindgen]
@@ -179,6 +192,9 @@ impl SyncEngine {
                 pending: RefCell::new(Vec::new()),
                 waiters: RefCell::new(Vec::new()),
                 flushing: Cell::new(false),
+                paced: RefCell::default(),
+                paced_seq: Cell::new(0),
+                builders: RefCell::default(),
             }),
         })
     }
@@ -272,14 +288,14 @@ impl SyncEngine {
     /// Class B: follow the tenant's events matching these patterns (`order.*`), resuming after
     /// the last event this client saw.
     pub fn subscribe(&self, patterns: Vec<String>) {
-        self.inner.core.borrow_mut().subscribe(patterns);
+        self.inner.core.borrow_mut().subscribe(now_ms(), patterns);
         drive(&self.inner);
     }
 
     /// Follow events after `after` (0: from the beginning the server retains), then live.
     #[wasm_bindgen(js_name = subscribeFrom)]
     pub fn subscribe_from(&self, patterns: Vec<String>, after: f64) {
-        self.inner.core.borrow_mut().subscribe_from(patterns, after.max(0.0) as u64);
+        self.inner.core.borrow_mut().subscribe_from(now_ms(), patterns, after.max(0.0) as u64);
         drive(&self.inner);
     }
 
@@ -289,8 +305,10 @@ impl SyncEngine {
         self.inner.core.borrow().last_event().map(|s| s as f64)
     }
 
-    /// Send a realtime frame (presence, rooms, messages: Class A) as-is. Returns `false` when no
-    /// WebSocket is open — realtime is best effort, never queued.
+    /// Send a realtime frame (presence, rooms, messages, document sync) within the
+    /// connection's message budget: at once while it allows, else when it does — presence
+    /// last-value-wins per room, everything else in order. Returns `false` when no WebSocket
+    /// is open (realtime is best effort, never queued across links) or too much already waits.
     #[wasm_bindgen(js_name = sendRealtime)]
     pub fn send_realtime(&self, frame: JsValue) -> Result<bool, JsValue> {
         let v = from_js(frame).map_err(js_err)?;
@@ -298,13 +316,52 @@ impl SyncEngine {
         if matches!(frame, ClientFrame::Push { .. } | ClientFrame::Auth { .. }) {
             return Err(js_err("push and auth frames belong to the engine"));
         }
-        Ok(send(&self.inner, &frame))
+        let inner = &self.inner;
+        let slot = match &frame {
+            ClientFrame::Presence { room_id, .. } => {
+                Slot::Presence(room_id.as_ref().map(|r| r.to_string()).unwrap_or_default())
+            }
+            _ => {
+                inner.paced_seq.set(inner.paced_seq.get() + 1);
+                Slot::Frame(inner.paced_seq.get())
+            }
+        };
+        {
+            let mut paced = inner.paced.borrow_mut();
+            if paced.len() >= MAX_WAITING && !paced.contains_key(&slot) {
+                return Ok(false);
+            }
+            paced.insert(slot.clone(), frame);
+        }
+        if !inner.core.borrow_mut().want_send(now_ms(), slot.clone()) {
+            inner.paced.borrow_mut().remove(&slot);
+            return Ok(false);
+        }
+        drive(inner);
+        Ok(true)
+    }
+
+    /// Document `id` has something to say: `build()` is called when the connection's budget
+    /// allows — at once if it does — and returns the frames to send then (its sync message,
+    /// from every edit so far). Wanting again before that adds nothing. `false` when no
+    /// WebSocket is open.
+    #[wasm_bindgen(js_name = pacedSync)]
+    pub fn paced_sync(&self, id: String, build: js_sys::Function) -> bool {
+        let inner = &self.inner;
+        let slot = Slot::Doc(id);
+        inner.builders.borrow_mut().insert(slot.clone(), build);
+        if !inner.core.borrow_mut().want_send(now_ms(), slot.clone()) {
+            inner.builders.borrow_mut().remove(&slot);
+            return false;
+        }
+        drive(inner);
+        true
     }
 
     /// A fresh token for the live socket.
     #[wasm_bindgen(js_name = refreshToken)]
     pub fn refresh_token(&self, token: String) {
-        self.inner.core.borrow_mut().refresh_token(&token);
+        self.inner.core.borrow_mut().refresh_token(now_ms(), &token);
         drive(&self.inner);
     }
 
@@ -374,7 +431,9 @@ fn drive(inner: &Rc<Inner>) -> Option<oneshot::Receiver<Result<(), String>>> {
                 Output::Disconnect => {
                     close_socket(inner);
                     inner.polling.set(None);
+                    inner.paced.borrow_mut().clear();
                 }
+                Output::Grant(slot) => grant(inner, slot),
                 Output::Send(frame) => {
                     if let ClientFrame::Subscribe { event_types, .. } = &frame {
                         *inner.subscription.borrow_mut() = Some(event_types.clone());
@@ -461,7 +520,7 @@ fn app_event(inner: &Rc<Inner>, e: AppEvent) {
             let inner = inner.clone();
             spawn_local(async move {
                 if let Ok(token) = token(&inner).await {
-                    inner.core.borrow_mut().refresh_token(&token);
+                    inner.core.borrow_mut().refresh_token(now_ms(), &token);
                     drive(&inner);
                 }
             });
@@ -474,6 +533,26 @@ async fn token(inner: &Inner) -> Result<String, String> {
     let p = inner.get_token.call0(&JsValue::NULL).map_err(|e| format!("{e:?}"))?;
     let v = JsFuture::from(js_sys::Promise::resolve(&p)).await.map_err(|e| format!("{e:?}"))?;
     v.as_string().ok_or_else(|| "getToken must resolve to a string".to_string())
+}
+
+/// The budget allows `slot`: send what waits for it (a document's frames are built now; each
+/// frame past the first is counted against the budget too).
+fn grant(inner: &Inner, slot: Slot) {
+    if let Some(frame) = inner.paced.borrow_mut().remove(&slot) {
+        send(inner, &frame);
+        return;
+    }
+    let Some(build) = inner.builders.borrow_mut().remove(&slot) else { return };
+    let Ok(frames) = build.call0(&JsValue::NULL) else { return };
+    let frames: Vec<Value> =
+        from_js(frames).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
+    for (i, v) in frames.into_iter().enumerate() {
+        let Ok(frame) = serde_json::from_value::<ClientFrame>(v) else { continue };
+        if i > 0 {
+            inner.core.borrow_mut().spend(now_ms());
+        }
+        send(inner, &frame);
+    }
 }
 
 fn send(inner: &Inner, frame: &ClientFrame) -> bool {
@@ -656,6 +735,9 @@ fn retire(s: Socket) {
 
 fn open_socket(inner: &Rc<Inner>) {
     close_socket(inner);
+    // Frames that waited for the last link's budget belonged to it.
+    inner.paced.borrow_mut().clear();
+    inner.builders.borrow_mut().clear();
     inner.polling.set(None);
     let generation = inner.generation.get().wrapping_add(1);
     inner.generation.set(generation);

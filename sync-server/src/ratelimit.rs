@@ -1,9 +1,11 @@
 //! Per-caller token buckets for api.md's rate limits (polling 60/min, reconcile 10/min, …).
 //! A bucket holds `limit` tokens and refills continuously over `window`; a refused call learns
-//! how many seconds until a token is back (`Retry-After`).
+//! how many seconds until a token is back (`Retry-After`). The bucket itself is sdk-core's
+//! ([`sdk_core::pacing::Bucket`]): the browser's pacer mirrors exactly this rule.
 
+use sdk_core::pacing;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -20,18 +22,35 @@ impl Rate {
     pub const fn per_second(limit: u32) -> Self {
         Self { limit, window: Duration::from_secs(1) }
     }
+
+    /// The same rate as sdk-core and the wire say it (what `connected` announces).
+    pub fn wire(self) -> pacing::Rate {
+        pacing::Rate { limit: self.limit, window_ms: self.window.as_millis() as u64 }
+    }
+}
+
+/// Milliseconds since the process's first use of a bucket: sdk-core's clock for `now`.
+fn ms(now: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_secs(3600));
+    now.saturating_duration_since(epoch).as_millis() as u64
+}
+
+/// Whole seconds to wait, at least one (`Retry-After`).
+fn seconds(wait_ms: u64, rate: Rate) -> u64 {
+    if wait_ms == u64::MAX {
+        return rate.window.as_secs().max(1);
+    }
+    wait_ms.div_ceil(1000).max(1)
 }
 
 /// One caller's bucket, for a caller that owns its own (a connection): no shared lock.
 #[derive(Debug, Clone, Copy)]
-pub struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
+pub struct Bucket(pacing::Bucket);
 
 impl Bucket {
     pub fn full(rate: Rate, now: Instant) -> Self {
-        Self { tokens: rate.limit as f64, at: now }
+        Self(pacing::Bucket::full(rate.wire(), ms(now)))
     }
 
     /// Take a token at `now`; `Err(seconds until one is available)` when empty.
@@ -41,21 +60,11 @@ impl Bucket {
 
     /// Take `n` tokens at once (a batch counts each item), or none.
     pub fn take_n(&mut self, rate: Rate, now: Instant, n: u32) -> Result<(), u64> {
-        let n = n.max(1) as f64;
-        if rate.limit == 0 || n > rate.limit as f64 {
-            return Err(rate.window.as_secs().max(1));
-        }
-        let per_sec = rate.limit as f64 / rate.window.as_secs_f64();
-        self.tokens = (self.tokens
-            + now.saturating_duration_since(self.at).as_secs_f64() * per_sec)
-            .min(rate.limit as f64);
-        self.at = now;
-        if self.tokens >= n {
-            self.tokens -= n;
-            Ok(())
-        } else {
-            Err(((n - self.tokens) / per_sec).ceil().max(1.0) as u64)
-        }
+        self.0.take_n(rate.wire(), ms(now), n.max(1)).map_err(|w| seconds(w, rate))
+    }
+
+    fn is_full(&self, rate: Rate, now: Instant) -> bool {
+        self.0.available(rate.wire(), ms(now)) >= rate.limit
     }
 }
 
@@ -75,13 +84,10 @@ impl RateLimiter {
         if rate.limit == 0 {
             return Err(rate.window.as_secs().max(1));
         }
-        let per_sec = rate.limit as f64 / rate.window.as_secs_f64();
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         if buckets.len() > 100_000 {
             // Forget full buckets so memory stays bounded under many distinct callers.
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < rate.limit as f64
-            });
+            buckets.retain(|_, b| !b.is_full(rate, now));
         }
         let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::full(rate, now));
         bucket.take_n(rate, now, n)

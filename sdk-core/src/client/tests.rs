@@ -57,6 +57,7 @@ fn connected() -> ServerFrame {
         interaction_classes: vec![],
         protocol_version: 1,
         heartbeat_ms: 30_000,
+        rate_limit: None,
     }
 }
 
@@ -262,7 +263,7 @@ fn going_offline_closes_the_link_and_keeps_the_queue() {
 #[test]
 fn events_resume_after_the_last_sequence_without_duplicates() {
     let mut c = client();
-    c.subscribe(vec!["order.*".into()]);
+    c.subscribe(0, vec!["order.*".into()]);
     live(&mut c, 0);
     let event = |seq: u64| ServerFrame::Event {
         event: crate::protocol::WireEvent {
@@ -295,7 +296,7 @@ fn events_resume_after_the_last_sequence_without_duplicates() {
     let out = drain(&mut c);
     assert!(sent(&out).iter().any(|f| matches!(f, ClientFrame::Subscribe { after: Some(3), .. })));
     // Rewinding replays from the chosen position, and remembers it durably.
-    c.subscribe_from(vec!["order.*".into()], 1);
+    c.subscribe_from(at, vec!["order.*".into()], 1);
     let out = drain(&mut c);
     assert!(sent(&out).iter().any(|f| matches!(f, ClientFrame::Subscribe { after: Some(1), .. })));
     assert!(
@@ -366,7 +367,7 @@ fn a_whole_batch_refused_is_retried_and_never_wedges_the_queue() {
 fn token_refresh_goes_over_the_live_socket_and_auth_failure_is_reported() {
     let mut c = client();
     live(&mut c, 0);
-    c.refresh_token("fresh");
+    c.refresh_token(0, "fresh");
     assert!(
         sent(&drain(&mut c))
             .iter()
@@ -411,4 +412,122 @@ fn a_mutation_for_another_tenant_or_of_bad_shape_is_refused_and_changes_nothing(
     assert!(c.mutate(0, OperationId::new("y").unwrap(), key("a"), empty).is_err());
     assert!(c.queue().is_empty());
     assert_eq!(c.queue().next_seq(), 1);
+}
+
+/// A server that meters frames exactly as sync-server does (sdk-core's bucket, api.md's 100 a
+/// minute) and acknowledges pushes: the client must stay within it whatever the app does.
+struct Metered {
+    bucket: crate::pacing::Bucket,
+    refused: usize,
+    pushed: usize,
+    presence: usize,
+}
+
+impl Metered {
+    fn exchange(&mut self, c: &mut SyncClient, now: u64) {
+        use crate::pacing::WS_RATE;
+        for o in drain(c) {
+            if !matches!(o, Output::Send(_) | Output::Grant(_)) {
+                continue;
+            }
+            if self.bucket.take(WS_RATE, now).is_err() {
+                self.refused += 1;
+            }
+            if matches!(o, Output::Grant(crate::pacing::Slot::Presence(_))) {
+                self.presence += 1;
+            }
+            if let Output::Send(ClientFrame::Push { batch_id, operations }) = o {
+                self.pushed += operations.len();
+                let last = operations.last().unwrap();
+                let seq = last.client_seq.unwrap();
+                let results = vec![applied(&last.operation_id, seq, seq)];
+                c.handle_frame(
+                    now,
+                    ServerFrame::PushResult {
+                        batch_id,
+                        results,
+                        current_version: seq,
+                        conflicts: vec![],
+                    },
+                );
+                self.exchange(c, now);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_presence_and_edits_stays_within_the_budget_and_everything_arrives() {
+    use crate::pacing::{Bucket, Slot, WS_RATE};
+    let mut c = client();
+    live(&mut c, 0);
+    let mut server =
+        Metered { bucket: Bucket::full(WS_RATE, 0), refused: 0, pushed: 0, presence: 0 };
+    let mut now = 0;
+    // Typing at 7 keys a second for two minutes: an edit and a presence update per key.
+    for k in 0..840u64 {
+        now = k * 1_000 / 7;
+        c.handle_timeout(now);
+        mutate(&mut c, now, &format!("op-{k}"), "note", json!({ "text": k }));
+        c.want_send(now, Slot::Presence("notes".into()));
+        server.exchange(&mut c, now);
+    }
+    // Then let the pacer's own timer run until the queue is empty.
+    while !c.queue().is_empty() {
+        let at = c.poll_timeout().expect("a timer while something waits");
+        assert!(at < now + 120_000, "drained within two minutes");
+        now = at.max(now);
+        c.handle_timeout(now);
+        server.exchange(&mut c, now);
+    }
+    assert_eq!(server.refused, 0, "the server never had to refuse a frame");
+    assert_eq!(server.pushed, 840, "every edit was pushed, coalesced into fewer pushes");
+    // Presence went out as its latest value whenever the budget allowed: often, not per key.
+    assert!(server.presence > 10 && server.presence < 200, "{} presence frames", server.presence);
+}
+
+#[test]
+fn no_ping_while_traffic_proves_the_link_and_one_after_a_silence() {
+    let mut c = client();
+    live(&mut c, 0);
+    let pings =
+        |out: &[Output]| sent(out).iter().filter(|f| matches!(f, ClientFrame::Ping { .. })).count();
+    // Traffic both ways just before the heartbeat is due.
+    mutate(&mut c, 29_000, "op-1", "a", json!({"n": 1}));
+    let id = push_id(&drain(&mut c));
+    c.handle_frame(
+        29_500,
+        ServerFrame::PushResult {
+            batch_id: id,
+            results: vec![applied("op-1", 1, 1)],
+            current_version: 1,
+            conflicts: vec![],
+        },
+    );
+    drain(&mut c);
+    c.handle_timeout(30_000);
+    assert_eq!(pings(&drain(&mut c)), 0, "a push and its answer prove the link");
+    c.handle_timeout(60_000);
+    assert_eq!(pings(&drain(&mut c)), 1, "a silent half minute: ping");
+}
+
+#[test]
+fn the_announced_limit_is_adopted_keeping_what_was_spent() {
+    let mut c = client();
+    c.set_online(0, true);
+    c.link_opened(0, "tok");
+    drain(&mut c);
+    let mut connected = connected();
+    if let ServerFrame::Connected { rate_limit, .. } = &mut connected {
+        *rate_limit = Some(crate::pacing::Rate::per_minute(4));
+    }
+    c.handle_frame(0, connected);
+    drain(&mut c);
+    // A pull is already spent of 4, one is the reserve: two more frames now, then one per 15 s.
+    for (i, room) in ["a", "b", "c", "d"].iter().enumerate() {
+        c.want_send(1, crate::pacing::Slot::Presence(room.to_string()));
+        let granted = drain(&mut c).iter().filter(|o| matches!(o, Output::Grant(_))).count();
+        assert_eq!(granted, usize::from(i < 2), "frame {i}");
+    }
+    assert_eq!(c.poll_timeout(), Some(15_000));
 }

@@ -90,6 +90,7 @@ fn sample_server_frames() -> Vec<ServerFrame> {
             interaction_classes: InteractionClass::ALL.to_vec(),
             protocol_version: 1,
             heartbeat_ms: 30_000,
+            rate_limit: Some(crate::pacing::WS_RATE),
         },
         ServerFrame::PushResult {
             batch_id: "b1".into(),

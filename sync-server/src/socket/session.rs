@@ -142,6 +142,7 @@ impl Session {
             interaction_classes: InteractionClass::ALL.to_vec(),
             protocol_version: sdk_core::protocol::PROTOCOL_VERSION,
             heartbeat_ms: state.limits.ws_heartbeat.as_millis() as u64,
+            rate_limit: Some(state.limits.ws_rate.wire()),
         };
         let _ = reg.mailbox.offer(Outbound::new(connected));
         let session = Session {

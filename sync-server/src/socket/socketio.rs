@@ -212,6 +212,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
             "connectionId": conn_id.to_string(),
             "serverTime": crate::clock::iso_now(),
             "interactionClasses": InteractionClass::ALL,
+            "rateLimit": state.limits.ws_rate.wire(),
         }),
     );
 }

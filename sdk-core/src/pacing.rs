@@ -1,0 +1,386 @@
+//! Message budgets: the server's per-connection rate limit (a token bucket) and the client's
+//! mirror of it, which waits and coalesces instead of overspending.
+//!
+//! The server meters a connection with a [`Bucket`]: `limit` tokens, refilled continuously over
+//! `window_ms`, one token per frame. The client keeps the same bucket for its side of the link,
+//! started full when the link opens (as the server's is), and sends through a [`Pacer`]: what it
+//! wants to send is a [`Slot`], and wanting a slot that already waits adds nothing — ten local
+//! edits of one document while the budget is short become one sync message, pending operations
+//! one push, presence its latest value. A slot is granted when the bucket holds a token beyond a
+//! small reserve (what covers the difference between the two clocks and the network's jitter),
+//! so the client never meets the server's limit and latency grows smoothly as the budget
+//! tightens. Nothing that carries data is dropped: a granted slot is built at grant time from
+//! everything pending, and every wanted slot is granted eventually.
+//!
+//! Exact integer arithmetic (no floats): credit is kept in token-milliseconds — a token is
+//! `window_ms` of credit and the bucket gains `limit` credit per millisecond.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, VecDeque};
+
+/// `limit` messages per `window_ms`, refilled continuously.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rate {
+    pub limit: u32,
+    pub window_ms: u64,
+}
+
+impl Rate {
+    pub const fn per_minute(limit: u32) -> Self {
+        Self { limit, window_ms: 60_000 }
+    }
+
+    pub const fn per_second(limit: u32) -> Self {
+        Self { limit, window_ms: 1_000 }
+    }
+
+    fn capacity(self) -> u64 {
+        u64::from(self.limit).saturating_mul(self.window_ms)
+    }
+}
+
+/// api.md's realtime limit: 100 messages a minute per connection.
+pub const WS_RATE: Rate = Rate::per_minute(100);
+
+/// A token bucket (see the module documentation). The server's and the client's are this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// Token-milliseconds; a token is `window_ms` of them.
+    credit: u64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    pub fn full(rate: Rate, now_ms: u64) -> Self {
+        Self { credit: rate.capacity(), at_ms: now_ms }
+    }
+
+    fn refill(&mut self, rate: Rate, now_ms: u64) {
+        let elapsed = now_ms.saturating_sub(self.at_ms);
+        let gained = elapsed.saturating_mul(u64::from(rate.limit));
+        self.credit = self.credit.saturating_add(gained).min(rate.capacity());
+        self.at_ms = self.at_ms.max(now_ms);
+    }
+
+    /// Whole tokens available at `now_ms`.
+    pub fn available(&self, rate: Rate, now_ms: u64) -> u32 {
+        let mut b = *self;
+        b.refill(rate, now_ms);
+        if rate.window_ms == 0 {
+            return rate.limit;
+        }
+        (b.credit / rate.window_ms).min(u64::from(rate.limit)) as u32
+    }
+
+    /// Take `n` tokens at `now_ms`, or none: `Err(ms until they are there)` (`u64::MAX`:
+    /// never — more than the bucket holds).
+    pub fn take_n(&mut self, rate: Rate, now_ms: u64, n: u32) -> Result<(), u64> {
+        self.refill(rate, now_ms);
+        let cost = u64::from(n).saturating_mul(rate.window_ms);
+        if rate.limit == 0 || n > rate.limit {
+            return Err(u64::MAX);
+        }
+        if self.credit >= cost {
+            self.credit -= cost;
+            Ok(())
+        } else {
+            Err((cost - self.credit).div_ceil(u64::from(rate.limit)))
+        }
+    }
+
+    pub fn take(&mut self, rate: Rate, now_ms: u64) -> Result<(), u64> {
+        self.take_n(rate, now_ms, 1)
+    }
+
+    /// The instant at which `n` tokens will be there (`u64::MAX`: never).
+    pub fn ready_at(&self, rate: Rate, now_ms: u64, n: u32) -> u64 {
+        let mut b = *self;
+        match b.take_n(rate, now_ms, n) {
+            Ok(()) => now_ms.max(self.at_ms),
+            Err(u64::MAX) => u64::MAX,
+            Err(wait) => b.at_ms.saturating_add(wait),
+        }
+    }
+}
+
+/// Something the client wants to send, coalesced with everything of its kind that waits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Slot {
+    /// The pending operations: one push carries all of them (up to a batch).
+    Push,
+    /// A pull of what changed since the cursor.
+    Pull,
+    /// The event subscription (re-sent on a new link).
+    Subscribe,
+    /// One document's sync message: all its local edits so far.
+    Doc(String),
+    /// One room's presence: the latest value wins.
+    Presence(String),
+    /// A frame that merges with nothing (a room message, a join): each is sent, in order.
+    /// The caller numbers them.
+    Frame(u64),
+    /// A heartbeat; only when nothing else proves the link alive.
+    Ping,
+}
+
+/// The client's side of a connection's budget (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate: Rate,
+    reserve: u32,
+    bucket: Bucket,
+    /// Waiting slots, oldest first; each at most once.
+    order: VecDeque<Slot>,
+    waiting: BTreeSet<Slot>,
+    sent: u64,
+}
+
+impl Pacer {
+    /// A budget of `rate`, spending at most `rate.limit - reserve` in a burst (the reserve is
+    /// clamped to leave at least one token).
+    pub fn new(rate: Rate, now_ms: u64) -> Self {
+        Self {
+            rate,
+            reserve: Self::reserve_for(rate),
+            bucket: Bucket::full(rate, now_ms),
+            order: VecDeque::new(),
+            waiting: BTreeSet::new(),
+            sent: 0,
+        }
+    }
+
+    /// A tenth of the limit, at least one token when the limit allows, and never all of it.
+    fn reserve_for(rate: Rate) -> u32 {
+        (rate.limit / 10).max(1).min(rate.limit.saturating_sub(1))
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// A new link (the server's bucket starts full), possibly with the limit it announced.
+    /// What was waiting still waits.
+    pub fn reset(&mut self, rate: Rate, now_ms: u64) {
+        self.rate = rate;
+        self.reserve = Self::reserve_for(rate);
+        self.bucket = Bucket::full(rate, now_ms);
+    }
+
+    /// The server announced its limit (in `connected`): adopt it, keeping what this link has
+    /// already spent.
+    pub fn set_rate(&mut self, rate: Rate, now_ms: u64) {
+        if rate == self.rate {
+            return;
+        }
+        let spent = self.rate.limit.saturating_sub(self.bucket.available(self.rate, now_ms));
+        self.rate = rate;
+        self.reserve = Self::reserve_for(rate);
+        self.bucket = Bucket::full(rate, now_ms);
+        let _ = self.bucket.take_n(rate, now_ms, spent.min(rate.limit));
+    }
+
+    /// Ask to send `slot`; `false` when it was already waiting (coalesced).
+    pub fn want(&mut self, slot: Slot) -> bool {
+        if !self.waiting.insert(slot.clone()) {
+            return false;
+        }
+        self.order.push_back(slot);
+        true
+    }
+
+    /// Whether `slot` waits.
+    pub fn is_waiting(&self, slot: &Slot) -> bool {
+        self.waiting.contains(slot)
+    }
+
+    /// Nothing waits.
+    pub fn is_idle(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Forget a waiting slot (what it would carry is gone, or the link is).
+    pub fn cancel(&mut self, slot: &Slot) {
+        if self.waiting.remove(slot) {
+            self.order.retain(|s| s != slot);
+        }
+    }
+
+    /// Forget everything waiting (the link went down: what is still needed is wanted again
+    /// on the next one).
+    pub fn clear(&mut self) {
+        self.order.clear();
+        self.waiting.clear();
+    }
+
+    /// The next slot to send now, its token taken, if the budget allows: the oldest waiting,
+    /// a heartbeat only when nothing else waits. The caller builds its frame at once.
+    pub fn poll_grant(&mut self, now_ms: u64) -> Option<Slot> {
+        let i = match self.order.iter().position(|s| *s != Slot::Ping) {
+            Some(i) => i,
+            None if self.order.is_empty() => return None,
+            None => 0,
+        };
+        if self.bucket.available(self.rate, now_ms) <= self.reserve {
+            return None;
+        }
+        self.bucket.take(self.rate, now_ms).ok()?;
+        let slot = self.order.remove(i).expect("in range");
+        self.waiting.remove(&slot);
+        if slot != Slot::Ping {
+            // Other traffic proves the link alive.
+            self.cancel(&Slot::Ping);
+        }
+        self.sent += 1;
+        Some(slot)
+    }
+
+    /// A frame that had to go out without asking (it cannot wait, e.g. a reply the protocol
+    /// requires): counted, so the mirror stays true. `false` if the budget was already spent.
+    pub fn spend(&mut self, now_ms: u64) -> bool {
+        self.sent += 1;
+        self.bucket.take(self.rate, now_ms).is_ok()
+    }
+
+    /// When [`Pacer::poll_grant`] will next grant something (`None`: nothing waits). The
+    /// instant is at or after the last one the pacer was given.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.order.is_empty() {
+            return None;
+        }
+        Some(self.bucket.ready_at(self.rate, self.bucket.at_ms, self.reserve + 1))
+    }
+
+    /// Frames sent through this pacer (granted or spent).
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_bucket_refills_continuously_and_says_how_long_to_wait() {
+        let rate = Rate::per_minute(100);
+        let mut b = Bucket::full(rate, 0);
+        for _ in 0..100 {
+            b.take(rate, 0).unwrap();
+        }
+        // One token every 600 ms.
+        assert_eq!(b.take(rate, 0), Err(600));
+        assert_eq!(b.take(rate, 599), Err(1));
+        assert_eq!(b.take(rate, 600), Ok(()));
+        assert_eq!(b.available(rate, 600 + 6_000), 10);
+        assert_eq!(b.take_n(rate, 0, 101), Err(u64::MAX));
+        assert_eq!(b.ready_at(rate, 600, 2), 1_800);
+    }
+
+    #[test]
+    fn wanting_what_already_waits_coalesces_and_a_ping_yields_to_traffic() {
+        let mut p = Pacer::new(Rate::per_minute(20), 0);
+        // Spend the burst (20 less the reserve of 2).
+        for n in 0..18 {
+            p.want(Slot::Frame(n));
+            assert_eq!(p.poll_grant(0), Some(Slot::Frame(n)));
+        }
+        assert!(p.want(Slot::Ping));
+        assert!(p.want(Slot::Doc("notes".into())));
+        for _ in 0..10 {
+            assert!(!p.want(Slot::Doc("notes".into())), "ten edits, one message");
+        }
+        assert_eq!(p.poll_grant(0), None, "only the reserve is left");
+        let at = p.poll_timeout().unwrap();
+        assert_eq!(at, 3_000, "a token every 3 s");
+        assert_eq!(p.poll_grant(at), Some(Slot::Doc("notes".into())));
+        assert!(p.is_idle(), "the document's message proved the link: no ping");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A local edit that needs this slot sent.
+        Edit(u8),
+        /// Time passes.
+        Wait(u16),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![3 => (0u8..6).prop_map(Step::Edit), 1 => (0u16..5_000).prop_map(Step::Wait)]
+    }
+
+    fn slot(n: u8) -> Slot {
+        match n {
+            0 => Slot::Push,
+            1 => Slot::Pull,
+            2 => Slot::Doc("a".into()),
+            3 => Slot::Doc("b".into()),
+            4 => Slot::Presence("room".into()),
+            _ => Slot::Ping,
+        }
+    }
+
+    proptest! {
+        /// For any schedule of local edits and any limit: the server's bucket (the same rule,
+        /// the frames arriving up to `jitter` ms late, within what the reserve covers) never
+        /// refuses a frame, and every edit
+        /// reaches the server — carried by a frame of its slot granted after it was made.
+        #[test]
+        fn the_client_never_exceeds_the_budget_and_every_edit_reaches_the_server(
+            limit in 2u32..200,
+            window_s in 1u64..120,
+            steps in proptest::collection::vec(step(), 1..300),
+            jitter in 0u64..500,
+            seed in any::<u64>(),
+        ) {
+            let rate = Rate { limit, window_ms: window_s * 1_000 };
+            let mut pacer = Pacer::new(rate, 0);
+            // The reserve covers this much compression of the frames' spacing on the way.
+            let covered = u64::from(Pacer::reserve_for(rate)) * rate.window_ms / u64::from(limit);
+            let jitter = jitter.min(covered);
+            let mut server = Bucket::full(rate, 0);
+            let mut now = 0u64;
+            let mut rng = crate::rng::SplitMix64::new(seed);
+            // Edits not yet carried by a granted frame, per slot.
+            let mut unsent: std::collections::BTreeMap<Slot, u32> = Default::default();
+            let arrive = |now: u64, rng: &mut crate::rng::SplitMix64, server: &mut Bucket| {
+                // Never earlier than the previous frame (one ordered link).
+                let at = now + rng.range(0, jitter);
+                server.take(rate, at.max(server.at_ms)).is_ok()
+            };
+            let grant_all = |now: u64, pacer: &mut Pacer, unsent: &mut std::collections::BTreeMap<Slot, u32>, rng: &mut crate::rng::SplitMix64, server: &mut Bucket| -> Result<(), TestCaseError> {
+                while let Some(s) = pacer.poll_grant(now) {
+                    prop_assert!(arrive(now, rng, server), "the server refused a paced frame");
+                    unsent.remove(&s);
+                    if s != Slot::Ping {
+                        unsent.remove(&Slot::Ping);
+                    }
+                }
+                Ok(())
+            };
+            for s in &steps {
+                match s {
+                    Step::Edit(n) => {
+                        let sl = slot(*n);
+                        pacer.want(sl.clone());
+                        *unsent.entry(sl).or_default() += 1;
+                    }
+                    Step::Wait(ms) => now += u64::from(*ms),
+                }
+                grant_all(now, &mut pacer, &mut unsent, &mut rng, &mut server)?;
+            }
+            // Afterwards, following the pacer's own timer, everything goes out.
+            let mut rounds = 0;
+            while let Some(at) = pacer.poll_timeout() {
+                prop_assert!(at != u64::MAX);
+                let at = at.max(now);
+                now = at;
+                grant_all(now, &mut pacer, &mut unsent, &mut rng, &mut server)?;
+                rounds += 1;
+                prop_assert!(rounds < 10_000);
+            }
+            prop_assert!(unsent.is_empty(), "edits never sent: {unsent:?}");
+        }
+    }
+}
