@@ -88,6 +88,7 @@ pub fn app(state: AppState) -> Router {
         routes::table().into_iter().fold(router, |r, route| r.route(route.path, route.handler));
     router
         .layer(socket::socketio::layer(state.clone()))
+        .layer(middleware::from_fn(rest::extract::quota_headers))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(

@@ -66,6 +66,28 @@ impl Bucket {
     fn is_full(&self, rate: Rate, now: Instant) -> bool {
         self.0.available(rate.wire(), ms(now)) >= rate.limit
     }
+
+    /// What is left at `now` (the `RateLimit-*` headers).
+    pub fn quota(&self, rate: Rate, now: Instant) -> Quota {
+        let at = ms(now);
+        let full_at = self.0.ready_at(rate.wire(), at, rate.limit);
+        Quota {
+            limit: rate.limit,
+            remaining: self.0.available(rate.wire(), at),
+            reset_secs: full_at.saturating_sub(at).div_ceil(1000),
+            window_secs: rate.window.as_secs().max(1),
+        }
+    }
+}
+
+/// A caller's standing after a call: what the `RateLimit-Limit`, `RateLimit-Remaining`,
+/// `RateLimit-Reset` (seconds until the bucket is full again) and `RateLimit-Policy` headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_secs: u64,
+    pub window_secs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -81,8 +103,21 @@ impl RateLimiter {
 
     /// Take `n` tokens for `key` at `now`, or none.
     pub fn check_n(&self, key: &str, rate: Rate, now: Instant, n: u32) -> Result<(), u64> {
+        self.check_quota(key, rate, now, n).0
+    }
+
+    /// [`RateLimiter::check_n`], and the caller's quota after it.
+    pub fn check_quota(
+        &self,
+        key: &str,
+        rate: Rate,
+        now: Instant,
+        n: u32,
+    ) -> (Result<(), u64>, Quota) {
         if rate.limit == 0 {
-            return Err(rate.window.as_secs().max(1));
+            let window_secs = rate.window.as_secs().max(1);
+            let none = Quota { limit: 0, remaining: 0, reset_secs: window_secs, window_secs };
+            return (Err(window_secs), none);
         }
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         if buckets.len() > 100_000 {
@@ -90,7 +125,8 @@ impl RateLimiter {
             buckets.retain(|_, b| !b.is_full(rate, now));
         }
         let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::full(rate, now));
-        bucket.take_n(rate, now, n)
+        let taken = bucket.take_n(rate, now, n);
+        (taken, bucket.quota(rate, now))
     }
 }
 
@@ -111,6 +147,22 @@ mod tests {
         assert!(rl.check("other", rate, t0).is_ok(), "buckets are per caller");
         assert!(rl.check("u", rate, t0 + Duration::from_secs(6)).is_ok());
         assert!(rl.check("u", rate, t0 + Duration::from_secs(6)).is_err());
+    }
+
+    #[test]
+    fn the_quota_says_what_is_left_and_when_the_bucket_is_full_again() {
+        let rl = RateLimiter::default();
+        let t0 = Instant::now();
+        let rate = Rate::per_minute(10);
+        let (ok, q) = rl.check_quota("u", rate, t0, 1);
+        assert!(ok.is_ok());
+        assert_eq!(q, Quota { limit: 10, remaining: 9, reset_secs: 6, window_secs: 60 });
+        for _ in 0..9 {
+            rl.check("u", rate, t0).unwrap();
+        }
+        let (refused, q) = rl.check_quota("u", rate, t0, 1);
+        assert_eq!(refused, Err(6));
+        assert_eq!((q.remaining, q.reset_secs), (0, 60));
     }
 
     #[test]

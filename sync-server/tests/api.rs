@@ -932,14 +932,23 @@ async fn oversized_body_is_413_and_oversized_batch_is_400(backend: Backend) {
 async fn rate_limits_answer_429_with_retry_after(backend: Backend) {
     let app = app!(backend, |c| c.rate_reconcile = 2);
     let token = app.token("u");
+    let header = |r: &common::Response, name: &str| r.headers[name].to_str().unwrap().to_string();
     for i in 0..2 {
-        app.reconcile(&token, &format!("r{i}"), "c1", vec![]).await.expect(200);
+        let r = app.reconcile(&token, &format!("r{i}"), "c1", vec![]).await;
+        r.expect(200);
+        // Every answer says where the caller stands, so a client paces itself before a 429.
+        assert_eq!(header(&r, "ratelimit-limit"), "2");
+        assert_eq!(header(&r, "ratelimit-remaining"), (1 - i).to_string());
+        assert_eq!(header(&r, "ratelimit-policy"), "2;w=60");
+        let reset: u64 = header(&r, "ratelimit-reset").parse().unwrap();
+        assert!((1..=60).contains(&reset), "{reset}");
     }
     let r = app.reconcile(&token, "r3", "c1", vec![]).await;
     r.expect(429);
     assert_eq!(r.error_code(), "RATE_LIMIT");
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
+    assert_eq!(header(&r, "ratelimit-remaining"), "0");
     // Another user has their own budget.
     app.reconcile(&app.token("v"), "r4", "c2", vec![]).await.expect(200);
 }

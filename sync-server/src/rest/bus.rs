@@ -19,7 +19,7 @@ use sdk_core::protocol::EventFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Roles that may publish, consume and operate the bus.
 pub const BUS_ROLES: [&str; 2] = ["service", "admin"];
@@ -141,13 +141,8 @@ pub async fn publish(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let key = format!("{}\u{0}publish", auth.tenant);
-    state
-        .rate
-        .check_n(&key, state.limits.bus.publish_rate, Instant::now(), events.len() as u32)
-        .map_err(|retry| {
-            state.metrics.inc("pf2_rate_limited_total", &[("route", "publish")]);
-            ApiError::rate_limited(retry)
-        })?;
+    let n = events.len() as u32;
+    super::extract::metered(&state, &key, "publish", state.limits.bus.publish_rate, n)?;
     let out = state.bus.publish(&auth.tenant, events).await?;
     let results: Vec<Value> = out
         .iter()

@@ -5,14 +5,14 @@
 
 use crate::auth::{Identity, SUPER_ADMIN};
 use crate::error::ApiError;
-use crate::ratelimit::Rate;
+use crate::ratelimit::{Quota, Rate};
 use crate::state::AppState;
 use crate::store::AuditEntry;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sdk_core::ErrorCode;
 use sdk_core::ids::TenantId;
@@ -79,13 +79,56 @@ pub fn json_text(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// The per-user limit of `route`: `RATE_LIMIT` with `Retry-After` once it is spent.
+/// The per-user limit of `route`: `RATE_LIMIT` with `Retry-After` once it is spent. Either way
+/// the answer says where the caller stands (see [`quota_headers`]).
 pub fn rate_limit(state: &AppState, auth: &Auth, route: &str, rate: Rate) -> Result<(), ApiError> {
     let key = format!("{}\u{0}{}\u{0}{route}", auth.tenant, auth.user());
-    state.rate.check(&key, rate, Instant::now()).map_err(|retry| {
+    metered(state, &key, route, rate, 1)
+}
+
+/// Take `n` of `rate` for `key` (a caller and a route), noting the quota for the answer's
+/// headers.
+pub fn metered(
+    state: &AppState,
+    key: &str,
+    route: &str,
+    rate: Rate,
+    n: u32,
+) -> Result<(), ApiError> {
+    let (taken, quota) = state.rate.check_quota(key, rate, Instant::now(), n);
+    let _ = QUOTA.try_with(|q| q.set(Some(quota)));
+    taken.map_err(|retry| {
         state.metrics.inc("pf2_rate_limited_total", &[("route", route)]);
         ApiError::rate_limited(retry)
     })
+}
+
+tokio::task_local! {
+    /// The quota of the rate limit the current request was metered by.
+    static QUOTA: std::cell::Cell<Option<Quota>>;
+}
+
+/// Middleware: an answer to a rate-limited route carries the caller's standing — the IETF
+/// draft's `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds until the
+/// bucket is full again) and `RateLimit-Policy` (`10;w=60`) — on success and on 429 alike, so a
+/// client paces itself before it is refused.
+pub async fn quota_headers(req: Request, next: axum::middleware::Next) -> Response {
+    QUOTA
+        .scope(std::cell::Cell::new(None), async move {
+            let mut res = next.run(req).await;
+            if let Some(q) = QUOTA.with(|q| q.get()) {
+                let h = res.headers_mut();
+                h.insert("ratelimit-limit", HeaderValue::from(q.limit));
+                h.insert("ratelimit-remaining", HeaderValue::from(q.remaining));
+                h.insert("ratelimit-reset", HeaderValue::from(q.reset_secs));
+                let policy = format!("{};w={}", q.limit, q.window_secs);
+                if let Ok(v) = HeaderValue::from_str(&policy) {
+                    h.insert("ratelimit-policy", v);
+                }
+            }
+            res
+        })
+        .await
 }
 
 /// An authenticated request: the identity and the tenant it acts on (the token's, or for an
