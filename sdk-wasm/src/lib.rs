@@ -317,15 +317,8 @@ impl SyncEngine {
             return Err(js_err("push and auth frames belong to the engine"));
         }
         let inner = &self.inner;
-        let slot = match &frame {
-            ClientFrame::Presence { room_id, .. } => {
-                Slot::Presence(room_id.as_ref().map(|r| r.to_string()).unwrap_or_default())
-            }
-            _ => {
-                inner.paced_seq.set(inner.paced_seq.get() + 1);
-                Slot::Frame(inner.paced_seq.get())
-            }
-        };
+        inner.paced_seq.set(inner.paced_seq.get() + 1);
+        let slot = Slot::of(&frame, inner.paced_seq.get());
         {
             let mut paced = inner.paced.borrow_mut();
             if paced.len() >= MAX_WAITING && !paced.contains_key(&slot) {
