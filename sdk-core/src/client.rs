@@ -516,6 +516,17 @@ impl SyncClient {
         }
     }
 
+    /// The slot a shell's realtime frame waits in: presence by room (its latest value wins),
+    /// anything else on its own as the `n`th such frame.
+    pub fn realtime_slot(frame: &ClientFrame, n: u64) -> Slot {
+        match frame {
+            ClientFrame::Presence { room_id, .. } => {
+                Slot::Presence(room_id.as_ref().map(|r| r.to_string()).unwrap_or_default())
+            }
+            _ => Slot::Frame(n),
+        }
+    }
+
     /// The shell sent a frame it could not hold back (the rest of a multi-part message): counted
     /// against the budget so the mirror stays true.
     pub fn spend(&mut self, now_ms: u64) {
@@ -712,14 +723,33 @@ impl SyncClient {
     }
 
     fn send_pull(&mut self, now_ms: u64) {
-        if !self.link_up() {
-            return;
-        }
+        self.send_slot(now_ms, Slot::Pull);
+    }
+
+    /// Send `slot`'s frame: within the budget on a WebSocket, at once over HTTP, not at all
+    /// without a link.
+    fn send_slot(&mut self, now_ms: u64, slot: Slot) {
         if self.link == Link::Up(Transport::WebSocket) {
-            self.pacer.want(Slot::Pull);
-            return self.flush(now_ms);
+            self.pacer.want(slot);
+            self.flush(now_ms);
+        } else if self.link_up() {
+            self.build(now_ms, slot);
         }
-        self.pull_now(now_ms);
+    }
+
+    /// The frame for `slot`, built now from what is pending.
+    fn build(&mut self, now_ms: u64, slot: Slot) {
+        match slot {
+            Slot::Push => self.push_now(now_ms),
+            Slot::Pull if self.pull.is_none() => self.pull_now(now_ms),
+            Slot::Pull => {}
+            Slot::Subscribe => self.subscribe_now(),
+            Slot::Ping => {
+                self.counter += 1;
+                self.outputs.push_back(Output::Send(ClientFrame::Ping { nonce: self.counter }));
+            }
+            other => self.outputs.push_back(Output::Grant(other)),
+        }
     }
 
     fn pull_now(&mut self, now_ms: u64) {
@@ -732,12 +762,7 @@ impl SyncClient {
     }
 
     fn send_subscribe(&mut self, now_ms: u64) {
-        if self.link == Link::Up(Transport::WebSocket) {
-            self.pacer.want(Slot::Subscribe);
-            self.flush(now_ms);
-        } else if self.link_up() {
-            self.subscribe_now();
-        }
+        self.send_slot(now_ms, Slot::Subscribe);
     }
 
     fn subscribe_now(&mut self) {
@@ -756,30 +781,15 @@ impl SyncClient {
         }
         while let Some(slot) = self.pacer.poll_grant(now_ms) {
             self.last_sent = now_ms;
-            match slot {
-                Slot::Push => self.push_now(now_ms),
-                Slot::Pull if self.pull.is_none() => self.pull_now(now_ms),
-                Slot::Pull => {}
-                Slot::Subscribe => self.subscribe_now(),
-                Slot::Ping => {
-                    self.counter += 1;
-                    self.outputs.push_back(Output::Send(ClientFrame::Ping { nonce: self.counter }));
-                }
-                other => self.outputs.push_back(Output::Grant(other)),
-            }
+            self.build(now_ms, slot);
         }
     }
 
     /// Send the next batch if the link is up and none is in flight.
     fn pump(&mut self, now_ms: u64) {
-        if !self.link_up() || self.push.is_some() || self.queue.pending().next().is_none() {
-            return;
+        if self.push.is_none() && self.queue.pending().next().is_some() {
+            self.send_slot(now_ms, Slot::Push);
         }
-        if self.link == Link::Up(Transport::WebSocket) {
-            self.pacer.want(Slot::Push);
-            return self.flush(now_ms);
-        }
-        self.push_now(now_ms);
     }
 
     fn push_now(&mut self, now_ms: u64) {

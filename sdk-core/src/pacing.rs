@@ -15,7 +15,6 @@
 //! Exact integer arithmetic (no floats): credit is kept in token-milliseconds — a token is
 //! `window_ms` of credit and the bucket gains `limit` credit per millisecond.
 
-use crate::protocol::ClientFrame;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, VecDeque};
 
@@ -123,19 +122,6 @@ pub enum Slot {
     Frame(u64),
     /// A heartbeat; only when nothing else proves the link alive.
     Ping,
-}
-
-impl Slot {
-    /// The slot a shell's realtime frame waits in: presence by room (its latest value wins),
-    /// anything else on its own as the `n`th such frame.
-    pub fn of(frame: &ClientFrame, n: u64) -> Slot {
-        match frame {
-            ClientFrame::Presence { room_id, .. } => {
-                Slot::Presence(room_id.as_ref().map(|r| r.to_string()).unwrap_or_default())
-            }
-            _ => Slot::Frame(n),
-        }
-    }
 }
 
 /// The client's side of a connection's budget (see the module documentation).
@@ -310,21 +296,6 @@ mod tests {
         assert_eq!(at, 3_000, "a token every 3 s");
         assert_eq!(p.poll_grant(at), Some(Slot::Doc("notes".into())));
         assert!(p.is_idle(), "the document's message proved the link: no ping");
-    }
-
-    #[test]
-    fn presence_waits_by_room_and_other_frames_each_on_their_own() {
-        let presence: ClientFrame = serde_json::from_value(serde_json::json!({
-            "v": 1, "type": "presence", "status": "online", "roomId": "r1"
-        }))
-        .unwrap();
-        let join: ClientFrame = serde_json::from_value(
-            serde_json::json!({"v": 1, "type": "join_room", "roomId": "r1"}),
-        )
-        .unwrap();
-        assert_eq!(Slot::of(&presence, 1), Slot::Presence("r1".into()));
-        assert_eq!(Slot::of(&presence, 2), Slot::of(&presence, 3));
-        assert_eq!(Slot::of(&join, 4), Slot::Frame(4));
     }
 
     #[derive(Debug, Clone)]

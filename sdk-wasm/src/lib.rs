@@ -318,7 +318,7 @@ impl SyncEngine {
         }
         let inner = &self.inner;
         inner.paced_seq.set(inner.paced_seq.get() + 1);
-        let slot = Slot::of(&frame, inner.paced_seq.get());
+        let slot = SyncClient::realtime_slot(&frame, inner.paced_seq.get());
         {
             let mut paced = inner.paced.borrow_mut();
             if paced.len() >= MAX_WAITING && !paced.contains_key(&slot) {

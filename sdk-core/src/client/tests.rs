@@ -531,3 +531,17 @@ fn the_announced_limit_is_adopted_keeping_what_was_spent() {
     }
     assert_eq!(c.poll_timeout(), Some(15_000));
 }
+
+#[test]
+fn presence_waits_by_room_and_other_frames_each_on_their_own() {
+    let presence: ClientFrame = serde_json::from_value(serde_json::json!({
+        "v": 1, "type": "presence", "status": "online", "roomId": "r1"
+    }))
+    .unwrap();
+    let join: ClientFrame =
+        serde_json::from_value(serde_json::json!({"v": 1, "type": "join_room", "roomId": "r1"}))
+            .unwrap();
+    assert_eq!(SyncClient::realtime_slot(&presence, 1), crate::pacing::Slot::Presence("r1".into()));
+    assert_eq!(SyncClient::realtime_slot(&presence, 2), SyncClient::realtime_slot(&presence, 3));
+    assert_eq!(SyncClient::realtime_slot(&join, 4), crate::pacing::Slot::Frame(4));
+}
