@@ -527,11 +527,12 @@ impl SyncClient {
         }
     }
 
-    /// The shell sent a frame it could not hold back (the rest of a multi-part message): counted
-    /// against the budget so the mirror stays true.
-    pub fn spend(&mut self, now_ms: u64) {
+    /// The shell sent `frames` for a slot granted with [`Output::Grant`] (a document's sync
+    /// message, possibly in parts): each is charged as the server charges it (`pacing::charge`:
+    /// the grant paid for the first; a reply on a ticket is free), so the mirror stays true.
+    pub fn sent_granted(&mut self, now_ms: u64, frames: &[ClientFrame]) {
         if self.link == Link::Up(Transport::WebSocket) {
-            self.pacer.spend(now_ms);
+            self.pacer.sent(now_ms, frames);
             self.last_sent = now_ms;
         }
     }
@@ -608,6 +609,10 @@ impl SyncClient {
                 }
             }
             ServerFrame::Pong { .. } => {}
+            ServerFrame::DocSync { ref document_id, more: false, ticket: true, .. } => {
+                self.pacer.ticket(document_id);
+                self.emit(AppEvent::Frame(frame));
+            }
             ServerFrame::Error { code, message, request_id, details } => {
                 self.handle_error(now_ms, code, message, request_id, details);
             }

@@ -12,6 +12,16 @@
 //! tightens. Nothing that carries data is dropped: a granted slot is built at grant time from
 //! everything pending, and every wanted slot is granted eventually.
 //!
+//! What a frame costs: one token, except a *reply*. Every whole `doc_sync` message the server
+//! sends a connection gives it a ticket for that document (at most [`REPLY_TICKETS`] held); a
+//! `doc_sync` that is one whole message carrying no changes — Automerge's acknowledgement of what
+//! it received — spends a ticket instead of a token. So the protocol's own round trips are not
+//! charged to a peer that only watches, while a client that floods empty sync messages has no
+//! tickets to spend: the server sent it nothing to answer. Client and server apply the same rule
+//! ([`is_reply`]), so the mirror stays exact; the server grants a ticket when it queues the
+//! message, the client when it receives it, so the client never believes in a ticket the server
+//! does not hold.
+//!
 //! Exact integer arithmetic (no floats): credit is kept in token-milliseconds — a token is
 //! `window_ms` of credit and the bucket gains `limit` credit per millisecond.
 
@@ -42,6 +52,107 @@ impl Rate {
 
 /// api.md's realtime limit: 100 messages a minute per connection.
 pub const WS_RATE: Rate = Rate::per_minute(100);
+
+/// Reply tickets a connection holds per document, at most (see the module documentation).
+pub const REPLY_TICKETS: u8 = 4;
+
+/// The number of changes an Automerge sync message carries (`None`: not a sync message). Reads
+/// only the message's header — heads, needs, haves and the change count — with every length
+/// checked against the input, so any bytes are safe to give it.
+pub fn sync_message_changes(bytes: &[u8]) -> Option<u64> {
+    fn uleb(b: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    fn skip(b: &mut &[u8], n: u64) -> Option<()> {
+        let n = usize::try_from(n).ok()?;
+        *b = b.get(n..)?;
+        Some(())
+    }
+    fn hashes(b: &mut &[u8]) -> Option<()> {
+        let n = uleb(b)?;
+        skip(b, n.checked_mul(32)?)
+    }
+    let (&kind, mut b) = bytes.split_first()?;
+    if kind != 0x42 && kind != 0x43 {
+        return None;
+    }
+    hashes(&mut b)?; // heads
+    hashes(&mut b)?; // need
+    for _ in 0..uleb(&mut b)? {
+        hashes(&mut b)?; // last sync
+        let bloom = uleb(&mut b)?;
+        skip(&mut b, bloom)?;
+    }
+    uleb(&mut b)
+}
+
+/// Whether `frame` is a reply that may ride a ticket: a whole `doc_sync` message (not a part)
+/// that carries no changes. Returns the document it answers.
+pub fn is_reply(frame: &crate::protocol::ClientFrame) -> Option<&str> {
+    use base64::Engine as _;
+    let crate::protocol::ClientFrame::DocSync { document_id, message, more: false } = frame else {
+        return None;
+    };
+    // An acknowledgement is a few hundred bytes; anything larger is not one.
+    if message.len() > 4 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(message).ok()?;
+    (sync_message_changes(&bytes) == Some(0)).then_some(document_id.as_str())
+}
+
+/// Reply tickets by document (see the module documentation): the server's and the client's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tickets(std::collections::BTreeMap<String, u8>);
+
+impl Tickets {
+    /// A whole sync message for `doc` went to (server) or came from (client) the peer.
+    pub fn grant(&mut self, doc: &str) {
+        match self.0.get_mut(doc) {
+            Some(n) => *n = (*n + 1).min(REPLY_TICKETS),
+            None => {
+                self.0.insert(doc.to_string(), 1);
+            }
+        }
+    }
+
+    /// Spend a ticket of `doc`, if one is held.
+    pub fn take(&mut self, doc: &str) -> bool {
+        let Some(n) = self.0.get_mut(doc) else { return false };
+        *n -= 1;
+        if *n == 0 {
+            self.0.remove(doc);
+        }
+        true
+    }
+
+    /// Forget `doc`'s tickets (it was closed).
+    pub fn forget(&mut self, doc: &str) {
+        self.0.remove(doc);
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// What `frame` costs a connection holding `tickets`: 0 for a reply on a ticket (which it
+/// spends), else 1. The server's meter and the client's mirror both ask this.
+pub fn charge(tickets: &mut Tickets, frame: &crate::protocol::ClientFrame) -> u32 {
+    match is_reply(frame) {
+        Some(doc) if tickets.take(doc) => 0,
+        _ => 1,
+    }
+}
 
 /// A token bucket (see the module documentation). The server's and the client's are this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +204,12 @@ impl Bucket {
         self.take_n(rate, now_ms, 1)
     }
 
+    /// Give back a token taken at `now_ms` (a frame that turned out to cost nothing).
+    pub fn give(&mut self, rate: Rate, now_ms: u64) {
+        self.refill(rate, now_ms);
+        self.credit = self.credit.saturating_add(rate.window_ms).min(rate.capacity());
+    }
+
     /// The instant at which `n` tokens will be there (`u64::MAX`: never).
     pub fn ready_at(&self, rate: Rate, now_ms: u64, n: u32) -> u64 {
         let mut b = *self;
@@ -134,6 +251,8 @@ pub struct Pacer {
     order: VecDeque<Slot>,
     waiting: BTreeSet<Slot>,
     sent: u64,
+    /// Reply tickets the server's messages gave this link.
+    tickets: Tickets,
 }
 
 impl Pacer {
@@ -147,6 +266,7 @@ impl Pacer {
             order: VecDeque::new(),
             waiting: BTreeSet::new(),
             sent: 0,
+            tickets: Tickets::default(),
         }
     }
 
@@ -165,6 +285,27 @@ impl Pacer {
         self.rate = rate;
         self.reserve = Self::reserve_for(rate);
         self.bucket = Bucket::full(rate, now_ms);
+        self.tickets.clear();
+    }
+
+    /// A whole `doc_sync` message for `doc` arrived: one reply to it may be free.
+    pub fn ticket(&mut self, doc: &str) {
+        self.tickets.grant(doc);
+    }
+
+    /// The frames built for a slot just granted at `now_ms` (its grant paid one token): each
+    /// one after the first is spent, and a reply on a ticket gives its token back — the same
+    /// [`charge`] the server applies. `false` if the budget was short of a frame.
+    pub fn sent(&mut self, now_ms: u64, frames: &[crate::protocol::ClientFrame]) -> bool {
+        let mut within = true;
+        for (i, f) in frames.iter().enumerate() {
+            match (i, charge(&mut self.tickets, f)) {
+                (0, 0) => self.bucket.give(self.rate, now_ms),
+                (0, _) | (_, 0) => {}
+                _ => within &= self.spend(now_ms),
+            }
+        }
+        within
     }
 
     /// The server announced its limit (in `connected`): adopt it, keeping what this link has
@@ -252,7 +393,7 @@ impl Pacer {
     }
 
     /// Frames sent through this pacer (granted or spent).
-    pub fn sent(&self) -> u64 {
+    pub fn frames_sent(&self) -> u64 {
         self.sent
     }
 }
@@ -260,6 +401,7 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ClientFrame;
     use proptest::prelude::*;
 
     #[test]
@@ -304,10 +446,28 @@ mod tests {
         Edit(u8),
         /// Time passes.
         Wait(u16),
+        /// Others' change reached this document: the server sends a message with a ticket.
+        Heard(bool),
     }
 
     fn step() -> impl Strategy<Value = Step> {
-        prop_oneof![3 => (0u8..6).prop_map(Step::Edit), 1 => (0u16..5_000).prop_map(Step::Wait)]
+        prop_oneof![
+            3 => (0u8..6).prop_map(Step::Edit),
+            1 => (0u16..5_000).prop_map(Step::Wait),
+            1 => any::<bool>().prop_map(Step::Heard),
+        ]
+    }
+
+    /// A `doc_sync` frame: Automerge's acknowledgement (no changes) or a message with one.
+    fn doc_frame(doc: &str, with_change: bool) -> ClientFrame {
+        use base64::Engine as _;
+        let bytes: &[u8] =
+            if with_change { &[0x42, 0, 0, 0, 1, 3, 1, 2, 3] } else { &[0x42, 0, 0, 0, 0] };
+        ClientFrame::DocSync {
+            document_id: doc.into(),
+            message: base64::engine::general_purpose::STANDARD.encode(bytes),
+            more: false,
+        }
     }
 
     fn slot(n: u8) -> Slot {
@@ -326,6 +486,7 @@ mod tests {
         /// the frames arriving up to `jitter` ms late, within what the reserve covers) never
         /// refuses a frame, and every edit
         /// reaches the server — carried by a frame of its slot granted after it was made.
+        /// Documents' acknowledgements that ride the server's tickets are free on both sides.
         #[test]
         fn the_client_never_exceeds_the_budget_and_every_edit_reaches_the_server(
             limit in 2u32..200,
@@ -339,19 +500,31 @@ mod tests {
             // The reserve covers this much compression of the frames' spacing on the way.
             let covered = u64::from(Pacer::reserve_for(rate)) * rate.window_ms / u64::from(limit);
             let jitter = jitter.min(covered);
-            let mut server = Bucket::full(rate, 0);
+            // The server's bucket and reply tickets.
+            let mut server = (Bucket::full(rate, 0), Tickets::default());
             let mut now = 0u64;
             let mut rng = crate::rng::SplitMix64::new(seed);
             // Edits not yet carried by a granted frame, per slot.
             let mut unsent: std::collections::BTreeMap<Slot, u32> = Default::default();
-            let arrive = |now: u64, rng: &mut crate::rng::SplitMix64, server: &mut Bucket| {
+            // The frame arrives and is charged as the server charges it.
+            let arrive = |now: u64, rng: &mut crate::rng::SplitMix64, server: &mut (Bucket, Tickets), frame: &ClientFrame| {
                 // Never earlier than the previous frame (one ordered link).
-                let at = now + rng.range(0, jitter);
-                server.take(rate, at.max(server.at_ms)).is_ok()
+                let at = (now + rng.range(0, jitter)).max(server.0.at_ms);
+                match charge(&mut server.1, frame) {
+                    0 => true,
+                    n => server.0.take_n(rate, at, n).is_ok(),
+                }
             };
-            let grant_all = |now: u64, pacer: &mut Pacer, unsent: &mut std::collections::BTreeMap<Slot, u32>, rng: &mut crate::rng::SplitMix64, server: &mut Bucket| -> Result<(), TestCaseError> {
+            let grant_all = |now: u64, pacer: &mut Pacer, unsent: &mut std::collections::BTreeMap<Slot, u32>, rng: &mut crate::rng::SplitMix64, server: &mut (Bucket, Tickets)| -> Result<(), TestCaseError> {
                 while let Some(s) = pacer.poll_grant(now) {
-                    prop_assert!(arrive(now, rng, server), "the server refused a paced frame");
+                    // A document's message is built now: an acknowledgement when no local
+                    // edit waits in it (or, at random, anyway: the shell may answer with one).
+                    let frame = match &s {
+                        Slot::Doc(d) => doc_frame(d, unsent.contains_key(&s) && rng.range(0, 4) > 0),
+                        _ => ClientFrame::Ping { nonce: 0 },
+                    };
+                    prop_assert!(pacer.sent(now, std::slice::from_ref(&frame)));
+                    prop_assert!(arrive(now, rng, server, &frame), "the server refused a paced frame");
                     unsent.remove(&s);
                     if s != Slot::Ping {
                         unsent.remove(&Slot::Ping);
@@ -367,6 +540,14 @@ mod tests {
                         *unsent.entry(sl).or_default() += 1;
                     }
                     Step::Wait(ms) => now += u64::from(*ms),
+                    Step::Heard(b) => {
+                        // The server grants its ticket as it queues the message; the client
+                        // receives it and answers (wanting the document's slot).
+                        let doc = if *b { "a" } else { "b" };
+                        server.1.grant(doc);
+                        pacer.ticket(doc);
+                        pacer.want(Slot::Doc(doc.into()));
+                    }
                 }
                 grant_all(now, &mut pacer, &mut unsent, &mut rng, &mut server)?;
             }

@@ -581,6 +581,10 @@ pub enum ServerFrame {
         message: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         more: bool,
+        /// On a whole message (or its last part) that others' changes caused: one answer to it
+        /// that carries no changes is not charged (`sdk_core::pacing`, reply tickets).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ticket: bool,
     },
     /// One event of a consumer group, leased to this socket until `leaseExpiresAt` (epoch ms);
     /// `attempt` counts deliveries, this one included. Settle with `DeliveryAck` / `DeliveryNack`.

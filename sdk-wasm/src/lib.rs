@@ -528,8 +528,8 @@ async fn token(inner: &Inner) -> Result<String, String> {
     v.as_string().ok_or_else(|| "getToken must resolve to a string".to_string())
 }
 
-/// The budget allows `slot`: send what waits for it (a document's frames are built now; each
-/// frame past the first is counted against the budget too).
+/// The budget allows `slot`: send what waits for it (a document's frames are built now and
+/// charged as the server charges them: each past the first spends, a reply may ride a ticket).
 fn grant(inner: &Inner, slot: Slot) {
     if let Some(frame) = inner.paced.borrow_mut().remove(&slot) {
         send(inner, &frame);
@@ -539,12 +539,11 @@ fn grant(inner: &Inner, slot: Slot) {
     let Ok(frames) = build.call0(&JsValue::NULL) else { return };
     let frames: Vec<Value> =
         from_js(frames).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
-    for (i, v) in frames.into_iter().enumerate() {
-        let Ok(frame) = serde_json::from_value::<ClientFrame>(v) else { continue };
-        if i > 0 {
-            inner.core.borrow_mut().spend(now_ms());
-        }
-        send(inner, &frame);
+    let frames: Vec<ClientFrame> =
+        frames.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
+    inner.core.borrow_mut().sent_granted(now_ms(), &frames);
+    for frame in &frames {
+        send(inner, frame);
     }
 }
 

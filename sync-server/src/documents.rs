@@ -20,7 +20,8 @@ use pf2_automerge::DocumentPeer;
 use pf2_automerge::parts::{self, Reassembly};
 use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, DocumentId, TenantId};
-use sdk_core::protocol::ServerFrame;
+use sdk_core::pacing::{self, Tickets};
+use sdk_core::protocol::{ClientFrame, ServerFrame};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -45,9 +46,33 @@ struct LiveDoc {
     parts: Reassembly,
 }
 
+/// The reply tickets of every socket (`sdk_core::pacing`): one per whole sync message queued
+/// for it, spent by an acknowledgement, which is then not charged against its rate limit.
+#[derive(Default)]
+struct TicketBook(Mutex<HashMap<(TenantId, ClientId), Tickets>>);
+
+impl TicketBook {
+    fn grant(&self, tenant: &TenantId, client: &ClientId, doc: &str) {
+        let mut all = self.0.lock().expect("tickets lock");
+        all.entry((tenant.clone(), client.clone())).or_default().grant(doc);
+    }
+
+    fn forget(&self, tenant: &TenantId, client: &ClientId, doc: &str) {
+        let mut all = self.0.lock().expect("tickets lock");
+        let key = (tenant.clone(), client.clone());
+        if let Some(t) = all.get_mut(&key) {
+            t.forget(doc);
+            if *t == Tickets::default() {
+                all.remove(&key);
+            }
+        }
+    }
+}
+
 /// Every document open on this process.
 pub struct DocumentHub {
     docs: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<LiveDoc>>>>,
+    tickets: TicketBook,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     feed: ChangeFeed,
@@ -69,14 +94,16 @@ pub fn valid_document_id(id: &str) -> Result<(), ApiError> {
     DocumentId::new(id).map(|_| ()).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
-/// A sync message as frames: one, or parts of at most 32 KiB when it is larger.
-fn frames(id: &str, message: &[u8]) -> Vec<Arc<Outbound>> {
+/// A sync message as frames: one, or parts of at most 32 KiB when it is larger; `ticket`: its
+/// answer may be free (the message is not a reply to the recipient's own).
+fn frames(id: &str, message: &[u8], ticket: bool) -> Vec<Arc<Outbound>> {
     parts::split(message, parts::PART_BYTES)
         .map(|(part, more)| {
             Outbound::new(ServerFrame::DocSync {
                 document_id: id.to_string(),
                 message: B64.encode(part),
                 more,
+                ticket: ticket && !more,
             })
         })
         .collect()
@@ -115,7 +142,8 @@ impl DocumentHub {
         max_bytes: usize,
         compact_bytes: i64,
     ) -> Self {
-        Self { docs: Mutex::default(), store, metrics, feed, max_bytes, compact_bytes }
+        let tickets = TicketBook::default();
+        Self { docs: Mutex::default(), tickets, store, metrics, feed, max_bytes, compact_bytes }
     }
 
     /// The stored document, live: a replica and what is known of its stored form.
@@ -149,6 +177,19 @@ impl DocumentHub {
         Ok(self.docs.lock().expect("documents lock").entry(key).or_insert(doc).clone())
     }
 
+    /// What `frame` from `client` costs against its rate limit: `pacing::charge`, with the
+    /// tickets the document messages queued for it gave.
+    pub fn charge(&self, tenant: &TenantId, client: &ClientId, frame: &ClientFrame) -> u32 {
+        if !matches!(frame, ClientFrame::DocSync { more: false, .. }) {
+            return 1;
+        }
+        let mut all = self.tickets.0.lock().expect("tickets lock");
+        match all.get_mut(&(tenant.clone(), client.clone())) {
+            Some(t) => pacing::charge(t, frame),
+            None => 1,
+        }
+    }
+
     /// A `doc_sync` frame from `client` on the socket whose outbound queue is `mailbox`
     /// (`more`: a part, more follow).
     #[allow(clippy::too_many_arguments)]
@@ -172,7 +213,7 @@ impl DocumentHub {
             return Ok(());
         };
         self.apply(tenant, id, &mut doc, client, &bytes).await?;
-        Self::sync_open(&mut doc, id, Some(client)).await;
+        self.sync_open(tenant, &mut doc, id, Some(client)).await;
         Ok(())
     }
 
@@ -198,7 +239,7 @@ impl DocumentHub {
             };
             let answers = match applied {
                 Ok(()) => {
-                    Self::sync_open(&mut doc, id, None).await;
+                    self.sync_open(tenant, &mut doc, id, None).await;
                     Ok(std::iter::from_fn(|| doc.peer.generate(client.as_str())).collect())
                 }
                 Err(e) => Err(e),
@@ -319,14 +360,30 @@ impl DocumentHub {
     }
 
     /// Send every socket with the document open what it lacks (the sender's reply waits for
-    /// room; the others are offered, never waiting).
-    async fn sync_open(doc: &mut LiveDoc, id: &str, reply_to: Option<&ClientId>) {
+    /// room; the others are offered, never waiting, and each whole message gives them a reply
+    /// ticket).
+    async fn sync_open(
+        &self,
+        tenant: &TenantId,
+        doc: &mut LiveDoc,
+        id: &str,
+        reply_to: Option<&ClientId>,
+    ) {
         let clients: Vec<(ClientId, Arc<Mailbox>)> =
             doc.open.iter().map(|(c, m)| (c.clone(), m.clone())).collect();
         for (client, mailbox) in clients {
+            // What answers the client's own message is its round trip, paid by it; what
+            // others' changes caused carries a ticket for its acknowledgement.
+            let ticket = Some(&client) != reply_to;
             'messages: while let Some(m) = doc.peer.generate(client.as_str()) {
-                for out in frames(id, &m) {
-                    if Some(&client) == reply_to {
+                if ticket {
+                    // Before the message is queued: its answer may arrive before this task
+                    // runs again. (A message then not queued leaves the server a ticket the
+                    // client never got — the safe side.)
+                    self.tickets.grant(tenant, &client, id);
+                }
+                for out in frames(id, &m, ticket) {
+                    if !ticket {
                         if mailbox.send(out).await.is_err() {
                             break 'messages;
                         }
@@ -352,7 +409,7 @@ impl DocumentHub {
             tracing::warn!(error = %e, document = id, "reading a document's new changes");
             return;
         }
-        Self::sync_open(&mut doc, id, None).await;
+        self.sync_open(tenant, &mut doc, id, None).await;
     }
 
     /// `client` closed the document (or its socket): forget its socket, keep what both sides
@@ -365,6 +422,7 @@ impl DocumentHub {
         let empty = {
             let mut doc = live.lock().await;
             doc.open.remove(client);
+            self.tickets.forget(tenant, client, id);
             doc.parts.discard(client.as_str());
             doc.peer.disconnected(client.as_str());
             doc.open.is_empty()

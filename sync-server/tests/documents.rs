@@ -156,7 +156,7 @@ async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (
     let mut joined = Reassembly::new(usize::MAX);
     loop {
         match ws.recv().await {
-            ServerFrame::DocSync { document_id, message, more } if document_id == doc => {
+            ServerFrame::DocSync { document_id, message, more, .. } if document_id == doc => {
                 if let Some(m) = joined.push(doc, &B64.decode(message).unwrap(), more).unwrap() {
                     peer.receive("server", &m).unwrap();
                     received = true;
@@ -170,11 +170,120 @@ async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (
 }
 
 /// Lifts api.md's 100 frames a minute per socket, for the tests that sync thousands of edits
-/// through one connection in seconds: every sync round and every 64 KiB part is a frame, and the
-/// session meters frames, not what they cost (the realtime-at-human-pace issue changes that and
-/// removes this lift).
+/// through one connection in seconds — hundreds of times a person's pace: every round's ping,
+/// every message carrying changes and every 32 KiB part is charged (only acknowledgements ride
+/// the server's tickets, see `an_observer_answering_every_message_is_not_charged_for_it`).
 fn lift_frame_rate(c: &mut sync_server::config::Config) {
     c.ws_rate = 100_000;
+}
+
+/// Send everything `peer` has for the server, in parts.
+async fn send_all(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str) -> usize {
+    let mut frames = 0;
+    while let Some(m) = peer.generate("server") {
+        for (part, more) in parts::split(&m, parts::PART_BYTES) {
+            let message = B64.encode(part);
+            ws.send(&ClientFrame::DocSync { document_id: doc.into(), message, more }).await;
+            frames += 1;
+        }
+    }
+    frames
+}
+
+/// Read until a whole `doc_sync` message of `doc` arrives and apply it (an error panics).
+async fn receive_one(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str) {
+    let mut joined = Reassembly::new(usize::MAX);
+    loop {
+        match ws.recv().await {
+            ServerFrame::DocSync { document_id, message, more, .. } if document_id == doc => {
+                if let Some(m) = joined.push(doc, &B64.decode(message).unwrap(), more).unwrap() {
+                    peer.receive("server", &m).unwrap();
+                    return;
+                }
+            }
+            ServerFrame::Error { code, message, .. } => panic!("{code:?}: {message}"),
+            _ => {}
+        }
+    }
+}
+
+/// At the shipped limit of 100 frames a minute: two writers make 150 edits between them (each
+/// its own message, within each writer's budget, each after bob has the one before, as at a
+/// person's pace), and bob, who only watches, answers every message the server sends him with
+/// Automerge's acknowledgement — well over 100 frames in seconds. None is charged (each rides a ticket the server's message gave), so bob is never
+/// warned; a client sending acknowledgements nobody asked for is warned as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_answering_every_message_is_not_charged_for_it() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let token = app.token("writer");
+    let served = net::serve(app.state.clone()).await;
+    let addr = served.addr;
+    let mut seed = DocumentPeer::new(b"seed");
+    let text = seed.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    seed.doc().commit();
+    let mut s = connect(addr, &token, "seed").await;
+    sync_doc(&mut s, &mut seed, "notes").await;
+    drop(s);
+
+    let mut bob = DocumentPeer::new(b"bob");
+    let mut b = connect(addr, &token, "bob").await;
+    sync_doc(&mut b, &mut bob, "notes").await;
+    const EDITS: usize = 150;
+    let watched = text.clone();
+    let (seen, mut bob_has) = tokio::sync::watch::channel(0);
+    let watcher = tokio::spawn(async move {
+        let mut sent = 0;
+        while bob.doc().length(&watched) < EDITS {
+            receive_one(&mut b, &mut bob, "notes").await;
+            sent += send_all(&mut b, &mut bob, "notes").await;
+            seen.send_replace(bob.doc().length(&watched));
+        }
+        // Anything the server had to say about those frames arrives before this pong.
+        b.send(&ClientFrame::Ping { nonce: 7 }).await;
+        loop {
+            match b.recv().await {
+                ServerFrame::Pong { nonce: 7 } => return sent,
+                ServerFrame::Error { code, message, .. } => panic!("bob: {code:?}: {message}"),
+                _ => {}
+            }
+        }
+    });
+    for (name, actor) in [("alice", b"alice"), ("carol", b"carol")] {
+        let mut w = DocumentPeer::load(&seed.save(), actor).unwrap();
+        let mut ws = connect(addr, &token, name).await;
+        sync_doc(&mut ws, &mut w, "notes").await;
+        for _ in 0..EDITS / 2 {
+            let len = w.doc().length(&text);
+            bob_has.wait_for(|n| *n >= len).await.unwrap();
+            w.doc().splice_text(&text, len, 0, "x").unwrap();
+            w.doc().commit();
+            send_all(&mut ws, &mut w, "notes").await;
+            receive_one(&mut ws, &mut w, "notes").await;
+            // The writer's answer to the server's acknowledgement (if any) rides its ticket.
+            send_all(&mut ws, &mut w, "notes").await;
+        }
+    }
+    let sent = watcher.await.unwrap();
+    assert!(
+        sent > 100,
+        "bob answered {sent} messages: more than the limit, or this proves nothing"
+    );
+
+    // The same acknowledgement sent unprompted, 120 times: charged, so warned past 100.
+    let mut m = connect(addr, &token, "mallory").await;
+    let ack = B64.encode([0x42, 0, 0, 0, 0]);
+    for _ in 0..120 {
+        let f =
+            ClientFrame::DocSync { document_id: "notes".into(), message: ack.clone(), more: false };
+        m.send(&f).await;
+    }
+    let warned = m
+        .recv_until(|f| {
+            matches!(f, ServerFrame::Error { code: sdk_core::ErrorCode::RateLimit, .. })
+        })
+        .await;
+    assert!(matches!(warned, ServerFrame::Error { .. }));
+    served.stop().await.unwrap();
 }
 
 /// Rounds until neither side has anything to say.

@@ -127,6 +127,29 @@ fn limits_and_bad_bytes_are_refused_with_nothing_changed() {
     assert_eq!(code, sdk_core::ErrorCode::MergeFailed);
 }
 
+/// `from`'s next message for `to`, if any: its change count as the pacing rule reads it equals
+/// Automerge's, and a cut of it is read without a panic. Counted in `seen` (acks, with changes).
+fn one_message(
+    from: &mut DocumentPeer,
+    to: &mut DocumentPeer,
+    to_name: &str,
+    from_name: &str,
+    cut: prop::sample::Index,
+    seen: &mut (u32, u32),
+) -> Result<bool, TestCaseError> {
+    let Some(m) = from.generate(to_name) else { return Ok(false) };
+    let theirs = automerge::sync::Message::decode(&m).unwrap().changes.len() as u64;
+    prop_assert_eq!(sdk_core::pacing::sync_message_changes(&m), Some(theirs));
+    if theirs == 0 {
+        seen.0 += 1
+    } else {
+        seen.1 += 1
+    }
+    let _ = sdk_core::pacing::sync_message_changes(&m[..cut.index(m.len())]);
+    to.receive(from_name, &m).unwrap();
+    Ok(true)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -138,6 +161,34 @@ proptest! {
         let _ = merge(Some(&bytes), b"\x85\x6f\x4a\x83", 1 << 20);
         let _ = DocumentPeer::load(&bytes, b"a");
         let _ = DocumentPeer::new(b"a").receive("p", &bytes);
+        let _ = sdk_core::pacing::sync_message_changes(&bytes);
+    }
+
+    /// The rate limit's reading of a sync message (`sdk_core::pacing`, which cannot depend on
+    /// Automerge) counts what Automerge's own decoder counts, for every message of real
+    /// exchanges — acknowledgements and messages carrying changes — and any cut of one reads
+    /// as no message or a count, never a panic.
+    #[test]
+    fn the_pacing_change_count_agrees_with_automerge(
+        edits in proptest::collection::vec((0usize..2, "[a-z]{1,3}"), 1..20),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let (mut ps, text) = replicas(2);
+        let (mut a, mut b) = (ps.remove(0), ps.remove(0));
+        let mut seen = (0, 0);
+        for (who, s) in &edits {
+            let p = if *who == 0 { &mut a } else { &mut b };
+            let len = p.doc().length(&text);
+            p.doc().splice_text(&text, len, 0, s).unwrap();
+            p.doc().commit();
+            // One exchange, message by message in both directions until quiet.
+            for _ in 0..10 {
+                let ab = one_message(&mut a, &mut b, "b", "a", cut, &mut seen)?;
+                let ba = one_message(&mut b, &mut a, "a", "b", cut, &mut seen)?;
+                if !ab && !ba { break; }
+            }
+        }
+        prop_assert!(seen.0 > 0 && seen.1 > 0, "both kinds of message were read: {seen:?}");
     }
 
     /// Three replicas make random concurrent edits and sync pairwise in a random order (some

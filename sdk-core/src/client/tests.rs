@@ -545,3 +545,60 @@ fn presence_waits_by_room_and_other_frames_each_on_their_own() {
     assert_eq!(SyncClient::realtime_slot(&presence, 2), SyncClient::realtime_slot(&presence, 3));
     assert_eq!(SyncClient::realtime_slot(&join, 4), crate::pacing::Slot::Frame(4));
 }
+
+#[test]
+fn acknowledging_what_others_changed_costs_the_client_nothing() {
+    use crate::pacing::Slot;
+    use base64::Engine as _;
+    let mut c = client();
+    c.set_online(0, true);
+    c.link_opened(0, "tok");
+    drain(&mut c);
+    let mut connected = connected();
+    if let ServerFrame::Connected { rate_limit, .. } = &mut connected {
+        *rate_limit = Some(crate::pacing::Rate::per_minute(4));
+    }
+    c.handle_frame(0, connected);
+    drain(&mut c);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let ack = ClientFrame::DocSync {
+        document_id: "notes".into(),
+        message: b64(&[0x42, 0, 0, 0, 0]),
+        more: false,
+    };
+    // Of 4 (one spent on the pull, one the reserve), two frames are there. Ten messages of
+    // others' edits, each acknowledged at once: all ride their tickets, the budget stays.
+    for _ in 0..10 {
+        let theirs = b64(&[0x42, 0, 0, 0, 1, 1, 9]);
+        c.handle_frame(
+            1,
+            ServerFrame::DocSync {
+                document_id: "notes".into(),
+                message: theirs,
+                more: false,
+                ticket: true,
+            },
+        );
+        drain(&mut c);
+        assert!(c.want_send(1, Slot::Doc("notes".into())));
+        assert!(drain(&mut c).iter().any(|o| matches!(o, Output::Grant(Slot::Doc(_)))));
+        c.sent_granted(1, std::slice::from_ref(&ack));
+    }
+    // A message answering the client's own (no ticket) is not free to answer.
+    let reply = b64(&[0x42, 0, 0, 0, 0]);
+    c.handle_frame(
+        1,
+        ServerFrame::DocSync {
+            document_id: "notes".into(),
+            message: reply,
+            more: false,
+            ticket: false,
+        },
+    );
+    for n in 0..3 {
+        c.want_send(1, Slot::Doc("notes".into()));
+        let granted = drain(&mut c).iter().filter(|o| matches!(o, Output::Grant(_))).count();
+        assert_eq!(granted, usize::from(n < 2), "answer {n}");
+        c.sent_granted(1, std::slice::from_ref(&ack));
+    }
+}

@@ -129,7 +129,18 @@ fn sample_server_frames() -> Vec<ServerFrame> {
                 schema_version: "1.0".into(),
             },
         },
-        ServerFrame::DocSync { document_id: "notes".into(), message: "QkM=".into(), more: true },
+        ServerFrame::DocSync {
+            document_id: "notes".into(),
+            message: "QkM=".into(),
+            more: true,
+            ticket: false,
+        },
+        ServerFrame::DocSync {
+            document_id: "notes".into(),
+            message: "QkM=".into(),
+            more: false,
+            ticket: true,
+        },
         ServerFrame::Delivery {
             group: "billing".into(),
             event: WireEvent {

@@ -248,12 +248,13 @@ async fn read_loop(
     }
 }
 
-/// One frame from the client: admitted by the session (rate limit), decoded, handled.
+/// One frame from the client: decoded, admitted by the session (rate limit), handled.
 async fn on_frame(session: &mut Session, codec: Codec, bytes: Vec<u8>) -> Option<Closing> {
-    if let Err(c) = session.admit().await {
+    let frame = codec.decode::<ClientFrame>(&bytes, session.frame_limit());
+    if let Err(c) = session.admit(frame.as_ref().ok()).await {
         return Some(c);
     }
-    match codec.decode::<ClientFrame>(&bytes, session.frame_limit()) {
+    match frame {
         Ok(frame) => session.handle(frame).await,
         Err(e) => session.error(e.into(), None).await,
     }

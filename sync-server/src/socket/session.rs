@@ -286,12 +286,24 @@ impl Session {
     /// Every frame from the client, before it is handled: keep the connection and its
     /// presence alive, and apply api.md's 100 messages a minute per connection — over it, a
     /// warning per message, and after [`RATE_GRACE`] such warnings, a disconnect (audited).
-    pub async fn admit(&mut self) -> Result<(), Closing> {
+    ///
+    /// `frame` is the decoded frame (`None`: it did not decode, and costs a token): what it
+    /// costs is `pacing::charge` — a document acknowledgement answering a message the server
+    /// sent is free (docs/protocol.md, "Pacing").
+    pub async fn admit(&mut self, frame: Option<&ClientFrame>) -> Result<(), Closing> {
         self.last_heard = Instant::now();
         self.state.metrics.ws_messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.state.hub.touch(self.tenant(), &self.client);
+        let cost = match frame {
+            Some(f) => self.state.documents.charge(self.tenant(), &self.client, f),
+            None => 1,
+        };
+        if cost == 0 {
+            self.state.metrics.inc("pf2_ws_free_replies_total", &[]);
+            return Ok(());
+        }
         let rate: Rate = self.state.limits.ws_rate;
-        let Err(retry) = self.bucket.take(rate, Instant::now()) else { return Ok(()) };
+        let Err(retry) = self.bucket.take_n(rate, Instant::now(), cost) else { return Ok(()) };
         self.over_limit += 1;
         if self.over_limit > RATE_GRACE {
             self.state.metrics.inc("pf2_ws_disconnects_total", &[("reason", "rate_limit")]);

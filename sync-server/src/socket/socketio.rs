@@ -272,7 +272,7 @@ async fn deliver(s: &SocketRef, frame: Result<ClientFrame, String>) {
     if session.tx.ending() {
         return;
     }
-    if let Err(closing) = session.admit().await {
+    if let Err(closing) = session.admit(frame.as_ref().ok()).await {
         session.tx.close(Some(closing));
         return;
     }
