@@ -49,9 +49,6 @@ export async function startServer({ env = {}, demo = false } = {}) {
     PF2_JWT_SECRET: SECRET,
     PF2_STATIC_DIR: www,
     PF2_LOG: 'warn',
-    PF2_RATE_RECONCILE: '100000',
-    PF2_RATE_POLL: '100000',
-    PF2_RATE_TRANSACTIONS: '100000',
     ...env,
   }
   if (demo) {

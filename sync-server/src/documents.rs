@@ -218,7 +218,8 @@ impl DocumentHub {
     }
 
     /// One exchange over REST (the long-polling transport): apply `message` from `client`, if
-    /// any, and answer with what it lacks. The server starts a session per exchange from what
+    /// any, and answer with what it lacks and the version the answer brings it to (every stored
+    /// change up to it is in the answer or already the client's: where its poll watches from). The server starts a session per exchange from what
     /// both sides are known to share (and keeps none after it), so a lost answer costs a round
     /// trip, never a change, and an idle document leaves memory; the client keeps its session.
     pub async fn sync_over_http(
@@ -227,7 +228,7 @@ impl DocumentHub {
         client: &ClientId,
         id: &str,
         message: Option<&[u8]>,
-    ) -> Result<Vec<Vec<u8>>, ApiError> {
+    ) -> Result<(Vec<Vec<u8>>, u64), ApiError> {
         valid_document_id(id)?;
         let live = self.live(tenant, id).await?;
         let (answers, unused) = {
@@ -240,7 +241,8 @@ impl DocumentHub {
             let answers = match applied {
                 Ok(()) => {
                     self.sync_open(tenant, &mut doc, id, None).await;
-                    Ok(std::iter::from_fn(|| doc.peer.generate(client.as_str())).collect())
+                    let answers = std::iter::from_fn(|| doc.peer.generate(client.as_str()));
+                    Ok((answers.collect(), u64::try_from(doc.seq).unwrap_or(0)))
                 }
                 Err(e) => Err(e),
             };
@@ -400,6 +402,7 @@ impl DocumentHub {
 
     /// Another process changed the document: read the new changes and pass them on.
     pub async fn refresh(&self, tenant: &TenantId, id: &str) {
+        self.feed.document_changed_elsewhere(tenant, id);
         let key = (tenant.clone(), id.to_string());
         let Some(live) = self.docs.lock().expect("documents lock").get(&key).cloned() else {
             return;

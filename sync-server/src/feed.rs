@@ -14,6 +14,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct ChangeFeed {
     notifier: Arc<Notifier>,
+    /// Long-polls waiting for documents to change, by `tenant/document`.
+    documents: Arc<Notifier>,
     hub: Arc<Hub>,
     cluster: Arc<dyn ClusterFanout>,
 }
@@ -29,9 +31,14 @@ pub enum Woke {
     Gone,
 }
 
+fn document_key(tenant: &TenantId, id: &str) -> String {
+    // Document ids hold no '/' (`DocumentId`), so the key is unambiguous.
+    format!("{tenant}/{id}")
+}
+
 impl ChangeFeed {
     pub fn new(notifier: Arc<Notifier>, hub: Arc<Hub>, cluster: Arc<dyn ClusterFanout>) -> Self {
-        Self { notifier, hub, cluster }
+        Self { notifier, documents: Arc::default(), hub, cluster }
     }
 
     /// Entities of `tenant` changed, up to `version`, whoever wrote them (REST reconcile, a push
@@ -56,8 +63,25 @@ impl ChangeFeed {
         self.forward(|| Envelope::Kick { node: String::new(), tenant: tenant.clone() });
     }
 
-    /// Document `id` of `tenant` changed here: the processes that have it open re-read it.
+    /// A wake-up for a long-poll waiting on document `id` of `tenant`.
+    pub fn watch_document(&self, tenant: &TenantId, id: &str) -> watch::Receiver<u64> {
+        self.documents.subscribe(&document_key(tenant, id))
+    }
+
+    /// Long-polls waiting on document `id` of `tenant` (tests wait for this, not a sleep).
+    pub fn document_waiting(&self, tenant: &TenantId, id: &str) -> usize {
+        self.documents.waiting(&document_key(tenant, id))
+    }
+
+    /// Another process changed document `id`: wake this process's long-polls waiting on it.
+    pub fn document_changed_elsewhere(&self, tenant: &TenantId, id: &str) {
+        self.documents.kick(&document_key(tenant, id));
+    }
+
+    /// Document `id` of `tenant` changed here: the long-polls waiting on it wake, and the
+    /// processes that have it open re-read it.
     pub fn document_changed(&self, tenant: &TenantId, id: &str) {
+        self.document_changed_elsewhere(tenant, id);
         self.forward(|| Envelope::Document {
             node: String::new(),
             tenant: tenant.clone(),

@@ -24,11 +24,15 @@ impl Notifier {
     }
 
     /// Wake everyone waiting on `tenant` although the log did not grow (a dead letter went
-    /// back to its group).
+    /// back to its group). A key nobody waits on any more is forgotten.
     pub fn kick(&self, tenant: &str) {
-        let map = self.tenants.lock().expect("notifier lock");
+        let mut map = self.tenants.lock().expect("notifier lock");
         if let Some(tx) = map.get(tenant) {
-            tx.send_modify(|_| {});
+            if tx.receiver_count() == 0 {
+                map.remove(tenant);
+            } else {
+                tx.send_modify(|_| {});
+            }
         }
     }
 

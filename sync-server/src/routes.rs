@@ -104,6 +104,13 @@ fn sync_routes() -> Vec<Route> {
             "documents",
             post(documents::document_sync),
         ),
+        route(
+            "post",
+            "/api/documents/sync",
+            "Several documents' sync messages in one request (long-polling clients): {clientId, documents: [{documentId, message?}]} -> {documents: [{documentId, messages, version, error?}]}",
+            "documents",
+            post(documents::documents_sync),
+        ),
     ]
 }
 

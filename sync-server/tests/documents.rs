@@ -461,6 +461,138 @@ async fn sync_over_http(app: &TestApp, token: &str, peer: &mut DocumentPeer, doc
     panic!("REST document sync did not settle");
 }
 
+/// One `POST /api/documents/sync` round for `client` with every document of `docs`, each with
+/// its message if it has one (`first`: ask even with none). Returns the answers (applied to the
+/// peers), or `None` when no document had anything to say.
+async fn batch_round(
+    app: &TestApp,
+    token: &str,
+    client: &str,
+    docs: &mut [(&str, &mut DocumentPeer)],
+    first: bool,
+) -> Option<Vec<Value>> {
+    let messages: Vec<Option<String>> =
+        docs.iter_mut().map(|(_, p)| p.generate("server").map(|m| B64.encode(m))).collect();
+    if !first && messages.iter().all(Option::is_none) {
+        return None;
+    }
+    let documents: Vec<Value> = docs
+        .iter()
+        .zip(&messages)
+        .map(|((id, _), m)| json!({ "documentId": id, "message": m }))
+        .collect();
+    let body = json!({ "clientId": client, "documents": documents });
+    let r = app.post("/api/documents/sync", token, &body).await;
+    r.expect(200);
+    let answers = r.json()["documents"].as_array().unwrap().clone();
+    for (a, (id, p)) in answers.iter().zip(docs.iter_mut()) {
+        assert_eq!(a["documentId"], *id);
+        for m in a["messages"].as_array().unwrap() {
+            p.receive("server", &B64.decode(m.as_str().unwrap()).unwrap()).unwrap();
+        }
+    }
+    Some(answers)
+}
+
+/// Rounds until no document has anything to say; the versions reached, by position.
+async fn batch_sync(
+    app: &TestApp,
+    token: &str,
+    client: &str,
+    docs: &mut [(&str, &mut DocumentPeer)],
+) -> Vec<u64> {
+    let mut versions = Vec::new();
+    for round in 0..20 {
+        match batch_round(app, token, client, docs, round == 0).await {
+            Some(answers) => {
+                versions = answers.iter().map(|a| a["version"].as_u64().unwrap()).collect()
+            }
+            None => return versions,
+        }
+    }
+    panic!("batch sync did not settle");
+}
+
+fn text_doc(actor: &[u8], text: &str) -> (DocumentPeer, pf2_automerge::automerge::ObjId) {
+    let mut p = DocumentPeer::new(actor);
+    let t = p.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    p.doc().splice_text(&t, 0, 0, text).unwrap();
+    p.doc().commit();
+    (p, t)
+}
+
+/// The long-polling transport at the shipped limits: several documents sync in one request, and
+/// a client waiting on the event poll for its documents is woken by a change to one of them —
+/// told which, at which version — instead of polling each on a timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_documents_ride_the_event_poll_and_sync_in_one_request() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let (ta, tb) = (app.token("alice"), app.token("bob"));
+    let (mut notes, text) = text_doc(b"alice", "notes");
+    let (mut todo, _) = text_doc(b"alice-todo", "todo");
+    batch_sync(&app, &ta, "alice", &mut [("notes", &mut notes), ("todo", &mut todo)]).await;
+    let (mut bob_notes, mut bob_todo) = (DocumentPeer::new(b"bob"), DocumentPeer::new(b"bob-todo"));
+    let v = batch_sync(&app, &tb, "bob", &mut [("notes", &mut bob_notes), ("todo", &mut bob_todo)])
+        .await;
+    assert!(v[0] > 0 && v[1] > 0, "stored documents have versions: {v:?}");
+    assert_eq!(bob_notes.doc().text(&text).unwrap(), "notes");
+
+    // Nothing new at those versions: the poll parks on both documents.
+    let tenant = sdk_core::ids::TenantId::new(app.tenant.clone()).unwrap();
+    let started = std::time::Instant::now();
+    let poll = {
+        let (app, tb) = (app.clone(), tb.clone());
+        let path = format!("/api/events/poll?documents=notes@{},todo@{}&wait=25", v[0], v[1]);
+        tokio::spawn(async move { app.get(&path, &tb).await })
+    };
+    while app.state.feed.document_waiting(&tenant, "notes") == 0 {
+        tokio::task::yield_now().await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the poll never parked");
+    }
+    notes.doc().splice_text(&text, 5, 0, " by alice").unwrap();
+    notes.doc().commit();
+    batch_sync(&app, &ta, "alice", &mut [("notes", &mut notes)]).await;
+    let answer = poll.await.unwrap();
+    answer.expect(200);
+    let changed = answer.json()["documents"].as_array().unwrap().clone();
+    assert_eq!(changed.len(), 1, "only the changed document: {changed:?}");
+    assert_eq!(changed[0]["documentId"], "notes");
+    assert!(changed[0]["version"].as_u64().unwrap() > v[0]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "woken by the change, not the wait"
+    );
+    let v2 =
+        batch_sync(&app, &tb, "bob", &mut [("notes", &mut bob_notes), ("todo", &mut bob_todo)])
+            .await;
+    assert_eq!(bob_notes.doc().text(&text).unwrap(), "notes by alice");
+    assert_eq!(v2[1], v[1], "todo did not change");
+    // At the versions bob now has, a poll without waiting names no document; an old version
+    // answers at once.
+    let path = format!("/api/events/poll?documents=notes@{},todo@{}", v2[0], v2[1]);
+    let r = app.get(&path, &tb).await;
+    r.expect(200);
+    assert!(r.json().get("documents").is_none(), "{}", r.json());
+    let r = app.get("/api/events/poll?documents=notes@0&wait=25", &tb).await;
+    assert_eq!(r.json()["documents"][0]["version"], v2[0]);
+
+    // One refused document does not hold up the others; bad requests change nothing.
+    let body = json!({ "clientId": "bob", "documents": [
+        { "documentId": "todo", "message": "not base64!" },
+        { "documentId": "notes" },
+    ]});
+    let r = app.post("/api/documents/sync", &tb, &body).await;
+    r.expect(200);
+    assert_eq!(r.json()["documents"][0]["error"]["code"], "INVALID_REQUEST");
+    assert!(r.json()["documents"][1].get("error").is_none());
+    let many: Vec<Value> = (0..17).map(|i| json!({ "documentId": format!("d{i}") })).collect();
+    let r = app
+        .post("/api/documents/sync", &tb, &json!({ "clientId": "bob", "documents": many }))
+        .await;
+    r.expect(400);
+    app.get("/api/events/poll?documents=bad%20id@1", &tb).await.expect(400);
+}
+
 /// A client on the long-polling transport syncs its document over REST with one on `/v1/ws`:
 /// edits travel both ways; bad requests are refused and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,6 +176,79 @@ pub struct EventPage {
     pub has_more: bool,
     /// Where the next poll resumes (it passes events that did not match the filter).
     pub next_event_id: String,
+    /// Of the documents the poll watched (`documents=`), those stored past the version it
+    /// named: sync them (`POST /api/documents/sync`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub documents: Vec<DocumentVersion>,
+}
+
+/// A document and the version of it that is stored (the number of its last change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentVersion {
+    pub document_id: String,
+    pub version: u64,
+}
+
+/// Documents one poll may watch, and one `POST /api/documents/sync` may carry.
+pub const MAX_DOCUMENTS_PER_REQUEST: usize = 16;
+
+/// The poll's `documents` parameter, `notes@17,todo@0`: documents and the version each client
+/// has. At most [`MAX_DOCUMENTS_PER_REQUEST`], each id a valid [`crate::ids::DocumentId`].
+pub fn watched_documents(param: &str) -> Result<Vec<DocumentVersion>, String> {
+    let watched: Vec<DocumentVersion> = param
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (id, version) = item.rsplit_once('@').unwrap_or((item, "0"));
+            crate::ids::DocumentId::new(id).map_err(|e| e.to_string())?;
+            let version = version.parse().map_err(|_| format!("{item:?}: not id@version"))?;
+            Ok(DocumentVersion { document_id: id.to_string(), version })
+        })
+        .collect::<Result<_, String>>()?;
+    if watched.len() > MAX_DOCUMENTS_PER_REQUEST {
+        return Err(format!("at most {MAX_DOCUMENTS_PER_REQUEST} documents per poll"));
+    }
+    Ok(watched)
+}
+
+/// `POST /api/documents/sync`: Automerge sync messages for several documents at once (the
+/// long-polling transport), `{clientId, documents: [{documentId, message?}]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DocumentsSyncRequest {
+    pub client_id: String,
+    pub documents: Vec<DocumentMessage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DocumentMessage {
+    pub document_id: String,
+    /// A whole sync message (base64), or none to ask what is new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The answer: per document, what the client lacks and the version now stored (where its next
+/// poll watches from). A document refused (too large, a bad message) says so in `error` and
+/// the others are still answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentsSyncAnswer {
+    pub documents: Vec<DocumentAnswer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentAnswer {
+    pub document_id: String,
+    #[serde(default)]
+    pub messages: Vec<String>,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<super::WireError>,
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! `GET /api/events/poll`: long-polling the tenant's event log.
 
 use super::extract::{Auth, Query, rate_limit};
+use crate::bus::LogPage;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use sdk_core::protocol::http::{DocumentVersion, watched_documents};
 use sdk_core::protocol::{EventFilter, EventPage};
 use serde::Deserialize;
 use std::time::Duration;
@@ -20,10 +22,15 @@ pub struct PollQuery {
     types: Option<String>,
     /// Payload attribute equalities as a JSON object (`{"region":"eu"}`).
     filter: Option<String>,
+    /// Documents to watch as well, `id@version,…` (the version the client has): the poll also
+    /// ends when one of them is stored past it. Without `lastEventId`, only documents.
+    documents: Option<String>,
 }
 
 /// `GET /api/events/poll`: events after `lastEventId` (a sequence number or an event id), at
-/// most `limit` (default 100, at most 1000), waiting up to `wait` seconds (≤ 30) for the first.
+/// most `limit` (default 100, at most 1000), waiting up to `wait` seconds (≤ 30) for the first
+/// — or for one of the watched `documents` to change: one waiting request serves a degraded
+/// client's events and documents (docs/api/rest.md).
 pub async fn poll(
     State(state): State<AppState>,
     auth: Auth,
@@ -60,12 +67,65 @@ pub async fn poll(
     filter.validate()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000) as u32;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(30));
-    let page = state.bus.read(&auth.tenant, after, limit, &filter, wait).await?;
+    let watched =
+        watched_documents(q.documents.as_deref().unwrap_or("")).map_err(ApiError::invalid)?;
+    let documents_only = !watched.is_empty() && q.last_event_id.is_none();
+    let (bus, tenant, filter) = (&state.bus, &auth.tenant, &filter);
+    let read = |wait| async move {
+        match documents_only {
+            true => {
+                // Only documents: the wait is for them.
+                tokio::time::sleep(wait).await;
+                Ok(LogPage { events: vec![], next: after, has_more: false })
+            }
+            false => bus.read(tenant, after, limit, filter, wait).await,
+        }
+    };
+    let page = if watched.is_empty() {
+        read(wait).await?
+    } else {
+        // Subscribed before looking, so a change in between still wakes the wait.
+        let mut wakes: Vec<_> = watched
+            .iter()
+            .map(|d| state.feed.watch_document(&auth.tenant, &d.document_id))
+            .collect();
+        if !changed_documents(&state, &auth, &watched).await?.is_empty() {
+            read(Duration::ZERO).await?
+        } else {
+            let changed =
+                futures_util::future::select_all(wakes.iter_mut().map(|w| Box::pin(w.changed())));
+            tokio::select! {
+                page = read(wait) => page?,
+                _ = changed => read(Duration::ZERO).await?,
+            }
+        }
+    };
+    let documents = changed_documents(&state, &auth, &watched).await?;
     state.metrics.add("pf2_events_polled_total", &[], page.events.len() as u64);
     Ok(Json(EventPage {
         events: page.events,
         has_more: page.has_more,
         next_event_id: page.next.to_string(),
+        documents,
     })
     .into_response())
+}
+
+/// The watched documents stored past the version the client named.
+async fn changed_documents(
+    state: &AppState,
+    auth: &Auth,
+    watched: &[DocumentVersion],
+) -> Result<Vec<DocumentVersion>, ApiError> {
+    let ids: Vec<&str> = watched.iter().map(|d| d.document_id.as_str()).collect();
+    let stored = state.store.document_versions(auth.tenant.as_str(), &ids).await?;
+    Ok(watched
+        .iter()
+        .filter_map(|w| {
+            let (_, v) = stored.iter().find(|(id, _)| *id == w.document_id)?;
+            let version = u64::try_from(*v).ok()?;
+            (version > w.version)
+                .then(|| DocumentVersion { document_id: w.document_id.clone(), version })
+        })
+        .collect())
 }

@@ -86,6 +86,29 @@ impl Store {
         Ok((version, changes))
     }
 
+    /// The version of each of `ids` that is stored: the number of its last appended change
+    /// (it only grows; compaction keeps it). Absent ids are left out.
+    pub async fn document_versions(
+        &self,
+        tenant: &str,
+        ids: &[&str],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT document_id, next_seq - 1 FROM documents WHERE tenant_id = $1 AND document_id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(tenant);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(db)?;
+        Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect())
+    }
+
     pub async fn append_document_change(
         &self,
         tenant: &str,
