@@ -35,9 +35,6 @@ export interface DocumentsOptions {
   /** Quiet time before local edits are written to IndexedDB and sent, in ms (default 0: the
    * next task; edits made in one task always share one write and one message). */
   batchMs?: number
-  /** While the client is `degraded` (long-polling), how often to ask the server for others'
-   * changes over REST, in ms (default 5,000). Local edits are sent at once either way. */
-  pollMs?: number
 }
 
 /** The edits of one `change`: they become one Automerge change, or none if `fn` throws. */
@@ -105,7 +102,13 @@ export class Documents {
   private readonly handles = new Map<string, DocHandle>()
   private readonly detach: Array<() => void> = []
   private status: Status
-  private poll?: ReturnType<typeof setInterval>
+  /** While degraded: the version of each document this replica has (what the poll watches
+   * from), the documents to ask about, and the one batch request in flight. */
+  private readonly versions = new Map<string, number>()
+  private readonly dirty = new Set<string>()
+  private httpBusy = false
+  private httpAgain = false
+  private retry?: ReturnType<typeof setTimeout>
 
   private constructor(
     private readonly store: DocumentStore,
@@ -123,23 +126,70 @@ export class Documents {
         this.status = s
         if (s === 'live' && was !== 'live') for (const h of this.handles.values()) h.reconnected()
         if (s !== 'live' && was === 'live') for (const h of this.handles.values()) h.linkLost()
-        this.pollWhileDegraded()
+        if (s === 'degraded' && was !== 'degraded') this.syncOverHttp(this.handles.keys())
+        if (s !== 'degraded' && was === 'degraded') this.link.watchDocuments({})
+      }),
+      // The long-poll saw a document change: one batch request brings every such document.
+      link.onDocuments((changed) => {
+        const behind = changed.filter((d) => (this.versions.get(d.documentId) ?? 0) < d.version)
+        if (behind.length) this.syncOverHttp(behind.map((d) => d.documentId))
       }),
     )
-    this.pollWhileDegraded()
+    if (this.status === 'degraded') this.syncOverHttp(this.handles.keys())
   }
 
-  /** Long-polling carries documents over REST: now, and every `pollMs` while it lasts. */
-  private pollWhileDegraded() {
-    const degraded = this.status === 'degraded'
-    if (degraded && !this.poll) {
-      for (const h of this.handles.values()) h.syncOverHttp()
-      this.poll = setInterval(() => {
-        for (const h of this.handles.values()) h.syncOverHttp()
-      }, this.options.pollMs ?? 5_000)
-    } else if (!degraded && this.poll) {
-      clearInterval(this.poll)
-      this.poll = undefined
+  /**
+   * @internal Sync over REST (the long-polling transport): rounds of one
+   * `POST /api/documents/sync` carrying every open document that has something to say (and
+   * those in `ask`, even with nothing to say), until none has; then the poll watches them from
+   * the versions reached. Edits meanwhile are sent in the next round; the requests wait for the
+   * polling budget, so fast typing makes fewer, larger messages.
+   */
+  async syncOverHttp(ask: Iterable<string> = []): Promise<void> {
+    for (const id of ask) this.dirty.add(id)
+    if (this.httpBusy) {
+      this.httpAgain = true
+      return
+    }
+    this.httpBusy = true
+    clearTimeout(this.retry)
+    let sent: DocHandle[] = []
+    try {
+      do {
+        this.httpAgain = false
+        for (let round = 0; round < 50 && this.status === 'degraded'; round++) {
+          const docs: Array<{ documentId: string; message: string | null }> = []
+          sent = []
+          for (const [id, h] of this.handles) {
+            const message = h.httpMessage()
+            if (message === undefined && !this.dirty.has(id)) continue
+            docs.push({ documentId: id, message: message ?? null })
+            sent.push(h)
+          }
+          this.dirty.clear()
+          if (!docs.length) break
+          for (let i = 0; i < docs.length; i += 16) {
+            const body = { clientId: this.link.clientId, documents: docs.slice(i, i + 16) }
+            const answer = await this.link.rest('POST', '/api/documents/sync', body)
+            for (const a of answer.documents as Array<{ documentId: string; messages: string[]; version: number; error?: { code: string; message: string } }>) {
+              const h = this.handles.get(a.documentId)
+              if (!h) continue
+              if (a.error) h.httpRefused(a.error.code, a.error.message)
+              else h.fromHttp(a.messages)
+              this.versions.set(a.documentId, Math.max(this.versions.get(a.documentId) ?? 0, a.version ?? 0))
+            }
+          }
+        }
+        sent = []
+        if (this.status === 'degraded') this.link.watchDocuments(Object.fromEntries(this.versions))
+      } while (this.httpAgain && this.status === 'degraded')
+    } catch (e: any) {
+      // Unreachable or refused whole: those sessions start over from what both sides share,
+      // and the exchange is tried again (the budget paces it).
+      for (const h of sent) h.httpRefused(e?.code ?? 'NETWORK', String(e?.message ?? e))
+      if (this.status === 'degraded') this.retry = setTimeout(() => this.syncOverHttp(), 5_000)
+    } finally {
+      this.httpBusy = false
     }
   }
 
@@ -159,11 +209,11 @@ export class Documents {
     let h = this.open.get(id)
     if (!h) {
       h = this.store.document(id, this.options.compactBytes ?? 128 * 1024).then((replica) => {
-        const handle = new DocHandle(replica, this.link, this.options, () => this.status, () => this.forget(id))
+        const handle = new DocHandle(replica, this.link, this.options, () => this.status, () => this.forget(id), () => this.syncOverHttp([id]))
         if (options.init) handle.genesis(options.init)
         this.handles.set(id, handle)
         if (this.status === 'live') handle.reconnected()
-        if (this.status === 'degraded') handle.syncOverHttp()
+        if (this.status === 'degraded') this.syncOverHttp([id])
         return handle
       })
       h.catch(() => this.open.delete(id))
@@ -180,7 +230,8 @@ export class Documents {
   /** Close every document (after writing what is pending) and the database. */
   async close(): Promise<void> {
     for (const off of this.detach) off()
-    clearInterval(this.poll)
+    clearTimeout(this.retry)
+    this.link.watchDocuments({})
     await Promise.all([...this.handles.values()].map((h) => h.close()))
     this.store.close()
   }
@@ -191,8 +242,6 @@ export class DocHandle {
   private readonly handlers = new Map<keyof DocEvents, Set<(e: any) => void>>()
   private scheduled = false
   private closed = false
-  private httpBusy = false
-  private httpAgain = false
 
   /** @internal use `client.doc(id)` */
   constructor(
@@ -201,6 +250,7 @@ export class DocHandle {
     private readonly options: DocumentsOptions,
     private readonly status: () => Status,
     private readonly onClose: () => void,
+    private readonly overHttp: () => void,
   ) {}
 
   get id(): string {
@@ -331,46 +381,39 @@ export class DocHandle {
    */
   private sendSync() {
     if (this.closed) return
-    if (this.status() === 'degraded') return void this.syncOverHttp()
+    if (this.status() === 'degraded') return this.overHttp()
     const wanted = this.link.pacedSync(this.id, () => (this.closed ? [] : (this.replica.syncFrames() as unknown[])))
     // Not connected after all: start over from what both sides share when live again.
     if (!wanted) this.replica.disconnected()
   }
 
-  /**
-   * @internal Sync over REST (the long-polling transport) until we have nothing to say: the
-   * first exchange asks even with nothing to send, so it also polls for others' changes.
-   */
-  async syncOverHttp(): Promise<void> {
-    if (this.httpBusy) {
-      this.httpAgain = true
+  /** @internal the sync message for a REST exchange, if there is something to say */
+  httpMessage(): string | undefined {
+    return this.closed ? undefined : this.replica.syncMessage()
+  }
+
+  /** @internal the server's answers of a REST exchange */
+  fromHttp(messages: string[]) {
+    if (this.closed) return
+    let changed = false
+    try {
+      for (const m of messages) changed = this.replica.receive(m, false) || changed
+    } catch (e: any) {
+      this.replica.disconnected()
+      this.emit('error', { code: 'BAD_SYNC_MESSAGE', message: String(e?.message ?? e) })
       return
     }
-    this.httpBusy = true
-    try {
-      do {
-        this.httpAgain = false
-        for (let round = 0; round < 50 && !this.closed; round++) {
-          const message = this.replica.syncMessage()
-          if (message === undefined && round > 0) break
-          const path = `/api/documents/${encodeURIComponent(this.id)}/sync`
-          const answer = await this.link.rest('POST', path, { clientId: this.link.clientId, message: message ?? null })
-          if (this.closed) return
-          let changed = false
-          for (const m of answer.messages as string[]) changed = this.replica.receive(m, false) || changed
-          if (changed) {
-            this.emit('change', { local: false })
-            this.replica.flushed().catch((e) => this.emit('error', { code: 'STORAGE', message: String(e?.message ?? e) }))
-          }
-        }
-      } while (this.httpAgain && !this.closed)
-    } catch (e: any) {
-      // Refused or unreachable: the next exchange starts over from what both sides share.
-      if (!this.closed) this.replica.disconnected()
-      this.emit('error', { code: e?.code ?? 'NETWORK', message: String(e?.message ?? e) })
-    } finally {
-      this.httpBusy = false
+    if (changed) {
+      this.emit('change', { local: false })
+      this.replica.flushed().catch((e) => this.emit('error', { code: 'STORAGE', message: String(e?.message ?? e) }))
     }
+  }
+
+  /** @internal a REST exchange failed: the next starts over from what both sides share */
+  httpRefused(code: string, message: string) {
+    if (this.closed) return
+    this.replica.disconnected()
+    this.emit('error', { code, message })
   }
 
   /** @internal */

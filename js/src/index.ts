@@ -517,24 +517,36 @@ export class SyncClient {
     }
   }
 
-  /** @internal an authenticated REST call to the server. */
+  /**
+   * @internal an authenticated REST call to the server, within its rate limit: it waits for its
+   * budget (sdk-core's mirror of the server's, corrected by every answer's RateLimit headers),
+   * and a 429 is sent again once, after its Retry-After — never retried in a storm.
+   */
   async rest(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<any> {
-    const res = await fetch(new URL(path, this.options.url), {
-      method,
-      headers: {
-        authorization: `Bearer ${await this.options.getToken()}`,
-        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-        ...headers,
-      },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    })
-    const text = await res.text()
-    const json = text ? JSON.parse(text) : null
-    if (!res.ok) {
-      const e = json?.error ?? {}
-      throw new SyncError(e.code ?? 'HTTP_ERROR', e.message ?? `${method} ${path}: ${res.status}`, res.status)
+    const int = (v: string | null) => (v !== null && /^\d+$/.test(v.trim()) ? Number(v) : undefined)
+    for (;;) {
+      await this.engine.restTurn(method, path)
+      const res = await fetch(new URL(path, this.options.url), {
+        method,
+        headers: {
+          authorization: `Bearer ${await this.options.getToken()}`,
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+          ...headers,
+        },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      })
+      const h = res.headers
+      this.engine.restAnswered(method, path, res.status, h.get('RateLimit-Policy') ?? undefined, int(h.get('RateLimit-Remaining')), int(h.get('Retry-After')))
+      const text = await res.text()
+      // Refused for the budget: the lane is closed for its Retry-After; restTurn waits it out.
+      if (res.status === 429) continue
+      const json = text ? JSON.parse(text) : null
+      if (!res.ok) {
+        const e = json?.error ?? {}
+        throw new SyncError(e.code ?? 'HTTP_ERROR', e.message ?? `${method} ${path}: ${res.status}`, res.status)
+      }
+      return json
     }
-    return json
   }
 
   private documents?: Promise<Documents>
@@ -565,6 +577,8 @@ export class SyncClient {
       // Documents live in the owner tab only (see `owned`), next to the engine.
       pacedSync: (id, build) => this.engine.pacedSync(id, build),
       rest: (method, path, body) => this.rest(method, path, body),
+      watchDocuments: (versions) => this.engine.watchDocuments(versions),
+      onDocuments: (h) => this.emitter.on('documents', h),
       onFrame: (h) => this.emitter.on('frame', h),
       onStatus: (h) => this.emitter.on('status', h),
     }

@@ -18,6 +18,12 @@ export interface DocumentLink {
    */
   pacedSync(id: string, build: () => unknown[]): boolean
   rest(method: string, path: string, body?: unknown): Promise<any>
+  /**
+   * While degraded, the client's long-poll also watches these documents (`{id: version}`, the
+   * version each replica has) and reports `onDocuments` when one changed.
+   */
+  watchDocuments(versions: Record<string, number>): void
+  onDocuments(h: (changed: Array<{ documentId: string; version: number }>) => void): () => void
   onFrame(h: (frame: any) => void): () => void
   onStatus(h: (status: Status) => void): () => void
 }

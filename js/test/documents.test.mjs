@@ -167,7 +167,7 @@ test('WebSocket blocked: a degraded client syncs its document over REST, both wa
   await page.routeWebSocket(/\/v1\/ws/, (ws) => ws.close())
   await page.evaluate(async ({ url, tenantId, token, documentId }) => {
     window.client = await pf2.createSyncClient({ url, tenantId, clientId: 'poller', getToken: () => token, wsFailuresBeforeDegraded: 1 })
-    window.doc = await client.doc(documentId, { pollMs: 200 })
+    window.doc = await client.doc(documentId)
   }, { url: env.server.url, tenantId: t, token, documentId })
   await until('degraded and synced', async () => {
     const s = await state(page)

@@ -221,6 +221,125 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// At most `tokens` whole tokens remain at `now_ms` (what the server said it has left).
+    pub fn at_most(&mut self, rate: Rate, now_ms: u64, tokens: u32) {
+        self.refill(rate, now_ms);
+        let cap = u64::from(tokens).saturating_mul(rate.window_ms);
+        self.credit = self.credit.min(cap);
+    }
+
+    fn empty(&mut self, rate: Rate, now_ms: u64) {
+        self.at_most(rate, now_ms, 0);
+    }
+}
+
+/// A REST budget of api.md's rate limits (per user, token buckets on the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lane {
+    /// `POST /api/reconciliation/reconcile`: 10 a minute.
+    Reconcile,
+    /// The long-polling lane — the event poll, deltas, document sync: 60 a minute.
+    Poll,
+    /// `POST /api/transactions`: 60 a minute.
+    Transactions,
+}
+
+impl Lane {
+    /// The budget a request spends, if any.
+    pub fn of(method: &str, path: &str) -> Option<Lane> {
+        let path = path.split('?').next().unwrap_or(path);
+        match (method, path) {
+            ("POST", "/api/reconciliation/reconcile") => Some(Lane::Reconcile),
+            ("POST", "/api/transactions") => Some(Lane::Transactions),
+            ("GET", "/api/reconciliation/delta" | "/api/events/poll") => Some(Lane::Poll),
+            ("POST", p) if p.starts_with("/api/documents/") && p.ends_with("/sync") => {
+                Some(Lane::Poll)
+            }
+            _ => None,
+        }
+    }
+
+    /// api.md's limit, until the server's headers say otherwise.
+    pub fn default_rate(self) -> Rate {
+        match self {
+            Lane::Reconcile => Rate::per_minute(10),
+            Lane::Poll | Lane::Transactions => Rate::per_minute(60),
+        }
+    }
+}
+
+/// What an answer said about its lane: `RateLimit-Policy` (`10;w=60`), `RateLimit-Remaining`,
+/// and a 429's `Retry-After` seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub policy: Option<String>,
+    pub remaining: Option<u32>,
+    pub retry_after_s: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct LaneBudget {
+    rate: Rate,
+    bucket: Bucket,
+    /// A 429 said: nothing before this.
+    closed_until: u64,
+}
+
+/// The client's mirror of its REST budgets: a request waits until its lane has a token, every
+/// answer's headers correct the mirror (the server's bucket is per user — every tab and device
+/// of the user spends it), and a 429 closes the lane for its `Retry-After`, so a refused request
+/// is sent again once, when the server said, never in a storm.
+#[derive(Debug, Clone, Default)]
+pub struct RestPacer {
+    lanes: std::collections::BTreeMap<Lane, LaneBudget>,
+}
+
+impl RestPacer {
+    fn lane(&mut self, lane: Lane, now_ms: u64) -> &mut LaneBudget {
+        self.lanes.entry(lane).or_insert_with(|| LaneBudget {
+            rate: lane.default_rate(),
+            bucket: Bucket::full(lane.default_rate(), now_ms),
+            closed_until: 0,
+        })
+    }
+
+    /// A request on `lane` at `now_ms`: its token is taken, or `Err(ms to wait)`.
+    pub fn take(&mut self, lane: Lane, now_ms: u64) -> Result<(), u64> {
+        let l = self.lane(lane, now_ms);
+        if now_ms < l.closed_until {
+            return Err(l.closed_until - now_ms);
+        }
+        l.bucket.take(l.rate, now_ms)
+    }
+
+    /// The answer to a request on `lane` arrived at `now_ms` with `status` and `headers`.
+    pub fn answered(&mut self, lane: Lane, now_ms: u64, status: u16, headers: &RateHeaders) {
+        let l = self.lane(lane, now_ms);
+        let announced = headers.policy.as_deref().and_then(parse_policy);
+        if let Some(rate) = announced.filter(|r| *r != l.rate && r.limit > 0 && r.window_ms > 0) {
+            l.rate = rate;
+            l.bucket = Bucket::full(rate, now_ms);
+        }
+        if let Some(n) = headers.remaining {
+            l.bucket.at_most(l.rate, now_ms, n);
+        }
+        if status == 429 {
+            l.bucket.empty(l.rate, now_ms);
+            let wait = headers.retry_after_s.unwrap_or(1).clamp(1, 3_600) * 1_000;
+            l.closed_until = now_ms.saturating_add(wait);
+        }
+    }
+}
+
+/// `10;w=60` → 10 per 60 s.
+fn parse_policy(p: &str) -> Option<Rate> {
+    let (limit, rest) = p.split_once(';')?;
+    let window = rest.trim().strip_prefix("w=")?;
+    let window_s: u64 = window.trim().parse().ok()?;
+    Some(Rate { limit: limit.trim().parse().ok()?, window_ms: window_s.checked_mul(1_000)? })
+}
+
 /// Something the client wants to send, coalesced with everything of its kind that waits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Slot {
@@ -438,6 +557,38 @@ mod tests {
         assert_eq!(at, 3_000, "a token every 3 s");
         assert_eq!(p.poll_grant(at), Some(Slot::Doc("notes".into())));
         assert!(p.is_idle(), "the document's message proved the link: no ping");
+    }
+
+    #[test]
+    fn rest_lanes_wait_for_tokens_follow_the_headers_and_honour_retry_after() {
+        assert_eq!(Lane::of("POST", "/api/reconciliation/reconcile"), Some(Lane::Reconcile));
+        assert_eq!(Lane::of("GET", "/api/events/poll?wait=25&documents=a@1"), Some(Lane::Poll));
+        assert_eq!(Lane::of("POST", "/api/documents/sync"), Some(Lane::Poll));
+        assert_eq!(Lane::of("POST", "/api/documents/notes/sync"), Some(Lane::Poll));
+        assert_eq!(Lane::of("GET", "/api/documents/notes/snapshot"), None);
+        let mut p = RestPacer::default();
+        for _ in 0..10 {
+            p.take(Lane::Reconcile, 0).unwrap();
+        }
+        assert_eq!(p.take(Lane::Reconcile, 0), Err(6_000), "10 a minute: one every 6 s");
+        // Another tab of the user spent the poll lane: the server's headers say so.
+        let spent =
+            RateHeaders { policy: Some("60;w=60".into()), remaining: Some(0), retry_after_s: None };
+        p.answered(Lane::Poll, 0, 200, &spent);
+        assert_eq!(p.take(Lane::Poll, 0), Err(1_000));
+        // A 429 closes the lane for its Retry-After, whatever the mirror believed.
+        let refused = RateHeaders { retry_after_s: Some(7), ..RateHeaders::default() };
+        p.answered(Lane::Transactions, 0, 429, &refused);
+        assert_eq!(p.take(Lane::Transactions, 6_999), Err(1));
+        assert_eq!(p.take(Lane::Transactions, 7_000), Ok(()));
+        // An operator's limit, announced in the policy header, is adopted.
+        let tight =
+            RateHeaders { policy: Some("2;w=60".into()), remaining: Some(1), ..Default::default() };
+        p.answered(Lane::Transactions, 7_000, 200, &tight);
+        assert_eq!(p.take(Lane::Transactions, 7_000), Ok(()));
+        assert_eq!(p.take(Lane::Transactions, 7_000), Err(30_000));
+        assert_eq!(parse_policy("garbage"), None);
+        assert_eq!(parse_policy("10;w=x"), None);
     }
 
     #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@
 
 use crate::error::Error;
 use crate::ids::{ClientId, TenantId};
+use crate::protocol::http::DocumentVersion;
 use crate::protocol::{ClientFrame, EventPage, ReconcileRequest, ReconcileResponse, ServerFrame};
 use serde::Deserialize;
 use serde_json::Value;
@@ -102,26 +103,44 @@ pub fn answer(expects: &Expect, body: &[u8]) -> Result<ServerFrame, Error> {
     }
 }
 
-/// One long-poll for events after `after` (the beginning when `None`) matching `patterns`,
-/// waiting up to `wait_s` seconds for the first.
-pub fn poll_request(after: Option<u64>, patterns: &[String], wait_s: u32) -> String {
-    let mut path =
-        format!("/api/events/poll?lastEventId={}&limit=500&wait={wait_s}", after.unwrap_or(0));
-    if !patterns.is_empty() {
-        path.push_str("&types=");
-        path.push_str(&encode(&patterns.join(",")));
+/// What one long-poll follows: the events after a position matching patterns, and documents at
+/// the versions the client has (the poll ends when either moves).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollFor<'a> {
+    /// `Some((after, patterns))`: events after `after` (the beginning when `None`).
+    pub events: Option<(Option<u64>, &'a [String])>,
+    pub documents: &'a [DocumentVersion],
+}
+
+/// One long-poll for `what`, waiting up to `wait_s` seconds.
+pub fn poll_request(what: &PollFor<'_>, wait_s: u32) -> String {
+    let mut path = format!("/api/events/poll?limit=500&wait={wait_s}");
+    if let Some((after, patterns)) = what.events {
+        path.push_str(&format!("&lastEventId={}", after.unwrap_or(0)));
+        if !patterns.is_empty() {
+            path.push_str("&types=");
+            path.push_str(&encode(&patterns.join(",")));
+        }
+    }
+    if !what.documents.is_empty() {
+        let docs: Vec<String> =
+            what.documents.iter().map(|d| format!("{}@{}", d.document_id, d.version)).collect();
+        path.push_str("&documents=");
+        path.push_str(&encode(&docs.join(",")));
     }
     path
 }
 
-/// The events of a poll answer as frames, and where the next poll resumes.
-pub fn poll_answer(body: &[u8]) -> Result<(Vec<ServerFrame>, u64), Error> {
+/// A poll's answer: its events as frames, where the next poll resumes, and the watched
+/// documents that changed.
+pub fn poll_answer(body: &[u8]) -> Result<(Vec<ServerFrame>, u64, Vec<DocumentVersion>), Error> {
     let a: EventPage = decode("poll answer", body)?;
     let next = a
         .next_event_id
         .parse()
         .map_err(|_| Error::Decode(format!("nextEventId {:?}", a.next_event_id)))?;
-    Ok((a.events.into_iter().map(|event| ServerFrame::Event { event }).collect(), next))
+    let frames = a.events.into_iter().map(|event| ServerFrame::Event { event }).collect();
+    Ok((frames, next, a.documents))
 }
 
 #[cfg(test)]
@@ -192,15 +211,23 @@ mod tests {
 
     #[test]
     fn polls_resume_where_the_last_answer_ended() {
+        let patterns = ["order.*".to_string(), "todo.created".to_string()];
+        let events = PollFor { events: Some((Some(9), &patterns)), documents: &[] };
         assert_eq!(
-            poll_request(Some(9), &["order.*".into(), "todo.created".into()], 25),
-            "/api/events/poll?lastEventId=9&limit=500&wait=25&types=order.*%2Ctodo.created"
+            poll_request(&events, 25),
+            "/api/events/poll?limit=500&wait=25&lastEventId=9&types=order.*%2Ctodo.created"
+        );
+        let notes = [DocumentVersion { document_id: "notes".into(), version: 17 }];
+        let documents = PollFor { events: None, documents: &notes };
+        assert_eq!(
+            poll_request(&documents, 25),
+            "/api/events/poll?limit=500&wait=25&documents=notes%4017"
         );
         let body = json!({"events": [{"sequence": 10, "eventId": "e", "eventType": "order.paid", "tenantId": "acme",
             "timestamp": "2026-11-23T10:00:00Z", "payload": {}, "metadata": {}, "schemaVersion": "1.0"}],
             "hasMore": false, "nextEventId": "12"});
-        let (frames, next) = poll_answer(body.to_string().as_bytes()).unwrap();
-        assert_eq!((frames.len(), next), (1, 12));
+        let (frames, next, docs) = poll_answer(body.to_string().as_bytes()).unwrap();
+        assert_eq!((frames.len(), next, docs.len()), (1, 12, 0));
     }
 
     proptest::proptest! {

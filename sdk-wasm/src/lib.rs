@@ -20,7 +20,8 @@ use sdk_core::ids::{ClientId, EntityId, EntityKey, EntityType, OperationId, Tena
 use sdk_core::interaction::Transport;
 use sdk_core::local_store::{self, RecordWrite};
 use sdk_core::operation::OperationKind;
-use sdk_core::pacing::Slot;
+use sdk_core::pacing::{Lane, RateHeaders, Slot};
+use sdk_core::protocol::http::DocumentVersion;
 use sdk_core::protocol::{ClientFrame, Codec, DEFAULT_MAX_FRAME, ServerFrame};
 use serde_json::{Value, json};
 use std::cell::{Cell, RefCell};
@@ -99,6 +100,10 @@ struct Inner {
     /// Documents waiting for the budget: each one's builder of its sync frames, called when it
     /// is granted — so everything edited meanwhile goes in one message.
     builders: RefCell<BTreeMap<Slot, js_sys::Function>>,
+    /// The REST budgets (sdk-core's mirror of the server's per-user limits).
+    rest_pacer: RefCell<sdk_core::pacing::RestPacer>,
+    /// Documents the long-poll watches while degraded, at the version each replica has.
+    watched: RefCell<BTreeMap<String, u64>>,
 }
 
 /// Realtime frames that may wait for budget at once; past it `sendRealtime` says `false`, as
@@ -195,6 +200,8 @@ impl SyncEngine {
                 paced: RefCell::default(),
                 paced_seq: Cell::new(0),
                 builders: RefCell::default(),
+                rest_pacer: RefCell::default(),
+                watched: RefCell::default(),
             }),
         })
     }
@@ -332,6 +339,53 @@ impl SyncEngine {
         }
         drive(inner);
         Ok(true)
+    }
+
+    /// While degraded, the long-poll also watches these documents (`{id: version}`, the version
+    /// each replica has; versions only grow), and says `documents` `[{documentId, version}]`
+    /// when one changed. An empty object stops watching.
+    #[wasm_bindgen(js_name = watchDocuments)]
+    pub fn watch_documents(&self, versions: JsValue) -> Result<(), JsValue> {
+        let versions: BTreeMap<String, u64> = serde_wasm_bindgen::from_value(versions)
+            .map_err(|e| JsValue::from_str(&e.to_string()))?;
+        {
+            let mut watched = self.inner.watched.borrow_mut();
+            watched.retain(|id, _| versions.contains_key(id));
+            for (id, v) in versions {
+                let w = watched.entry(id).or_insert(v);
+                *w = (*w).max(v);
+            }
+        }
+        start_following(&self.inner);
+        Ok(())
+    }
+
+    /// Before a REST request of the app's (`client.rest`): resolves when the request's budget
+    /// allows it (api.md's per-user limits as sdk-core mirrors them), taking its token.
+    #[wasm_bindgen(js_name = restTurn)]
+    pub fn rest_turn(&self, method: String, path: String) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            rest_turn(&inner, &method, &path).await;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The answer to such a request: its status and rate-limit headers correct the budget (a
+    /// 429 closes its lane for `Retry-After` seconds).
+    #[wasm_bindgen(js_name = restAnswered)]
+    pub fn rest_answered(
+        &self,
+        method: String,
+        path: String,
+        status: u16,
+        policy: Option<String>,
+        remaining: Option<u32>,
+        retry_after_s: Option<u32>,
+    ) {
+        let headers =
+            RateHeaders { policy, remaining, retry_after_s: retry_after_s.map(u64::from) };
+        rest_answered(&self.inner, &method, &path, status, &headers);
     }
 
     /// Document `id` has something to say: `build()` is called when the connection's budget
@@ -573,22 +627,53 @@ async fn http(
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, String), String> {
-    let token = token(inner).await?;
-    let mut init =
-        json!({ "method": method, "headers": { "authorization": format!("Bearer {token}") } });
-    if let Some(b) = body {
-        init["headers"]["content-type"] = json!("application/json");
-        init["body"] = json!(b.to_string());
+    loop {
+        rest_turn(inner, method, path).await;
+        let token = token(inner).await?;
+        let mut init =
+            json!({ "method": method, "headers": { "authorization": format!("Bearer {token}") } });
+        if let Some(b) = body {
+            init["headers"]["content-type"] = json!("application/json");
+            init["body"] = json!(b.to_string());
+        }
+        let url = format!("{}{path}", inner.http_url);
+        let resp =
+            JsFuture::from(fetch_with(&url, &to_js(&init))).await.map_err(|e| format!("{e:?}"))?;
+        let resp: web_sys::Response =
+            resp.dyn_into().map_err(|_| "fetch answered no Response".to_string())?;
+        let header = |name: &str| resp.headers().get(name).ok().flatten();
+        let headers = RateHeaders {
+            policy: header("ratelimit-policy"),
+            remaining: header("ratelimit-remaining").and_then(|v| v.trim().parse().ok()),
+            retry_after_s: header("retry-after").and_then(|v| v.trim().parse().ok()),
+        };
+        rest_answered(inner, method, path, resp.status(), &headers);
+        let text = JsFuture::from(resp.text().map_err(|e| format!("{e:?}"))?)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        // Refused for the budget: sent again once the lane reopens (its Retry-After).
+        if resp.status() != 429 {
+            return Ok((resp.status(), text.as_string().unwrap_or_default()));
+        }
     }
-    let url = format!("{}{path}", inner.http_url);
-    let resp =
-        JsFuture::from(fetch_with(&url, &to_js(&init))).await.map_err(|e| format!("{e:?}"))?;
-    let resp: web_sys::Response =
-        resp.dyn_into().map_err(|_| "fetch answered no Response".to_string())?;
-    let text = JsFuture::from(resp.text().map_err(|e| format!("{e:?}"))?)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    Ok((resp.status(), text.as_string().unwrap_or_default()))
+}
+
+/// Wait until a REST request on its lane is within the budget (taking its token).
+async fn rest_turn(inner: &Inner, method: &str, path: &str) {
+    let Some(lane) = Lane::of(method, path) else { return };
+    loop {
+        let wait = inner.rest_pacer.borrow_mut().take(lane, now_ms());
+        match wait {
+            Ok(()) => return,
+            Err(ms) => sleep_ms(u32::try_from(ms).unwrap_or(u32::MAX)).await,
+        }
+    }
+}
+
+fn rest_answered(inner: &Inner, method: &str, path: &str, status: u16, headers: &RateHeaders) {
+    if let Some(lane) = Lane::of(method, path) {
+        inner.rest_pacer.borrow_mut().answered(lane, now_ms(), status, headers);
+    }
 }
 
 /// The long-polling link: "open" once a token is at hand; the core then pulls and pushes, and
@@ -663,7 +748,8 @@ fn send_http(inner: &Rc<Inner>, frame: &ClientFrame) {
 /// (without a subscription the core's periodic pulls carry the data).
 fn start_following(inner: &Rc<Inner>) {
     let Some(generation) = inner.polling.get() else { return };
-    if inner.following.get() == Some(generation) || inner.subscription.borrow().is_none() {
+    let idle = inner.subscription.borrow().is_none() && inner.watched.borrow().is_empty();
+    if inner.following.get() == Some(generation) || idle {
         return;
     }
     inner.following.set(Some(generation));
@@ -672,12 +758,26 @@ fn start_following(inner: &Rc<Inner>) {
 
 async fn follow_events(inner: Rc<Inner>, generation: u32) {
     while inner.polling.get() == Some(generation) {
-        let Some(patterns) = inner.subscription.borrow().clone() else { return };
+        let patterns = inner.subscription.borrow().clone();
+        let documents: Vec<DocumentVersion> = inner
+            .watched
+            .borrow()
+            .iter()
+            .map(|(id, v)| DocumentVersion { document_id: id.clone(), version: *v })
+            .collect();
+        if patterns.is_none() && documents.is_empty() {
+            inner.following.set(None);
+            return;
+        }
         let after = inner.core.borrow().last_event();
-        let path = sdk_core::rest::poll_request(after, &patterns, 25);
+        let what = sdk_core::rest::PollFor {
+            events: patterns.as_deref().map(|p| (after, p)),
+            documents: &documents,
+        };
+        let path = sdk_core::rest::poll_request(&what, 25);
         match http(&inner, "GET", &path, None).await {
             Ok((200, body)) => match sdk_core::rest::poll_answer(body.as_bytes()) {
-                Ok((frames, _)) => {
+                Ok((frames, _, changed)) => {
                     if inner.polling.get() != Some(generation) {
                         return;
                     }
@@ -685,6 +785,18 @@ async fn follow_events(inner: Rc<Inner>, generation: u32) {
                         inner.core.borrow_mut().handle_frame(now_ms(), f);
                     }
                     drive(&inner);
+                    if !changed.is_empty() {
+                        // Seen: the next poll waits past these versions while the documents
+                        // module syncs them (and reports the versions it reached).
+                        let mut watched = inner.watched.borrow_mut();
+                        for d in &changed {
+                            if let Some(v) = watched.get_mut(&d.document_id) {
+                                *v = (*v).max(d.version);
+                            }
+                        }
+                        drop(watched);
+                        emit(&inner, "documents", &to_json(&changed));
+                    }
                 }
                 Err(e) => return polling_failed(&inner, generation, &e.to_string()),
             },
