@@ -132,7 +132,9 @@ export class Documents {
       // The long-poll saw a document change: one batch request brings every such document.
       link.onDocuments((changed) => {
         const behind = changed.filter((d) => (this.versions.get(d.documentId) ?? 0) < d.version)
+        // The poll waits for this sync (told by `watchDocuments`) before it asks again.
         if (behind.length) this.syncOverHttp(behind.map((d) => d.documentId))
+        else this.link.watchDocuments(Object.fromEntries(this.versions))
       }),
     )
     if (this.status === 'degraded') this.syncOverHttp(this.handles.keys())
@@ -140,9 +142,9 @@ export class Documents {
 
   /**
    * @internal Sync over REST (the long-polling transport): rounds of one
-   * `POST /api/documents/sync` carrying every open document that has something to say (and
-   * those in `ask`, even with nothing to say), until none has; then the poll watches them from
-   * the versions reached. Edits meanwhile are sent in the next round; the requests wait for the
+   * `POST /api/documents/sync` carrying every open document with local changes to send (and
+   * those in `ask`, which the poll said changed, with a message that brings their changes in
+   * one round), until none has; then the poll watches them from the versions reached. Edits meanwhile are sent in the next round; the requests wait for the
    * polling budget, so fast typing makes fewer, larger messages.
    */
   async syncOverHttp(ask: Iterable<string> = []): Promise<void> {
@@ -161,9 +163,9 @@ export class Documents {
           const docs: Array<{ documentId: string; message: string | null }> = []
           sent = []
           for (const [id, h] of this.handles) {
-            const message = h.httpMessage()
-            if (message === undefined && !this.dirty.has(id)) continue
-            docs.push({ documentId: id, message: message ?? null })
+            const message = h.httpMessage(this.dirty.has(id))
+            if (message === undefined) continue
+            docs.push({ documentId: id, message })
             sent.push(h)
           }
           this.dirty.clear()
@@ -209,7 +211,7 @@ export class Documents {
     let h = this.open.get(id)
     if (!h) {
       h = this.store.document(id, this.options.compactBytes ?? 128 * 1024).then((replica) => {
-        const handle = new DocHandle(replica, this.link, this.options, () => this.status, () => this.forget(id), () => this.syncOverHttp([id]))
+        const handle = new DocHandle(replica, this.link, this.options, () => this.status, () => this.forget(id), () => this.syncOverHttp())
         if (options.init) handle.genesis(options.init)
         this.handles.set(id, handle)
         if (this.status === 'live') handle.reconnected()
@@ -387,9 +389,9 @@ export class DocHandle {
     if (!wanted) this.replica.disconnected()
   }
 
-  /** @internal the sync message for a REST exchange, if there is something to say */
-  httpMessage(): string | undefined {
-    return this.closed ? undefined : this.replica.syncMessage()
+  /** @internal the sync message for a REST round (`ask`: bring what the server has) */
+  httpMessage(ask: boolean): string | undefined {
+    return this.closed ? undefined : this.replica.httpMessage(ask)
   }
 
   /** @internal the server's answers of a REST exchange */

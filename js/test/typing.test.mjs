@@ -28,8 +28,12 @@ async function until(what, check, ms = 60_000) {
  * each of its own keystrokes was made and each of the other's appeared. */
 async function user(name, other, t, { blocked }) {
   const page = await openPage(await env.browser.newContext(), env.server.url)
-  const seen = { r429: 0, wsCloses: 0 }
+  const seen = { r429: 0, wsCloses: 0, requests: {} }
   page.on('response', (r) => r.status() === 429 && seen.r429++)
+  page.on('request', (r) => {
+    const path = new URL(r.url()).pathname
+    if (path.startsWith('/api/')) seen.requests[path] = (seen.requests[path] ?? 0) + 1
+  })
   if (blocked) await page.routeWebSocket(/\/v1\/ws/, (ws) => ws.close())
   else page.on('websocket', (ws) => ws.on('close', () => seen.wsCloses++))
   await page.evaluate(
@@ -97,6 +101,7 @@ async function typeTogether({ blocked }) {
     p90AliceToBob: p90(ab), p90BobToAlice: p90(ba), convergedMs: converged,
     r429: alice.seen.r429 + bob.seen.r429, wsCloses: alice.seen.wsCloses + bob.seen.wsCloses,
     statuses: statuses.map((s) => s.join(' ')),
+    requests: [alice.seen.requests, bob.seen.requests],
   }
   console.log(`typing (${blocked ? 'WebSocket blocked' : 'WebSocket'}):`, JSON.stringify(report))
   for (const u of [alice, bob]) await u.page.context().close()

@@ -64,6 +64,10 @@ impl Backoff {
     }
 }
 
+/// The degraded pull interval grows to at most this many times `poll_interval_ms` (a power of
+/// two) while pulls bring nothing.
+pub const IDLE_PULL_BACKOFF: u64 = 4;
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub client_id: ClientId,
@@ -80,7 +84,9 @@ pub struct ClientConfig {
     pub heartbeat_ms: u64,
     /// Nothing heard for this long: the link is dead.
     pub stale_after_ms: u64,
-    /// How often to pull while degraded (no server pokes over long-polling).
+    /// How often to pull while degraded (no server pokes over long-polling); pulls that bring
+    /// nothing back off, doubling up to [`IDLE_PULL_BACKOFF`] times this, until something
+    /// changes here or there (the polling budget is shared with documents and events).
     pub poll_interval_ms: u64,
     pub pull_limit: u32,
 }
@@ -196,6 +202,8 @@ pub struct SyncClient {
     ws_retry_at: Option<u64>,
     next_ping_at: Option<u64>,
     next_poll_at: Option<u64>,
+    /// Pulls in a row that brought nothing (the degraded pull interval backs off with them).
+    idle_pulls: u32,
     last_heard: u64,
     queue: OutboundQueue,
     /// Acknowledged operations the confirmed state may not include yet.
@@ -245,6 +253,7 @@ impl SyncClient {
             ws_retry_at: None,
             next_ping_at: None,
             next_poll_at: None,
+            idle_pulls: 0,
             last_heard: 0,
             queue,
             awaiting: Vec::new(),
@@ -390,6 +399,7 @@ impl SyncClient {
         key: EntityKey,
         kind: OperationKind,
     ) -> Result<(), Error> {
+        self.idle_pulls = 0;
         if key.tenant != self.config.tenant {
             return Err(Error::invalid_op("the entity belongs to another tenant"));
         }
@@ -467,6 +477,7 @@ impl SyncClient {
             self.next_ping_at = Some(now_ms + self.config.heartbeat_ms);
         } else {
             self.attempt = 0;
+            self.idle_pulls = 0;
             self.next_poll_at = Some(now_ms + self.config.poll_interval_ms);
         }
         if self.subscription.is_some() {
@@ -663,7 +674,8 @@ impl SyncClient {
             if self.pull.is_none() {
                 self.send_pull(now_ms);
             }
-            self.next_poll_at = Some(now_ms + self.config.poll_interval_ms);
+            let backoff = 1u64 << self.idle_pulls.min(IDLE_PULL_BACKOFF.trailing_zeros());
+            self.next_poll_at = Some(now_ms + self.config.poll_interval_ms * backoff);
         }
         self.pump(now_ms);
         self.flush(now_ms);
@@ -878,6 +890,7 @@ impl SyncClient {
             self.send_pull(now_ms);
             return;
         }
+        self.idle_pulls = if entities.is_empty() { self.idle_pulls.saturating_add(1) } else { 0 };
         let mut writes = Vec::new();
         let mut changed = BTreeSet::new();
         for e in entities {

@@ -372,7 +372,14 @@ pub struct Pacer {
     sent: u64,
     /// Reply tickets the server's messages gave this link.
     tickets: Tickets,
+    /// Grants in a row that went to data while a presence update waited ahead of it.
+    presence_yields: u32,
 }
+
+/// A waiting presence update lets this many data frames (a document's edits, a push) go first,
+/// then goes: while the budget is short, typing reaches the others sooner, and presence — whose
+/// latest value is all that counts — is late by at most this many grants.
+pub const PRESENCE_YIELDS: u32 = 6;
 
 impl Pacer {
     /// A budget of `rate`, spending at most `rate.limit - reserve` in a burst (the reserve is
@@ -386,6 +393,7 @@ impl Pacer {
             waiting: BTreeSet::new(),
             sent: 0,
             tickets: Tickets::default(),
+            presence_yields: 0,
         }
     }
 
@@ -473,19 +481,32 @@ impl Pacer {
         self.waiting.clear();
     }
 
-    /// The next slot to send now, its token taken, if the budget allows: the oldest waiting,
-    /// a heartbeat only when nothing else waits. The caller builds its frame at once.
+    /// The next slot to send now, its token taken, if the budget allows: the oldest waiting
+    /// (a presence update yielding to data up to [`PRESENCE_YIELDS`] times), a heartbeat only
+    /// when nothing else waits. The caller builds its frame at once.
     pub fn poll_grant(&mut self, now_ms: u64) -> Option<Slot> {
-        let i = match self.order.iter().position(|s| *s != Slot::Ping) {
-            Some(i) => i,
-            None if self.order.is_empty() => return None,
-            None => 0,
+        let presence = self.order.iter().position(|s| matches!(s, Slot::Presence(_)));
+        let data = self.order.iter().position(|s| !matches!(s, Slot::Ping | Slot::Presence(_)));
+        // Presence (best effort, its latest value wins) yields to data a few times in a row.
+        let yields = matches!((presence, data), (Some(p), Some(d)) if p < d)
+            && self.presence_yields < PRESENCE_YIELDS;
+        let i = match (presence, data) {
+            (Some(_), Some(d)) if yields => d,
+            (Some(p), Some(d)) => p.min(d),
+            (Some(i), None) | (None, Some(i)) => i,
+            (None, None) if self.order.is_empty() => return None,
+            (None, None) => 0,
         };
         if self.bucket.available(self.rate, now_ms) <= self.reserve {
             return None;
         }
         self.bucket.take(self.rate, now_ms).ok()?;
         let slot = self.order.remove(i).expect("in range");
+        match &slot {
+            Slot::Presence(_) => self.presence_yields = 0,
+            _ if yields => self.presence_yields += 1,
+            _ => {}
+        }
         self.waiting.remove(&slot);
         if slot != Slot::Ping {
             // Other traffic proves the link alive.
@@ -557,6 +578,19 @@ mod tests {
         assert_eq!(at, 3_000, "a token every 3 s");
         assert_eq!(p.poll_grant(at), Some(Slot::Doc("notes".into())));
         assert!(p.is_idle(), "the document's message proved the link: no ping");
+    }
+
+    #[test]
+    fn presence_yields_to_data_a_few_times_then_goes() {
+        let mut p = Pacer::new(Rate::per_minute(100), 0);
+        p.want(Slot::Presence("room".into()));
+        for n in 0..10 {
+            p.want(Slot::Frame(n));
+        }
+        let order: Vec<Slot> = std::iter::from_fn(|| p.poll_grant(0)).collect();
+        let at = order.iter().position(|s| matches!(s, Slot::Presence(_)));
+        assert_eq!(at, Some(PRESENCE_YIELDS as usize), "{order:?}");
+        assert_eq!(order.len(), 11, "everything goes");
     }
 
     #[test]

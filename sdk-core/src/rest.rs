@@ -110,6 +110,8 @@ pub struct PollFor<'a> {
     /// `Some((after, patterns))`: events after `after` (the beginning when `None`).
     pub events: Option<(Option<u64>, &'a [String])>,
     pub documents: &'a [DocumentVersion],
+    /// The client (with `documents`: its own changes do not end the poll).
+    pub client: Option<&'a str>,
 }
 
 /// One long-poll for `what`, waiting up to `wait_s` seconds.
@@ -127,6 +129,10 @@ pub fn poll_request(what: &PollFor<'_>, wait_s: u32) -> String {
             what.documents.iter().map(|d| format!("{}@{}", d.document_id, d.version)).collect();
         path.push_str("&documents=");
         path.push_str(&encode(&docs.join(",")));
+        if let Some(c) = what.client {
+            path.push_str("&clientId=");
+            path.push_str(&encode(c));
+        }
     }
     path
 }
@@ -212,16 +218,16 @@ mod tests {
     #[test]
     fn polls_resume_where_the_last_answer_ended() {
         let patterns = ["order.*".to_string(), "todo.created".to_string()];
-        let events = PollFor { events: Some((Some(9), &patterns)), documents: &[] };
+        let events = PollFor { events: Some((Some(9), &patterns)), ..PollFor::default() };
         assert_eq!(
             poll_request(&events, 25),
             "/api/events/poll?limit=500&wait=25&lastEventId=9&types=order.*%2Ctodo.created"
         );
         let notes = [DocumentVersion { document_id: "notes".into(), version: 17 }];
-        let documents = PollFor { events: None, documents: &notes };
+        let documents = PollFor { events: None, documents: &notes, client: Some("tab-1") };
         assert_eq!(
             poll_request(&documents, 25),
-            "/api/events/poll?limit=500&wait=25&documents=notes%4017"
+            "/api/events/poll?limit=500&wait=25&documents=notes%4017&clientId=tab-1"
         );
         let body = json!({"events": [{"sequence": 10, "eventId": "e", "eventType": "order.paid", "tenantId": "acme",
             "timestamp": "2026-11-23T10:00:00Z", "payload": {}, "metadata": {}, "schemaVersion": "1.0"}],

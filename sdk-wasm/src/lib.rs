@@ -104,6 +104,10 @@ struct Inner {
     rest_pacer: RefCell<sdk_core::pacing::RestPacer>,
     /// Documents the long-poll watches while degraded, at the version each replica has.
     watched: RefCell<BTreeMap<String, u64>>,
+    /// After a poll named changed documents: told when the documents module has synced them
+    /// (its `watchDocuments`), so the next poll waits for that instead of spending the budget
+    /// on an answer the sync brings anyway.
+    synced: RefCell<Option<oneshot::Sender<()>>>,
 }
 
 /// Realtime frames that may wait for budget at once; past it `sendRealtime` says `false`, as
@@ -202,6 +206,7 @@ impl SyncEngine {
                 builders: RefCell::default(),
                 rest_pacer: RefCell::default(),
                 watched: RefCell::default(),
+                synced: RefCell::default(),
             }),
         })
     }
@@ -355,6 +360,9 @@ impl SyncEngine {
                 let w = watched.entry(id).or_insert(v);
                 *w = (*w).max(v);
             }
+        }
+        if let Some(tx) = self.inner.synced.borrow_mut().take() {
+            let _ = tx.send(());
         }
         start_following(&self.inner);
         Ok(())
@@ -770,9 +778,11 @@ async fn follow_events(inner: Rc<Inner>, generation: u32) {
             return;
         }
         let after = inner.core.borrow().last_event();
+        let client = inner.client_id.to_string();
         let what = sdk_core::rest::PollFor {
             events: patterns.as_deref().map(|p| (after, p)),
             documents: &documents,
+            client: Some(&client),
         };
         let path = sdk_core::rest::poll_request(&what, 25);
         match http(&inner, "GET", &path, None).await {
@@ -788,14 +798,18 @@ async fn follow_events(inner: Rc<Inner>, generation: u32) {
                     if !changed.is_empty() {
                         // Seen: the next poll waits past these versions while the documents
                         // module syncs them (and reports the versions it reached).
-                        let mut watched = inner.watched.borrow_mut();
                         for d in &changed {
-                            if let Some(v) = watched.get_mut(&d.document_id) {
+                            if let Some(v) = inner.watched.borrow_mut().get_mut(&d.document_id) {
                                 *v = (*v).max(d.version);
                             }
                         }
-                        drop(watched);
+                        let (tx, rx) = oneshot::channel();
+                        *inner.synced.borrow_mut() = Some(tx);
                         emit(&inner, "documents", &to_json(&changed));
+                        // The sync brings those changes (and any made meanwhile); poll again
+                        // once it is done, or after 10 s whatever happened to it.
+                        let timeout = std::pin::pin!(sleep_ms(10_000));
+                        let _ = futures_util::future::select(rx, timeout).await;
                     }
                 }
                 Err(e) => return polling_failed(&inner, generation, &e.to_string()),

@@ -69,10 +69,19 @@ impl TicketBook {
     }
 }
 
+/// The last run of changes one client appended to a document (versions `first..=last`).
+struct Writer {
+    client: ClientId,
+    first: u64,
+    last: u64,
+}
+
 /// Every document open on this process.
 pub struct DocumentHub {
     docs: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<LiveDoc>>>>,
     tickets: TicketBook,
+    /// Who wrote each document's latest changes here (one small entry per document written).
+    writers: Mutex<HashMap<Key, Writer>>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     feed: ChangeFeed,
@@ -143,7 +152,17 @@ impl DocumentHub {
         compact_bytes: i64,
     ) -> Self {
         let tickets = TicketBook::default();
-        Self { docs: Mutex::default(), tickets, store, metrics, feed, max_bytes, compact_bytes }
+        let writers = Mutex::default();
+        Self {
+            docs: Mutex::default(),
+            tickets,
+            writers,
+            store,
+            metrics,
+            feed,
+            max_bytes,
+            compact_bytes,
+        }
     }
 
     /// The stored document, live: a replica and what is known of its stored form.
@@ -256,6 +275,24 @@ impl DocumentHub {
         answers
     }
 
+    /// Whether every change of document `id` after version `after` up to `version` was
+    /// `client`'s own (so a poll of its need not end for them). Known for the changes this
+    /// process stored; anything else is taken as someone else's.
+    pub fn only_own(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        client: &ClientId,
+        after: u64,
+        version: u64,
+    ) -> bool {
+        let writers = self.writers.lock().expect("writers lock");
+        let key = (tenant.clone(), id.to_string());
+        writers.get(&key).is_some_and(|w| {
+            w.client == *client && w.first <= after.saturating_add(1) && w.last == version
+        })
+    }
+
     /// Apply one whole sync message from `client`; persist what it added (refusing, with
     /// nothing kept, what would pass the size limit) and tell the other processes.
     async fn apply(
@@ -289,6 +326,7 @@ impl DocumentHub {
         }
         let (seq, appended) =
             self.store.append_document_change(tenant.as_str(), id, &increment).await?;
+        self.wrote(tenant, id, client, u64::try_from(seq).unwrap_or(0));
         doc.stored_bytes += increment.len();
         if seq == doc.seq + 1 {
             doc.seq = seq;
@@ -303,6 +341,17 @@ impl DocumentHub {
         }
         self.feed.document_changed(tenant, id);
         Ok(())
+    }
+
+    fn wrote(&self, tenant: &TenantId, id: &str, client: &ClientId, seq: u64) {
+        let mut writers = self.writers.lock().expect("writers lock");
+        let key = (tenant.clone(), id.to_string());
+        match writers.get_mut(&key) {
+            Some(w) if w.client == *client && w.last + 1 == seq => w.last = seq,
+            _ => {
+                writers.insert(key, Writer { client: client.clone(), first: seq, last: seq });
+            }
+        }
     }
 
     /// Read the changes stored after `doc.seq` into the replica. If a compaction elsewhere

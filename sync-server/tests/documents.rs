@@ -576,6 +576,34 @@ async fn degraded_documents_ride_the_event_poll_and_sync_in_one_request() {
     let r = app.get("/api/events/poll?documents=notes@0&wait=25", &tb).await;
     assert_eq!(r.json()["documents"][0]["version"], v2[0]);
 
+    // A poll naming its client does not end for the client's own change: alice waits, writes
+    // herself, then bob writes — the poll names the document, and her sync brings bob's edit.
+    let va = batch_sync(&app, &ta, "alice", &mut [("notes", &mut notes)]).await;
+    let poll = {
+        let (app, ta) = (app.clone(), ta.clone());
+        let path = format!("/api/events/poll?documents=notes@{}&clientId=alice&wait=25", va[0]);
+        tokio::spawn(async move { app.get(&path, &ta).await })
+    };
+    while app.state.feed.document_waiting(&tenant, "notes") == 0 {
+        tokio::task::yield_now().await;
+    }
+    notes.doc().splice_text(&text, 0, 0, "A: ").unwrap();
+    notes.doc().commit();
+    let own = batch_sync(&app, &ta, "alice", &mut [("notes", &mut notes)]).await;
+    while app.state.feed.document_waiting(&tenant, "notes") == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!poll.is_finished(), "alice's own change did not end her poll");
+    let len = bob_notes.doc().length(&text);
+    bob_notes.doc().splice_text(&text, len, 0, " +bob").unwrap();
+    bob_notes.doc().commit();
+    batch_sync(&app, &tb, "bob", &mut [("notes", &mut bob_notes)]).await;
+    let answer = poll.await.unwrap();
+    answer.expect(200);
+    assert!(answer.json()["documents"][0]["version"].as_u64().unwrap() > own[0]);
+    batch_sync(&app, &ta, "alice", &mut [("notes", &mut notes)]).await;
+    assert_eq!(notes.doc().text(&text).unwrap(), "A: notes by alice +bob");
+
     // One refused document does not hold up the others; bad requests change nothing.
     let body = json!({ "clientId": "bob", "documents": [
         { "documentId": "todo", "message": "not base64!" },

@@ -602,3 +602,44 @@ fn acknowledging_what_others_changed_costs_the_client_nothing() {
         c.sent_granted(1, std::slice::from_ref(&ack));
     }
 }
+
+#[test]
+fn degraded_pulls_that_bring_nothing_back_off() {
+    let mut c = client();
+    c.set_online(0, true);
+    let mut now = 0;
+    for _ in 0..3 {
+        drain(&mut c);
+        c.link_closed(now);
+        now = c.poll_timeout().unwrap();
+        c.handle_timeout(now);
+    }
+    c.link_opened(now, "tok");
+    drain(&mut c);
+    let empty = |since| ServerFrame::Delta {
+        since,
+        version: since,
+        entities: vec![],
+        has_more: false,
+        client_seq: Some(0),
+    };
+    c.handle_frame(now, empty(0));
+    drain(&mut c);
+    // Each empty pull doubles the wait before the next, up to four times the interval (5 s).
+    let mut gaps = vec![];
+    let mut last = now;
+    for _ in 0..4 {
+        let next = (last + 1..last + 30_000)
+            .step_by(250)
+            .find(|t| {
+                c.handle_timeout(*t);
+                sent(&drain(&mut c)).iter().any(|f| matches!(f, ClientFrame::Pull { .. }))
+            })
+            .expect("a pull");
+        gaps.push((next - last).div_ceil(1_000) * 1_000);
+        c.handle_frame(next, empty(0));
+        drain(&mut c);
+        last = next;
+    }
+    assert_eq!(gaps, [6_000, 11_000, 21_000, 21_000], "{gaps:?}");
+}

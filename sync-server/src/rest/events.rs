@@ -7,6 +7,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use sdk_core::ids::ClientId;
 use sdk_core::protocol::http::{DocumentVersion, watched_documents};
 use sdk_core::protocol::{EventFilter, EventPage};
 use serde::Deserialize;
@@ -25,6 +26,9 @@ pub struct PollQuery {
     /// Documents to watch as well, `id@version,…` (the version the client has): the poll also
     /// ends when one of them is stored past it. Without `lastEventId`, only documents.
     documents: Option<String>,
+    /// The client polling (with `documents`): a change of its own (it has it) does not end the
+    /// poll.
+    client_id: Option<String>,
 }
 
 /// `GET /api/events/poll`: events after `lastEventId` (a sequence number or an event id), at
@@ -81,26 +85,52 @@ pub async fn poll(
             false => bus.read(tenant, after, limit, filter, wait).await,
         }
     };
+    let client = match q.client_id {
+        Some(c) => Some(ClientId::new(c).map_err(|e| ApiError::invalid(e.to_string()))?),
+        None => None,
+    };
+    let mut documents = Vec::new();
     let page = if watched.is_empty() {
         read(wait).await?
     } else {
-        // Subscribed before looking, so a change in between still wakes the wait.
-        let mut wakes: Vec<_> = watched
-            .iter()
-            .map(|d| state.feed.watch_document(&auth.tenant, &d.document_id))
-            .collect();
-        if !changed_documents(&state, &auth, &watched).await?.is_empty() {
-            read(Duration::ZERO).await?
-        } else {
-            let changed =
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut watched = watched;
+        loop {
+            // Subscribed before looking, so a change in between still wakes the wait.
+            let mut wakes: Vec<_> = watched
+                .iter()
+                .map(|d| state.feed.watch_document(&auth.tenant, &d.document_id))
+                .collect();
+            let changed = changed_documents(&state, &auth, &watched).await?;
+            if !changed.is_empty() {
+                // A change of the client's own brings it nothing: wait past it.
+                let own = |d: &DocumentVersion| {
+                    let Some(c) = &client else { return false };
+                    let w = watched.iter().find(|w| w.document_id == d.document_id);
+                    let after = w.map(|w| w.version).unwrap_or(0);
+                    state.documents.only_own(&auth.tenant, &d.document_id, c, after, d.version)
+                };
+                let (own, others): (Vec<_>, Vec<_>) = changed.into_iter().partition(own);
+                if !others.is_empty() {
+                    documents = others;
+                    break read(Duration::ZERO).await?;
+                }
+                for d in own {
+                    if let Some(w) = watched.iter_mut().find(|w| w.document_id == d.document_id) {
+                        w.version = d.version;
+                    }
+                }
+                continue;
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let woken =
                 futures_util::future::select_all(wakes.iter_mut().map(|w| Box::pin(w.changed())));
             tokio::select! {
-                page = read(wait) => page?,
-                _ = changed => read(Duration::ZERO).await?,
+                page = read(remaining) => break page?,
+                _ = woken => continue,
             }
         }
     };
-    let documents = changed_documents(&state, &auth, &watched).await?;
     state.metrics.add("pf2_events_polled_total", &[], page.events.len() as u64);
     Ok(Json(EventPage {
         events: page.events,
@@ -124,8 +154,8 @@ async fn changed_documents(
         .filter_map(|w| {
             let (_, v) = stored.iter().find(|(id, _)| *id == w.document_id)?;
             let version = u64::try_from(*v).ok()?;
-            (version > w.version)
-                .then(|| DocumentVersion { document_id: w.document_id.clone(), version })
+            let document_id = w.document_id.clone();
+            (version > w.version).then_some(DocumentVersion { document_id, version })
         })
         .collect())
 }
