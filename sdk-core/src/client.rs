@@ -539,11 +539,12 @@ impl SyncClient {
     }
 
     /// The shell sent `frames` for a slot granted with [`Output::Grant`] (a document's sync
-    /// message, possibly in parts): each is charged as the server charges it (`pacing::charge`:
+    /// message, possibly in parts): each is charged as the server charges it (`Tickets::charge`:
     /// the grant paid for the first; a reply on a ticket is free), so the mirror stays true.
     pub fn sent_granted(&mut self, now_ms: u64, frames: &[ClientFrame]) {
         if self.link == Link::Up(Transport::WebSocket) {
-            self.pacer.sent(now_ms, frames);
+            let replies: Vec<Option<&str>> = frames.iter().map(ClientFrame::reply_to).collect();
+            self.pacer.sent(now_ms, &replies);
             self.last_sent = now_ms;
         }
     }

@@ -18,7 +18,7 @@
 //! it received — spends a ticket instead of a token. So the protocol's own round trips are not
 //! charged to a peer that only watches, while a client that floods empty sync messages has no
 //! tickets to spend: the server sent it nothing to answer. Client and server apply the same rule
-//! ([`is_reply`]), so the mirror stays exact; the server grants a ticket when it queues the
+//! ([`Tickets::charge`]), so the mirror stays exact; the server grants a ticket when it queues the
 //! message, the client when it receives it, so the client never believes in a ticket the server
 //! does not hold.
 //!
@@ -95,19 +95,16 @@ pub fn sync_message_changes(bytes: &[u8]) -> Option<u64> {
     uleb(&mut b)
 }
 
-/// Whether `frame` is a reply that may ride a ticket: a whole `doc_sync` message (not a part)
-/// that carries no changes. Returns the document it answers.
-pub fn is_reply(frame: &crate::protocol::ClientFrame) -> Option<&str> {
+/// Whether a `doc_sync` message (base64; `more`: a part) is a reply that may ride a ticket: a
+/// whole message, not a part, that carries no changes (`ClientFrame::reply_to` asks this).
+pub fn is_reply_message(more: bool, message: &str) -> bool {
     use base64::Engine as _;
-    let crate::protocol::ClientFrame::DocSync { document_id, message, more: false } = frame else {
-        return None;
-    };
     // An acknowledgement is a few hundred bytes; anything larger is not one.
-    if message.len() > 4 * 1024 {
-        return None;
+    if more || message.len() > 4 * 1024 {
+        return false;
     }
-    let bytes = base64::engine::general_purpose::STANDARD.decode(message).ok()?;
-    (sync_message_changes(&bytes) == Some(0)).then_some(document_id.as_str())
+    let bytes = base64::engine::general_purpose::STANDARD.decode(message);
+    bytes.is_ok_and(|b| sync_message_changes(&b) == Some(0))
 }
 
 /// Reply tickets by document (see the module documentation): the server's and the client's.
@@ -143,14 +140,15 @@ impl Tickets {
     pub fn clear(&mut self) {
         self.0.clear();
     }
-}
 
-/// What `frame` costs a connection holding `tickets`: 0 for a reply on a ticket (which it
-/// spends), else 1. The server's meter and the client's mirror both ask this.
-pub fn charge(tickets: &mut Tickets, frame: &crate::protocol::ClientFrame) -> u32 {
-    match is_reply(frame) {
-        Some(doc) if tickets.take(doc) => 0,
-        _ => 1,
+    /// What a frame costs: 0 for a reply (`reply_to`: the document it answers, see
+    /// `ClientFrame::reply_to`) on a ticket, which it spends; else 1. The server's meter and the
+    /// client's mirror both ask this.
+    pub fn charge(&mut self, reply_to: Option<&str>) -> u32 {
+        match reply_to {
+            Some(doc) if self.take(doc) => 0,
+            _ => 1,
+        }
     }
 }
 
@@ -420,13 +418,14 @@ impl Pacer {
         self.tickets.grant(doc);
     }
 
-    /// The frames built for a slot just granted at `now_ms` (its grant paid one token): each
-    /// one after the first is spent, and a reply on a ticket gives its token back — the same
-    /// [`charge`] the server applies. `false` if the budget was short of a frame.
-    pub fn sent(&mut self, now_ms: u64, frames: &[crate::protocol::ClientFrame]) -> bool {
+    /// The frames built for a slot just granted at `now_ms` (its grant paid one token), each
+    /// as the document it answers if it is a reply (`ClientFrame::reply_to`): each one after
+    /// the first is spent, and a reply on a ticket gives its token back — the same
+    /// [`Tickets::charge`] the server applies. `false` if the budget was short of a frame.
+    pub fn sent(&mut self, now_ms: u64, replies: &[Option<&str>]) -> bool {
         let mut within = true;
-        for (i, f) in frames.iter().enumerate() {
-            match (i, charge(&mut self.tickets, f)) {
+        for (i, reply) in replies.iter().enumerate() {
+            match (i, self.tickets.charge(*reply)) {
                 (0, 0) => self.bucket.give(self.rate, now_ms),
                 (0, _) | (_, 0) => {}
                 _ => within &= self.spend(now_ms),
@@ -541,7 +540,6 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ClientFrame;
     use proptest::prelude::*;
 
     #[test]
@@ -643,18 +641,6 @@ mod tests {
         ]
     }
 
-    /// A `doc_sync` frame: Automerge's acknowledgement (no changes) or a message with one.
-    fn doc_frame(doc: &str, with_change: bool) -> ClientFrame {
-        use base64::Engine as _;
-        let bytes: &[u8] =
-            if with_change { &[0x42, 0, 0, 0, 1, 3, 1, 2, 3] } else { &[0x42, 0, 0, 0, 0] };
-        ClientFrame::DocSync {
-            document_id: doc.into(),
-            message: base64::engine::general_purpose::STANDARD.encode(bytes),
-            more: false,
-        }
-    }
-
     fn slot(n: u8) -> Slot {
         match n {
             0 => Slot::Push,
@@ -692,10 +678,10 @@ mod tests {
             // Edits not yet carried by a granted frame, per slot.
             let mut unsent: std::collections::BTreeMap<Slot, u32> = Default::default();
             // The frame arrives and is charged as the server charges it.
-            let arrive = |now: u64, rng: &mut crate::rng::SplitMix64, server: &mut (Bucket, Tickets), frame: &ClientFrame| {
+            let arrive = |now: u64, rng: &mut crate::rng::SplitMix64, server: &mut (Bucket, Tickets), reply: Option<&str>| {
                 // Never earlier than the previous frame (one ordered link).
                 let at = (now + rng.range(0, jitter)).max(server.0.at_ms);
-                match charge(&mut server.1, frame) {
+                match server.1.charge(reply) {
                     0 => true,
                     n => server.0.take_n(rate, at, n).is_ok(),
                 }
@@ -704,12 +690,12 @@ mod tests {
                 while let Some(s) = pacer.poll_grant(now) {
                     // A document's message is built now: an acknowledgement when no local
                     // edit waits in it (or, at random, anyway: the shell may answer with one).
-                    let frame = match &s {
-                        Slot::Doc(d) => doc_frame(d, unsent.contains_key(&s) && rng.range(0, 4) > 0),
-                        _ => ClientFrame::Ping { nonce: 0 },
+                    let reply = match &s {
+                        Slot::Doc(d) if !(unsent.contains_key(&s) && rng.range(0, 4) > 0) => Some(d.as_str()),
+                        _ => None,
                     };
-                    prop_assert!(pacer.sent(now, std::slice::from_ref(&frame)));
-                    prop_assert!(arrive(now, rng, server, &frame), "the server refused a paced frame");
+                    prop_assert!(pacer.sent(now, &[reply]));
+                    prop_assert!(arrive(now, rng, server, reply), "the server refused a paced frame");
                     unsent.remove(&s);
                     if s != Slot::Ping {
                         unsent.remove(&Slot::Ping);

@@ -784,6 +784,19 @@ impl Codec {
     }
 }
 
+impl ClientFrame {
+    /// The document this frame answers, when it is a reply that may ride a reply ticket: a
+    /// whole `doc_sync` message carrying no changes (`pacing::is_reply_message`).
+    pub fn reply_to(&self) -> Option<&str> {
+        match self {
+            ClientFrame::DocSync { document_id, message, more } => {
+                crate::pacing::is_reply_message(*more, message).then_some(document_id.as_str())
+            }
+            _ => None,
+        }
+    }
+}
+
 pub mod http;
 pub use http::{
     CollectionItem, CollectionSnapshot, EntitySnapshot, EventPage, ReconcileRequest,

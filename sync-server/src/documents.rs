@@ -20,7 +20,7 @@ use pf2_automerge::DocumentPeer;
 use pf2_automerge::parts::{self, Reassembly};
 use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, DocumentId, TenantId};
-use sdk_core::pacing::{self, Tickets};
+use sdk_core::pacing::Tickets;
 use sdk_core::protocol::{ClientFrame, ServerFrame};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -196,7 +196,7 @@ impl DocumentHub {
         Ok(self.docs.lock().expect("documents lock").entry(key).or_insert(doc).clone())
     }
 
-    /// What `frame` from `client` costs against its rate limit: `pacing::charge`, with the
+    /// What `frame` from `client` costs against its rate limit: `Tickets::charge`, with the
     /// tickets the document messages queued for it gave.
     pub fn charge(&self, tenant: &TenantId, client: &ClientId, frame: &ClientFrame) -> u32 {
         if !matches!(frame, ClientFrame::DocSync { more: false, .. }) {
@@ -204,7 +204,7 @@ impl DocumentHub {
         }
         let mut all = self.tickets.0.lock().expect("tickets lock");
         match all.get_mut(&(tenant.clone(), client.clone())) {
-            Some(t) => pacing::charge(t, frame),
+            Some(t) => t.charge(frame.reply_to()),
             None => 1,
         }
     }

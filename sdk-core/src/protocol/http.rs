@@ -1,5 +1,5 @@
 //! The REST wire contract: the bodies of reconcile, delta, snapshots and the event poll, used by
-//! the server's handlers and by [`crate::rest`] (the client's long-polling transport) alike, so
+//! the server's handlers and by the client's long-polling transport (`rest.rs`) alike, so
 //! the two sides cannot drift apart and still compile. Field names are shared/seeds/api.md's.
 
 use super::{ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult, WireOperation};

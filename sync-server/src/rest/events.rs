@@ -101,26 +101,10 @@ pub async fn poll(
                 .iter()
                 .map(|d| state.feed.watch_document(&auth.tenant, &d.document_id))
                 .collect();
-            let changed = changed_documents(&state, &auth, &watched).await?;
-            if !changed.is_empty() {
-                // A change of the client's own brings it nothing: wait past it.
-                let own = |d: &DocumentVersion| {
-                    let Some(c) = &client else { return false };
-                    let w = watched.iter().find(|w| w.document_id == d.document_id);
-                    let after = w.map(|w| w.version).unwrap_or(0);
-                    state.documents.only_own(&auth.tenant, &d.document_id, c, after, d.version)
-                };
-                let (own, others): (Vec<_>, Vec<_>) = changed.into_iter().partition(own);
-                if !others.is_empty() {
-                    documents = others;
-                    break read(Duration::ZERO).await?;
-                }
-                for d in own {
-                    if let Some(w) = watched.iter_mut().find(|w| w.document_id == d.document_id) {
-                        w.version = d.version;
-                    }
-                }
-                continue;
+            let others = others_changes(&state, &auth, client.as_ref(), &mut watched).await?;
+            if !others.is_empty() {
+                documents = others;
+                break read(Duration::ZERO).await?;
             }
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let woken =
@@ -139,6 +123,30 @@ pub async fn poll(
         documents,
     })
     .into_response())
+}
+
+/// The watched documents others changed past the version the client has. Changes of the
+/// client's own bring it nothing: `watched` moves past them.
+async fn others_changes(
+    state: &AppState,
+    auth: &Auth,
+    client: Option<&ClientId>,
+    watched: &mut [DocumentVersion],
+) -> Result<Vec<DocumentVersion>, ApiError> {
+    let changed = changed_documents(state, auth, watched).await?;
+    let own = |d: &DocumentVersion| {
+        let Some(c) = client else { return false };
+        let w = watched.iter().find(|w| w.document_id == d.document_id);
+        let after = w.map(|w| w.version).unwrap_or(0);
+        state.documents.only_own(&auth.tenant, &d.document_id, c, after, d.version)
+    };
+    let (own, others): (Vec<_>, Vec<_>) = changed.into_iter().partition(own);
+    for d in own {
+        if let Some(w) = watched.iter_mut().find(|w| w.document_id == d.document_id) {
+            w.version = d.version;
+        }
+    }
+    Ok(others)
 }
 
 /// The watched documents stored past the version the client named.

@@ -288,7 +288,7 @@ impl Session {
     /// warning per message, and after [`RATE_GRACE`] such warnings, a disconnect (audited).
     ///
     /// `frame` is the decoded frame (`None`: it did not decode, and costs a token): what it
-    /// costs is `pacing::charge` — a document acknowledgement answering a message the server
+    /// costs is `Tickets::charge` — a document acknowledgement answering a message the server
     /// sent is free (docs/protocol.md, "Pacing").
     pub async fn admit(&mut self, frame: Option<&ClientFrame>) -> Result<(), Closing> {
         self.last_heard = Instant::now();
