@@ -75,7 +75,7 @@ impl ChangeFeed {
 
     /// Another process changed document `id`: wake this process's long-polls waiting on it.
     pub fn document_changed_elsewhere(&self, tenant: &TenantId, id: &str) {
-        self.documents.kick(&document_key(tenant, id));
+        self.documents.wake_or_forget(&document_key(tenant, id));
     }
 
     /// Document `id` of `tenant` changed here: the long-polls waiting on it wake, and the

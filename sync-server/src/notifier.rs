@@ -24,15 +24,25 @@ impl Notifier {
     }
 
     /// Wake everyone waiting on `tenant` although the log did not grow (a dead letter went
-    /// back to its group). A key nobody waits on any more is forgotten.
+    /// back to its group).
     pub fn kick(&self, tenant: &str) {
-        let mut map = self.tenants.lock().expect("notifier lock");
+        let map = self.tenants.lock().expect("notifier lock");
         if let Some(tx) = map.get(tenant) {
-            if tx.receiver_count() == 0 {
-                map.remove(tenant);
-            } else {
-                tx.send_modify(|_| {});
+            tx.send_modify(|_| {});
+        }
+    }
+
+    /// Wake everyone waiting on `key`, or forget it when nobody waits: for keys whose value
+    /// means nothing (documents), so the map holds only what someone waits on. (A tenant's
+    /// value is its log head, which waiters read: those are never forgotten.)
+    pub fn wake_or_forget(&self, key: &str) {
+        let mut map = self.tenants.lock().expect("notifier lock");
+        match map.get(key) {
+            Some(tx) if tx.receiver_count() == 0 => {
+                map.remove(key);
             }
+            Some(tx) => tx.send_modify(|_| {}),
+            None => {}
         }
     }
 
