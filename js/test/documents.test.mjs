@@ -3,22 +3,11 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import * as Automerge from '@automerge/automerge'
-import { openPage, useServerAndBrowser } from './harness.mjs'
+import { openPage, until, useServerAndBrowser } from './harness.mjs'
 
 const env = useServerAndBrowser()
 
 const tenant = () => `t-${Math.random().toString(36).slice(2, 10)}`
-
-/** Poll `check` (a condition, not a delay) until it holds or `ms` pass. */
-async function until(what, check, ms = 60_000) {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const last = await check()
-    if (last === true) return
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last)?.slice(0, 500)}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
 
 /** A page with a client (`window.client`) and the document (`window.doc`). */
 async function openDoc(context, opts) {

@@ -133,6 +133,18 @@ export async function openPage(context, url) {
   return page
 }
 
+/** Poll `check` (a condition, not a delay) until it returns `true` or `ms` pass; on timeout
+ * the error shows what `check` last returned. */
+export async function until(what, check, ms = 60_000) {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const last = await check()
+    if (last === true) return
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last)?.slice(0, 500)}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
 /** Register a suite's server and browser (started before its tests, stopped after):
  * `const env = useServerAndBrowser(opts)`, then `env.server`, `env.browser` inside tests. */
 export function useServerAndBrowser(opts = {}) {

@@ -5,24 +5,13 @@
 // Nothing here lifts a limit.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { openPage, useServerAndBrowser } from './harness.mjs'
+import { openPage, until, useServerAndBrowser } from './harness.mjs'
 
 const env = useServerAndBrowser()
 
 const tenant = () => `t-${Math.random().toString(36).slice(2, 10)}`
 const KEYS = 840 // two minutes at 7 a second
 const EVERY_MS = Math.round(1000 / 7)
-
-/** Poll `check` (a condition, not a delay) until it holds or `ms` pass. */
-async function until(what, check, ms = 60_000) {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const last = await check()
-    if (last === true) return
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last)?.slice(0, 500)}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
 
 /** A user's page: its client, the shared document (a text per user), and a record of when
  * each of its own keystrokes was made and each of the other's appeared. */

@@ -511,8 +511,9 @@ fn no_ping_while_traffic_proves_the_link_and_one_after_a_silence() {
     assert_eq!(pings(&drain(&mut c)), 1, "a silent half minute: ping");
 }
 
-#[test]
-fn the_announced_limit_is_adopted_keeping_what_was_spent() {
+/// A client whose WebSocket is up and whose server announced 4 frames a minute (the first pull
+/// already spent one).
+fn linked_at_four_a_minute() -> SyncClient {
     let mut c = client();
     c.set_online(0, true);
     c.link_opened(0, "tok");
@@ -523,6 +524,12 @@ fn the_announced_limit_is_adopted_keeping_what_was_spent() {
     }
     c.handle_frame(0, connected);
     drain(&mut c);
+    c
+}
+
+#[test]
+fn the_announced_limit_is_adopted_keeping_what_was_spent() {
+    let mut c = linked_at_four_a_minute();
     // A pull is already spent of 4, one is the reserve: two more frames now, then one per 15 s.
     for (i, room) in ["a", "b", "c", "d"].iter().enumerate() {
         c.want_send(1, crate::pacing::Slot::Presence(room.to_string()));
@@ -550,16 +557,7 @@ fn presence_waits_by_room_and_other_frames_each_on_their_own() {
 fn acknowledging_what_others_changed_costs_the_client_nothing() {
     use crate::pacing::Slot;
     use base64::Engine as _;
-    let mut c = client();
-    c.set_online(0, true);
-    c.link_opened(0, "tok");
-    drain(&mut c);
-    let mut connected = connected();
-    if let ServerFrame::Connected { rate_limit, .. } = &mut connected {
-        *rate_limit = Some(crate::pacing::Rate::per_minute(4));
-    }
-    c.handle_frame(0, connected);
-    drain(&mut c);
+    let mut c = linked_at_four_a_minute();
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let ack = ClientFrame::DocSync {
         document_id: "notes".into(),
