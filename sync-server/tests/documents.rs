@@ -144,13 +144,7 @@ async fn connect(addr: std::net::SocketAddr, token: &str, client: &str) -> Ws {
 /// One round: send what `peer` has for the server (if anything) and a ping; apply every
 /// `doc_sync` that arrives before the pong. Returns (sent something, received something).
 async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (bool, bool) {
-    let out = peer.generate("server");
-    if let Some(m) = &out {
-        for (part, more) in parts::split(m, parts::PART_BYTES) {
-            let message = B64.encode(part);
-            ws.send(&ClientFrame::DocSync { document_id: doc.into(), message, more }).await;
-        }
-    }
+    let sent = send_all(ws, peer, doc).await > 0;
     ws.send(&ClientFrame::Ping { nonce }).await;
     let mut received = false;
     let mut joined = Reassembly::new(usize::MAX);
@@ -162,7 +156,7 @@ async fn round(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str, nonce: u64) -> (
                     received = true;
                 }
             }
-            ServerFrame::Pong { nonce: n } if n == nonce => return (out.is_some(), received),
+            ServerFrame::Pong { nonce: n } if n == nonce => return (sent, received),
             ServerFrame::Error { code, message, .. } => panic!("{code:?}: {message}"),
             _ => {}
         }
@@ -210,8 +204,9 @@ async fn receive_one(ws: &mut Ws, peer: &mut DocumentPeer, doc: &str) {
 /// At the shipped limit of 100 frames a minute: two writers make 150 edits between them (each
 /// its own message, within each writer's budget, each after bob has the one before, as at a
 /// person's pace), and bob, who only watches, answers every message the server sends him with
-/// Automerge's acknowledgement — well over 100 frames in seconds. None is charged (each rides a ticket the server's message gave), so bob is never
-/// warned; a client sending acknowledgements nobody asked for is warned as before.
+/// Automerge's acknowledgement — well over 100 frames in seconds. None is charged (each rides a
+/// ticket the server's message gave), so bob is never warned; a client sending acknowledgements
+/// nobody asked for is warned as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observer_answering_every_message_is_not_charged_for_it() {
     let app = TestApp::start(Backend::Sqlite).await.unwrap();

@@ -190,17 +190,24 @@ fn reconnect_waits_follow_the_jittered_exponential_backoff() {
     assert!(waits.iter().all(|w| *w <= 30_000), "{waits:?}");
 }
 
-#[test]
-fn repeated_websocket_failures_fall_back_to_long_polling_and_retry_the_socket_later() {
-    let mut c = client();
+/// Online, and the WebSocket fails three times in a row (the default before long-polling):
+/// returns the time of the last failure's retry.
+fn fail_websocket_three_times(c: &mut SyncClient) -> u64 {
     c.set_online(0, true);
     let mut now = 0;
     for _ in 0..3 {
-        drain(&mut c);
+        drain(c);
         c.link_closed(now);
         now = c.poll_timeout().unwrap();
         c.handle_timeout(now);
     }
+    now
+}
+
+#[test]
+fn repeated_websocket_failures_fall_back_to_long_polling_and_retry_the_socket_later() {
+    let mut c = client();
+    let now = fail_websocket_three_times(&mut c);
     let out = drain(&mut c);
     assert!(out.contains(&Output::Connect(Transport::LongPoll)), "{out:?}");
     c.link_opened(now, "tok");
@@ -604,14 +611,7 @@ fn acknowledging_what_others_changed_costs_the_client_nothing() {
 #[test]
 fn degraded_pulls_that_bring_nothing_back_off() {
     let mut c = client();
-    c.set_online(0, true);
-    let mut now = 0;
-    for _ in 0..3 {
-        drain(&mut c);
-        c.link_closed(now);
-        now = c.poll_timeout().unwrap();
-        c.handle_timeout(now);
-    }
+    let now = fail_websocket_three_times(&mut c);
     c.link_opened(now, "tok");
     drain(&mut c);
     let empty = |since| ServerFrame::Delta {

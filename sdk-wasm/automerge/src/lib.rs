@@ -306,13 +306,6 @@ impl Document {
         to_js(&Value::Array(frames))
     }
 
-    /// The next whole sync message (base64) for REST (`POST /api/documents/{id}/sync`), or
-    /// `undefined` when the server has everything we know it lacks.
-    #[wasm_bindgen(js_name = syncMessage)]
-    pub fn sync_message(&self) -> Option<String> {
-        self.inner.peer.borrow_mut().generate(SERVER).map(|m| B64.encode(m))
-    }
-
     /// The sync message for a REST round (`POST /api/documents/sync`), or `undefined`: one
     /// carrying local changes (it also says what we have, so the answer brings the server's
     /// changes in the same round); else, with `ask` (the server has changes for us), a fresh
