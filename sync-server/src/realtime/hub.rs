@@ -41,7 +41,65 @@ struct Presence {
     expires: Instant,
 }
 
-type Scoped = (TenantId, String);
+/// A key scoped to a tenant: a user, client or room id within it. Stored owned; looked up
+/// borrowed (`lookup(tenant, id)`), so fan-out — a lookup per member per frame — allocates nothing.
+#[derive(Debug, Clone)]
+struct Scoped {
+    tenant: TenantId,
+    id: String,
+}
+
+/// The borrowed view of a [`Scoped`] key. Hash and equality are defined on it alone, so an
+/// owned key and a borrowed pair of `&str` agree (what `HashMap::get` through `Borrow` needs).
+trait ScopedKey {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl ScopedKey for Scoped {
+    fn parts(&self) -> (&str, &str) {
+        (self.tenant.as_str(), &self.id)
+    }
+}
+
+impl ScopedKey for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl std::hash::Hash for dyn ScopedKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.parts().hash(h);
+    }
+}
+
+impl PartialEq for dyn ScopedKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn ScopedKey + '_ {}
+
+impl std::hash::Hash for Scoped {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self as &dyn ScopedKey).hash(h);
+    }
+}
+
+impl PartialEq for Scoped {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for Scoped {}
+
+impl<'a> std::borrow::Borrow<dyn ScopedKey + 'a> for Scoped {
+    fn borrow(&self) -> &(dyn ScopedKey + 'a) {
+        self
+    }
+}
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -77,8 +135,26 @@ pub struct Hub {
     cluster: Arc<dyn ClusterFanout>,
 }
 
+/// An owned key, for inserting.
 fn scoped(tenant: &TenantId, id: &str) -> Scoped {
-    (tenant.clone(), id.to_string())
+    Scoped { tenant: tenant.clone(), id: id.to_string() }
+}
+
+/// `map[(tenant, id)]`, without building an owned key.
+fn get<'m, V>(map: &'m HashMap<Scoped, V>, tenant: &TenantId, id: &str) -> Option<&'m V> {
+    map.get(&(tenant.as_str(), id) as &dyn ScopedKey)
+}
+
+fn get_mut<'m, V>(
+    map: &'m mut HashMap<Scoped, V>,
+    tenant: &TenantId,
+    id: &str,
+) -> Option<&'m mut V> {
+    map.get_mut(&(tenant.as_str(), id) as &dyn ScopedKey)
+}
+
+fn remove<V>(map: &mut HashMap<Scoped, V>, tenant: &TenantId, id: &str) -> Option<V> {
+    map.remove(&(tenant.as_str(), id) as &dyn ScopedKey)
 }
 
 impl Hub {
@@ -132,7 +208,7 @@ impl Hub {
         let mut v: Vec<_> = inner
             .presence
             .iter()
-            .filter_map(|((t, c), p)| {
+            .filter_map(|(Scoped { tenant: t, id: c }, p)| {
                 Some((
                     t.clone(),
                     ClientId::new(c.clone()).ok()?,
@@ -200,7 +276,7 @@ impl Hub {
         inner.by_tenant.entry(tenant.clone()).or_default().insert(id);
         inner.by_user.entry(scoped(tenant, user.as_str())).or_default().insert(id);
         inner.by_client.entry(scoped(tenant, client.as_str())).or_default().insert(id);
-        inner.idle_since.remove(&scoped(tenant, client.as_str()));
+        remove(&mut inner.idle_since, tenant, client.as_str());
         self.prune(&mut inner, Instant::now());
         self.gauges(&inner);
         Registration { id, mailbox }
@@ -255,13 +331,17 @@ impl Hub {
         }
     }
 
+    /// Count `n` frames queued by one fan-out (one atomic add per fan-out, not per frame).
+    fn delivered(&self, n: usize) -> usize {
+        self.metrics.ws_messages_out.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
     /// Queue a frame for one connection; a full buffer marks it a slow consumer and kills it.
+    /// The caller counts what was queued ([`Hub::delivered`]).
     fn offer(&self, conn: &Conn, frame: &Arc<Outbound>) -> bool {
         match conn.mailbox.offer(frame.clone()) {
-            Offered::Queued => {
-                self.metrics.ws_messages_out.fetch_add(1, Ordering::Relaxed);
-                true
-            }
+            Offered::Queued => true,
             Offered::Full => {
                 self.metrics.inc("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]);
                 false
@@ -311,7 +391,7 @@ impl Hub {
     }
 
     pub fn is_member(&self, tenant: &TenantId, client: &ClientId, room: &RoomId) -> bool {
-        self.lock().rooms.get(&scoped(tenant, room.as_str())).is_some_and(|m| m.contains(client))
+        get(&self.lock().rooms, tenant, room.as_str()).is_some_and(|m| m.contains(client))
     }
 
     pub fn rooms_of(&self, tenant: &TenantId, client: &ClientId) -> Vec<RoomId> {
@@ -357,10 +437,10 @@ impl Hub {
         skip: Option<u64>,
     ) -> usize {
         let inner = self.lock();
-        let Some(members) = inner.rooms.get(&scoped(tenant, room.as_str())) else { return 0 };
+        let Some(members) = get(&inner.rooms, tenant, room.as_str()) else { return 0 };
         let mut n = 0;
         for client in members {
-            for id in inner.by_client.get(&scoped(tenant, client.as_str())).into_iter().flatten() {
+            for id in get(&inner.by_client, tenant, client.as_str()).into_iter().flatten() {
                 if Some(*id) != skip
                     && let Some(conn) = inner.conns.get(id)
                 {
@@ -368,7 +448,7 @@ impl Hub {
                 }
             }
         }
-        n
+        self.delivered(n)
     }
 
     /// Send to every connection of `tenant` (pokes), here and in every other process.
@@ -393,7 +473,7 @@ impl Hub {
                 n += self.offer(conn, frame) as usize;
             }
         }
-        n
+        self.delivered(n)
     }
 
     /// Send to every connection of `user` in `tenant`, here and in every other process.
@@ -413,12 +493,12 @@ impl Hub {
     fn local_user(&self, tenant: &TenantId, user: &UserId, frame: &Arc<Outbound>) -> usize {
         let inner = self.lock();
         let mut n = 0;
-        for id in inner.by_user.get(&scoped(tenant, user.as_str())).into_iter().flatten() {
+        for id in get(&inner.by_user, tenant, user.as_str()).into_iter().flatten() {
             if let Some(conn) = inner.conns.get(id) {
                 n += self.offer(conn, frame) as usize;
             }
         }
-        n
+        self.delivered(n)
     }
 
     /// Set a client's presence from connection `conn` and tell the members of its rooms.
@@ -460,7 +540,7 @@ impl Hub {
     /// Keep a client's presence alive (any frame from it counts).
     pub fn touch(&self, tenant: &TenantId, client: &ClientId) {
         let mut inner = self.lock();
-        if let Some(p) = inner.presence.get_mut(&scoped(tenant, client.as_str())) {
+        if let Some(p) = get_mut(&mut inner.presence, tenant, client.as_str()) {
             p.expires = Instant::now() + self.presence_ttl;
         }
     }
@@ -498,17 +578,13 @@ impl Hub {
     pub fn presence_in(&self, tenant: &TenantId, room: &RoomId) -> Vec<ServerFrame> {
         let inner = self.lock();
         let now = Instant::now();
-        let Some(members) = inner.rooms.get(&scoped(tenant, room.as_str())) else {
+        let Some(members) = get(&inner.rooms, tenant, room.as_str()) else {
             return Vec::new();
         };
         let mut frames: Vec<ServerFrame> = members
             .iter()
             .filter_map(|c| {
-                inner
-                    .presence
-                    .get(&scoped(tenant, c.as_str()))
-                    .filter(|p| p.expires > now)
-                    .map(|p| (c, p))
+                get(&inner.presence, tenant, c.as_str()).filter(|p| p.expires > now).map(|p| (c, p))
             })
             .map(|(c, p)| ServerFrame::Presence {
                 user_id: p.user.clone(),
@@ -537,9 +613,9 @@ impl Hub {
             let mut out = Vec::new();
             for k in gone {
                 if let (Some(p), Ok(client)) =
-                    (inner.presence.remove(&k), ClientId::new(k.1.clone()))
+                    (inner.presence.remove(&k), ClientId::new(k.id.clone()))
                 {
-                    out.push((k.0.clone(), client, p.user));
+                    out.push((k.tenant.clone(), client, p.user));
                 }
             }
             self.prune(&mut inner, now);
@@ -560,9 +636,9 @@ impl Hub {
             .collect();
         for key in stale {
             inner.idle_since.remove(&key);
-            let Ok(client) = ClientId::new(key.1.clone()) else { continue };
+            let Ok(client) = ClientId::new(key.id.clone()) else { continue };
             for room in inner.client_rooms.remove(&key).into_iter().flatten() {
-                let rkey = scoped(&key.0, room.as_str());
+                let rkey = scoped(&key.tenant, room.as_str());
                 if let Some(m) = inner.rooms.get_mut(&rkey) {
                     m.remove(&client);
                     if m.is_empty() {

@@ -56,6 +56,15 @@ enum Queued {
     Run(Arc<Run>),
 }
 
+impl From<Queued> for Next {
+    fn from(q: Queued) -> Self {
+        match q {
+            Queued::One(f) => Next::Frame(f),
+            Queued::Run(r) => Next::Run(r),
+        }
+    }
+}
+
 impl Queued {
     fn frames(&self) -> usize {
         match self {
@@ -247,19 +256,39 @@ impl Mailbox {
         if s.killed {
             return Some(Next::Killed);
         }
-        if let Some(q) = s.queue.pop_front() {
-            s.frames -= q.frames();
-            if s.queue.is_empty() && s.queue.capacity() > KEEP_CAPACITY {
-                s.queue = VecDeque::new();
-            }
-            drop(s);
-            self.room.notify_waiters();
-            return Some(match q {
-                Queued::One(f) => Next::Frame(f),
-                Queued::Run(r) => Next::Run(r),
-            });
+        let Some(q) = self.pop(&mut s) else { return s.closing.map(Next::Close) };
+        Some(q.into())
+    }
+
+    /// Frames ready to write after the one [`Mailbox::next`] gave, up to `max` frames (a run
+    /// counts each of its frames, and is taken whole even past `max`), in order, under one lock:
+    /// what a writer hands the socket in one write. Empty when the connection was killed or
+    /// nothing is queued; a close request stays for [`Mailbox::next`].
+    pub fn take_ready(&self, max: usize) -> Vec<Next> {
+        let mut s = self.lock();
+        let mut ready = Vec::new();
+        let mut taken = 0;
+        while !s.killed && taken < max {
+            let Some(q) = self.pop(&mut s) else { break };
+            taken += q.frames();
+            ready.push(q.into());
         }
-        s.closing.map(Next::Close)
+        ready
+    }
+
+    /// Take the oldest item. Senders wait only while the queue is at least half full, so only a
+    /// pop from there can give one of them room.
+    fn pop(&self, s: &mut Slots) -> Option<Queued> {
+        let q = s.queue.pop_front()?;
+        let was = s.frames;
+        s.frames -= q.frames();
+        if s.queue.is_empty() && s.queue.capacity() > KEEP_CAPACITY {
+            s.queue = VecDeque::new();
+        }
+        if was >= self.capacity / 2 {
+            self.room.notify_waiters();
+        }
+        Some(q)
     }
 
     /// The next thing to write, waiting for it. Only the connection's writer calls this.
@@ -272,13 +301,17 @@ impl Mailbox {
         }
     }
 
-    /// Resolves when the mailbox is killed (for a writer blocked on a slow socket).
+    /// Resolves when the mailbox is killed (for a writer blocked on a slow socket). Waits on
+    /// the end signal, not the writer's: frames offered during a write must not wake it.
     pub async fn until_killed(&self) {
         loop {
+            let notified = self.end.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if self.killed() {
                 return;
             }
-            self.ready.notified().await;
+            notified.await;
         }
     }
 }

@@ -18,7 +18,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use sdk_core::ErrorCode;
 use sdk_core::ids::ClientId;
 use sdk_core::protocol::{ClientFrame, Codec, JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, ServerFrame};
@@ -29,10 +29,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The WebSocket library writes to the socket once this many bytes are buffered, or on flush:
+/// frames fed in a burst share one `send`. Acknowledgements and errors are not delayed by it —
+/// the writer flushes as soon as nothing more is ready.
+const WRITE_BUFFER: usize = 8 * 1024;
 /// How long the closing handshake may wait for the peer's Close.
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type WsSink = futures_util::stream::SplitSink<WebSocket, Message>;
 type Stream = futures_util::stream::SplitStream<WebSocket>;
 
 #[derive(Debug, Deserialize)]
@@ -94,9 +98,10 @@ pub async fn upgrade(
         // and closes with 1009.
         .max_message_size(limit * 2)
         // Small per-connection buffers: an idle socket should cost kilobytes, not the library's
-        // 128 KiB defaults. They grow for large frames and shrink back.
+        // 128 KiB defaults. The write buffer lets the writer hand the kernel everything ready in
+        // one `send` (see `write_loop`).
         .read_buffer_size(1024)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_frame_size(limit * 2)
         // The session moves to the sessions' runtime; nothing stays behind on this one.
         .on_upgrade(move |socket| {
@@ -147,7 +152,7 @@ fn run(
 }
 
 async fn connection(
-    mut sink: Sink,
+    mut sink: WsSink,
     mut stream: Stream,
     state: AppState,
     codec: Codec,
@@ -343,9 +348,30 @@ fn gather(first: Ready, mailbox: &Mailbox, codec: Codec) -> Bytes {
     if parts.len() == 1 { parts.swap_remove(0) } else { codec.encode_batch(&parts).into() }
 }
 
-async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec, batch: bool) {
-    /// Frames written per flush when several are already queued (one syscall for a burst).
-    const BURST: usize = 32;
+/// Feed one item to the sink (not yet written: see [`WRITE_BUFFER`]); how many frames it held.
+async fn feed<S>(sink: &mut S, codec: Codec, item: Ready) -> Result<usize, axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    match item {
+        Ready::One(f) => {
+            sink.feed(message(codec, f.encoded(codec))).await?;
+            Ok(1)
+        }
+        Ready::Run(run) => {
+            for f in &run.frames {
+                sink.feed(message(codec, f.encoded(codec))).await?;
+            }
+            Ok(run.frames.len())
+        }
+    }
+}
+
+/// The connection's writer: generic over the sink so its batching can be tested without a socket.
+async fn write_loop<S>(mut sink: S, mailbox: Arc<Mailbox>, codec: Codec, batch: bool)
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
     loop {
         let first = match mailbox.next().await {
             Next::Frame(f) => Ready::One(f),
@@ -371,25 +397,17 @@ async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec, batch: 
             if batch {
                 return sink.send(message(codec, gather(first, &mailbox, codec))).await;
             }
-            let mut fed = 0;
-            let mut ready = Some(first);
-            while let Some(r) = ready.take() {
-                match r {
-                    Ready::One(f) => sink.feed(message(codec, f.encoded(codec))).await?,
-                    Ready::Run(run) => {
-                        for f in &run.frames {
-                            sink.feed(message(codec, f.encoded(codec))).await?;
-                        }
-                    }
-                }
-                fed += 1;
-                if fed < BURST {
-                    ready = match mailbox.try_next() {
-                        Some(Next::Frame(f)) => Some(Ready::One(f)),
-                        Some(Next::Run(r)) => Some(Ready::Run(r)),
-                        _ => None,
-                    };
-                }
+            // Everything ready goes into the library's write buffer, then one flush: the kernel
+            // gets one `send` per [`WRITE_BUFFER`] bytes, not one per frame. Nothing waits for
+            // company — an acknowledgement alone is flushed at once.
+            let fed = feed(&mut sink, codec, first).await?;
+            for next in mailbox.take_ready(BATCH_FRAMES.saturating_sub(fed)) {
+                let item = match next {
+                    Next::Frame(f) => Ready::One(f),
+                    Next::Run(r) => Ready::Run(r),
+                    Next::Killed | Next::Close(_) => break,
+                };
+                feed(&mut sink, codec, item).await?;
             }
             sink.flush().await
         };
@@ -398,5 +416,106 @@ async fn write_loop(mut sink: Sink, mailbox: Arc<Mailbox>, codec: Codec, batch: 
             r = write => if r.is_err() { return },
             _ = mailbox.until_killed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    /// What the writer did to its sink, in order: `Frame`s fed, `Flush`es.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Did {
+        Frame(String),
+        Flush,
+    }
+
+    /// A sink that records what it is given; every call is ready at once.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Did>>>);
+
+    impl Sink<Message> for Recorder {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), Self::Error> {
+            let text = match m {
+                Message::Text(t) => t.as_str().to_string(),
+                Message::Close(_) => "close".into(),
+                other => format!("{other:?}"),
+            };
+            self.0.lock().unwrap().push(Did::Frame(text));
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.0.lock().unwrap().push(Did::Flush);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn poke(version: u64) -> Arc<Outbound> {
+        Outbound::new(ServerFrame::Poke { version })
+    }
+
+    #[tokio::test]
+    async fn frames_ready_together_go_out_in_one_flush() {
+        let mailbox = Mailbox::new(1024);
+        for v in 1..=5 {
+            mailbox.offer(poke(v));
+        }
+        mailbox.push_shared(&Run::new(vec![poke(6), poke(7)]));
+        mailbox.close(Some(closing(CLOSE_NORMAL, "done")));
+        let sink = Recorder::default();
+        write_loop(sink.clone(), mailbox, Codec::Json, false).await;
+        let did = sink.0.lock().unwrap().clone();
+        let flushes: Vec<usize> =
+            did.iter().enumerate().filter(|(_, d)| **d == Did::Flush).map(|(i, _)| i).collect();
+        // Seven frames, then one flush; then the close frame (sent and flushed).
+        assert_eq!(flushes[0], 7, "{did:?}");
+        assert!(did[..7].iter().all(|d| matches!(d, Did::Frame(t) if t.contains("poke"))));
+        assert_eq!(did[8], Did::Frame("close".into()));
+        assert_eq!(flushes.len(), 2, "{did:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lone_frame_is_flushed_at_once() {
+        let mailbox = Mailbox::new(1024);
+        let sink = Recorder::default();
+        let writer = tokio::spawn(write_loop(sink.clone(), mailbox.clone(), Codec::Json, false));
+        mailbox.offer(poke(1));
+        // The writer flushes the single frame without waiting for more: observe the flush.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !sink.0.lock().unwrap().contains(&Did::Flush) {
+            assert!(tokio::time::Instant::now() < deadline, "the lone frame was never flushed");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            sink.0.lock().unwrap()[0],
+            Did::Frame(r#"{"v":1,"type":"poke","version":1}"#.into())
+        );
+        mailbox.close(None);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_cut_at_the_batch_limit() {
+        let mailbox = Mailbox::new(4 * BATCH_FRAMES);
+        for v in 0..(BATCH_FRAMES as u64 + 10) {
+            mailbox.offer(poke(v));
+        }
+        mailbox.close(None);
+        let sink = Recorder::default();
+        write_loop(sink.clone(), mailbox, Codec::Json, false).await;
+        let did = sink.0.lock().unwrap().clone();
+        let first_flush = did.iter().position(|d| *d == Did::Flush).unwrap();
+        assert_eq!(first_flush, BATCH_FRAMES);
+        assert_eq!(did.iter().filter(|d| matches!(d, Did::Frame(_))).count(), BATCH_FRAMES + 10);
     }
 }
