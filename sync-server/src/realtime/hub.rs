@@ -108,10 +108,24 @@ struct Inner {
     by_user: HashMap<Scoped, HashSet<u64>>,
     by_client: HashMap<Scoped, HashSet<u64>>,
     rooms: HashMap<Scoped, HashSet<ClientId>>,
+    /// The connections of each room's members (derived from `rooms` and `by_client`, kept in
+    /// step by join, leave, register and unregister): fan-out is one lookup, not two per member.
+    room_conns: HashMap<Scoped, Vec<(u64, Arc<Mailbox>)>>,
     client_rooms: HashMap<Scoped, HashSet<RoomId>>,
     /// Clients with memberships but no connection, and since when.
     idle_since: HashMap<Scoped, Instant>,
     presence: HashMap<Scoped, Presence>,
+}
+
+impl Inner {
+    /// Forget the connections of `room` that `gone` names (a room left with none is dropped).
+    fn drop_room_conns(&mut self, tenant: &TenantId, room: &RoomId, gone: impl Fn(u64) -> bool) {
+        let Some(conns) = get_mut(&mut self.room_conns, tenant, room.as_str()) else { return };
+        conns.retain(|(id, _)| !gone(*id));
+        if conns.is_empty() {
+            remove(&mut self.room_conns, tenant, room.as_str());
+        }
+    }
 }
 
 /// What a new connection gets from the hub.
@@ -277,6 +291,14 @@ impl Hub {
         inner.by_user.entry(scoped(tenant, user.as_str())).or_default().insert(id);
         inner.by_client.entry(scoped(tenant, client.as_str())).or_default().insert(id);
         remove(&mut inner.idle_since, tenant, client.as_str());
+        let rooms: Vec<Scoped> = get(&inner.client_rooms, tenant, client.as_str())
+            .into_iter()
+            .flatten()
+            .map(|room| scoped(tenant, room.as_str()))
+            .collect();
+        for room in rooms {
+            inner.room_conns.entry(room).or_default().push((id, mailbox.clone()));
+        }
         self.prune(&mut inner, Instant::now());
         self.gauges(&inner);
         Registration { id, mailbox }
@@ -298,6 +320,11 @@ impl Hub {
             }
             let user_key = scoped(&conn.tenant, conn.user.as_str());
             let client_key = scoped(&conn.tenant, conn.client.as_str());
+            let rooms: Vec<RoomId> =
+                inner.client_rooms.get(&client_key).into_iter().flatten().cloned().collect();
+            for room in rooms {
+                inner.drop_room_conns(&conn.tenant, &room, |c| c == id);
+            }
             if let Some(set) = inner.by_user.get_mut(&user_key) {
                 set.remove(&id);
                 if set.is_empty() {
@@ -339,8 +366,8 @@ impl Hub {
 
     /// Queue a frame for one connection; a full buffer marks it a slow consumer and kills it.
     /// The caller counts what was queued ([`Hub::delivered`]).
-    fn offer(&self, conn: &Conn, frame: &Arc<Outbound>) -> bool {
-        match conn.mailbox.offer(frame.clone()) {
+    fn offer(&self, mailbox: &Mailbox, frame: &Arc<Outbound>) -> bool {
+        match mailbox.offer(frame.clone()) {
             Offered::Queued => true,
             Offered::Full => {
                 self.metrics.inc("pf2_ws_disconnects_total", &[("reason", "slow_consumer")]);
@@ -356,6 +383,16 @@ impl Hub {
         let added =
             inner.rooms.entry(scoped(tenant, room.as_str())).or_default().insert(client.clone());
         inner.client_rooms.entry(scoped(tenant, client.as_str())).or_default().insert(room.clone());
+        if added {
+            let conns: Vec<(u64, Arc<Mailbox>)> = get(&inner.by_client, tenant, client.as_str())
+                .into_iter()
+                .flatten()
+                .filter_map(|id| Some((*id, inner.conns.get(id)?.mailbox.clone())))
+                .collect();
+            if !conns.is_empty() {
+                inner.room_conns.entry(scoped(tenant, room.as_str())).or_default().extend(conns);
+            }
+        }
         self.gauges(&inner);
         drop(inner);
         self.forward(|| Remote::Joined {
@@ -370,6 +407,11 @@ impl Hub {
         let mut inner = self.lock();
         let key = scoped(tenant, room.as_str());
         let removed = inner.rooms.get_mut(&key).is_some_and(|m| m.remove(client));
+        if removed {
+            let ids: HashSet<u64> =
+                get(&inner.by_client, tenant, client.as_str()).cloned().unwrap_or_default();
+            inner.drop_room_conns(tenant, room, |c| ids.contains(&c));
+        }
         if inner.rooms.get(&key).is_some_and(HashSet::is_empty) {
             inner.rooms.remove(&key);
         }
@@ -437,15 +479,11 @@ impl Hub {
         skip: Option<u64>,
     ) -> usize {
         let inner = self.lock();
-        let Some(members) = get(&inner.rooms, tenant, room.as_str()) else { return 0 };
+        let Some(conns) = get(&inner.room_conns, tenant, room.as_str()) else { return 0 };
         let mut n = 0;
-        for client in members {
-            for id in get(&inner.by_client, tenant, client.as_str()).into_iter().flatten() {
-                if Some(*id) != skip
-                    && let Some(conn) = inner.conns.get(id)
-                {
-                    n += self.offer(conn, frame) as usize;
-                }
+        for (id, mailbox) in conns {
+            if Some(*id) != skip {
+                n += self.offer(mailbox, frame) as usize;
             }
         }
         self.delivered(n)
@@ -470,7 +508,7 @@ impl Hub {
         let mut n = 0;
         for id in inner.by_tenant.get(tenant).into_iter().flatten() {
             if let Some(conn) = inner.conns.get(id) {
-                n += self.offer(conn, frame) as usize;
+                n += self.offer(&conn.mailbox, frame) as usize;
             }
         }
         self.delivered(n)
@@ -495,7 +533,7 @@ impl Hub {
         let mut n = 0;
         for id in get(&inner.by_user, tenant, user.as_str()).into_iter().flatten() {
             if let Some(conn) = inner.conns.get(id) {
-                n += self.offer(conn, frame) as usize;
+                n += self.offer(&conn.mailbox, frame) as usize;
             }
         }
         self.delivered(n)
@@ -691,6 +729,30 @@ mod tests {
         assert!(hub.is_member(&t1, &c1, &room), "membership belongs to the client id");
         assert_eq!(hub.to_room(&t1, &room, &pong(), None), 1);
         assert!(next_frame(&again).is_some());
+    }
+
+    #[test]
+    fn a_room_reaches_exactly_its_members_connections_through_joins_leaves_and_reconnects() {
+        let hub = Hub::new(Arc::default(), 64, Duration::from_secs(90));
+        let room = RoomId::new("r").unwrap();
+        let (t, u, c) = ids("t", "u", "c");
+        let other = ClientId::new("other").unwrap();
+        let phone = hub.register(&t, &u, &c);
+        let stranger = hub.register(&t, &u, &other);
+        hub.join(&t, &c, &room);
+        hub.join(&t, &c, &room);
+        assert_eq!(hub.to_room(&t, &room, &pong(), None), 1, "joined twice, reached once");
+        // A second connection of a member is in the room at once; the sender can be skipped.
+        let laptop = hub.register(&t, &u, &c);
+        assert_eq!(hub.to_room(&t, &room, &pong(), None), 2);
+        assert_eq!(hub.to_room(&t, &room, &pong(), Some(laptop.id)), 1);
+        hub.unregister(phone.id);
+        assert_eq!(hub.to_room(&t, &room, &pong(), None), 1, "a closed connection is gone");
+        assert!(hub.leave(&t, &c, &room));
+        assert_eq!(hub.to_room(&t, &room, &pong(), None), 0, "left: no connection reached");
+        assert!(next_frame(&stranger).is_none(), "never a member, never reached");
+        hub.unregister(laptop.id);
+        assert!(hub.lock().room_conns.is_empty(), "nothing stays behind");
     }
 
     #[test]
