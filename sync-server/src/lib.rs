@@ -123,15 +123,17 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
 /// Serve `state` on `listener` until `shutdown` resolves, with the background workers (Class D
 /// processing, webhooks, retention, presence sweeps) running alongside.
 ///
-/// Connections are served by hyper directly (not `axum::serve`) so that a client that does not
-/// finish its request headers within `header_read_timeout` is dropped (slowloris). On shutdown
-/// the listener closes, in-flight requests get up to 10 s to finish, then the workers stop.
+/// Connections are served by hyper's HTTP/1.1 server directly (not `axum::serve`) so that a
+/// client that does not finish its request headers within `header_read_timeout` is dropped
+/// (slowloris), and so that an upgraded `/v1/ws` connection is a plain TCP stream its session can
+/// take to its own runtime (`socket::upgrade`). On shutdown the listener closes, in-flight
+/// requests get up to 10 s to finish, then the workers stop.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let processor: Arc<dyn workers::TransactionProcessor> = Arc::new(workers::AcceptObjects);
@@ -146,10 +148,12 @@ pub async fn serve(
         })),
         None => tokio::spawn(async {}),
     };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(state.limits.header_read_timeout);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(state.limits.header_read_timeout);
     let router = app(state);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection holds a receiver: `serving.closed()` resolves when the last one is done.
+    let (serving, _) = tokio::sync::watch::channel(());
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -169,18 +173,28 @@ pub async fn serve(
             req
         });
         let conn = builder
-            .serve_connection_with_upgrades(
+            .serve_connection(
                 TokioIo::new(stream),
                 hyper_util::service::TowerToHyperService::new(service),
             )
-            .into_owned();
-        let watched = graceful.watch(conn);
+            .with_upgrades();
+        let (alive, mut stopping) = (serving.subscribe(), stopping.clone());
         tokio::spawn(async move {
-            let _ = watched.await;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { drop(stopping.wait_for(|s| *s).await) } => {
+                    // Finish the request in flight, then close (upgraded sockets are not ours).
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(alive);
         });
     }
     drop(listener);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+    let _ = stopping_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), serving.closed()).await;
     let _ = stop_tx.send(true);
     let _ = worker.await;
     let _ = cluster.await;

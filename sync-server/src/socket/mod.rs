@@ -4,6 +4,7 @@
 pub mod native;
 pub mod session;
 pub mod socketio;
+pub mod upgrade;
 
 /// Whether a browser `Origin` may open a socket. Patterns are exact origins, `*` (anything), or
 /// end in `:*` for any port (`http://localhost:*`). A request without `Origin` (a native app, a

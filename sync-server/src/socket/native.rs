@@ -8,14 +8,14 @@
 //! reading speed. Nothing is unbounded.
 
 use super::session::{self, CLOSE_AUTH, CLOSE_NORMAL, CLOSE_TRY_AGAIN, NATIVE, Refusal, Session};
+use super::upgrade::{Handshake, Socket};
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::realtime::mailbox::{Closing, Mailbox, Next};
 use crate::realtime::outbound::{Outbound, Run};
 use crate::state::AppState;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -27,17 +27,16 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// The WebSocket library writes to the socket once this many bytes are buffered, or on flush:
-/// frames fed in a burst share one `send`. Acknowledgements and errors are not delayed by it —
-/// the writer flushes as soon as nothing more is ready.
-const WRITE_BUFFER: usize = 8 * 1024;
 /// How long the closing handshake may wait for the peer's Close.
 const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
-type WsSink = futures_util::stream::SplitSink<WebSocket, Message>;
-type Stream = futures_util::stream::SplitStream<WebSocket>;
+type WsSink = futures_util::stream::SplitSink<Socket, Message>;
+type Stream = futures_util::stream::SplitStream<Socket>;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -61,11 +60,15 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 pub async fn upgrade(
     State(state): State<AppState>,
-    extensions: axum::http::Extensions,
+    method: Method,
+    mut extensions: axum::http::Extensions,
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
-    ws: WebSocketUpgrade,
 ) -> Response {
+    let handshake = match Handshake::check(&method, &headers, &mut extensions) {
+        Ok(h) => h,
+        Err(refused) => return refused.into_response(),
+    };
     let ip = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
@@ -88,27 +91,33 @@ pub async fn upgrade(
     let offered: Vec<&str> = header(&headers, "sec-websocket-protocol")
         .map(|v| v.split(',').map(str::trim).collect())
         .unwrap_or_default();
-    let codec =
-        if offered.contains(&MSGPACK_SUBPROTOCOL) { Codec::MessagePack } else { Codec::Json };
+    let (codec, protocol) = if offered.contains(&MSGPACK_SUBPROTOCOL) {
+        (Codec::MessagePack, Some(MSGPACK_SUBPROTOCOL))
+    } else if offered.contains(&JSON_SUBPROTOCOL) {
+        (Codec::Json, Some(JSON_SUBPROTOCOL))
+    } else {
+        (Codec::Json, None)
+    };
     let limit = state.limits.ws_frame_bytes;
     let meta =
         Meta { ip, user_agent: header(&headers, "user-agent").unwrap_or_default().to_string() };
-    ws.protocols([MSGPACK_SUBPROTOCOL, JSON_SUBPROTOCOL])
+    let config = WebSocketConfig::default()
         // The library refuses frames far over the limit; the session enforces the limit exactly
         // and closes with 1009.
-        .max_message_size(limit * 2)
+        .max_message_size(Some(limit * 2))
+        .max_frame_size(Some(limit * 2))
         // Small per-connection buffers: an idle socket should cost kilobytes, not the library's
-        // 128 KiB defaults. The write buffer lets the writer hand the kernel everything ready in
-        // one `send` (see `write_loop`).
-        .read_buffer_size(1024)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_frame_size(limit * 2)
-        // The session moves to the sessions' runtime; nothing stays behind on this one.
-        .on_upgrade(move |socket| {
-            let sessions = state.sessions.clone();
-            drop(sessions.spawn(run(socket, state, codec, q, meta)));
-            std::future::ready(())
-        })
+        // 128 KiB defaults. The read buffer holds a typical client frame (a push, a presence
+        // update, a sync message while typing: 100–400 bytes); a larger frame grows it to the
+        // frame's size once its header is read, so it costs one more read, not one per 512
+        // bytes. The library passes each written frame on at once; the socket's own buffer
+        // (`upgrade::WRITE_BUFFER`), which an idle connection does not hold, gathers a burst
+        // into one `send` (see `write_loop`).
+        .read_buffer_size(512)
+        .write_buffer_size(0);
+    // The session, and its socket, move to the sessions' runtime; nothing stays on this one.
+    let sessions = state.sessions.clone();
+    handshake.accept(protocol, config, sessions, move |socket| run(socket, state, codec, q, meta))
 }
 
 #[derive(Debug, Clone)]
@@ -134,14 +143,14 @@ fn encode(codec: Codec, frame: &ServerFrame) -> Message {
 }
 
 fn close_message(c: &Closing) -> Message {
-    Message::Close(Some(CloseFrame { code: c.code, reason: c.reason.into() }))
+    Message::Close(Some(CloseFrame { code: c.code.into(), reason: c.reason.into() }))
 }
 
 /// Not `async`: the socket is split before the connection's future is built, so that future
 /// holds the two small halves, not the 368-byte socket, for its whole life (an async fn keeps
 /// its arguments' space even after they are moved out).
 fn run(
-    socket: WebSocket,
+    socket: Socket,
     state: AppState,
     codec: Codec,
     q: WsQuery,
@@ -232,10 +241,10 @@ async fn read_loop(
         let bytes = match msg {
             None | Some(Err(_)) => return gone(),
             Some(Ok(Message::Close(frame))) => {
-                let code = frame.map(|f| f.code).unwrap_or(CLOSE_NORMAL);
+                let code = frame.map(|f| u16::from(f.code)).unwrap_or(CLOSE_NORMAL);
                 return (closing(code, "client closed"), Ended::PeerClosed);
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                 session.last_heard = std::time::Instant::now();
                 continue;
             }
@@ -348,10 +357,10 @@ fn gather(first: Ready, mailbox: &Mailbox, codec: Codec) -> Bytes {
     if parts.len() == 1 { parts.swap_remove(0) } else { codec.encode_batch(&parts).into() }
 }
 
-/// Feed one item to the sink (not yet written: see [`WRITE_BUFFER`]); how many frames it held.
-async fn feed<S>(sink: &mut S, codec: Codec, item: Ready) -> Result<usize, axum::Error>
+/// Feed one item to the sink (not yet written: see [`super::upgrade::WRITE_BUFFER`]); how many frames it held.
+async fn feed<S>(sink: &mut S, codec: Codec, item: Ready) -> Result<usize, WsError>
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = WsError> + Unpin,
 {
     match item {
         Ready::One(f) => {
@@ -370,7 +379,7 @@ where
 /// The connection's writer: generic over the sink so its batching can be tested without a socket.
 async fn write_loop<S>(mut sink: S, mailbox: Arc<Mailbox>, codec: Codec, batch: bool)
 where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+    S: Sink<Message, Error = WsError> + Unpin,
 {
     loop {
         let first = match mailbox.next().await {
@@ -398,7 +407,7 @@ where
                 return sink.send(message(codec, gather(first, &mailbox, codec))).await;
             }
             // Everything ready goes into the library's write buffer, then one flush: the kernel
-            // gets one `send` per [`WRITE_BUFFER`] bytes, not one per frame. Nothing waits for
+            // gets one `send` per [`super::upgrade::WRITE_BUFFER`] bytes, not one per frame. Nothing waits for
             // company — an acknowledgement alone is flushed at once.
             let fed = feed(&mut sink, codec, first).await?;
             for next in mailbox.take_ready(BATCH_FRAMES.saturating_sub(fed)) {
@@ -438,7 +447,7 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Did>>>);
 
     impl Sink<Message> for Recorder {
-        type Error = axum::Error;
+        type Error = WsError;
         fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
