@@ -17,7 +17,7 @@ help:
 	@echo "make bench  - sdk-core and server benchmarks (docs/benchmarks.md)"
 	@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
 	@echo "make bench-browser - IndexedDB enqueue through @pf2/sync vs raw IndexedDB, in Chromium"
-	@echo "make bench-realtime - fan-out vs a tokio-tungstenite floor and socket.io (docs/benchmarks.md)"
+	@echo "make bench-realtime - fan-out vs a tokio-tungstenite floor and socket.io, two workloads (docs/benchmarks.md)"
 	@echo "make bench-bus - event bus publish/consume vs a bare SQL queue, SQLite and PostgreSQL"
 	@echo "make bench-documents - an editing trace: in-process Automerge vs PF-2 vs automerge-repo 2.5"
 	@echo "make bench-cluster - room fan-out: one process vs two processes over Redis (PostgreSQL + Redis)"
@@ -121,8 +121,11 @@ bench-browser: js-build
 	$(CARGO) test --workspace --no-run --locked
 	cd js && node bench/idb.mjs
 
+# Two workloads (issue 15): rooms of 10 with one sender at 20 msg/s, then rooms of 50 with ten
+# senders each at 10 msg/s (about 98,000 deliveries/s); the idle-memory part runs with the first.
 bench-realtime:
 	tests/bench/fanout.sh 1000 10
+	IDLE_CONNECTIONS=0 FANOUT_ARGS="--room-size 50 --senders-per-room 10 --rate 10" SKIP_BUILD=1 tests/bench/fanout.sh 1000 10
 
 # Event streams: publishing with 0 / 1,000 / 10,000 live subscribers, 1,000 clients resuming
 # 1,000 missed events (also across a restart), on SQLite and PostgreSQL.

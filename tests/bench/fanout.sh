@@ -37,9 +37,13 @@ start_socketio() { node tests/bench/socketio-server.mjs 3102 >/dev/null & echo $
 stop() { kill "$(cat "$DATA/pid")"; wait "$(cat "$DATA/pid")" 2>/dev/null || true; }
 
 TOKEN=$(PF2_JWT_SECRET=bench-secret-bench-secret-bench-secret-01 ./target/release/sync-server token --tenant bench --user load --ttl 3600)
+# The load generator shares the machine with the server it measures. It runs at the lowest
+# priority (LOAD_NICE, default 19) so that it takes what the server leaves: PF-2's session threads
+# run at nice +10 by design (they yield to HTTP), and at the generator's own priority they were
+# preempted by it ~1,700 times a second, a cost no server alone on its machine pays.
 run() { # label target addr extra-args...
   local label=$1 target=$2 addr=$3; shift 3
-  ./target/release/fanout --target "$target" --addr "$addr" --pid "$(cat "$DATA/pid")" --token "$TOKEN" \
+  nice -n "${LOAD_NICE:-19}" ./target/release/fanout --target "$target" --addr "$addr" --pid "$(cat "$DATA/pid")" --token "$TOKEN" \
     --clock-ticks "$TICKS" --label "$label" "$@"
 }
 

@@ -12,8 +12,10 @@
 //! degrade. Under a fan-out burst a request is answered first and the frames go out in the CPU
 //! it leaves; when HTTP is idle the sessions have all of it.
 //!
-//! A socket accepted by the HTTP runtime keeps its registration there (its readiness events are
-//! delivered by that runtime's driver); only the session's tasks move.
+//! A `/v1/ws` socket moves with its session: `socket::upgrade` takes it out of the HTTP runtime's
+//! reactor and registers it here, so its readiness events wake this runtime's threads directly
+//! (left behind, every frame a client sent woke an HTTP thread first). A Socket.IO connection
+//! stays registered with the HTTP runtime (socketioxide owns its upgrade).
 
 use std::future::Future;
 use tokio::runtime::{Builder, Handle, Runtime};
