@@ -190,6 +190,18 @@ impl Io {
     }
 }
 
+/// What is still buffered when the socket is dropped goes to the kernel if it takes it at once.
+/// The WebSocket library answers a peer's Close and then reports the connection closed without a
+/// flush (RFC 6455 §5.5.1 has the server close the TCP connection right after): without this, that
+/// echo would die in the buffer and the peer would see 1006 instead of its own code.
+impl Drop for Io {
+    fn drop(&mut self) {
+        if let (Conn::Tcp(s), false) = (&self.conn, self.out.is_empty()) {
+            let _ = s.try_write(&self.out);
+        }
+    }
+}
+
 impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -272,6 +284,16 @@ mod tests {
         let mut got = vec![0u8; 13];
         peer.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"one two three");
+    }
+
+    #[tokio::test]
+    async fn what_is_buffered_at_drop_is_still_sent() {
+        let (mut io, mut peer) = pair().await;
+        io.write_all(b"close echo").await.unwrap();
+        drop(io);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"close echo");
     }
 
     #[tokio::test]
