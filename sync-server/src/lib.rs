@@ -168,11 +168,6 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        // The server coalesces its own writes (one flush per burst, `socket::native`); the
-        // kernel must not hold a lone frame back waiting for the peer's ACK (Nagle).
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
         let service = router.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
             req
