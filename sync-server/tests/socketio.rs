@@ -87,4 +87,9 @@ async fn a_stock_socket_io_client_speaks_every_api_md_event() {
     let m = &app.state.metrics;
     assert_eq!(m.counter("pf2_ws_disconnects_total", &[("reason", "rate_limit")]), 1);
     assert_eq!(m.counter("pf2_ws_disconnects_total", &[("reason", "token_expired")]), 1);
+    // One series for what went out over both transports (a second one, counted again at emit
+    // time, made the exposition invalid and doubled every Socket.IO frame).
+    let exposition = m.render();
+    assert_eq!(exposition.matches("# TYPE pf2_ws_messages_out_total counter").count(), 1);
+    assert_eq!(m.counter("pf2_ws_messages_out_total", &[]), 0, "no by-name counter beside it");
 }

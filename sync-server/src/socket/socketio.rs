@@ -152,10 +152,10 @@ fn to_event(frame: &ServerFrame) -> Option<(&'static str, Value)> {
     }
 }
 
-fn emit(state: &AppState, s: &SocketRef, event: &str, payload: &Value) {
-    if s.emit(event, payload).is_ok() {
-        state.metrics.inc("pf2_ws_messages_out_total", &[]);
-    }
+/// Frames from the mailbox were counted in `pf2_ws_messages_out_total` when they were queued
+/// (the hub's fan-out, the session's replies), as for `/v1/ws`; only what bypasses it counts here.
+fn emit(s: &SocketRef, event: &str, payload: &Value) -> bool {
+    s.emit(event, payload).is_ok()
 }
 
 async fn on_connect(s: SocketRef, State(state): State<AppState>) {
@@ -172,7 +172,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     let (mailbox, conn_id) = (session.tx.clone(), session.conn_id);
     let shared = Shared(Arc::new(Mutex::new(Some(session))));
     s.extensions.insert(shared.clone());
-    tokio::spawn(drain(s.clone(), state.clone(), mailbox.clone()));
+    tokio::spawn(drain(s.clone(), mailbox.clone()));
     tokio::spawn(watchdog(shared, mailbox));
     s.on("message", async |s: SocketRef, TryData(m): TryData<IoMessage>| {
         deliver(&s, m.map(IoMessage::into_frame).map_err(|e| format!("invalid message: {e}"))).await
@@ -204,8 +204,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     });
     // Only now, with every handler registered, tell the client it is connected: a client that
     // reacts to `connected` at once must not lose its first event.
-    emit(
-        &state,
+    let sent = emit(
         &s,
         "connected",
         &json!({
@@ -215,23 +214,26 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
             "rateLimit": state.limits.ws_rate.wire(),
         }),
     );
+    if sent {
+        state.metrics.ws_messages_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The session's frames as api.md's events, in order. A slow consumer is disconnected at once;
 /// a session that ends itself (rate limit, token expiry) is disconnected after what it queued
 /// before (the warnings) is out.
-async fn drain(s: SocketRef, state: AppState, mailbox: Arc<Mailbox>) {
+async fn drain(s: SocketRef, mailbox: Arc<Mailbox>) {
     loop {
         match mailbox.next().await {
             Next::Frame(out) => {
                 if let Some((event, payload)) = to_event(&out.frame) {
-                    emit(&state, &s, event, &payload)
+                    emit(&s, event, &payload);
                 }
             }
             Next::Run(run) => {
                 for out in &run.frames {
                     if let Some((event, payload)) = to_event(&out.frame) {
-                        emit(&state, &s, event, &payload)
+                        emit(&s, event, &payload);
                     }
                 }
             }

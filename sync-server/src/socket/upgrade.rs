@@ -268,6 +268,48 @@ mod tests {
         (Io::new(Conn::Tcp(accepted.unwrap().0)), peer.unwrap())
     }
 
+    fn upgrade_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        h
+    }
+
+    fn refusal(method: Method, headers: &HeaderMap) -> Refused {
+        let mut extensions = axum::http::Extensions::new();
+        Handshake::check(&method, headers, &mut extensions).expect_err("refused")
+    }
+
+    #[test]
+    fn a_request_that_is_not_a_websocket_upgrade_is_refused_with_the_reason() {
+        assert_eq!(refusal(Method::POST, &upgrade_headers()).0, StatusCode::METHOD_NOT_ALLOWED);
+        for (name, value, status) in [
+            (header::CONNECTION, "keep-alive", StatusCode::UPGRADE_REQUIRED),
+            (header::UPGRADE, "h2c", StatusCode::UPGRADE_REQUIRED),
+            (header::SEC_WEBSOCKET_VERSION, "8", StatusCode::BAD_REQUEST),
+        ] {
+            let mut h = upgrade_headers();
+            h.insert(name.clone(), HeaderValue::from_static(value));
+            assert_eq!(refusal(Method::GET, &h).0, status, "{name}: {value}");
+        }
+        let mut h = upgrade_headers();
+        h.remove(header::SEC_WEBSOCKET_KEY);
+        assert_eq!(
+            refusal(Method::GET, &h),
+            (StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing")
+        );
+        // Everything right, but the connection was not served by hyper with upgrades.
+        assert_eq!(refusal(Method::GET, &upgrade_headers()).0, StatusCode::UPGRADE_REQUIRED);
+    }
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s() {
+        // RFC 6455 §1.3's worked example.
+        assert_eq!(derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
     #[tokio::test]
     async fn writes_wait_for_the_flush_and_the_buffer_is_released_after_it() {
         let (mut io, mut peer) = pair().await;
