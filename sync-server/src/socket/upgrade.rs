@@ -160,16 +160,29 @@ async fn take_over(on_upgrade: OnUpgrade, config: WebSocketConfig) -> Option<Soc
     })
 }
 
+impl Conn {
+    fn reader(&mut self) -> Pin<&mut (dyn AsyncRead + Send + Unpin)> {
+        match self {
+            Conn::Tcp(s) => Pin::new(s),
+            Conn::Upgraded(s) => Pin::new(s),
+        }
+    }
+
+    fn writer(&mut self) -> Pin<&mut (dyn AsyncWrite + Send + Unpin)> {
+        match self {
+            Conn::Tcp(s) => Pin::new(s),
+            Conn::Upgraded(s) => Pin::new(s),
+        }
+    }
+}
+
 impl Io {
     fn new(conn: Conn) -> Self {
         Self { conn, out: Vec::new() }
     }
 
     fn poll_conn_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.conn {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        self.conn.writer().poll_write(cx, buf)
     }
 
     /// Hand everything buffered to the connection; the buffer is then released.
@@ -208,10 +221,7 @@ impl AsyncRead for Io {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().conn {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        self.get_mut().conn.reader().poll_read(cx, buf)
     }
 }
 
@@ -240,19 +250,13 @@ impl AsyncWrite for Io {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_drain(cx))?;
-        match &mut this.conn {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Upgraded(s) => Pin::new(s).poll_flush(cx),
-        }
+        this.conn.writer().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_drain(cx))?;
-        match &mut this.conn {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        this.conn.writer().poll_shutdown(cx)
     }
 }
 
