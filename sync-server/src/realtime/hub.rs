@@ -42,7 +42,7 @@ struct Presence {
 }
 
 /// A key scoped to a tenant: a user, client or room id within it. Stored owned; looked up
-/// borrowed (`lookup(tenant, id)`), so fan-out — a lookup per member per frame — allocates nothing.
+/// borrowed (`get(map, tenant, id)`), so fan-out — a lookup per member per frame — allocates nothing.
 #[derive(Debug, Clone)]
 struct Scoped {
     tenant: TenantId,

@@ -51,7 +51,7 @@ pub enum Next {
 
 /// One item of the queue: a frame, or a run of frames shared with other connections.
 #[derive(Debug)]
-enum Queued {
+pub enum Queued {
     One(Arc<Outbound>),
     Run(Arc<Run>),
 }
@@ -263,15 +263,15 @@ impl Mailbox {
     /// Frames ready to write after the one [`Mailbox::next`] gave, up to `max` frames (a run
     /// counts each of its frames, and is taken whole even past `max`), in order, under one lock:
     /// what a writer hands the socket in one write. Empty when the connection was killed or
-    /// nothing is queued; a close request stays for [`Mailbox::next`].
-    pub fn take_ready(&self, max: usize) -> Vec<Next> {
+    /// nothing is queued; a kill or a close request is for [`Mailbox::next`] to report.
+    pub fn take_ready(&self, max: usize) -> Vec<Queued> {
         let mut s = self.lock();
         let mut ready = Vec::new();
         let mut taken = 0;
         while !s.killed && taken < max {
             let Some(q) = self.pop(&mut s) else { break };
             taken += q.frames();
-            ready.push(q.into());
+            ready.push(q);
         }
         ready
     }

@@ -11,8 +11,7 @@ use super::session::{self, CLOSE_AUTH, CLOSE_NORMAL, CLOSE_TRY_AGAIN, NATIVE, Re
 use super::upgrade::{Handshake, Socket};
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::realtime::mailbox::{Closing, Mailbox, Next};
-use crate::realtime::outbound::{Outbound, Run};
+use crate::realtime::mailbox::{Closing, Mailbox, Next, Queued};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -329,20 +328,14 @@ async fn authenticate(
 const BATCH_BYTES: usize = 32 * 1024;
 const BATCH_FRAMES: usize = 256;
 
-/// What the writer took from the mailbox.
-enum Ready {
-    One(Arc<Outbound>),
-    Run(Arc<Run>),
-}
-
 /// For a client that takes batches: `first` and whatever else is queued, as one message. A run
 /// alone is sent as its shared batch (built once for every subscriber it went to).
-fn gather(first: Ready, mailbox: &Mailbox, codec: Codec) -> Bytes {
+fn gather(first: Queued, mailbox: &Mailbox, codec: Codec) -> Bytes {
     let mut parts: Vec<Bytes> = Vec::new();
     match first {
-        Ready::Run(run) if mailbox.is_empty() => return run.encoded_batch(codec),
-        Ready::Run(run) => parts.extend(run.frames.iter().map(|f| f.encoded(codec))),
-        Ready::One(f) => parts.push(f.encoded(codec)),
+        Queued::Run(run) if mailbox.is_empty() => return run.encoded_batch(codec),
+        Queued::Run(run) => parts.extend(run.frames.iter().map(|f| f.encoded(codec))),
+        Queued::One(f) => parts.push(f.encoded(codec)),
     }
     let mut size: usize = parts.iter().map(Bytes::len).sum();
     while size < BATCH_BYTES && parts.len() < BATCH_FRAMES {
@@ -357,17 +350,18 @@ fn gather(first: Ready, mailbox: &Mailbox, codec: Codec) -> Bytes {
     if parts.len() == 1 { parts.swap_remove(0) } else { codec.encode_batch(&parts).into() }
 }
 
-/// Feed one item to the sink (not yet written: see [`super::upgrade::WRITE_BUFFER`]); how many frames it held.
-async fn feed<S>(sink: &mut S, codec: Codec, item: Ready) -> Result<usize, WsError>
+/// Feed one item to the sink (buffered, not yet sent: see [`super::upgrade::WRITE_BUFFER`]);
+/// how many frames it held.
+async fn feed<S>(sink: &mut S, codec: Codec, item: Queued) -> Result<usize, WsError>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     match item {
-        Ready::One(f) => {
+        Queued::One(f) => {
             sink.feed(message(codec, f.encoded(codec))).await?;
             Ok(1)
         }
-        Ready::Run(run) => {
+        Queued::Run(run) => {
             for f in &run.frames {
                 sink.feed(message(codec, f.encoded(codec))).await?;
             }
@@ -383,8 +377,8 @@ where
 {
     loop {
         let first = match mailbox.next().await {
-            Next::Frame(f) => Ready::One(f),
-            Next::Run(r) => Ready::Run(r),
+            Next::Frame(f) => Queued::One(f),
+            Next::Run(r) => Queued::Run(r),
             Next::Killed => {
                 // A slow consumer: try to say why, but never wait on it.
                 let close = close_message(&closing(CLOSE_TRY_AGAIN, "slow consumer"));
@@ -406,16 +400,11 @@ where
             if batch {
                 return sink.send(message(codec, gather(first, &mailbox, codec))).await;
             }
-            // Everything ready goes into the library's write buffer, then one flush: the kernel
-            // gets one `send` per [`super::upgrade::WRITE_BUFFER`] bytes, not one per frame. Nothing waits for
-            // company — an acknowledgement alone is flushed at once.
+            // Everything ready goes into the socket's write buffer, then one flush: the kernel
+            // gets one `send` per [`super::upgrade::WRITE_BUFFER`] bytes, not one per frame.
+            // Nothing waits for company — an acknowledgement alone is flushed at once.
             let fed = feed(&mut sink, codec, first).await?;
-            for next in mailbox.take_ready(BATCH_FRAMES.saturating_sub(fed)) {
-                let item = match next {
-                    Next::Frame(f) => Ready::One(f),
-                    Next::Run(r) => Ready::Run(r),
-                    Next::Killed | Next::Close(_) => break,
-                };
+            for item in mailbox.take_ready(BATCH_FRAMES.saturating_sub(fed)) {
                 feed(&mut sink, codec, item).await?;
             }
             sink.flush().await
@@ -431,6 +420,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::realtime::outbound::{Outbound, Run};
     use std::pin::Pin;
     use std::sync::Mutex;
     use std::task::{Context, Poll};
