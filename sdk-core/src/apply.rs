@@ -80,6 +80,29 @@ impl EntityRecord {
     }
 }
 
+/// Who may change what. The apply engine asks before an operation touches an entity (as it is
+/// now, `None` when absent) and before the result is kept; a refusal is `AUTHZ_FAILED`.
+/// [`Open`] allows everything (a server without sync rules); `rules::WriteCheck` enforces a
+/// rule file.
+pub trait WriteGate {
+    fn may_change(&self, key: &EntityKey, current: Option<&EntityRecord>) -> Result<(), String>;
+    fn may_leave(&self, after: &EntityRecord) -> Result<(), String>;
+}
+
+/// The gate that allows every write.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Open;
+
+impl WriteGate for Open {
+    fn may_change(&self, _: &EntityKey, _: Option<&EntityRecord>) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn may_leave(&self, _: &EntityRecord) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// What happened to one operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -296,6 +319,19 @@ impl ApplyEngine {
         batch: Vec<Submitted>,
         state: &mut ApplyState,
     ) -> Result<BatchOutcome, Error> {
+        self.apply_batch_gated(tenant, batch, state, &Open)
+    }
+
+    /// [`ApplyEngine::apply_batch`] for a writer `gate` judges: an operation the gate refuses is
+    /// `Refused` with `AUTHZ_FAILED`, consumes its `clientSeq` (the writer's queue never wedges)
+    /// and changes nothing — no entity, no conflict, no version.
+    pub fn apply_batch_gated(
+        &self,
+        tenant: &TenantId,
+        batch: Vec<Submitted>,
+        state: &mut ApplyState,
+        gate: &dyn WriteGate,
+    ) -> Result<BatchOutcome, Error> {
         if batch.len() > self.max_batch {
             return Err(Error::BatchLimit(format!(
                 "{} operations in one batch (limit {})",
@@ -305,7 +341,7 @@ impl ApplyEngine {
         }
         let mut out = BatchOutcome::default();
         for sub in batch {
-            let r = self.apply_one(tenant, sub, state, &mut out);
+            let r = self.apply_one(tenant, sub, state, &mut out, gate);
             out.results.push(r);
         }
         Ok(out)
@@ -317,6 +353,7 @@ impl ApplyEngine {
         sub: Submitted,
         state: &mut ApplyState,
         out: &mut BatchOutcome,
+        gate: &dyn WriteGate,
     ) -> OpResult {
         let (id, client, seq) = sub.header();
         let (id, client) = (id.clone(), client.clone());
@@ -365,7 +402,7 @@ impl ApplyEngine {
                     code: ErrorCode::TenantViolation,
                     message: "the operation names another tenant".into(),
                 },
-                Ok(()) => self.resolve(&op, state, out),
+                Ok(()) => self.resolve_gated(&op, state, out, gate),
             },
         };
         if let Some(s) = seq {
@@ -376,6 +413,42 @@ impl ApplyEngine {
             StoredResult { client_id: client, client_seq: seq, outcome: outcome.clone() },
         );
         OpResult { operation_id: id, client_seq: seq, outcome, duplicate: false }
+    }
+
+    /// [`ApplyEngine::resolve`] when `gate` allows it: asked before (may this writer touch the
+    /// entity as it is?) and after (may the result stand?); a refusal after undoes the change.
+    fn resolve_gated(
+        &self,
+        op: &Operation,
+        state: &mut ApplyState,
+        out: &mut BatchOutcome,
+        gate: &dyn WriteGate,
+    ) -> Outcome {
+        let refused = |message| Outcome::Refused { code: ErrorCode::AuthzFailed, message };
+        let before = state.entities.get(&op.key);
+        if let Err(m) = gate.may_change(&op.key, before) {
+            return refused(m);
+        }
+        let (before, version) = (before.cloned(), state.version);
+        let (changes, conflicts) = (out.changes.len(), out.conflicts.len());
+        let outcome = self.resolve(op, state, out);
+        if out.changes.len() == changes {
+            return outcome;
+        }
+        let after = state.entities.get(&op.key).expect("a change keeps its record");
+        match gate.may_leave(after) {
+            Ok(()) => outcome,
+            Err(m) => {
+                match before {
+                    Some(rec) => state.entities.insert(op.key.clone(), rec),
+                    None => state.entities.remove(&op.key),
+                };
+                state.version = version;
+                out.changes.truncate(changes);
+                out.conflicts.truncate(conflicts);
+                refused(m)
+            }
+        }
     }
 
     fn resolve(&self, op: &Operation, state: &mut ApplyState, out: &mut BatchOutcome) -> Outcome {

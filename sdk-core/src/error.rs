@@ -39,6 +39,9 @@ pub enum Error {
     /// A subscription filter is malformed (event-type patterns, attribute paths).
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
+    /// A sync rule file is malformed; the message names the line.
+    #[error("sync rules: {0}")]
+    Rules(String),
 }
 
 impl Error {
@@ -46,7 +49,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidId { .. } | Error::InvalidOperation(_) => ErrorCode::InvalidOperation,
-            Error::Decode(_) | Error::BatchLimit(_) | Error::InvalidFilter(_) => {
+            Error::Decode(_) | Error::BatchLimit(_) | Error::InvalidFilter(_) | Error::Rules(_) => {
                 ErrorCode::InvalidRequest
             }
             Error::FrameTooLarge { .. } => ErrorCode::PayloadTooLarge,

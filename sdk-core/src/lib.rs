@@ -22,6 +22,7 @@
 //! | [`protocol`] | versioned wire frames, JSON and MessagePack codecs |
 //! | [`rest`] | the long-polling transport: frames as REST requests and back |
 //! | [`pacing`] | message budgets: the rate limit's token bucket, and the client's pacer that coalesces within it |
+//! | [`rules`] | sync rules: the channels an entity belongs to, what a user may read and write, the write gate |
 //! | [`queue`] | the client's persistent outbound operation queue |
 //! | [`client`] | the client sync state machine |
 //! | [`error`] | the crate's one error type and the wire error codes |
@@ -71,6 +72,7 @@ pub mod protocol;
 pub mod queue;
 pub mod rest;
 pub mod rng;
+pub mod rules;
 pub mod snapshot;
 pub mod storage;
 pub mod strategy;
