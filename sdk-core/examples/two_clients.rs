@@ -38,6 +38,8 @@ impl Server {
                     entities: records.into_iter().map(WireEntity::from_record).collect(),
                     has_more: false,
                     client_seq: self.state.ledgers.get(client).copied().or(Some(0)),
+                    removed: vec![],
+                    scope: None,
                 }]
             }
             _ => Vec::new(),

@@ -30,7 +30,7 @@ use crate::operation::{Object, Operation, OperationKind, OperationLimits, apply_
 use crate::pacing::{Pacer, Slot, WS_RATE};
 use crate::protocol::{
     ClientFrame, ResultStatus, ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult,
-    WireOperation,
+    WireOperation, WireRemoval, WireScope,
 };
 use crate::queue::{OutboundQueue, QueueConfig};
 use crate::rng::SplitMix64;
@@ -89,6 +89,8 @@ pub struct ClientConfig {
     /// changes here or there (the polling budget is shared with documents and events).
     pub poll_interval_ms: u64,
     pub pull_limit: u32,
+    /// Partial sync under sync rules: only these of the channels granted (`None`: all).
+    pub channels: Option<Vec<String>>,
 }
 
 impl ClientConfig {
@@ -107,6 +109,7 @@ impl ClientConfig {
             stale_after_ms: 90_000,
             poll_interval_ms: 5_000,
             pull_limit: 500,
+            channels: None,
         }
     }
 }
@@ -209,6 +212,10 @@ pub struct SyncClient {
     /// Acknowledged operations the confirmed state may not include yet.
     awaiting: Vec<Operation>,
     confirmed: BTreeMap<EntityKey, ConfirmedEntity>,
+    /// What the confirmed state was synced for (sync rules; `None`: no rules).
+    scope: Option<WireScope>,
+    /// The channels asked for (partial sync; `None`: all granted).
+    channels: Option<Vec<String>>,
     cursor: u64,
     /// The highest tenant version heard of (pokes, push results); pull until the cursor reaches it.
     known_version: u64,
@@ -258,6 +265,8 @@ impl SyncClient {
             queue,
             awaiting: Vec::new(),
             confirmed: stored.entities.into_iter().map(|e| (e.key.clone(), e)).collect(),
+            scope: stored.scope,
+            channels: config.channels.clone(),
             cursor: stored.cursor,
             known_version: stored.cursor,
             confirmed_seq: stored.confirmed_seq,
@@ -608,8 +617,17 @@ impl SyncClient {
                     }
                 }
             }
-            ServerFrame::Delta { since, version, entities, has_more, client_seq } => {
-                self.apply_delta(now_ms, since, version, entities, has_more, client_seq);
+            ServerFrame::Delta {
+                since,
+                version,
+                entities,
+                has_more,
+                client_seq,
+                removed,
+                scope,
+            } => {
+                let page = DeltaPage { since, version, entities, has_more, client_seq, removed };
+                self.apply_delta(now_ms, page, scope);
             }
             ServerFrame::Poke { version } => self.heard_of(now_ms, version),
             ServerFrame::Event { event } => {
@@ -776,6 +794,8 @@ impl SyncClient {
         self.outputs.push_back(Output::Send(ClientFrame::Pull {
             since: self.cursor,
             limit: Some(self.config.pull_limit),
+            channels: self.channels.clone(),
+            held: self.scope.as_ref().and_then(|s| s.channels.clone()),
         }));
     }
 
@@ -876,22 +896,26 @@ impl SyncClient {
         }
     }
 
-    fn apply_delta(
-        &mut self,
-        now_ms: u64,
-        since: u64,
-        version: u64,
-        entities: Vec<WireEntity>,
-        has_more: bool,
-        client_seq: Option<u64>,
-    ) {
+    fn apply_delta(&mut self, now_ms: u64, page: DeltaPage, scope: Option<WireScope>) {
+        let DeltaPage { since, version, entities, has_more, client_seq, removed } = page;
         if since > self.cursor {
             // A delta from a cursor we never reached would skip changes: ask again.
             self.pull = None;
             self.send_pull(now_ms);
             return;
         }
-        self.idle_pulls = if entities.is_empty() { self.idle_pulls.saturating_add(1) } else { 0 };
+        let rules = |s: &Option<WireScope>| s.as_ref().map(|s| s.rules.clone());
+        if rules(&self.scope) != rules(&scope) && (self.cursor > 0 || !self.confirmed.is_empty()) {
+            // The sync rules changed (or came, or went): what is cached may no longer be
+            // readable, and what is readable may never have come. Start over from zero.
+            self.start_over(now_ms);
+            return;
+        }
+        self.idle_pulls = if entities.is_empty() && removed.is_empty() {
+            self.idle_pulls.saturating_add(1)
+        } else {
+            0
+        };
         let mut writes = Vec::new();
         let mut changed = BTreeSet::new();
         for e in entities {
@@ -912,10 +936,24 @@ impl SyncClient {
                 deleted: e.deleted,
                 clock: e.vector_clock,
                 timestamp: e.timestamp,
+                channels: e.channels,
             };
             writes.push(StoreWrite::PutEntity(entity.clone()));
             self.confirmed.insert(key.clone(), entity);
             changed.insert(key);
+        }
+        for r in removed {
+            let key = EntityKey::new(self.config.tenant.clone(), r.entity_type, r.entity_id);
+            if self.confirmed.get(&key).is_some_and(|c| c.version <= r.version) {
+                self.confirmed.remove(&key);
+                writes.push(StoreWrite::DeleteEntity(key.clone()));
+                changed.insert(key);
+            }
+        }
+        if scope != self.scope {
+            self.forget_unreadable(scope.as_ref(), &mut writes, &mut changed);
+            writes.push(StoreWrite::SetScope(scope.clone()));
+            self.scope = scope;
         }
         self.cursor = self.cursor.max(version);
         if !has_more && let Some(s) = client_seq.filter(|s| *s > self.confirmed_seq) {
@@ -945,6 +983,70 @@ impl SyncClient {
         if has_more || self.known_version > self.cursor || !self.awaiting.is_empty() {
             self.send_pull(now_ms);
         }
+    }
+
+    /// The channels synced changed to `scope`'s: forget every cached entity that belongs to
+    /// none of them any more (move-out), with a `Changed` for each.
+    fn forget_unreadable(
+        &mut self,
+        scope: Option<&WireScope>,
+        writes: &mut Vec<StoreWrite>,
+        changed: &mut BTreeSet<EntityKey>,
+    ) {
+        let Some(held) = scope.and_then(|s| s.channels.as_ref()) else { return };
+        let held: BTreeSet<&str> = held.iter().map(String::as_str).collect();
+        let gone: Vec<EntityKey> = self
+            .confirmed
+            .values()
+            .filter(|e| {
+                e.channels.as_ref().is_some_and(|c| !c.iter().any(|c| held.contains(c.as_str())))
+            })
+            .map(|e| e.key.clone())
+            .collect();
+        for key in gone {
+            self.confirmed.remove(&key);
+            writes.push(StoreWrite::DeleteEntity(key.clone()));
+            changed.insert(key);
+        }
+    }
+
+    /// Forget the cached state and pull from zero (the sync rules changed).
+    fn start_over(&mut self, now_ms: u64) {
+        let keys: Vec<EntityKey> = std::mem::take(&mut self.confirmed).into_keys().collect();
+        let mut writes: Vec<StoreWrite> =
+            keys.iter().cloned().map(StoreWrite::DeleteEntity).collect();
+        self.cursor = 0;
+        self.scope = None;
+        writes.push(StoreWrite::SetScope(None));
+        writes.push(StoreWrite::SetCursor { version: 0, confirmed_seq: self.confirmed_seq });
+        self.outputs.push_back(Output::Store(writes));
+        if !keys.is_empty() {
+            self.emit(AppEvent::Changed(keys));
+        }
+        self.pull = None;
+        self.send_pull(now_ms);
+    }
+
+    /// Partial sync: sync only these of the channels granted (`None`: all). What the new set
+    /// adds arrives whole with the next delta; what it drops is forgotten then.
+    pub fn set_channels(&mut self, now_ms: u64, channels: Option<Vec<String>>) {
+        if self.channels == channels {
+            return;
+        }
+        self.channels = channels;
+        if self.link_up() && self.pull.is_none() {
+            self.send_pull(now_ms);
+        }
+    }
+
+    /// The channels asked for (partial sync), `None`: all granted.
+    pub fn channels(&self) -> Option<&[String]> {
+        self.channels.as_deref()
+    }
+
+    /// What the cached state was synced for (sync rules), `None` without rules.
+    pub fn scope(&self) -> Option<&WireScope> {
+        self.scope.as_ref()
     }
 
     fn handle_error(
@@ -1005,6 +1107,16 @@ impl SyncClient {
             self.emit(AppEvent::Status(next));
         }
     }
+}
+
+/// One `delta` frame's page, as [`SyncClient::apply_delta`] takes it.
+struct DeltaPage {
+    since: u64,
+    version: u64,
+    entities: Vec<WireEntity>,
+    has_more: bool,
+    client_seq: Option<u64>,
+    removed: Vec<WireRemoval>,
 }
 
 #[cfg(test)]

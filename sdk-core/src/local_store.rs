@@ -90,6 +90,8 @@ struct EntityRecord {
     deleted: bool,
     clock: VectorClock,
     timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    channels: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -146,8 +148,13 @@ pub fn records(writes: &[StoreWrite]) -> Vec<RecordWrite> {
                     deleted: e.deleted,
                     clock: e.clock.clone(),
                     timestamp: e.timestamp.to_string(),
+                    channels: e.channels.clone(),
                 }),
             ),
+            StoreWrite::DeleteEntity(key) => {
+                RecordWrite::Delete { store: ENTITIES, key: entity_key(key) }
+            }
+            StoreWrite::SetScope(scope) => put(META, "scope", json(scope)),
             StoreWrite::SetCursor { version, confirmed_seq } => put(
                 META,
                 "cursor",
@@ -228,6 +235,7 @@ pub fn load(contents: Contents) -> Result<StoredState, Error> {
             deleted: r.deleted,
             clock: r.clock,
             timestamp: HlcTimestamp::parse(&r.timestamp)?,
+            channels: r.channels,
         });
     }
     state.entities.sort_by(|a, b| a.key.cmp(&b.key));
@@ -239,6 +247,7 @@ pub fn load(contents: Contents) -> Result<StoredState, Error> {
             "clock" => {
                 state.clock = HlcTimestamp::parse(v.as_str().ok_or_else(|| bad(META, "clock"))?)?
             }
+            "scope" => state.scope = serde_json::from_value(v).map_err(|e| bad(META, e))?,
             "cursor" => {
                 let c: CursorRecord = serde_json::from_value(v).map_err(|e| bad(META, e))?;
                 state.cursor = c.version;
@@ -377,6 +386,8 @@ mod tests {
                 entities: vec![],
                 has_more: false,
                 client_seq: Some(2),
+                removed: vec![],
+                scope: None,
             },
         );
         drain(&mut client, &mut mem, &mut kv);

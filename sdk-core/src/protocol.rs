@@ -259,6 +259,32 @@ pub struct WireEntity {
     pub vector_clock: VectorClock,
     /// The stamp of the latest write (clients observe it so their next writes order after it).
     pub timestamp: HlcTimestamp,
+    /// Under sync rules, to a client syncing channels: the channels the entity belongs to (the
+    /// client forgets it when it holds none of them any more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+}
+
+/// An entity the client must forget: it left every channel the client syncs (sync rules).
+/// `version` is the change that took it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireRemoval {
+    pub entity_type: EntityType,
+    pub entity_id: EntityId,
+    pub version: u64,
+}
+
+/// What a delta was computed for, under sync rules: the rule file's fingerprint (when it
+/// changes, a client starts over from zero) and the channels the client syncs, or `None`
+/// when it syncs the whole tenant. A client sends these channels back as `held` with its next
+/// pull; what it did not hold before arrives whole (move-in), what it holds no more it forgets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireScope {
+    pub rules: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
 }
 
 impl WireEntity {
@@ -277,6 +303,7 @@ impl WireEntity {
             deleted: r.is_deleted(),
             vector_clock: r.clock.clone(),
             timestamp: r.last_write.time,
+            channels: None,
         }
     }
 
@@ -434,6 +461,13 @@ pub enum ClientFrame {
         since: u64,
         #[serde(default)]
         limit: Option<u32>,
+        /// Partial sync under sync rules: only these of the channels granted (`None`: all).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channels: Option<Vec<String>>,
+        /// The channels the client holds through `since` (the last delta's `scope.channels`);
+        /// the rest of what it syncs arrives whole. `None`: the same as it syncs now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        held: Option<Vec<String>>,
     },
     /// Class B: the tenant's event stream after sequence `after` (replay, then live): a broadcast
     /// subscription whose position the client keeps.
@@ -566,6 +600,12 @@ pub enum ServerFrame {
         has_more: bool,
         #[serde(default)]
         client_seq: Option<u64>,
+        /// Entities to forget (sync rules), in version order with `entities`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<WireRemoval>,
+        /// Under sync rules: what this delta was computed for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<WireScope>,
     },
     /// Something changed: the tenant is now at `version`.
     Poke {

@@ -62,19 +62,29 @@ pub fn request(frame: &ClientFrame, tenant: &TenantId, client: &ClientId) -> Opt
                     last_known_version: None,
                     operations: operations.clone(),
                     requested_at: None,
+                    channels: None,
+                    held: None,
                 })
                 .expect("requests serialize"),
             ),
             expects: Expect::PushResult { batch_id: batch_id.clone() },
         }),
-        ClientFrame::Pull { since, limit } => {
-            let limit = limit.map(|l| format!("&limit={l}")).unwrap_or_default();
+        ClientFrame::Pull { since, limit, channels, held } => {
+            let mut query = format!("since={since}");
+            if let Some(l) = limit {
+                query.push_str(&format!("&limit={l}"));
+            }
+            query.push_str(&format!("&clientId={}", encode(client.as_str())));
+            // Channel lists travel as JSON arrays: a channel name may hold any character.
+            for (name, list) in [("channels", channels), ("held", held)] {
+                if let Some(list) = list {
+                    let json = serde_json::to_string(list).expect("strings serialize");
+                    query.push_str(&format!("&{name}={}", encode(&json)));
+                }
+            }
             Some(HttpRequest {
                 method: "GET",
-                path: format!(
-                    "/api/reconciliation/delta?since={since}{limit}&clientId={}",
-                    encode(client.as_str())
-                ),
+                path: format!("/api/reconciliation/delta?{query}"),
                 body: None,
                 expects: Expect::Delta,
             })
@@ -183,7 +193,12 @@ mod tests {
     #[test]
     fn a_pull_becomes_a_delta_request_whose_body_is_the_frame() {
         let (t, c) = ids();
-        let r = request(&ClientFrame::Pull { since: 5, limit: Some(100) }, &t, &c).unwrap();
+        let r = request(
+            &ClientFrame::Pull { since: 5, limit: Some(100), channels: None, held: None },
+            &t,
+            &c,
+        )
+        .unwrap();
         assert_eq!(
             r.path,
             format!("/api/reconciliation/delta?since=5&limit=100&clientId={}", c.as_str())

@@ -55,8 +55,9 @@ pub const MAX_CHANNEL_LEN: usize = 256;
 /// The largest rule file, in bytes.
 pub const MAX_RULES_BYTES: usize = 1 << 20;
 
-/// Roles whose holders keep tenant-wide access under any rules.
-pub const TENANT_WIDE_ROLES: [&str; 2] = ["admin", "service"];
+/// Roles whose holders keep tenant-wide access under any rules (`super_admin`: the platform's
+/// audited cross-tenant operator).
+pub const TENANT_WIDE_ROLES: [&str; 3] = ["admin", "service", "super_admin"];
 
 /// A set of channel names, sorted.
 pub type Channels = BTreeSet<String>;
@@ -706,6 +707,28 @@ impl Scope {
             Scope::Tenant => true,
             Scope::Channels(mine) => mine.contains(channel),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+/// The key of an event's `metadata` that names its channels (an array of strings). An event
+/// without it is tenant-wide; with it, only readers of at least one of them see it. The server
+/// writes it on every entity event (the entity's channels) and on room messages it logs (the
+/// room); publishers may set it.
+pub const EVENT_CHANNELS: &str = "channels";
+
+/// The channels an event's `metadata` restricts it to (`None`: tenant-wide).
+pub fn event_channels(metadata: &Value) -> Option<Channels> {
+    let list = metadata.get(EVENT_CHANNELS)?.as_array()?;
+    Some(list.iter().filter_map(Value::as_str).map(str::to_string).collect())
+}
+
+impl Grants {
+    /// Whether an event with this `metadata` may be seen.
+    pub fn may_read_event(&self, metadata: &Value) -> bool {
+        self.tenant_wide || event_channels(metadata).is_none_or(|c| self.may_read(&c))
     }
 }
 

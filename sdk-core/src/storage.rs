@@ -8,6 +8,7 @@ use crate::error::ErrorCode;
 use crate::hlc::HlcTimestamp;
 use crate::ids::{EntityKey, OperationId};
 use crate::operation::{Object, Operation};
+use crate::protocol::WireScope;
 use crate::vclock::VectorClock;
 use std::collections::BTreeMap;
 
@@ -21,6 +22,9 @@ pub struct ConfirmedEntity {
     pub deleted: bool,
     pub clock: VectorClock,
     pub timestamp: HlcTimestamp,
+    /// Under sync rules: the channels it belongs to, as the server said (it is forgotten when
+    /// the client holds none of them any more).
+    pub channels: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +59,10 @@ pub enum StoreWrite {
     SetNextSeq(u64),
     /// The confirmed (server) state of an entity in the local cache.
     PutEntity(ConfirmedEntity),
+    /// Forget an entity (sync rules: the client may no longer read it).
+    DeleteEntity(EntityKey),
+    /// What the cached state was synced for (sync rules), `None`: the whole tenant, no rules.
+    SetScope(Option<WireScope>),
     /// The delta cursor and the last own `clientSeq` the cached state includes, written together.
     SetCursor {
         version: u64,
@@ -75,6 +83,7 @@ pub struct StoredState {
     pub confirmed_seq: u64,
     pub last_event: Option<u64>,
     pub clock: HlcTimestamp,
+    pub scope: Option<WireScope>,
 }
 
 /// Durable storage for the queue and the client's cache. Implementations apply a slice of writes
@@ -96,6 +105,7 @@ pub struct MemoryQueueStore {
     confirmed_seq: u64,
     last_event: Option<u64>,
     clock: HlcTimestamp,
+    scope: Option<WireScope>,
 }
 
 impl QueueStore for MemoryQueueStore {
@@ -115,6 +125,10 @@ impl QueueStore for MemoryQueueStore {
                 StoreWrite::PutEntity(e) => {
                     self.entities.insert(e.key.clone(), e.clone());
                 }
+                StoreWrite::DeleteEntity(key) => {
+                    self.entities.remove(key);
+                }
+                StoreWrite::SetScope(scope) => self.scope = scope.clone(),
                 StoreWrite::SetCursor { version, confirmed_seq } => {
                     self.cursor = *version;
                     self.confirmed_seq = *confirmed_seq;
@@ -136,6 +150,7 @@ impl QueueStore for MemoryQueueStore {
             confirmed_seq: self.confirmed_seq,
             last_event: self.last_event,
             clock: self.clock,
+            scope: self.scope.clone(),
         })
     }
 }

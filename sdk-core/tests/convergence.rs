@@ -287,7 +287,7 @@ impl Sim {
                     }
                 }
             }
-            ClientFrame::Pull { since, limit } => {
+            ClientFrame::Pull { since, limit, .. } => {
                 let limit = limit.unwrap_or(100).min(7) as usize; // small pages exercise hasMore
                 let (records, has_more) = delta_since(self.state.entities.values(), since, limit);
                 let id = self.clients[client].config.client_id.clone();

@@ -14,7 +14,7 @@ use sdk_core::strategy::StrategyRegistry;
 use sdk_core::vclock::VectorClock;
 use serde_json::json;
 use std::time::Instant;
-use sync_server::store::{SqliteSync, Store};
+use sync_server::store::{SqliteSync, Store, Writer};
 
 fn op(tenant: &TenantId, client: &ClientId, seq: u64, entities: u64) -> Operation {
     let mut clock = VectorClock::new();
@@ -53,10 +53,11 @@ async fn apply_rate(store: &Store, engine: &ApplyEngine, n: u64, batch: u64) -> 
             .collect();
         seq += ops.len() as u64;
         req += 1;
+        let claims = serde_json::Map::new();
+        let writer = Writer { user: "bench", claims: &claims, roles: &[] };
+        let id = format!("req-{req}");
         store
-            .reconcile(engine, &tenant, &format!("req-{req}"), "h", ops, None, 1000, |_| {
-                "{}".into()
-            })
+            .reconcile(engine, &tenant, &id, "h", ops, None, 1000, writer, |_| "{}".into())
             .await
             .unwrap();
     }

@@ -157,6 +157,9 @@ pub struct Claims {
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// Every other claim, kept for sync rules' templates (`{projects[]}`).
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Claims {
@@ -179,7 +182,11 @@ impl Claims {
         let tenant = self.tenant_id.ok_or_else(|| ApiError::auth("the token has no tenantId"))?;
         let mut roles = self.roles;
         roles.extend(self.role);
+        // What sync rules' templates see: the other claims, `sub` the user as resolved here.
+        let mut claims = self.other;
+        claims.insert("sub".into(), serde_json::Value::String(user.clone()));
         Ok(Identity {
+            claims: std::sync::Arc::new(claims),
             user: UserId::new(user).map_err(|e| ApiError::auth(format!("token user: {e}")))?,
             tenant: TenantId::new(tenant)
                 .map_err(|e| ApiError::auth(format!("token tenant: {e}")))?,
@@ -196,6 +203,8 @@ pub struct Identity {
     pub tenant: TenantId,
     pub roles: Vec<String>,
     pub exp: u64,
+    /// The claims sync rules expand (`sub` and every claim PF-2 itself does not read).
+    pub claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Identity {

@@ -13,6 +13,7 @@ use anyhow::Context;
 use jsonwebtoken::Algorithm;
 use sdk_core::apply::ApplyEngine;
 use sdk_core::ids::EntityType;
+use sdk_core::rules::SyncRules;
 use sdk_core::strategy::{ConflictStrategy, OnOverlap, StrategyRegistry};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +80,11 @@ pub struct Config {
     /// Custom merge functions and other CRDT mergers are registered in code (`Config::build_with`).
     #[arg(long = "strategy", env = "PF2_STRATEGIES", value_delimiter = ',')]
     pub strategies: Vec<String>,
+    /// Sync rules (docs/api/sync-rules.md) as text. Set in code only for now: the
+    /// `--sync-rules FILE` flag comes when reads are filtered on every surface (issue 14), so
+    /// that no server runs with rules half enforced.
+    #[arg(skip)]
+    pub sync_rules_text: Option<String>,
     /// Browser origins allowed to open WebSockets (repeatable; `*`, exact, or `http://host:*`).
     /// Default: localhost and 127.0.0.1 on any port.
     #[arg(long = "ws-allowed-origin", env = "PF2_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -177,6 +183,7 @@ impl Config {
             rate_reconcile: 100_000,
             rate_transactions: 100_000,
             strategies: Vec::new(),
+            sync_rules_text: None,
             ws_allowed_origins: Vec::new(),
             ws_max_connections: 10_000,
             // The shipped realtime limit: the session's rate rule is tested as users meet it.
@@ -342,6 +349,14 @@ impl Config {
             Store::connect_pooled(&self.database_url, self.sqlite_synchronous, self.db_pool_size)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rules = match &self.sync_rules_text {
+            Some(text) => Some(std::sync::Arc::new(SyncRules::parse(text)?)),
+            None => None,
+        };
+        if rules.is_none() {
+            store.forget_rules_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let store = store.with_rules(rules);
         let webhook = match &self.webhook_secret {
             Some(s) => s.clone().into_bytes(),
             None => dev_secret(&self.data_dir(), "webhook-secret")?,

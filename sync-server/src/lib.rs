@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod bus;

@@ -3,20 +3,24 @@
 //! collection snapshots, and manual conflict resolution. REST and `/v1/ws` call the same
 //! functions; they only translate the answers.
 
+use crate::access::{Access, AccessRules};
+use crate::auth::Identity;
 use crate::clock::{iso_now, now_ms};
 use crate::error::ApiError;
 use crate::feed::ChangeFeed;
 use crate::metrics::Metrics;
-use crate::store::{ConflictRow, ReconcileView, Reconciled, Store};
+use crate::store::{ConflictRow, ReconcileView, Reconciled, Store, Writer};
 use sdk_core::ErrorCode;
 use sdk_core::apply::{ApplyEngine, ConflictChoice, EntityRecord, Outcome, Submitted};
 use sdk_core::hlc::HlcTimestamp;
 use sdk_core::ids::{ClientId, EntityKey, EntityType, OperationId, TenantId};
 use sdk_core::interaction::Transport;
+use sdk_core::protocol::http::{ScopedPage, scoped_delta_frame};
 use sdk_core::protocol::{
-    ReconcileRequest, ReconcileResponse, ServerFrame, SnapshotHint, WireConflict, WireOpResult,
-    WireOperation,
+    ReconcileRequest, ReconcileResponse, ServerFrame, SnapshotHint, WireConflict, WireEntity,
+    WireOpResult, WireOperation,
 };
+use sdk_core::rules::{Scope, WriteCheck};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,9 +41,22 @@ pub struct CollectionPage {
     pub next_cursor: Option<String>,
 }
 
+/// A pull, as every transport asks it.
+#[derive(Debug, Clone, Default)]
+pub struct PullRequest {
+    pub since: u64,
+    /// Entities per page (clamped to 1–1000).
+    pub limit: i64,
+    /// Partial sync: only these of the channels granted (`None`: all).
+    pub channels: Option<Vec<String>>,
+    /// The channels the client holds through `since` (`None`: the same as it syncs now).
+    pub held: Option<Vec<String>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct SyncService {
     store: Arc<Store>,
+    access: AccessRules,
     engine: Arc<ApplyEngine>,
     metrics: Arc<Metrics>,
     feed: ChangeFeed,
@@ -57,7 +74,8 @@ impl SyncService {
         max_batch: usize,
         max_delta: u64,
     ) -> Self {
-        Self { store, engine, metrics, feed, max_batch, max_delta }
+        let access = AccessRules::new(store.clone());
+        Self { store, access, engine, metrics, feed, max_batch, max_delta }
     }
 
     /// Apply `request` for `tenant`, arriving over `transport`, exactly once: a retried request
@@ -66,12 +84,14 @@ impl SyncService {
     pub async fn reconcile(
         &self,
         tenant: &TenantId,
+        identity: &Identity,
         request: ReconcileRequest,
         transport: Transport,
     ) -> Result<Answer, ApiError> {
         let started = Instant::now();
         let hash = request.idempotency_hash();
         let last_known = request.last_known();
+        let (channels, held) = (request.channels.clone(), request.held.clone());
         if request.request_id.is_empty() || request.request_id.len() > 128 {
             return Err(ApiError::invalid("requestId must be 1 to 128 characters"));
         }
@@ -96,9 +116,28 @@ impl SyncService {
         };
         let respond = |view: ReconcileView<'_>| response_body(&request_id, tenant, view);
         let max_delta = self.max_delta;
+        // Under rules a delta is made for its reader, after the batch, and never stored: a
+        // replayed answer gets a fresh one.
+        let ruled = self.access.enforced();
+        let stored_last_known = if ruled { None } else { last_known };
+        let writer = Writer {
+            user: identity.user.as_str(),
+            claims: &identity.claims,
+            roles: &identity.roles,
+        };
         let result = self
             .store
-            .reconcile(&self.engine, tenant, &key, &hash, batch, last_known, max_delta, respond)
+            .reconcile(
+                &self.engine,
+                tenant,
+                &key,
+                &hash,
+                batch,
+                stored_last_known,
+                max_delta,
+                writer,
+                respond,
+            )
             .await?;
         let body = match result {
             Reconciled::Replay { response, request_hash } => {
@@ -111,7 +150,7 @@ impl SyncService {
                 self.metrics.inc("pf2_reconcile_replays_total", &[]);
                 response
             }
-            Reconciled::Fresh { response, outcome, version } => {
+            Reconciled::Fresh { response, outcome, version, grants_changed: _ } => {
                 for r in &outcome.results {
                     let label = match (&r.outcome, r.duplicate) {
                         (_, true) => "duplicate",
@@ -128,38 +167,129 @@ impl SyncService {
                 response
             }
         };
-        let response = stored_response(&body)?;
+        let mut response = stored_response(&body)?;
+        if !ruled {
+            return Ok(Answer { body, response });
+        }
+        response.delta_updates = None;
+        response.delta_removed = Vec::new();
+        response.snapshot = None;
+        if let Some(since) = last_known {
+            let access = self.access.of(tenant, identity).await?;
+            let pull = PullRequest { since, limit: max_delta as i64, channels, held };
+            match self.pull_as(tenant, &access, pull, Some(&client)).await? {
+                ServerFrame::Delta { has_more: true, .. } => {
+                    response.snapshot = Some(snapshot_hint(tenant));
+                }
+                ServerFrame::Delta { entities, removed, scope, .. } => {
+                    response.delta_updates = Some(entities);
+                    response.delta_removed = removed;
+                    response.scope = scope;
+                }
+                _ => {}
+            }
+        }
+        let body = serde_json::to_string(&response).expect("responses serialize");
         Ok(Answer { body, response })
     }
 
-    /// A pull: the `delta` frame after `since` (at most `limit` entities, 1–1000).
+    /// A pull: the `delta` frame after `since` for `identity` — under sync rules only what they
+    /// may read (and asked for), with removals and move-ins (docs/api/sync-rules.md).
     pub async fn pull(
         &self,
         tenant: &TenantId,
-        since: u64,
-        limit: i64,
+        identity: &Identity,
+        request: PullRequest,
         client: Option<&ClientId>,
     ) -> Result<ServerFrame, ApiError> {
-        Ok(self.store.pull(tenant.as_str(), since, limit.clamp(1, 1000), client).await?)
+        let access = self.access.of(tenant, identity).await?;
+        self.pull_as(tenant, &access, request, client).await
     }
 
-    /// An entity as a snapshot shows it: `None` when absent or deleted.
-    pub async fn entity(&self, key: &EntityKey) -> Result<Option<EntityRecord>, ApiError> {
-        Ok(self.store.entity(key).await?.filter(|r| !r.is_deleted()))
+    async fn pull_as(
+        &self,
+        tenant: &TenantId,
+        access: &Access,
+        request: PullRequest,
+        client: Option<&ClientId>,
+    ) -> Result<ServerFrame, ApiError> {
+        let (t, since, limit) = (tenant.as_str(), request.since, request.limit.clamp(1, 1000));
+        let Some(scope) = access.scope(request.channels.as_deref()) else {
+            return Ok(self.store.pull(t, since, limit, client).await?);
+        };
+        let wire_scope = access.wire_scope(&scope);
+        let Scope::Channels(syncs) = &scope else {
+            let mut frame = self.store.pull(t, since, limit, client).await?;
+            if let ServerFrame::Delta { scope, .. } = &mut frame {
+                *scope = wire_scope;
+            }
+            return Ok(frame);
+        };
+        // Read before the entities, as `Store::pull` does: a confirmation only conservative.
+        let client_seq = match client {
+            Some(c) => Some(self.store.client_seq(t, c).await?),
+            None => None,
+        };
+        let (seq, _) = self.store.tenant_seq(t).await?;
+        let held = request.held.map(|h| h.into_iter().collect()).unwrap_or_else(|| syncs.clone());
+        let read = self.store.scoped_delta(t, since, limit, syncs, &held).await?;
+        let changed = read
+            .changed
+            .iter()
+            .map(|r| WireEntity {
+                channels: access.channels_of(r, &scope),
+                ..WireEntity::from_record(r)
+            })
+            .collect();
+        let page = ScopedPage {
+            changed,
+            changed_more: read.changed_more,
+            removed: read.removed,
+            removed_more: read.removed_more,
+        };
+        let wire_scope = wire_scope.expect("a scope under rules");
+        Ok(scoped_delta_frame(since, seq, page, client_seq, wire_scope))
     }
 
-    /// At most `limit` entities of `entity_type` after `cursor`, and the tenant's version.
+    /// What `identity` may read and write in `tenant` now (every surface that shows data asks).
+    pub async fn access(&self, tenant: &TenantId, identity: &Identity) -> Result<Access, ApiError> {
+        self.access.of(tenant, identity).await
+    }
+
+    /// An entity as a snapshot shows it to `identity`: `None` when absent, deleted or not
+    /// readable — the three look the same.
+    pub async fn entity(
+        &self,
+        identity: &Identity,
+        key: &EntityKey,
+    ) -> Result<Option<EntityRecord>, ApiError> {
+        let Some(rec) = self.store.entity(key).await?.filter(|r| !r.is_deleted()) else {
+            return Ok(None);
+        };
+        let access = self.access.of(&key.tenant, identity).await?;
+        Ok(access.reads(&rec).then_some(rec))
+    }
+
+    /// At most `limit` entities of `entity_type` after `cursor` that `identity` may read, and
+    /// the tenant's version.
     pub async fn collection(
         &self,
         tenant: &TenantId,
+        identity: &Identity,
         entity_type: &EntityType,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<CollectionPage, ApiError> {
         let t = tenant.as_str();
+        let access = self.access.of(tenant, identity).await?;
         let (version, _) = self.store.tenant_seq(t).await?;
-        let mut records =
-            self.store.entities_page(t, entity_type, cursor, limit as i64 + 1).await?;
+        let page = limit as i64 + 1;
+        let mut records = match access.scope(None) {
+            Some(Scope::Channels(read)) => {
+                self.store.entities_page_in(t, entity_type, cursor, page, &read).await?
+            }
+            _ => self.store.entities_page(t, entity_type, cursor, page).await?,
+        };
         let more = records.len() > limit;
         records.truncate(limit);
         let next_cursor =
@@ -172,14 +302,29 @@ impl SyncService {
         Ok(self.store.tenant_seq(tenant.as_str()).await?)
     }
 
-    /// Conflicts by status (`None`: all), newest first.
+    /// Conflicts by status (`None`: all), newest first — under rules only those on entities
+    /// `identity` may read.
     pub async fn conflicts(
         &self,
         tenant: &TenantId,
+        identity: &Identity,
         status: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ConflictRow>, ApiError> {
-        Ok(self.store.conflicts(tenant.as_str(), status, limit.clamp(1, 1000)).await?)
+        let rows = self.store.conflicts(tenant.as_str(), status, limit.clamp(1, 1000)).await?;
+        let access = self.access.of(tenant, identity).await?;
+        if matches!(access, Access::Unruled) {
+            return Ok(rows);
+        }
+        let mut readable = Vec::with_capacity(rows.len());
+        for row in rows {
+            let c = &row.conflict;
+            let key = EntityKey::new(tenant.clone(), c.entity_type.clone(), c.entity_id.clone());
+            if self.store.entity(&key).await?.is_some_and(|rec| access.reads(&rec)) {
+                readable.push(row);
+            }
+        }
+        Ok(readable)
     }
 
     /// A person resolves conflict `id` (`choice` as the API names it); audited with the write.
@@ -187,23 +332,60 @@ impl SyncService {
     pub async fn resolve_conflict(
         &self,
         tenant: &TenantId,
+        identity: &Identity,
         id: &str,
-        actor: &str,
         choice_name: &str,
         choice: ConflictChoice,
     ) -> Result<(ConflictRow, u64), ApiError> {
         let engine = self.engine.clone();
+        let access = self.access.of(tenant, identity).await?;
+        let actor = identity.user.as_str();
         let (row, version) = self
             .store
             .resolve_conflict(tenant, id, actor, choice_name, |wire, apply_state| {
                 let conflict = stored_conflict(tenant, wire)?;
+                check_resolver(&access, apply_state.entities.get(&conflict.key), id)?;
                 let at = HlcTimestamp::new(now_ms(), 0);
-                Ok(engine.resolve_conflict(apply_state, &conflict, choice, at))
+                let change = engine.resolve_conflict(apply_state, &conflict, choice, at);
+                if let (Some(c), Access::Ruled { rules, grants }) = (&change, &access) {
+                    use sdk_core::apply::WriteGate;
+                    WriteCheck::new(rules, grants)
+                        .may_leave(&c.record)
+                        .map_err(|m| crate::store::StoreError::new(ErrorCode::AuthzFailed, m))?;
+                }
+                Ok(change)
             })
             .await?;
         self.feed.entities_changed(tenant, version);
         self.metrics.inc("pf2_conflicts_resolved_total", &[("choice", choice_name)]);
         Ok((row, version))
+    }
+}
+
+/// Resolving a conflict needs write on its entity; one a resolver may not read does not exist
+/// for them (the same answer as an unknown id).
+fn check_resolver(
+    access: &Access,
+    current: Option<&EntityRecord>,
+    id: &str,
+) -> Result<(), crate::store::StoreError> {
+    use crate::store::StoreError;
+    match current {
+        _ if matches!(access, Access::Unruled) => Ok(()),
+        Some(rec) if access.reads(rec) && access.writes(rec) => Ok(()),
+        Some(rec) if access.reads(rec) => {
+            Err(StoreError::new(ErrorCode::AuthzFailed, "resolving needs write on the entity"))
+        }
+        _ => Err(StoreError::not_found(format!("no conflict {id}"))),
+    }
+}
+
+/// The hint a reconcile answer carries when its delta would not fit one page.
+fn snapshot_hint(tenant: &TenantId) -> SnapshotHint {
+    SnapshotHint {
+        required: true,
+        reason: "the gap since lastKnownVersion is too large for a delta".into(),
+        href: format!("/api/reconciliation/snapshot/{{entityType}}?tenant={tenant}"),
     }
 }
 
@@ -271,6 +453,8 @@ fn stored_response(body: &str) -> Result<ReconcileResponse, ApiError> {
                 completed_at: String::new(),
                 delta_updates: None,
                 snapshot: None,
+                delta_removed: Vec::new(),
+                scope: None,
             })
         }
         _ => Err(ApiError::internal("a stored reconcile response does not decode")),
@@ -286,11 +470,9 @@ fn response_body(request_id: &str, tenant: &TenantId, view: ReconcileView<'_>) -
         current_version: view.version.to_string(),
         completed_at: iso_now(),
         delta_updates: view.delta,
-        snapshot: view.snapshot_required.then(|| SnapshotHint {
-            required: true,
-            reason: "the gap since lastKnownVersion is too large for a delta".into(),
-            href: format!("/api/reconciliation/snapshot/{{entityType}}?tenant={tenant}"),
-        }),
+        snapshot: view.snapshot_required.then(|| snapshot_hint(tenant)),
+        delta_removed: Vec::new(),
+        scope: None,
     };
     serde_json::to_string(&response).expect("responses serialize")
 }

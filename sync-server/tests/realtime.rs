@@ -145,7 +145,7 @@ async fn pushes_apply_through_the_reconcile_path_and_poke_others() {
     // The same batch again: the identical result, nothing applied twice.
     a.send(&ClientFrame::Push { batch_id: "b1".into(), operations: ops }).await;
     assert_eq!(a.recv_until(|f| matches!(f, ServerFrame::PushResult { .. })).await, r);
-    b.send(&ClientFrame::Pull { since: 0, limit: None }).await;
+    b.send(&ClientFrame::Pull { since: 0, limit: None, channels: None, held: None }).await;
     let ServerFrame::Delta { entities, has_more, client_seq, version, .. } =
         b.recv_until(|f| matches!(f, ServerFrame::Delta { .. })).await
     else {

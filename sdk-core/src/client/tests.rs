@@ -45,6 +45,8 @@ fn live(c: &mut SyncClient, now: u64) -> Vec<Output> {
             entities: vec![],
             has_more: false,
             client_seq: Some(0),
+            removed: vec![],
+            scope: None,
         },
     );
     drain(c)
@@ -143,6 +145,7 @@ fn going_online_authenticates_pulls_and_pushes_the_queue_then_is_live() {
         deleted: false,
         vector_clock: [(ClientId::new("c1").unwrap(), 1)].into_iter().collect(),
         timestamp: HlcTimestamp::new(1_000, 0),
+        channels: None,
     };
     c.handle_frame(
         2_030,
@@ -152,6 +155,8 @@ fn going_online_authenticates_pulls_and_pushes_the_queue_then_is_live() {
             entities: vec![entity],
             has_more: false,
             client_seq: Some(1),
+            removed: vec![],
+            scope: None,
         },
     );
     // The first pull (sent before the push) may have confirmed nothing; the client pulls until it has.
@@ -164,6 +169,8 @@ fn going_online_authenticates_pulls_and_pushes_the_queue_then_is_live() {
             entities: vec![],
             has_more: false,
             client_seq: Some(1),
+            removed: vec![],
+            scope: None,
         },
     );
     assert!(c.is_settled());
@@ -226,6 +233,8 @@ fn repeated_websocket_failures_fall_back_to_long_polling_and_retry_the_socket_la
             entities: vec![],
             has_more: false,
             client_seq: Some(0),
+            removed: vec![],
+            scope: None,
         },
     );
     drain(&mut c);
@@ -620,6 +629,8 @@ fn degraded_pulls_that_bring_nothing_back_off() {
         entities: vec![],
         has_more: false,
         client_seq: Some(0),
+        removed: vec![],
+        scope: None,
     };
     c.handle_frame(now, empty(0));
     drain(&mut c);
@@ -640,4 +651,163 @@ fn degraded_pulls_that_bring_nothing_back_off() {
         last = next;
     }
     assert_eq!(gaps, [6_000, 11_000, 21_000, 21_000], "{gaps:?}");
+}
+
+// ---- sync rules: removals, move-out by scope, starting over when the rules change
+
+fn scoped(channels: &[&str]) -> Option<crate::protocol::WireScope> {
+    Some(crate::protocol::WireScope {
+        rules: "r1".into(),
+        channels: Some(channels.iter().map(|c| c.to_string()).collect()),
+    })
+}
+
+fn entity_in(id: &str, version: u64, channels: &[&str]) -> WireEntity {
+    WireEntity {
+        entity_type: EntityType::new("todo").unwrap(),
+        entity_id: EntityId::new(id).unwrap(),
+        version,
+        state: json!({"title": id}),
+        crdt: None,
+        deleted: false,
+        vector_clock: Default::default(),
+        timestamp: HlcTimestamp::new(1, 0),
+        channels: Some(channels.iter().map(|c| c.to_string()).collect()),
+    }
+}
+
+fn scoped_delta(
+    since: u64,
+    version: u64,
+    entities: Vec<WireEntity>,
+    removed: Vec<&str>,
+    scope: Option<crate::protocol::WireScope>,
+) -> ServerFrame {
+    ServerFrame::Delta {
+        since,
+        version,
+        entities,
+        has_more: false,
+        client_seq: Some(0),
+        removed: removed
+            .into_iter()
+            .map(|id| crate::protocol::WireRemoval {
+                entity_type: EntityType::new("todo").unwrap(),
+                entity_id: EntityId::new(id).unwrap(),
+                version,
+            })
+            .collect(),
+        scope,
+    }
+}
+
+/// What the client stored and said about entities in one step.
+fn forgotten(outputs: &[Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .filter_map(|o| if let Output::Store(w) = o { Some(w) } else { None })
+        .flatten()
+        .filter_map(|w| match w {
+            StoreWrite::DeleteEntity(k) => Some(k.entity_id.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_removal_forgets_the_entity_and_says_so() {
+    let mut c = client();
+    live(&mut c, 1);
+    c.handle_frame(
+        2,
+        scoped_delta(
+            0,
+            2,
+            vec![entity_in("a", 1, &["p:1"]), entity_in("b", 2, &["p:1"])],
+            vec![],
+            scoped(&["p:1"]),
+        ),
+    );
+    drain(&mut c);
+    c.handle_frame(3, scoped_delta(2, 5, vec![], vec!["a", "zz"], scoped(&["p:1"])));
+    let out = drain(&mut c);
+    assert_eq!(forgotten(&out), ["a"], "an entity never held is not 'forgotten'");
+    assert!(c.get(&key("a")).is_none() && c.get(&key("b")).is_some());
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Event(AppEvent::Changed(k)) if k == &[key("a")]))
+    );
+}
+
+#[test]
+fn a_removal_older_than_what_is_held_is_ignored() {
+    let mut c = client();
+    live(&mut c, 1);
+    // Removed at 3, put back at 4, both in one page: the later put stands.
+    c.handle_frame(
+        2,
+        scoped_delta(0, 4, vec![entity_in("a", 4, &["p:1"])], vec![], scoped(&["p:1"])),
+    );
+    drain(&mut c);
+    let mut d = scoped_delta(4, 6, vec![], vec!["a"], scoped(&["p:1"]));
+    if let ServerFrame::Delta { removed, .. } = &mut d {
+        removed[0].version = 3;
+    }
+    c.handle_frame(3, d);
+    assert!(forgotten(&drain(&mut c)).is_empty());
+    assert!(c.get(&key("a")).is_some());
+}
+
+#[test]
+fn losing_a_channel_forgets_what_only_it_gave_and_the_next_pull_says_what_is_held() {
+    let mut c = client();
+    live(&mut c, 1);
+    let both = vec![
+        entity_in("a", 1, &["p:1"]),
+        entity_in("b", 2, &["p:1", "p:2"]),
+        entity_in("c", 3, &["p:2"]),
+    ];
+    c.handle_frame(2, scoped_delta(0, 3, both, vec![], scoped(&["p:1", "p:2"])));
+    drain(&mut c);
+    c.handle_frame(3, ServerFrame::Poke { version: 4 });
+    let out = drain(&mut c);
+    let pull = sent(&out).into_iter().find(|f| matches!(f, ClientFrame::Pull { .. })).cloned();
+    let Some(ClientFrame::Pull { held, channels, .. }) = pull else { panic!("a pull: {out:?}") };
+    assert_eq!(held, Some(vec!["p:1".to_string(), "p:2".to_string()]));
+    assert_eq!(channels, None, "no partial sync asked for");
+    c.handle_frame(4, scoped_delta(3, 4, vec![], vec![], scoped(&["p:1"])));
+    let mut gone = forgotten(&drain(&mut c));
+    gone.sort();
+    assert_eq!(gone, ["c"], "b is still readable through p:1");
+    assert_eq!(c.scope(), scoped(&["p:1"]).as_ref());
+}
+
+#[test]
+fn new_rules_start_over_from_zero() {
+    let mut c = client();
+    live(&mut c, 1);
+    c.handle_frame(
+        2,
+        scoped_delta(0, 2, vec![entity_in("a", 2, &["p:1"])], vec![], scoped(&["p:1"])),
+    );
+    drain(&mut c);
+    let mut other = scoped(&["p:1"]);
+    other.as_mut().unwrap().rules = "r2".into();
+    c.handle_frame(3, scoped_delta(2, 3, vec![entity_in("b", 3, &["p:1"])], vec![], other));
+    let out = drain(&mut c);
+    assert_eq!(forgotten(&out), ["a"]);
+    assert!(c.get(&key("b")).is_none(), "the delta made for the old rules is not applied");
+    assert_eq!(c.cursor(), 0);
+    assert!(sent(&out).iter().any(|f| matches!(f, ClientFrame::Pull { since: 0, held: None, .. })));
+}
+
+#[test]
+fn partial_sync_asks_for_its_channels() {
+    let mut c = client();
+    live(&mut c, 1);
+    c.set_channels(2, Some(vec!["p:1".into()]));
+    let out = drain(&mut c);
+    assert!(
+        sent(&out).iter().any(|f| matches!(f, ClientFrame::Pull { channels: Some(ch), .. } if ch == &["p:1".to_string()])),
+        "{out:?}"
+    );
 }

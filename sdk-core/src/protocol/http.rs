@@ -2,7 +2,10 @@
 //! the server's handlers and by the client's long-polling transport (`rest.rs`) alike, so
 //! the two sides cannot drift apart and still compile. Field names are shared/seeds/api.md's.
 
-use super::{ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult, WireOperation};
+use super::{
+    ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult, WireOperation, WireRemoval,
+    WireScope,
+};
 use crate::snapshot::{canonical_json, checksum};
 use crate::vclock::VectorClock;
 use serde::{Deserialize, Serialize};
@@ -22,6 +25,12 @@ pub struct ReconcileRequest {
     pub operations: Vec<WireOperation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<String>,
+    /// Under sync rules, for `deltaUpdates`: partial sync's channels and the channels held
+    /// through `lastKnownVersion`, as a pull says them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Vec<String>>,
 }
 
 impl ReconcileRequest {
@@ -66,6 +75,12 @@ pub struct ReconcileResponse {
     pub delta_updates: Option<Vec<WireEntity>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotHint>,
+    /// Under sync rules, with `deltaUpdates`: the entities to forget, and what the delta was
+    /// computed for (as a `delta` frame's `removed` and `scope`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta_removed: Vec<WireRemoval>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<WireScope>,
 }
 
 impl ReconcileResponse {
@@ -116,6 +131,55 @@ pub fn delta_frame(
         entities: changed,
         has_more,
         client_seq: if has_more { None } else { client_seq },
+        removed: Vec::new(),
+        scope: None,
+    }
+}
+
+/// What a store read for one page of a scoped delta (sync rules): the entities of the client's
+/// channels and the removals after `since`, each in version order and at most the page's limit,
+/// each saying whether more follow.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopedPage {
+    pub changed: Vec<WireEntity>,
+    pub changed_more: bool,
+    pub removed: Vec<WireRemoval>,
+    pub removed_more: bool,
+}
+
+/// [`delta_frame`] for a client syncing channels: the two streams of a [`ScopedPage`] are cut at
+/// the same version — where the first one with more to come ends — so that a page that is not
+/// the last continues from a version through which the client has everything, puts and
+/// removals alike.
+pub fn scoped_delta_frame(
+    since: u64,
+    current: u64,
+    page: ScopedPage,
+    client_seq: Option<u64>,
+    scope: WireScope,
+) -> ServerFrame {
+    let last_changed = page.changed.last().map(|e| e.version).unwrap_or(since);
+    let last_removed = page.removed.last().map(|r| r.version).unwrap_or(since);
+    let end = match (page.changed_more, page.removed_more) {
+        (false, false) => None,
+        (true, false) => Some(last_changed),
+        (false, true) => Some(last_removed),
+        (true, true) => Some(last_changed.min(last_removed)),
+    };
+    let (mut changed, mut removed) = (page.changed, page.removed);
+    if let Some(end) = end {
+        changed.retain(|e| e.version <= end);
+        removed.retain(|r| r.version <= end);
+    }
+    let has_more = end.is_some();
+    ServerFrame::Delta {
+        since,
+        version: end.unwrap_or(current.max(since)),
+        entities: changed,
+        has_more,
+        client_seq: if has_more { None } else { client_seq },
+        removed,
+        scope: Some(scope),
     }
 }
 

@@ -21,7 +21,7 @@ fn sample_client_frames() -> Vec<ClientFrame> {
         ClientFrame::Auth { token: "tok".into(), client_id: ClientId::new("c1").unwrap() },
         ClientFrame::RefreshToken { token: "tok2".into() },
         ClientFrame::Push { batch_id: "b1".into(), operations: vec![op] },
-        ClientFrame::Pull { since: 42, limit: Some(100) },
+        ClientFrame::Pull { since: 42, limit: Some(100), channels: None, held: None },
         ClientFrame::Subscribe {
             after: Some(7),
             event_types: vec!["order.*".into()],
@@ -82,6 +82,7 @@ fn sample_server_frames() -> Vec<ServerFrame> {
         deleted: false,
         vector_clock: [(ClientId::new("c1").unwrap(), 2)].into_iter().collect(),
         timestamp: HlcTimestamp::new(1_769_774_400_000, 1),
+        channels: None,
     };
     vec![
         ServerFrame::Connected {
@@ -115,6 +116,8 @@ fn sample_server_frames() -> Vec<ServerFrame> {
             entities: vec![entity],
             has_more: false,
             client_seq: Some(2),
+            removed: vec![],
+            scope: None,
         },
         ServerFrame::Poke { version: 3 },
         ServerFrame::Event {
@@ -220,7 +223,12 @@ fn every_frame_round_trips_in_both_codecs() {
 
 #[test]
 fn json_frames_look_like_the_protocol_document() {
-    let bytes = Codec::Json.encode(&ClientFrame::Pull { since: 4, limit: None });
+    let bytes = Codec::Json.encode(&ClientFrame::Pull {
+        since: 4,
+        limit: None,
+        channels: None,
+        held: None,
+    });
     assert_eq!(
         String::from_utf8(bytes).unwrap(),
         r#"{"v":1,"type":"pull","since":4,"limit":null}"#

@@ -182,6 +182,16 @@ fn a_bad_file_is_refused_naming_its_line() {
 }
 
 #[test]
+fn an_event_is_tenant_wide_unless_its_metadata_names_channels() {
+    let g = Grants::of(["a".to_string()], []);
+    assert!(g.may_read_event(&json!({"source": "x"})));
+    assert!(g.may_read_event(&json!({"channels": ["b", "a"]})));
+    assert!(!g.may_read_event(&json!({"channels": ["b"]})));
+    assert!(!g.may_read_event(&json!({"channels": []})), "in no channel: nobody's");
+    assert!(Grants::tenant_wide().may_read_event(&json!({"channels": []})));
+}
+
+#[test]
 fn the_fingerprint_follows_the_file() {
     assert_eq!(rules().fingerprint(), rules().fingerprint());
     let other = SyncRules::parse("[entities.todo]\nchannels = [\"user:{owner}\"]\n").unwrap();

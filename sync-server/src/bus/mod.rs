@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::store::{
     Claimed, NackOutcome, NewEvent, Published, Store, SubscriptionKind, SubscriptionRow,
 };
-use crate::tail::{EventTail, Told, event_of};
+use crate::tail::{EventTail, Interest, Told, event_of};
 use sdk_core::ErrorCode;
 use sdk_core::ids::SubscriptionName;
 use sdk_core::ids::TenantId;
@@ -249,14 +249,14 @@ impl EventBus {
         Ok(sub)
     }
 
-    /// Read the log after `after`: events matching `filter`, waiting up to `wait` for the first
+    /// Read the log after `after`: events `interest` wants, waiting up to `wait` for the first
     /// one. Below retention the answer is `SNAPSHOT_REQUIRED`.
     pub async fn read(
         &self,
         tenant: &TenantId,
         after: u64,
         limit: u32,
-        filter: &EventFilter,
+        interest: &Interest,
         wait: Duration,
     ) -> Result<LogPage, ApiError> {
         let t = tenant.as_str();
@@ -276,7 +276,7 @@ impl EventBus {
                 let events: Vec<WireEvent> = scanned
                     .iter()
                     .map(|f| event_of(f))
-                    .filter(|e| filter.matches(&e.event_type, &e.payload))
+                    .filter(|e| interest.wants(e))
                     .cloned()
                     .collect();
                 return Ok(LogPage { events, next, has_more });
@@ -301,7 +301,8 @@ impl EventBus {
         wait: Duration,
     ) -> Result<(SubscriptionRow, LogPage), ApiError> {
         let sub = self.subscription(tenant, name, SubscriptionKind::Durable).await?;
-        let page = self.read(tenant, sub.cursor, limit, &sub.filter, wait).await?;
+        let interest = Interest::all(sub.filter.clone());
+        let page = self.read(tenant, sub.cursor, limit, &interest, wait).await?;
         Ok((sub, page))
     }
 

@@ -31,7 +31,8 @@ pub async fn list_conflicts(
             )));
         }
     };
-    let rows = state.sync.conflicts(&auth.tenant, status, q.limit.unwrap_or(100)).await?;
+    let rows =
+        state.sync.conflicts(&auth.tenant, &auth.identity, status, q.limit.unwrap_or(100)).await?;
     let conflicts: Vec<Value> = rows
         .into_iter()
         .map(|r| {
@@ -70,7 +71,7 @@ pub async fn resolve_conflict(
         (other, _) => return Err(ApiError::invalid(format!("unknown choice {other:?}"))),
     };
     let (row, version) =
-        state.sync.resolve_conflict(&auth.tenant, &id, auth.user(), &req.choice, choice).await?;
+        state.sync.resolve_conflict(&auth.tenant, &auth.identity, &id, &req.choice, choice).await?;
     let mut v = serde_json::to_value(&row.conflict).expect("serializes");
     v["status"] = json!(row.status);
     v["resolution"] = json!(row.resolution);

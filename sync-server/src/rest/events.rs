@@ -4,6 +4,7 @@ use super::extract::{Auth, Query, rate_limit};
 use crate::bus::LogPage;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::tail::Interest;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -69,12 +70,14 @@ pub async fn poll(
         },
     };
     filter.validate()?;
+    let reader = state.sync.access(&auth.tenant, &auth.identity).await?.event_reader();
+    let interest = Interest { filter, reader };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000) as u32;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(30));
     let watched =
         watched_documents(q.documents.as_deref().unwrap_or("")).map_err(ApiError::invalid)?;
     let documents_only = !watched.is_empty() && q.last_event_id.is_none();
-    let (bus, tenant, filter) = (&state.bus, &auth.tenant, &filter);
+    let (bus, tenant, interest) = (&state.bus, &auth.tenant, &interest);
     let read = |wait| async move {
         match documents_only {
             true => {
@@ -82,7 +85,7 @@ pub async fn poll(
                 tokio::time::sleep(wait).await;
                 Ok(LogPage { events: vec![], next: after, has_more: false })
             }
-            false => bus.read(tenant, after, limit, filter, wait).await,
+            false => bus.read(tenant, after, limit, interest, wait).await,
         }
     };
     let client = match q.client_id {

@@ -4,6 +4,7 @@
 use super::extract::{Auth, JsonBody, Query, json_text, rate_limit};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::sync::PullRequest;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,7 +23,8 @@ pub async fn reconcile(
     rate_limit(&state, &auth, "reconcile", state.limits.reconcile_rate)?;
     let request: ReconcileRequest = serde_json::from_value(body.value)
         .map_err(|e| ApiError::invalid(format!("invalid reconcile request: {e}")))?;
-    let answer = state.sync.reconcile(&auth.tenant, request, Transport::Rest).await?;
+    let answer =
+        state.sync.reconcile(&auth.tenant, &auth.identity, request, Transport::Rest).await?;
     Ok(json_text(StatusCode::OK, answer.body))
 }
 
@@ -32,6 +34,19 @@ pub struct DeltaQuery {
     limit: Option<i64>,
     #[serde(rename = "clientId")]
     client_id: Option<String>,
+    /// Partial sync (sync rules): a JSON array of channels.
+    channels: Option<String>,
+    /// The channels held through `since` (sync rules): a JSON array.
+    held: Option<String>,
+}
+
+/// A channel list of the delta's query: a JSON array of strings.
+fn channel_list(name: &str, raw: Option<String>) -> Result<Option<Vec<String>>, ApiError> {
+    raw.map(|s| {
+        serde_json::from_str(&s)
+            .map_err(|_| ApiError::invalid(format!("{name} must be a JSON array of strings")))
+    })
+    .transpose()
 }
 
 /// `GET /api/reconciliation/delta?since=&limit=&clientId=`: the `delta` frame over HTTP (what the
@@ -44,9 +59,12 @@ pub async fn delta(
     rate_limit(&state, &auth, "poll", state.limits.poll_rate)?;
     let client =
         q.client_id.map(ClientId::new).transpose().map_err(|e| ApiError::invalid(e.to_string()))?;
-    let frame = state
-        .sync
-        .pull(&auth.tenant, q.since.unwrap_or(0), q.limit.unwrap_or(500), client.as_ref())
-        .await?;
+    let pull = PullRequest {
+        since: q.since.unwrap_or(0),
+        limit: q.limit.unwrap_or(500),
+        channels: channel_list("channels", q.channels)?,
+        held: channel_list("held", q.held)?,
+    };
+    let frame = state.sync.pull(&auth.tenant, &auth.identity, pull, client.as_ref()).await?;
     Ok(Json(frame).into_response())
 }

@@ -23,7 +23,7 @@ pub async fn entity_snapshot(
         EntityType::new(entity_type).map_err(|e| ApiError::invalid(e.to_string()))?,
         EntityId::new(entity_id).map_err(|e| ApiError::invalid(e.to_string()))?,
     );
-    let rec = state.sync.entity(&key).await?.ok_or_else(|| {
+    let rec = state.sync.entity(&auth.identity, &key).await?.ok_or_else(|| {
         ApiError::not_found(format!("no entity {}/{}", key.entity_type, key.entity_id))
     })?;
     let wire = WireEntity::from_record(&rec);
@@ -61,8 +61,10 @@ pub async fn collection_snapshot(
 ) -> Result<Response, ApiError> {
     let entity_type = EntityType::new(entity_type).map_err(|e| ApiError::invalid(e.to_string()))?;
     let limit = q.limit.unwrap_or(500).clamp(1, 1000) as usize;
-    let page =
-        state.sync.collection(&auth.tenant, &entity_type, q.cursor.as_deref(), limit).await?;
+    let page = state
+        .sync
+        .collection(&auth.tenant, &auth.identity, &entity_type, q.cursor.as_deref(), limit)
+        .await?;
     let items: Vec<CollectionItem> = page
         .records
         .iter()

@@ -15,6 +15,8 @@ use crate::realtime::outbound::Outbound;
 use crate::rooms::Outgoing;
 use crate::state::AppState;
 use crate::store::{NackOutcome, SubscriptionKind};
+use crate::sync::PullRequest;
+use crate::tail::Interest;
 use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, TenantId};
 use sdk_core::interaction::{InteractionClass, Transport};
@@ -346,9 +348,11 @@ impl Session {
                 Err(e) => self.error(e, None).await,
             },
             ClientFrame::Push { batch_id, operations } => self.push(batch_id, operations).await,
-            ClientFrame::Pull { since, limit } => {
+            ClientFrame::Pull { since, limit, channels, held } => {
                 let limit = limit.unwrap_or(500) as i64;
-                match self.state.sync.pull(self.tenant(), since, limit, Some(&self.client)).await {
+                let pull = PullRequest { since, limit, channels, held };
+                let (tenant, identity) = (self.tenant(), &self.identity);
+                match self.state.sync.pull(tenant, identity, pull, Some(&self.client)).await {
                     Ok(delta) => self.reply(delta).await,
                     Err(e) => self.error(e, None).await,
                 }
@@ -485,9 +489,15 @@ impl Session {
             last_known_version: None,
             operations,
             requested_at: None,
+            channels: None,
+            held: None,
         };
         let tenant = self.identity.tenant.clone();
-        let answer = self.state.sync.reconcile(&tenant, request, self.endpoint.transport).await;
+        let answer = self
+            .state
+            .sync
+            .reconcile(&tenant, &self.identity, request, self.endpoint.transport)
+            .await;
         match answer.map(|a| a.response.into_push_result(batch_id.clone())) {
             Ok(Some(frame)) => self.reply(frame).await,
             Ok(None) => {
@@ -522,7 +532,12 @@ impl Session {
                 )
                 .await;
         }
-        let follow = self.state.tail.clone().follow(tenant, after, filter, self.tx.clone());
+        let reader = match self.state.sync.access(self.tenant(), &self.identity).await {
+            Ok(access) => access.event_reader(),
+            Err(e) => return self.error(e, None).await,
+        };
+        let interest = Interest { filter, reader };
+        let follow = self.state.tail.clone().follow(tenant, after, interest, self.tx.clone());
         self.subscription = Some(tokio::spawn(follow));
     }
 
@@ -636,7 +651,7 @@ impl Session {
         let (items, next_cursor): (Value, Option<String>) = match entity_id {
             Some(id) => {
                 let key = sdk_core::ids::EntityKey::new(self.tenant().clone(), entity_type, id);
-                match self.state.sync.entity(&key).await {
+                match self.state.sync.entity(&self.identity, &key).await {
                     Ok(Some(r)) => (json!([WireEntity::from_record(&r)]), None),
                     Ok(None) => {
                         let e = ApiError::not_found("no such entity");
@@ -647,7 +662,9 @@ impl Session {
             }
             None => {
                 let (tenant, cursor) = (self.tenant().clone(), cursor.as_deref());
-                match self.state.sync.collection(&tenant, &entity_type, cursor, 500).await {
+                let identity = &self.identity;
+                match self.state.sync.collection(&tenant, identity, &entity_type, cursor, 500).await
+                {
                     Ok(page) => {
                         let items: Vec<WireEntity> =
                             page.records.iter().map(WireEntity::from_record).collect();

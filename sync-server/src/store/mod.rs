@@ -14,6 +14,7 @@ use sdk_core::persist::{decode_record, encode_record};
 use sdk_core::protocol::{
     ServerFrame, WireConflict, WireEntity, WireEvent, WireOpResult, delta_frame,
 };
+use sdk_core::rules::{Claims, SyncRules, WriteCheck};
 use serde_json::{Value, json};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
@@ -23,12 +24,14 @@ use std::time::{Duration, Instant};
 mod bus;
 mod documents;
 mod error;
+mod rules;
 pub use bus::{
     Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, Published, SubscriptionKind,
     SubscriptionRow, SubscriptionStats,
 };
 pub use documents::StoredDocument;
 pub use error::StoreError;
+pub use rules::{ScopedRead, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -62,6 +65,11 @@ pub struct Store {
     /// Reads of the event log ([`Store::events_after`]) since start: what the log's readers
     /// cost the database (tests count them; `pf2_event_log_reads_total` says who read).
     log_reads: std::sync::atomic::AtomicU64,
+    /// The sync rules every write keeps the index of (`store/rules.rs`) and is gated by; `None`:
+    /// tenant-wide access.
+    rules: Option<std::sync::Arc<SyncRules>>,
+    /// Tenants whose index this process knows to be built with `rules`.
+    indexed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -70,7 +78,13 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 #[derive(Debug)]
 pub enum Reconciled {
     /// First time this request id was seen: the response now stored for it.
-    Fresh { response: String, outcome: BatchOutcome, version: u64 },
+    Fresh {
+        response: String,
+        outcome: BatchOutcome,
+        version: u64,
+        /// Users whose grants the batch may have changed (it wrote grant rows).
+        grants_changed: BTreeSet<String>,
+    },
     /// Seen before: the stored response and the hash of the request that produced it.
     Replay { response: String, request_hash: String },
 }
@@ -224,9 +238,22 @@ impl Store {
             backend,
             write_lock: tokio::sync::Mutex::new(()),
             log_reads: Default::default(),
+            rules: None,
+            indexed: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Enforce `rules` from now on (`None`: tenant-wide access; then call
+    /// [`Store::forget_rules_index`] before serving).
+    pub fn with_rules(mut self, rules: Option<std::sync::Arc<SyncRules>>) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    pub fn rules(&self) -> Option<&std::sync::Arc<SyncRules>> {
+        self.rules.as_ref()
     }
 
     pub fn backend(&self) -> Backend {
@@ -299,6 +326,7 @@ impl Store {
         batch: Vec<Submitted>,
         last_known: Option<u64>,
         max_delta: u64,
+        writer: Writer<'_>,
         respond: impl FnOnce(ReconcileView<'_>) -> String,
     ) -> Result<Reconciled, StoreError> {
         let t = tenant.as_str();
@@ -314,12 +342,29 @@ impl Store {
         {
             return Ok(Reconciled::Replay { response: row.get(0), request_hash: row.get(1) });
         }
+        self.ensure_indexed(&mut tx, t).await?;
         let footprint = Footprint::of(tenant, &batch);
         let (mut state, existed) = load_footprint(&mut tx, t, seq, &footprint).await?;
         let ledgers_before = state.ledgers.clone();
-        let outcome = engine.apply_batch(tenant, batch, &mut state)?;
+        let outcome = match self.rules.as_deref() {
+            None => engine.apply_batch(tenant, batch, &mut state)?,
+            Some(rules) => {
+                // Grants as they are when the batch begins (the tenant is locked).
+                let rows = rules::user_rows(&mut tx, t, writer.user).await?;
+                let grants = rules.grants(&Claims::new(writer.claims, writer.roles), &rows);
+                let gate = WriteCheck::new(rules, &grants);
+                engine.apply_batch_gated(tenant, batch, &mut state, &gate)?
+            }
+        };
         let now = crate::clock::now_ms() as i64;
-        write_outcome(&mut tx, t, &outcome, &state, &ledgers_before, &existed, now).await?;
+        let grants_changed = write_outcome(
+            &mut tx,
+            t,
+            (&outcome, &state, &ledgers_before, &existed),
+            self.rules.as_deref(),
+            now,
+        )
+        .await?;
         if state.version != seq {
             set_seq(&mut tx, t, state.version).await?;
         }
@@ -354,7 +399,7 @@ impl Store {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(Reconciled::Fresh { response, outcome, version: state.version })
+        Ok(Reconciled::Fresh { response, outcome, version: state.version, grants_changed })
     }
 
     /// Entities changed after `since`, oldest first; `has_more` when more than `limit`.
@@ -597,28 +642,31 @@ impl Store {
         .map_err(db)?
         .ok_or_else(|| StoreError::not_found(format!("no conflict {conflict_id}")))?;
         let mut row = conflict_from_row(&row)?;
+        let key = EntityKey::new(
+            tenant.clone(),
+            row.conflict.entity_type.clone(),
+            row.conflict.entity_id.clone(),
+        );
+        self.ensure_indexed(&mut tx, t).await?;
+        let mut state = ApplyState { version: seq, ..ApplyState::default() };
+        if let Some(rec) = load_entity(&mut tx, &key).await? {
+            state.entities.insert(key.clone(), rec);
+        }
+        let existed = state.entities.contains_key(&key);
+        // `decide` first: a resolver the rules refuse learns nothing, not even the status.
+        let change = decide(&row.conflict, &mut state)?;
         if row.status != "open" {
             return Err(StoreError::invalid(format!(
                 "conflict {conflict_id} is already {}",
                 row.status
             )));
         }
-        let key = EntityKey::new(
-            tenant.clone(),
-            row.conflict.entity_type.clone(),
-            row.conflict.entity_id.clone(),
-        );
-        let mut state = ApplyState { version: seq, ..ApplyState::default() };
-        if let Some(rec) = load_entity(&mut tx, &key).await? {
-            state.entities.insert(key.clone(), rec);
-        }
-        let existed = state.entities.contains_key(&key);
-        let change = decide(&row.conflict, &mut state)?;
         let now = crate::clock::now_ms() as i64;
         if let Some(change) = &change {
             let before: BTreeSet<EntityKey> =
                 if existed { [key.clone()].into() } else { BTreeSet::new() };
-            write_changes(&mut tx, t, std::slice::from_ref(change), &before, now).await?;
+            let rules = self.rules.as_deref();
+            write_changes(&mut tx, t, std::slice::from_ref(change), &before, rules, now).await?;
             set_seq(&mut tx, t, state.version).await?;
         }
         sqlx::query(
@@ -1124,13 +1172,16 @@ async fn load_footprint(
 async fn write_outcome(
     tx: &mut Tx<'_>,
     t: &str,
-    outcome: &BatchOutcome,
-    state: &ApplyState,
-    ledgers_before: &std::collections::BTreeMap<ClientId, u64>,
-    existed: &BTreeSet<EntityKey>,
+    (outcome, state, ledgers_before, existed): (
+        &BatchOutcome,
+        &ApplyState,
+        &std::collections::BTreeMap<ClientId, u64>,
+        &BTreeSet<EntityKey>,
+    ),
+    rules: Option<&SyncRules>,
     now: i64,
-) -> Result<(), StoreError> {
-    write_changes(tx, t, &outcome.changes, existed, now).await?;
+) -> Result<BTreeSet<String>, StoreError> {
+    let grants_changed = write_changes(tx, t, &outcome.changes, existed, rules, now).await?;
     for (client, seq) in &state.ledgers {
         if ledgers_before.get(client) != Some(seq) {
             sqlx::query(
@@ -1175,7 +1226,7 @@ async fn write_outcome(
             .await
             .map_err(db)?;
     }
-    Ok(())
+    Ok(grants_changed)
 }
 
 async fn entities_since(
@@ -1321,16 +1372,18 @@ async fn insert_results(
     Ok(())
 }
 
-/// Write a batch's changes: each changed entity once with its final record, and one
-/// `<type>.created|updated|deleted` event per change (an entity is created by its first change
-/// when it did not exist before the batch).
+/// Write a batch's changes: each changed entity once with its final record (and, under sync
+/// rules, its index rows), and one `<type>.created|updated|deleted` event per change (an entity
+/// is created by its first change when it did not exist before the batch). Returns the users
+/// whose grants may have changed.
 async fn write_changes(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
     changes: &[Change],
     existed: &BTreeSet<EntityKey>,
+    rules: Option<&SyncRules>,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<BTreeSet<String>, StoreError> {
     let mut latest: std::collections::BTreeMap<&EntityKey, &Change> =
         std::collections::BTreeMap::new();
     for c in changes {
@@ -1357,8 +1410,24 @@ async fn write_changes(
         }
         q.execute(&mut *conn).await.map_err(db)?;
     }
+    let grants_changed = match rules {
+        Some(rules) => {
+            let records: Vec<&EntityRecord> = finals.iter().map(|c| &c.record).collect();
+            rules::follow_changes(conn, tenant, rules, &records).await?
+        }
+        None => BTreeSet::new(),
+    };
     let mut exists = existed.clone();
-    let metadata = json!({ "source": "reconciliation" }).to_string();
+    // Under sync rules an entity's event goes only to its readers: its channels travel in the
+    // event's metadata (`sdk_core::rules::EVENT_CHANNELS`).
+    let metadata = |rec: &EntityRecord| match rules {
+        None => json!({ "source": "reconciliation" }).to_string(),
+        Some(r) => json!({
+            "source": "reconciliation",
+            (sdk_core::rules::EVENT_CHANNELS): r.record_channels(rec),
+        })
+        .to_string(),
+    };
     for chunk in changes.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO events (tenant_id, seq, event_id, event_type, payload, metadata, schema_version, critical, created_at) VALUES {}",
@@ -1386,14 +1455,14 @@ async fn write_changes(
                 .bind(uuid::Uuid::new_v4().to_string())
                 .bind(format!("{}.{verb}", rec.key.entity_type))
                 .bind(payload.to_string())
-                .bind(metadata.clone())
+                .bind(metadata(rec))
                 .bind("1.0")
                 .bind(0i64)
                 .bind(now);
         }
         q.execute(&mut *conn).await.map_err(db)?;
     }
-    Ok(())
+    Ok(grants_changed)
 }
 
 #[allow(clippy::too_many_arguments)]

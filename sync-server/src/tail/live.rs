@@ -15,10 +15,9 @@
 //! only at or past `at`, so between its own reads and the pump's pushes there is no gap, and
 //! since the pump pushes only events past each member's own position, no duplicate.
 
-use super::event_of;
+use super::{Interest, event_of};
 use crate::realtime::mailbox::Mailbox;
 use crate::realtime::outbound::{Outbound, Run};
-use sdk_core::protocol::EventFilter;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -26,8 +25,8 @@ use tokio::sync::oneshot;
 #[derive(Debug, Default)]
 pub(super) struct Live {
     members: Vec<Member>,
-    /// Each distinct filter once, so that members with the same filter share their runs.
-    filters: HashMap<String, Arc<EventFilter>>,
+    /// Each distinct interest once, so that members with the same one share their runs.
+    filters: HashMap<String, Arc<Interest>>,
     next_id: u64,
     /// The position the pump has given every member (meaningful while `pumping`).
     at: u64,
@@ -39,7 +38,7 @@ pub(super) struct Live {
 struct Member {
     id: u64,
     after: u64,
-    filter: Arc<EventFilter>,
+    filter: Arc<Interest>,
     tx: Arc<Mailbox>,
     /// Where the follower resumes reading for itself when it falls behind.
     behind: oneshot::Sender<u64>,
@@ -60,7 +59,7 @@ impl Live {
     pub fn join(
         &mut self,
         after: u64,
-        filter: &EventFilter,
+        filter: &Interest,
         tx: &Arc<Mailbox>,
     ) -> Result<Joined, u64> {
         if !self.pumping {
@@ -80,11 +79,11 @@ impl Live {
         Ok(Joined { id, behind, start_pump })
     }
 
-    fn intern(&mut self, filter: &EventFilter) -> Arc<EventFilter> {
+    fn intern(&mut self, filter: &Interest) -> Arc<Interest> {
         if self.filters.len() > 2 * self.members.len() + 16 {
             self.filters.retain(|_, f| Arc::strong_count(f) > 1);
         }
-        let key = serde_json::to_string(filter).expect("a filter serializes");
+        let key = filter.key();
         self.filters.entry(key).or_insert_with(|| Arc::new(filter.clone())).clone()
     }
 
@@ -111,7 +110,7 @@ impl Live {
     pub fn deliver(&mut self, frames: &[Arc<Outbound>]) -> usize {
         let Some(last) = frames.last() else { return 0 };
         let end = event_of(last).sequence;
-        let mut runs: HashMap<(u64, *const EventFilter), Option<Arc<Run>>> = HashMap::new();
+        let mut runs: HashMap<(u64, *const Interest), Option<Arc<Run>>> = HashMap::new();
         let mut fell = Vec::new();
         for (i, m) in self.members.iter_mut().enumerate() {
             if m.after >= end {
@@ -119,14 +118,8 @@ impl Live {
             }
             let run = runs.entry((m.after, Arc::as_ptr(&m.filter))).or_insert_with(|| {
                 let new = &frames[frames.partition_point(|f| event_of(f).sequence <= m.after)..];
-                let wanted: Vec<_> = new
-                    .iter()
-                    .filter(|f| {
-                        let e = event_of(f);
-                        m.filter.matches(&e.event_type, &e.payload)
-                    })
-                    .cloned()
-                    .collect();
+                let wanted: Vec<_> =
+                    new.iter().filter(|f| m.filter.wants(event_of(f))).cloned().collect();
                 (!wanted.is_empty()).then(|| Run::new(wanted))
             });
             let Some(run) = run else {
@@ -174,6 +167,7 @@ impl Live {
 mod tests {
     use super::*;
     use crate::realtime::mailbox::Next;
+    use sdk_core::protocol::EventFilter;
     use sdk_core::protocol::{ServerFrame, WireEvent};
     use serde_json::json;
 
@@ -202,15 +196,16 @@ mod tests {
         }
     }
 
-    fn types(t: &[&str]) -> EventFilter {
-        EventFilter { event_types: t.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    fn types(t: &[&str]) -> Interest {
+        let types = t.iter().map(|s| s.to_string()).collect();
+        Interest::all(EventFilter { event_types: types, ..Default::default() })
     }
 
     #[test]
     fn each_member_gets_what_its_filter_wants_once() {
         let mut live = Live::default();
         let (a, b) = (Mailbox::new(64), Mailbox::new(64));
-        let ja = live.join(3, &EventFilter::default(), &a).unwrap();
+        let ja = live.join(3, &Interest::all(EventFilter::default()), &a).unwrap();
         assert!(ja.start_pump);
         // Joined ahead of the pump (it read event 4 itself): 4 is not given again.
         let jb = live.join(4, &types(&["order.*"]), &b).unwrap();
@@ -232,7 +227,7 @@ mod tests {
             live.join(0, &types(&["feed.*"]), b).unwrap();
         }
         let other = Mailbox::new(64);
-        live.join(0, &EventFilter::default(), &other).unwrap();
+        live.join(0, &Interest::all(EventFilter::default()), &other).unwrap();
         live.deliver(&[event(1, "feed.item"), event(2, "order.paid"), event(3, "feed.item")]);
         let runs: Vec<_> = boxes
             .iter()
@@ -250,18 +245,18 @@ mod tests {
     fn a_follower_behind_the_pump_is_sent_to_catch_up_first() {
         let mut live = Live::default();
         let a = Mailbox::new(64);
-        live.join(0, &EventFilter::default(), &a).unwrap();
+        live.join(0, &Interest::all(EventFilter::default()), &a).unwrap();
         live.deliver(&[event(1, "x"), event(2, "x")]);
-        assert_eq!(live.join(1, &EventFilter::default(), &a).unwrap_err(), 2);
-        assert!(live.join(2, &EventFilter::default(), &a).is_ok());
+        assert_eq!(live.join(1, &Interest::all(EventFilter::default()), &a).unwrap_err(), 2);
+        assert!(live.join(2, &Interest::all(EventFilter::default()), &a).is_ok());
     }
 
     #[test]
     fn a_full_member_falls_behind_with_its_position_and_is_not_killed() {
         let mut live = Live::default();
         let (slow, fast) = (Mailbox::new(4), Mailbox::new(64));
-        let mut js = live.join(0, &EventFilter::default(), &slow).unwrap();
-        live.join(0, &EventFilter::default(), &fast).unwrap();
+        let mut js = live.join(0, &Interest::all(EventFilter::default()), &slow).unwrap();
+        live.join(0, &Interest::all(EventFilter::default()), &fast).unwrap();
         let frames: Vec<_> = (1..=5).map(|s| event(s, "x")).collect();
         assert_eq!(live.deliver(&frames), 1);
         // Half of 4 fits: it was given 1 and 2, and resumes from 2 on its own.
@@ -276,17 +271,17 @@ mod tests {
     fn the_pump_stops_when_the_last_member_leaves() {
         let mut live = Live::default();
         let a = Mailbox::new(8);
-        let j = live.join(7, &EventFilter::default(), &a).unwrap();
+        let j = live.join(7, &Interest::all(EventFilter::default()), &a).unwrap();
         assert_eq!(live.pump_from(), Some(7));
         assert!(live.leave(j.id));
         assert_eq!(live.pump_from(), None);
         // The next follower starts a pump again, from its own position.
-        let j = live.join(3, &EventFilter::default(), &a).unwrap();
+        let j = live.join(3, &Interest::all(EventFilter::default()), &a).unwrap();
         assert!(j.start_pump);
         assert_eq!(live.pump_from(), Some(3));
         // A pump that stopped with members left: the next one starts at the furthest behind.
         live.stop_pump();
-        let j = live.join(9, &EventFilter::default(), &a).unwrap();
+        let j = live.join(9, &Interest::all(EventFilter::default()), &a).unwrap();
         assert!(j.start_pump);
         assert_eq!(live.pump_from(), Some(3));
     }

@@ -27,6 +27,7 @@ use live::Live;
 use sdk_core::ErrorCode;
 use sdk_core::log_window::{LogWindow, Sequenced};
 use sdk_core::protocol::{Codec, EventFilter, ServerFrame, WireEvent};
+use sdk_core::rules::Grants;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{Notify, OnceCell, RwLock, Semaphore};
@@ -138,6 +139,39 @@ pub struct Told {
     pub unsure_since: Option<Instant>,
 }
 
+/// What one reader of the log wants: the events its filter matches that it may see (under sync
+/// rules an event whose metadata names channels goes only to their readers; `reader: None`
+/// sees every event).
+#[derive(Debug, Clone)]
+pub struct Interest {
+    pub filter: EventFilter,
+    pub reader: Option<Arc<Grants>>,
+}
+
+impl Interest {
+    /// Every event `filter` matches (no rules, or a tenant-wide reader).
+    pub fn all(filter: EventFilter) -> Self {
+        Self { filter, reader: None }
+    }
+
+    pub fn wants(&self, event: &WireEvent) -> bool {
+        self.filter.matches(&event.event_type, &event.payload)
+            && self.reader.as_ref().is_none_or(|g| g.may_read_event(&event.metadata))
+    }
+
+    /// The same key for the same interest: followers with equal ones share their runs.
+    fn key(&self) -> String {
+        let mut key = serde_json::to_string(&self.filter).expect("a filter serializes");
+        if let Some(g) = &self.reader {
+            for c in g.read_channels() {
+                key.push('\u{0}');
+                key.push_str(c);
+            }
+        }
+        key
+    }
+}
+
 /// The event inside a frame the tail produced.
 pub fn event_of(frame: &Outbound) -> &WireEvent {
     match &frame.frame {
@@ -225,7 +259,7 @@ impl EventTail {
         self: Arc<Self>,
         tenant: String,
         mut after: u64,
-        filter: EventFilter,
+        interest: Interest,
         tx: Arc<Mailbox>,
     ) {
         let reader = self.reader(&tenant);
@@ -246,7 +280,7 @@ impl EventTail {
                 }
             };
             if frames.is_empty() {
-                let joined = window.live().join(after, &filter, &tx);
+                let joined = window.live().join(after, &interest, &tx);
                 let joined = match joined {
                     Ok(j) => j,
                     Err(at) => {
@@ -270,7 +304,7 @@ impl EventTail {
             for f in frames {
                 let event = event_of(&f);
                 after = event.sequence;
-                if filter.matches(&event.event_type, &event.payload) && tx.send(f).await.is_err() {
+                if interest.wants(event) && tx.send(f).await.is_err() {
                     return;
                 }
             }

@@ -116,8 +116,31 @@ impl TestApp {
         Some(TestApp { state, tenant, backend, config, _dir: dir.map(std::sync::Arc::new) })
     }
 
+    /// Another app (as a restarted server would be) on `app`'s database and tenant, with its
+    /// configuration changed by `tweak`.
+    pub async fn reopen(app: &TestApp, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = app.config.clone();
+        tweak(&mut config);
+        let state = config.build().await.expect("the app reopens");
+        TestApp {
+            state,
+            tenant: app.tenant.clone(),
+            backend: app.backend,
+            config,
+            _dir: app._dir.clone(),
+        }
+    }
+
     pub fn token(&self, user: &str) -> String {
         self.token_for(&self.tenant, user, &[])
+    }
+
+    /// A token for `user` of this app's tenant carrying `extra` claims (`{"projects": [...]}`).
+    pub fn token_with(&self, user: &str, extra: Value) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut c = Claims::new(&self.tenant, user, now, 600);
+        c.other = extra.as_object().cloned().unwrap_or_default();
+        self.state.jwt.mint(&c).unwrap()
     }
 
     pub fn token_for(&self, tenant: &str, user: &str, roles: &[&str]) -> String {
