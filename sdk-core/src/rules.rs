@@ -97,6 +97,8 @@ enum Context {
     Entity,
     /// `[documents]`: only `{id}`.
     Document,
+    /// `[direct]`: only `{sender}` and `{recipient}`.
+    Direct,
 }
 
 impl Template {
@@ -155,6 +157,12 @@ impl Template {
                 Context::Document if p.path != ["id"] => {
                     return Err(format!(
                         "a document's template may use only {{id}}, not {{{}}}",
+                        p.name()
+                    ));
+                }
+                Context::Direct if p.path != ["sender"] && p.path != ["recipient"] || p.each => {
+                    return Err(format!(
+                        "a direct message's template may use only {{sender}} and {{recipient}}, not {{{}}}",
                         p.name()
                     ));
                 }
@@ -299,6 +307,7 @@ pub struct SyncRules {
     write: Vec<Template>,
     entities: BTreeMap<EntityType, EntityRule>,
     documents: Vec<Template>,
+    direct: Vec<Template>,
     fingerprint: String,
 }
 
@@ -344,6 +353,8 @@ mod raw {
         pub entities: BTreeMap<String, Spanned<Entity>>,
         #[serde(default)]
         pub documents: Option<Spanned<Documents>>,
+        #[serde(default)]
+        pub direct: Option<Spanned<Documents>>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -464,8 +475,12 @@ impl SyncRules {
             Some(d) => src.templates(d.get_ref().channels.get_ref(), Context::Document)?,
             None => Vec::new(),
         };
+        let direct = match &file.direct {
+            Some(d) => src.templates(d.get_ref().channels.get_ref(), Context::Direct)?,
+            None => Vec::new(),
+        };
         let fingerprint = hex(&Sha256::digest(text.as_bytes()));
-        Ok(SyncRules { read, write, entities, documents, fingerprint })
+        Ok(SyncRules { read, write, entities, documents, direct, fingerprint })
     }
 
     /// A digest of the file: when it changes, what every stored entity belongs to may have.
@@ -554,6 +569,22 @@ impl SyncRules {
             if p.path == ["id"] && !id.is_empty() { vec![id.to_string()] } else { Vec::new() }
         };
         if expand_all(&self.documents, &lookup, &mut out, MAX_ENTITY_CHANNELS).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// The channels a direct message from `sender` to `recipient` belongs to (`[direct]`; none
+    /// without it: under rules, direct messages are then refused). The sender needs write on
+    /// every one of them.
+    pub fn direct_channels(&self, sender: &str, recipient: &str) -> Channels {
+        let mut out = Channels::new();
+        let lookup = |p: &Placeholder| match p.path.first().map(String::as_str) {
+            Some("sender") if !sender.is_empty() => vec![sender.to_string()],
+            Some("recipient") if !recipient.is_empty() => vec![recipient.to_string()],
+            _ => Vec::new(),
+        };
+        if expand_all(&self.direct, &lookup, &mut out, MAX_ENTITY_CHANNELS).is_err() {
             out.clear();
         }
         out

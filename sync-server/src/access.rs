@@ -119,6 +119,70 @@ impl Access {
         }
     }
 
+    /// Opening or syncing collaborative document `id` needs read on one of its channels
+    /// (`[documents]`); the answer says whether its changes may be sent too (write on all).
+    pub fn document(&self, id: &str) -> Result<bool, ApiError> {
+        let Access::Ruled { rules, grants } = self else { return Ok(true) };
+        if grants.is_tenant_wide() {
+            return Ok(true);
+        }
+        let channels = rules.document_channels(id);
+        if !grants.may_read(&channels) {
+            return Err(ApiError::new(
+                sdk_core::ErrorCode::AuthzFailed,
+                "the sync rules do not let you read this document",
+            ));
+        }
+        Ok(!channels.is_empty() && grants.may_write(&channels))
+    }
+
+    /// Joining room `room` or seeing its presence needs read on the channel of its id.
+    pub fn check_room_read(&self, room: &str) -> Result<(), ApiError> {
+        match self.reads_channel(room) {
+            true => Ok(()),
+            false => Err(ApiError::new(
+                sdk_core::ErrorCode::AuthzFailed,
+                "the sync rules do not let you into this room",
+            )),
+        }
+    }
+
+    /// Sending to room `room` needs write on the channel of its id.
+    pub fn check_room_write(&self, room: &str) -> Result<(), ApiError> {
+        match self.writes_channel(room) {
+            true => Ok(()),
+            false => Err(ApiError::new(
+                sdk_core::ErrorCode::AuthzFailed,
+                "the sync rules do not let you send to this room",
+            )),
+        }
+    }
+
+    /// A direct message from `sender` to `recipient`: under rules it belongs to the channels
+    /// `[direct]` gives (none: refused), and the sender needs write on all of them. Returns
+    /// them (`None` without rules), for the event a Class B message is logged as.
+    pub fn direct(&self, sender: &str, recipient: &str) -> Result<Option<Channels>, ApiError> {
+        let Access::Ruled { rules, grants } = self else { return Ok(None) };
+        let channels = rules.direct_channels(sender, recipient);
+        if grants.is_tenant_wide() || (!channels.is_empty() && grants.may_write(&channels)) {
+            return Ok(Some(channels));
+        }
+        Err(ApiError::new(
+            sdk_core::ErrorCode::AuthzFailed,
+            "the sync rules do not let you send this direct message",
+        ))
+    }
+
+    /// The channels whose changes a socket is poked for (`None`: every change).
+    pub fn poke_reads(&self) -> Option<Channels> {
+        match self {
+            Access::Ruled { grants, .. } if !grants.is_tenant_wide() => {
+                Some(grants.read_channels().clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Who reads an event stream, for [`crate::tail::Interest`]: `None` sees every event.
     pub fn event_reader(&self) -> Option<Arc<Grants>> {
         match self {

@@ -28,133 +28,147 @@ pub enum JwtAlgorithm {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "PF2_LISTEN", default_value = "127.0.0.1:3000")]
+    #[arg(long, env = "PF2_LISTEN", default_value = "127.0.0.1:3000", global = true)]
     pub listen: String,
     /// `sqlite://path` (embedded, the default) or `postgres://…`.
-    #[arg(long, env = "PF2_DATABASE_URL", default_value = "sqlite://./data/pf2.db")]
+    #[arg(long, env = "PF2_DATABASE_URL", default_value = "sqlite://./data/pf2.db", global = true)]
     pub database_url: String,
     /// Folder for generated development secrets (default: the SQLite file's folder, or ./data).
-    #[arg(long, env = "PF2_DATA_DIR")]
+    #[arg(long, env = "PF2_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    #[arg(long, env = "PF2_SQLITE_SYNCHRONOUS", value_enum, default_value = "full")]
+    #[arg(long, env = "PF2_SQLITE_SYNCHRONOUS", value_enum, default_value = "full", global = true)]
     pub sqlite_synchronous: SqliteSync,
     /// Database connections per process (default: 4 for SQLite, 16 for PostgreSQL).
-    #[arg(long, env = "PF2_DB_POOL_SIZE")]
+    #[arg(long, env = "PF2_DB_POOL_SIZE", global = true)]
     pub db_pool_size: Option<u32>,
-    #[arg(long, env = "PF2_JWT_ALGORITHM", value_enum, default_value = "hs256")]
+    #[arg(long, env = "PF2_JWT_ALGORITHM", value_enum, default_value = "hs256", global = true)]
     pub jwt_algorithm: JwtAlgorithm,
     /// HS256 shared secret (≥ 32 bytes). Generated and kept in the data folder when absent.
-    #[arg(long, env = "PF2_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "PF2_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
     /// PEM file of the RS256 / EdDSA public key.
-    #[arg(long, env = "PF2_JWT_PUBLIC_KEY")]
+    #[arg(long, env = "PF2_JWT_PUBLIC_KEY", global = true)]
     pub jwt_public_key: Option<PathBuf>,
     /// PEM file of the matching private key (only for the `token` command).
-    #[arg(long, env = "PF2_JWT_PRIVATE_KEY")]
+    #[arg(long, env = "PF2_JWT_PRIVATE_KEY", global = true)]
     pub jwt_private_key: Option<PathBuf>,
-    #[arg(long, env = "PF2_JWT_ISSUER")]
+    #[arg(long, env = "PF2_JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
-    #[arg(long, env = "PF2_JWT_AUDIENCE")]
+    #[arg(long, env = "PF2_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
     /// Clock leeway for exp/nbf, seconds (capped at 30).
-    #[arg(long, env = "PF2_JWT_LEEWAY", default_value_t = 5)]
+    #[arg(long, env = "PF2_JWT_LEEWAY", default_value_t = 5, global = true)]
     pub jwt_leeway: u64,
-    #[arg(long, env = "PF2_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "PF2_WEBHOOK_SECRET", hide_env_values = true, global = true)]
     pub webhook_secret: Option<String>,
-    #[arg(long, env = "PF2_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "PF2_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
-    #[arg(long, env = "PF2_MAX_BATCH", default_value_t = 500)]
+    #[arg(long, env = "PF2_MAX_BATCH", default_value_t = 500, global = true)]
     pub max_batch: usize,
-    #[arg(long, env = "PF2_MAX_DELTA", default_value_t = 1000)]
+    #[arg(long, env = "PF2_MAX_DELTA", default_value_t = 1000, global = true)]
     pub max_delta: u64,
     /// Requests per minute per user (api.md: polling 60, reconciliation 10).
-    #[arg(long, env = "PF2_RATE_POLL", default_value_t = 60)]
+    #[arg(long, env = "PF2_RATE_POLL", default_value_t = 60, global = true)]
     pub rate_poll: u32,
-    #[arg(long, env = "PF2_RATE_RECONCILE", default_value_t = 10)]
+    #[arg(long, env = "PF2_RATE_RECONCILE", default_value_t = 10, global = true)]
     pub rate_reconcile: u32,
-    #[arg(long, env = "PF2_RATE_TRANSACTIONS", default_value_t = 60)]
+    #[arg(long, env = "PF2_RATE_TRANSACTIONS", default_value_t = 60, global = true)]
     pub rate_transactions: u32,
     /// Conflict strategy of an entity type, repeatable: `--strategy document=manual`. Strategies:
     /// `lww`, `field-merge` (the default for every type), `field-merge-manual`, `manual`,
     /// `automerge` (CRDT documents: operations carry Automerge changes and always merge).
     /// Custom merge functions and other CRDT mergers are registered in code (`Config::build_with`).
-    #[arg(long = "strategy", env = "PF2_STRATEGIES", value_delimiter = ',')]
+    #[arg(long = "strategy", env = "PF2_STRATEGIES", value_delimiter = ',', global = true)]
     pub strategies: Vec<String>,
-    /// Sync rules (docs/api/sync-rules.md) as text. Set in code only for now: the
-    /// `--sync-rules FILE` flag comes when reads are filtered on every surface (issue 14), so
-    /// that no server runs with rules half enforced.
+    /// A sync rule file (TOML, docs/api/sync-rules.md): who may read and write what inside a
+    /// tenant. Checked at start (a bad file stops the server, naming the line). Without one
+    /// every user of a tenant reads and writes the whole tenant.
+    #[arg(long, env = "PF2_SYNC_RULES", global = true)]
+    pub sync_rules: Option<PathBuf>,
+    /// Sync rules as text, set in code (tests, embedders); the file wins when both are set.
     #[arg(skip)]
     pub sync_rules_text: Option<String>,
     /// Browser origins allowed to open WebSockets (repeatable; `*`, exact, or `http://host:*`).
     /// Default: localhost and 127.0.0.1 on any port.
-    #[arg(long = "ws-allowed-origin", env = "PF2_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "ws-allowed-origin",
+        env = "PF2_WS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub ws_allowed_origins: Vec<String>,
-    #[arg(long, env = "PF2_WS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "PF2_WS_MAX_CONNECTIONS", default_value_t = 10_000, global = true)]
     pub ws_max_connections: usize,
     /// Messages per minute per WebSocket connection (api.md: 100).
-    #[arg(long, env = "PF2_WS_RATE", default_value_t = crate::limits::DEFAULT_WS_RATE_PER_MINUTE)]
+    #[arg(long, env = "PF2_WS_RATE", default_value_t = crate::limits::DEFAULT_WS_RATE_PER_MINUTE, global = true)]
     pub ws_rate: u32,
-    #[arg(long, env = "PF2_WS_SEND_BUFFER", default_value_t = 256)]
+    #[arg(long, env = "PF2_WS_SEND_BUFFER", default_value_t = 256, global = true)]
     pub ws_send_buffer: usize,
     /// Worker threads of the runtime WebSocket sessions run on, apart from HTTP (default: one
     /// per core; 0 runs them on the HTTP runtime).
-    #[arg(long, env = "PF2_REALTIME_THREADS")]
+    #[arg(long, env = "PF2_REALTIME_THREADS", global = true)]
     pub realtime_threads: Option<usize>,
     /// How many `nice` steps below the HTTP threads the session threads run (0: the same
     /// priority). Realtime is what may degrade when the CPU is short.
-    #[arg(long, env = "PF2_REALTIME_NICE", default_value_t = crate::realtime::runtime::DEFAULT_NICE)]
+    #[arg(long, env = "PF2_REALTIME_NICE", default_value_t = crate::realtime::runtime::DEFAULT_NICE, global = true)]
     pub realtime_nice: i32,
     /// Milliseconds a busy event stream gathers events before its next delivery (0: every
     /// event goes out on its own). An event after a quiet spell goes out at once.
-    #[arg(long, env = "PF2_EVENT_BATCH_MS", default_value_t = crate::limits::DEFAULT_EVENT_BATCH_MS)]
+    #[arg(long, env = "PF2_EVENT_BATCH_MS", default_value_t = crate::limits::DEFAULT_EVENT_BATCH_MS, global = true)]
     pub event_batch_ms: u64,
-    #[arg(long, env = "PF2_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    #[arg(long, env = "PF2_EVENT_RETENTION_DAYS", default_value_t = 7, global = true)]
     pub event_retention_days: u64,
-    #[arg(long, env = "PF2_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7)]
+    #[arg(long, env = "PF2_IDEMPOTENCY_RETENTION_DAYS", default_value_t = 7, global = true)]
     pub idempotency_retention_days: u64,
     /// Serve the files of this directory at `/` (the demo app, a browser test page). API routes
     /// take precedence.
-    #[arg(long, env = "PF2_STATIC_DIR")]
+    #[arg(long, env = "PF2_STATIC_DIR", global = true)]
     pub static_dir: Option<std::path::PathBuf>,
     /// `redis://host:port`: join the other processes on the same database (room, direct and
     /// event fan-out, presence). Without it the process is on its own.
-    #[arg(long, env = "PF2_REDIS_URL")]
+    #[arg(long, env = "PF2_REDIS_URL", global = true)]
     pub redis_url: Option<String>,
     /// Retention of an event type, repeatable, first match wins: `--event-retention audit.*=90`
     /// (days). Other types keep `--event-retention-days`.
-    #[arg(long = "event-retention", env = "PF2_EVENT_RETENTION", value_delimiter = ',')]
+    #[arg(
+        long = "event-retention",
+        env = "PF2_EVENT_RETENTION",
+        value_delimiter = ',',
+        global = true
+    )]
     pub event_retention: Vec<String>,
     /// Event types kept indefinitely (patterns, repeatable).
     #[arg(
         long = "critical-event-type",
         env = "PF2_CRITICAL_EVENT_TYPES",
         value_delimiter = ',',
-        default_value = "transaction.*"
+        default_value = "transaction.*",
+        global = true
     )]
     pub critical_event_types: Vec<String>,
     /// Deliveries of an event to a consumer group before it is dead-lettered (default for new
     /// groups; each group may set its own).
-    #[arg(long, env = "PF2_BUS_MAX_DELIVERIES", default_value_t = 3)]
+    #[arg(long, env = "PF2_BUS_MAX_DELIVERIES", default_value_t = 3, global = true)]
     pub bus_max_deliveries: u32,
     /// How long a claimed event stays leased, ms.
-    #[arg(long, env = "PF2_BUS_VISIBILITY_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "PF2_BUS_VISIBILITY_TIMEOUT_MS", default_value_t = 30_000, global = true)]
     pub bus_visibility_timeout_ms: u64,
     /// First retry delay after a nack, ms (doubling per retry, at most 5 minutes).
-    #[arg(long, env = "PF2_BUS_RETRY_BACKOFF_MS", default_value_t = 1_000)]
+    #[arg(long, env = "PF2_BUS_RETRY_BACKOFF_MS", default_value_t = 1_000, global = true)]
     pub bus_retry_backoff_ms: u64,
     /// Events published per second per tenant (api.md: 1,000).
-    #[arg(long, env = "PF2_RATE_PUBLISH", default_value_t = 1_000)]
+    #[arg(long, env = "PF2_RATE_PUBLISH", default_value_t = 1_000, global = true)]
     pub rate_publish: u32,
     /// Largest stored form of a collaborative document, bytes (a `doc_sync` past it is refused
     /// with PAYLOAD_TOO_LARGE).
-    #[arg(long, env = "PF2_MAX_DOCUMENT_BYTES", default_value_t = crate::limits::DEFAULT_MAX_DOCUMENT_BYTES)]
+    #[arg(long, env = "PF2_MAX_DOCUMENT_BYTES", default_value_t = crate::limits::DEFAULT_MAX_DOCUMENT_BYTES, global = true)]
     pub max_document_bytes: usize,
     /// Appended change bytes after which a document's changes are folded into its save.
-    #[arg(long, env = "PF2_DOCUMENT_COMPACT_BYTES", default_value_t = crate::limits::DEFAULT_COMPACT_BYTES)]
+    #[arg(long, env = "PF2_DOCUMENT_COMPACT_BYTES", default_value_t = crate::limits::DEFAULT_COMPACT_BYTES, global = true)]
     pub document_compact_bytes: i64,
     /// Presence TTL, seconds: an entry lives this long after its client's last frame
     /// (heartbeats every 30 s keep it alive), in Redis too.
-    #[arg(long, env = "PF2_PRESENCE_TTL_SECS", default_value_t = 90)]
+    #[arg(long, env = "PF2_PRESENCE_TTL_SECS", default_value_t = 90, global = true)]
     pub presence_ttl_secs: u64,
 }
 
@@ -183,6 +197,7 @@ impl Config {
             rate_reconcile: 100_000,
             rate_transactions: 100_000,
             strategies: Vec::new(),
+            sync_rules: None,
             sync_rules_text: None,
             ws_allowed_origins: Vec::new(),
             ws_max_connections: 10_000,
@@ -338,6 +353,22 @@ impl Config {
         Ok(r)
     }
 
+    /// The sync rules, parsed and checked: from `--sync-rules` (a message naming the file and
+    /// the line when it is wrong), else the text set in code.
+    pub fn sync_rules(&self) -> anyhow::Result<Option<SyncRules>> {
+        if let Some(path) = &self.sync_rules {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the sync rules {}", path.display()))?;
+            let rules =
+                SyncRules::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            return Ok(Some(rules));
+        }
+        match &self.sync_rules_text {
+            Some(text) => Ok(Some(SyncRules::parse(text)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Connect, migrate and assemble the state.
     pub async fn build(&self) -> anyhow::Result<AppState> {
         self.build_with(self.strategy_registry()?).await
@@ -345,16 +376,20 @@ impl Config {
 
     /// As [`Self::build`], with a strategy registry built in code (custom merges, CRDT mergers).
     pub async fn build_with(&self, strategies: StrategyRegistry) -> anyhow::Result<AppState> {
+        // Checked before anything is touched: a bad file stops the server as it starts.
+        let rules = self.sync_rules()?.map(std::sync::Arc::new);
         let store =
             Store::connect_pooled(&self.database_url, self.sqlite_synchronous, self.db_pool_size)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let rules = match &self.sync_rules_text {
-            Some(text) => Some(std::sync::Arc::new(SyncRules::parse(text)?)),
-            None => None,
-        };
-        if rules.is_none() {
-            store.forget_rules_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        match &rules {
+            Some(r) => tracing::info!(fingerprint = &r.fingerprint()[..12], "sync rules in force"),
+            None => {
+                tracing::warn!(
+                    "no sync rules (--sync-rules): every user of a tenant reads and writes the whole tenant"
+                );
+                store.forget_rules_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
         }
         let store = store.with_rules(rules);
         let webhook = match &self.webhook_secret {

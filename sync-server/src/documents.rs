@@ -8,6 +8,7 @@
 //! side lacks. A message that would take the document past its size limit is refused with
 //! `PAYLOAD_TOO_LARGE` and changes nothing.
 
+use crate::access::Access;
 use crate::error::ApiError;
 use crate::feed::ChangeFeed;
 use crate::metrics::Metrics;
@@ -211,9 +212,13 @@ impl DocumentHub {
 
     /// A `doc_sync` frame from `client` on the socket whose outbound queue is `mailbox`
     /// (`more`: a part, more follow).
+    /// Under sync rules opening needs read on the document's channels, and changes need write:
+    /// a read-only reader is answered, but a message of theirs that carries a change is refused
+    /// and nothing of it is kept.
     #[allow(clippy::too_many_arguments)]
     pub async fn receive(
         &self,
+        access: &Access,
         tenant: &TenantId,
         client: &ClientId,
         mailbox: &Arc<Mailbox>,
@@ -222,6 +227,7 @@ impl DocumentHub {
         more: bool,
     ) -> Result<(), ApiError> {
         valid_document_id(id)?;
+        let writes = access.document(id)?;
         let part = B64
             .decode(message)
             .map_err(|e| ApiError::invalid(format!("doc_sync message: not base64 ({e})")))?;
@@ -231,7 +237,7 @@ impl DocumentHub {
         let Some(bytes) = doc.parts.push(client.as_str(), &part, more).map_err(refused)? else {
             return Ok(());
         };
-        self.apply(tenant, id, &mut doc, client, &bytes).await?;
+        self.apply(tenant, id, &mut doc, client, &bytes, writes).await?;
         self.sync_open(tenant, &mut doc, id, Some(client)).await;
         Ok(())
     }
@@ -243,18 +249,20 @@ impl DocumentHub {
     /// trip, never a change, and an idle document leaves memory; the client keeps its session.
     pub async fn sync_over_http(
         &self,
+        access: &Access,
         tenant: &TenantId,
         client: &ClientId,
         id: &str,
         message: Option<&[u8]>,
     ) -> Result<(Vec<Vec<u8>>, u64), ApiError> {
         valid_document_id(id)?;
+        let writes = access.document(id)?;
         let live = self.live(tenant, id).await?;
         let (answers, unused) = {
             let mut doc = live.lock().await;
             doc.peer.disconnected(client.as_str());
             let applied = match message {
-                Some(bytes) => self.apply(tenant, id, &mut doc, client, bytes).await,
+                Some(bytes) => self.apply(tenant, id, &mut doc, client, bytes, writes).await,
                 None => Ok(()),
             };
             let answers = match applied {
@@ -302,11 +310,23 @@ impl DocumentHub {
         doc: &mut LiveDoc,
         client: &ClientId,
         bytes: &[u8],
+        writes: bool,
     ) -> Result<(), ApiError> {
         let before = doc.peer.heads();
         doc.peer.receive(client.as_str(), bytes).map_err(refused)?;
         if doc.peer.heads() == before {
             return Ok(());
+        }
+        if !writes {
+            // A reader's change: forget it by reloading what is stored.
+            let open = std::mem::take(&mut doc.open);
+            *doc = self.load(tenant, id).await?;
+            doc.open = open;
+            self.metrics.inc("pf2_documents_refused_total", &[("reason", "read_only")]);
+            return Err(ApiError::new(
+                ErrorCode::AuthzFailed,
+                "the sync rules let you read this document, not change it",
+            ));
         }
         let persisted = std::mem::take(&mut doc.persisted);
         let increment = doc.peer.save_after(&persisted);
@@ -502,10 +522,12 @@ impl DocumentHub {
     /// plus the changes appended since), from memory when open here, else from the store.
     pub async fn snapshot(
         &self,
+        access: &Access,
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<Snapshot>, ApiError> {
         valid_document_id(id)?;
+        access.document(id)?;
         let key = (tenant.clone(), id.to_string());
         let live = self.docs.lock().expect("documents lock").get(&key).cloned();
         let snap = |d: &mut LiveDoc| Snapshot {

@@ -5,6 +5,7 @@
 use crate::notifier::Notifier;
 use crate::realtime::fanout::{ClusterFanout, Envelope, Remote};
 use crate::realtime::hub::Hub;
+use crate::store::Followed;
 use sdk_core::ids::TenantId;
 use sdk_core::protocol::ServerFrame;
 use std::sync::Arc;
@@ -42,11 +43,22 @@ impl ChangeFeed {
     }
 
     /// Entities of `tenant` changed, up to `version`, whoever wrote them (REST reconcile, a push
-    /// over `/v1/ws`, a conflict resolution): wake the log waiters and poke every live socket
-    /// of the tenant to pull.
-    pub fn entities_changed(&self, tenant: &TenantId, version: u64) {
+    /// over `/v1/ws`, a conflict resolution): wake the log waiters and poke the live sockets
+    /// of the tenant to pull — every one without sync rules; under them (`followed`) only the
+    /// readers of a channel the changes touched, and every socket of a user whose grants changed.
+    pub fn entities_changed(&self, tenant: &TenantId, version: u64, followed: Option<&Followed>) {
         self.events_appended(tenant, version);
-        self.hub.to_tenant(tenant, &ServerFrame::Poke { version });
+        let poke = ServerFrame::Poke { version };
+        let Some(f) = followed else {
+            self.hub.to_tenant(tenant, &poke);
+            return;
+        };
+        self.hub.to_readers(tenant, &f.touched, &poke);
+        for user in &f.grants_changed {
+            if let Ok(user) = sdk_core::ids::UserId::new(user.clone()) {
+                self.hub.to_user(tenant, &user, &poke);
+            }
+        }
     }
 
     /// The tenant's log grew to `seq` (any writer, any event): wake long-polls, followers and

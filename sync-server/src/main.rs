@@ -32,6 +32,10 @@ enum Command {
         /// Roles (repeatable), e.g. `--role admin`.
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// Another claim, repeatable: `--claim 'projects=["p1","p2"]'` (the value is JSON, or
+        /// else a string) — what sync rules' `[grants]` templates read.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
     },
 }
 
@@ -65,11 +69,16 @@ async fn main() -> anyhow::Result<()> {
             cli.config.build().await?;
             tracing::info!("migrations applied");
         }
-        Command::Token { tenant, user, ttl, roles } => {
+        Command::Token { tenant, user, ttl, roles, claims: extra } => {
             let jwt = cli.config.jwt()?;
             let now = jsonwebtoken::get_current_timestamp();
             let mut claims = Claims::new(&tenant, &user, now, ttl);
             claims.roles = roles;
+            for c in extra {
+                let (k, v) = c.split_once('=').context("a claim is name=value")?;
+                let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::from(v));
+                claims.other.insert(k.to_string(), v);
+            }
             println!("{}", jwt.mint(&claims).map_err(anyhow::Error::msg)?);
         }
     }

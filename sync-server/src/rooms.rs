@@ -2,6 +2,7 @@
 //! hub on this process, the cluster's view across processes, and the event log for Class B
 //! messages.
 
+use crate::access::Access;
 use crate::auth::Identity;
 use crate::clock::iso_now;
 use crate::error::ApiError;
@@ -49,9 +50,18 @@ impl Rooms {
         Self { hub, cluster, store, metrics, feed }
     }
 
-    /// Join `room` (membership belongs to the client id and survives reconnects).
-    pub fn join(&self, tenant: &TenantId, client: &ClientId, room: &RoomId) {
+    /// Join `room` (membership belongs to the client id and survives reconnects); under sync
+    /// rules only with read on the room's channel.
+    pub fn join(
+        &self,
+        access: &Access,
+        tenant: &TenantId,
+        client: &ClientId,
+        room: &RoomId,
+    ) -> Result<(), ApiError> {
+        access.check_room_read(room.as_str())?;
         self.hub.join(tenant, client, room);
+        Ok(())
     }
 
     pub fn leave(&self, tenant: &TenantId, client: &ClientId, room: &RoomId) {
@@ -95,6 +105,7 @@ impl Rooms {
     /// the sender must be a member), Class B also appended to the event log. Returns the message id.
     pub async fn relay_message(
         &self,
+        access: &Access,
         identity: &Identity,
         client: &ClientId,
         conn_id: u64,
@@ -127,6 +138,17 @@ impl Rooms {
             timestamp: iso_now(),
             metadata: m.metadata.clone(),
         };
+        // Under sync rules the event a Class B message is logged as goes to its readers only.
+        let channels = match (&m.recipient, &m.room) {
+            (Some(user), None) => access
+                .direct(identity.user.as_str(), user.as_str())
+                .map_err(|e| (e, message_id.clone()))?,
+            (None, Some(room)) => {
+                access.check_room_write(room.as_str()).map_err(|e| (e, message_id.clone()))?;
+                matches!(access, Access::Ruled { .. }).then(|| [room.to_string()].into())
+            }
+            _ => None,
+        };
         match (&m.recipient, &m.room) {
             (Some(user), None) => {
                 self.hub.to_user(tenant, user, &frame);
@@ -154,7 +176,10 @@ impl Rooms {
                 "roomId": m.room,
                 "payload": m.payload,
             });
-            let meta = json!({ "source": "realtime", "metadata": m.metadata });
+            let mut meta = json!({ "source": "realtime", "metadata": m.metadata });
+            if let Some(c) = channels {
+                meta[sdk_core::rules::EVENT_CHANNELS] = json!(c);
+            }
             let event_id = uuid::Uuid::new_v4().to_string();
             let seq = self
                 .store

@@ -150,7 +150,7 @@ impl SyncService {
                 self.metrics.inc("pf2_reconcile_replays_total", &[]);
                 response
             }
-            Reconciled::Fresh { response, outcome, version, grants_changed: _ } => {
+            Reconciled::Fresh { response, outcome, version, followed } => {
                 for r in &outcome.results {
                     let label = match (&r.outcome, r.duplicate) {
                         (_, true) => "duplicate",
@@ -162,7 +162,7 @@ impl SyncService {
                 }
                 self.metrics.observe("pf2_reconcile_duration_ms", &[], started.elapsed());
                 if !outcome.changes.is_empty() {
-                    self.feed.entities_changed(tenant, version);
+                    self.feed.entities_changed(tenant, version, followed.as_ref());
                 }
                 response
             }
@@ -206,7 +206,8 @@ impl SyncService {
         self.pull_as(tenant, &access, request, client).await
     }
 
-    async fn pull_as(
+    /// [`SyncService::pull`] for an access already computed (a socket refreshes its own with it).
+    pub async fn pull_as(
         &self,
         tenant: &TenantId,
         access: &Access,
@@ -340,7 +341,7 @@ impl SyncService {
         let engine = self.engine.clone();
         let access = self.access.of(tenant, identity).await?;
         let actor = identity.user.as_str();
-        let (row, version) = self
+        let (row, version, followed) = self
             .store
             .resolve_conflict(tenant, id, actor, choice_name, |wire, apply_state| {
                 let conflict = stored_conflict(tenant, wire)?;
@@ -356,7 +357,7 @@ impl SyncService {
                 Ok(change)
             })
             .await?;
-        self.feed.entities_changed(tenant, version);
+        self.feed.entities_changed(tenant, version, followed.as_ref());
         self.metrics.inc("pf2_conflicts_resolved_total", &[("choice", choice_name)]);
         Ok((row, version))
     }

@@ -687,7 +687,12 @@ async fn documents_are_size_limited_and_compacted() {
     assert!(!stored.save.is_empty(), "compacted into the save");
     assert!(stored.changes.len() < 10, "{} changes left after compaction", stored.changes.len());
     let fresh = app.config.build().await.unwrap();
-    let snap = fresh.documents.snapshot(&app.state_tenant(), "small").await.unwrap().unwrap();
+    let snap = fresh
+        .documents
+        .snapshot(&sync_server::access::Access::Unruled, &app.state_tenant(), "small")
+        .await
+        .unwrap()
+        .unwrap();
     let appended: usize = stored.changes.iter().map(Vec::len).sum();
     assert_eq!(snap.stored_bytes, stored.save.len() + appended, "storedBytes is the stored form");
     let mut reloaded = DocumentPeer::load(&snap.save, b"r").unwrap();
@@ -794,7 +799,12 @@ fn arbitrary_document_sync_bodies_never_fail_inside_and_change_nothing_when_refu
     .unwrap();
     let heads = || async {
         let t = app.state_tenant();
-        app.state.documents.snapshot(&t, "fz").await.unwrap().map(|s| s.heads)
+        app.state
+            .documents
+            .snapshot(&sync_server::access::Access::Unruled, &t, "fz")
+            .await
+            .unwrap()
+            .map(|s| s.heads)
     };
     let path = "/api/documents/fz/sync";
     common::post_bodies_never_fail_inside(&rt, &app, path, &token, valid, 200, &[400, 413], heads);
@@ -835,7 +845,11 @@ async fn two_processes_compacting_one_document_lose_nothing() {
     let stored = app.state.store.document(&tenant_of(&app), "shared").await.unwrap().unwrap();
     assert!(stored.save_version >= 2, "both processes compacted: version {}", stored.save_version);
     let third = app.config.build().await.unwrap();
-    let snap = third.documents.snapshot(&app.state_tenant(), "shared").await.unwrap();
+    let snap = third
+        .documents
+        .snapshot(&sync_server::access::Access::Unruled, &app.state_tenant(), "shared")
+        .await
+        .unwrap();
     let mut reloaded = DocumentPeer::load(&snap.unwrap().save, b"reader").unwrap();
     let t = reloaded.doc().text(&text).unwrap();
     for i in 0..30 {
@@ -879,7 +893,11 @@ async fn idle_documents_are_compacted_and_stale_compactions_refused() {
     p.doc().splice_text(&text, 0, 0, "more ").unwrap();
     sync_doc(&mut ws, &mut p, "idle").await;
     let fresh = app.config.build().await.unwrap();
-    let snap = fresh.documents.snapshot(&app.state_tenant(), "idle").await.unwrap();
+    let snap = fresh
+        .documents
+        .snapshot(&sync_server::access::Access::Unruled, &app.state_tenant(), "idle")
+        .await
+        .unwrap();
     let mut again = DocumentPeer::load(&snap.unwrap().save, b"r2").unwrap();
     assert_eq!(again.doc().text(&text).unwrap(), p.doc().text(&text).unwrap());
 }

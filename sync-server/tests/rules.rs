@@ -20,6 +20,9 @@ on_both_backends!(
     partial_sync_narrows_a_pull,
     event_polls_show_only_readable_entities_events,
     the_socket_filters_pulls_and_event_streams,
+    a_grant_pokes_the_users_live_socket_and_its_pull_moves_data_in,
+    rooms_need_read_to_join_and_write_to_send,
+    documents_need_read_to_open_and_write_to_change,
 );
 
 /// The issue's rule file, as the docs' first example.
@@ -490,4 +493,183 @@ async fn the_socket_filters_pulls_and_event_streams(backend: Backend) {
         }
     }
     assert_eq!(seen, ["bob-todo", "bob-todo"]);
+}
+
+/// A live socket that is merely connected hears of a grant made for its user (a poke), and the
+/// pull that poke causes carries the newly readable entities whole.
+async fn a_grant_pokes_the_users_live_socket_and_its_pull_moves_data_in(backend: Backend) {
+    let Some(app) = start(backend).await else { return };
+    let served = net::serve(app.state.clone()).await;
+    seed(&app).await;
+    let mut bob = WsClient::connect(served.addr, &app.token("bob"), "cb-ws", Codec::Json).await;
+    bob.send(&ClientFrame::Pull { since: 0, limit: None, channels: None, held: None }).await;
+    let ServerFrame::Delta { version, scope, .. } =
+        bob.recv_until(|f| matches!(f, ServerFrame::Delta { .. })).await
+    else {
+        unreachable!()
+    };
+    let held = scope.unwrap().channels;
+    let alice = app.token_with("alice", json!({"projects": ["p1", "p2"]}));
+    let member = json!({"userId": "bob", "projectId": "p1"});
+    let r = app
+        .reconcile(
+            &alice,
+            "add",
+            "ca",
+            vec![app.op("ca", 5).create("member", "m1", member).build()],
+        )
+        .await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+    let poke = bob.recv_until(|f| matches!(f, ServerFrame::Poke { .. })).await;
+    let ServerFrame::Poke { version: now } = poke else { unreachable!() };
+    assert!(now > version);
+    bob.send(&ClientFrame::Pull { since: version, limit: None, channels: None, held }).await;
+    let ServerFrame::Delta { entities, .. } =
+        bob.recv_until(|f| matches!(f, ServerFrame::Delta { .. })).await
+    else {
+        unreachable!()
+    };
+    let mut got: Vec<&str> = entities.iter().map(|e| e.entity_id.as_str()).collect();
+    got.sort();
+    assert_eq!(got, ["k1", "k2", "m1"]);
+}
+
+/// Rooms, direct messages and documents as channels.
+const SOCIAL: &str = r#"
+[grants]
+read  = ["lobby", "{rooms[]}", "doc:{docs[]}", "doc:{editable[]}"]
+write = ["{rooms[]}", "dm:{dms[]}", "doc:{editable[]}"]
+[direct]
+channels = ["dm:{recipient}"]
+[documents]
+channels = ["doc:{id}"]
+"#;
+
+fn refused_code(f: &ServerFrame) -> Option<&str> {
+    match f {
+        ServerFrame::Error { code, .. } => Some(code.as_str()),
+        _ => None,
+    }
+}
+
+async fn next_answer(ws: &mut WsClient) -> ServerFrame {
+    ws.recv_until(|f| {
+        matches!(
+            f,
+            ServerFrame::Error { .. }
+                | ServerFrame::RoomJoined { .. }
+                | ServerFrame::MessageAck { .. }
+        )
+    })
+    .await
+}
+
+async fn rooms_need_read_to_join_and_write_to_send(backend: Backend) {
+    let Some(app) = TestApp::start_with(backend, |c| c.sync_rules_text = Some(SOCIAL.into())).await
+    else {
+        return;
+    };
+    let served = net::serve(app.state.clone()).await;
+    let room = |r: &str| sdk_core::ids::RoomId::new(r).unwrap();
+    let send = |to_room: Option<&str>, to_user: Option<&str>| ClientFrame::Message {
+        message_id: None,
+        message_type: "chat".into(),
+        interaction_class: Some(sdk_core::interaction::InteractionClass::B),
+        recipient_id: to_user.map(|u| sdk_core::ids::UserId::new(u).unwrap()),
+        room_id: to_room.map(room),
+        payload: json!({"text": "hi"}),
+        metadata: None,
+    };
+    let mut carol = WsClient::connect(served.addr, &app.token("carol"), "carol", Codec::Json).await;
+    carol.send(&ClientFrame::JoinRoom { room_id: room("secret") }).await;
+    assert_eq!(refused_code(&next_answer(&mut carol).await), Some("AUTHZ_FAILED"));
+    carol.send(&ClientFrame::JoinRoom { room_id: room("lobby") }).await;
+    assert!(matches!(next_answer(&mut carol).await, ServerFrame::RoomJoined { .. }));
+    carol.send(&send(Some("lobby"), None)).await;
+    assert_eq!(refused_code(&next_answer(&mut carol).await), Some("AUTHZ_FAILED"), "read only");
+    carol.send(&send(None, Some("dave"))).await;
+    assert_eq!(refused_code(&next_answer(&mut carol).await), Some("AUTHZ_FAILED"), "no dm write");
+
+    let dave_token = app.token_with("dave", json!({"rooms": ["team"], "dms": ["carol"]}));
+    let mut dave = WsClient::connect(served.addr, &dave_token, "dave", Codec::Json).await;
+    dave.send(&ClientFrame::JoinRoom { room_id: room("team") }).await;
+    assert!(matches!(next_answer(&mut dave).await, ServerFrame::RoomJoined { .. }));
+    dave.send(&send(Some("team"), None)).await;
+    assert!(matches!(next_answer(&mut dave).await, ServerFrame::MessageAck { .. }));
+    dave.send(&send(None, Some("carol"))).await;
+    assert!(
+        matches!(next_answer(&mut dave).await, ServerFrame::MessageAck { .. }),
+        "dave may dm carol"
+    );
+    // The Class B message went to the log for the room's readers only.
+    let page = app.get("/api/events/poll?lastEventId=0", &app.token("carol")).await.json();
+    assert_eq!(page["events"], json!([]), "carol may not read team: {page}");
+    let page = app.get("/api/events/poll?lastEventId=0", &dave_token).await.json();
+    assert_eq!(page["events"][0]["metadata"]["channels"], json!(["team"]));
+    assert_eq!(page["events"].as_array().unwrap().len(), 1, "dave does not read dm:carol: {page}");
+}
+
+async fn documents_need_read_to_open_and_write_to_change(backend: Backend) {
+    use pf2_automerge::DocumentPeer;
+    use pf2_automerge::automerge::transaction::Transactable;
+    use pf2_automerge::automerge::{ObjType, ROOT};
+    let Some(app) = TestApp::start_with(backend, |c| c.sync_rules_text = Some(SOCIAL.into())).await
+    else {
+        return;
+    };
+    /// Automerge sync rounds over REST until neither side has more to say; the last status.
+    async fn sync(
+        app: &TestApp,
+        token: &str,
+        doc: &str,
+        client: &str,
+        peer: &mut DocumentPeer,
+    ) -> (u16, String) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for _ in 0..10 {
+            let message = peer.generate("server").map(|m| b64.encode(m));
+            let body = json!({"clientId": client, "message": message});
+            let r = app.post(&format!("/api/documents/{doc}/sync"), token, &body).await;
+            if r.status != 200 {
+                return (r.status.as_u16(), r.error_code());
+            }
+            let answers = r.json()["messages"].as_array().cloned().unwrap_or_default();
+            if message.is_none() && answers.is_empty() {
+                return (200, String::new());
+            }
+            for a in answers {
+                peer.receive("server", &b64.decode(a.as_str().unwrap()).unwrap()).unwrap();
+            }
+        }
+        (200, String::new())
+    }
+    let editor = app.token_with("ed", json!({"editable": ["notes"]}));
+    let mut ed = DocumentPeer::new(b"ed");
+    let text = ed.doc().put_object(ROOT, "text", ObjType::Text).unwrap();
+    ed.doc().splice_text(&text, 0, 0, "plans").unwrap();
+    assert_eq!(
+        sync(&app, &editor, "notes", "ed", &mut ed).await.0,
+        200,
+        "an editor's change is kept"
+    );
+
+    let reader = app.token_with("rita", json!({"docs": ["notes"]}));
+    let mut rita = DocumentPeer::new(b"rita");
+    assert_eq!(sync(&app, &reader, "notes", "rita", &mut rita).await.0, 200, "a reader syncs");
+    let snap = app.get("/api/documents/notes/snapshot", &reader).await;
+    assert_eq!(snap.status, 200);
+    let before = snap.json()["heads"].clone();
+    let text = rita.doc().put_object(ROOT, "mine", ObjType::Text).unwrap();
+    rita.doc().splice_text(&text, 0, 0, "not allowed").unwrap();
+    let refused = sync(&app, &reader, "notes", "rita", &mut rita).await;
+    assert_eq!(refused, (403, "AUTHZ_FAILED".to_string()));
+    let after = app.get("/api/documents/notes/snapshot", &reader).await.json()["heads"].clone();
+    assert_eq!(before, after, "nothing of the reader's change was kept");
+
+    let outsider = app.token("olga");
+    let r = app.get("/api/documents/notes/snapshot", &outsider).await;
+    assert_eq!(r.error_code(), "AUTHZ_FAILED");
+    let r = app.get("/api/documents/no-such-doc/snapshot", &outsider).await;
+    assert_eq!(r.error_code(), "AUTHZ_FAILED", "the same answer whether it exists or not");
 }

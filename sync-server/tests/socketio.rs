@@ -93,3 +93,30 @@ async fn a_stock_socket_io_client_speaks_every_api_md_event() {
     assert_eq!(exposition.matches("# TYPE pf2_ws_messages_out_total counter").count(), 1);
     assert_eq!(m.counter("pf2_ws_messages_out_total", &[]), 0, "no by-name counter beside it");
 }
+
+/// Under sync rules, a stock socket.io-client is refused a room it may not read (the rule lives
+/// in the session both socket transports share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_socket_io_client_is_refused_a_room_it_may_not_read() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "npm ci --prefix sync-server/tests/socketio"
+    );
+    let rules = "[grants]\nread = [\"lobby\"]\n";
+    let app = TestApp::start_with(Backend::Sqlite, |c| c.sync_rules_text = Some(rules.into()))
+        .await
+        .unwrap();
+    let served = common::net::serve(app.state.clone()).await;
+    let out = tokio::process::Command::new("node")
+        .arg("rules.mjs")
+        .current_dir(&dir)
+        .env("URL", format!("http://{}", served.addr))
+        .env("TOKEN", app.token("user-r"))
+        .output();
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), out).await.expect("node finished").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stdout.contains("PASS"), "failed:\n{stdout}\n{stderr}");
+}

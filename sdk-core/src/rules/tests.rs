@@ -192,6 +192,16 @@ fn an_event_is_tenant_wide_unless_its_metadata_names_channels() {
 }
 
 #[test]
+fn direct_messages_belong_to_their_templates_channels() {
+    let r =
+        SyncRules::parse("[direct]\nchannels = [\"dm:{recipient}\", \"from:{sender}\"]\n").unwrap();
+    let c: Vec<String> = r.direct_channels("alice", "bob").into_iter().collect();
+    assert_eq!(c, ["dm:bob", "from:alice"]);
+    assert!(rules().direct_channels("alice", "bob").is_empty(), "no [direct]: none");
+    check_refused("[direct]\nchannels = [\"dm:{owner}\"]\n", 2, "only {sender} and {recipient}");
+}
+
+#[test]
 fn the_fingerprint_follows_the_file() {
     assert_eq!(rules().fingerprint(), rules().fingerprint());
     let other = SyncRules::parse("[entities.todo]\nchannels = [\"user:{owner}\"]\n").unwrap();

@@ -33,6 +33,14 @@ pub enum Envelope {
         tenant: TenantId,
         frame: ServerFrame,
     },
+    /// To the connections of `tenant` that read one of `channels` (sync rules), and those that
+    /// read everything.
+    Readers {
+        node: String,
+        tenant: TenantId,
+        channels: Vec<String>,
+        frame: ServerFrame,
+    },
     /// The tenant's log reached `seq`.
     Log {
         node: String,
@@ -58,6 +66,7 @@ impl Envelope {
             Envelope::Room { node, .. }
             | Envelope::User { node, .. }
             | Envelope::Tenant { node, .. }
+            | Envelope::Readers { node, .. }
             | Envelope::Log { node, .. }
             | Envelope::Kick { node, .. }
             | Envelope::Document { node, .. } => node,
@@ -69,6 +78,7 @@ impl Envelope {
             Envelope::Room { node, .. }
             | Envelope::User { node, .. }
             | Envelope::Tenant { node, .. }
+            | Envelope::Readers { node, .. }
             | Envelope::Log { node, .. }
             | Envelope::Kick { node, .. }
             | Envelope::Document { node, .. } => *node = id.to_string(),

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use sdk_core::ids::{ClientId, RoomId, TenantId, UserId};
 use sdk_core::protocol::{PresenceStatus, ServerFrame};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,8 @@ struct Conn {
     user: UserId,
     client: ClientId,
     mailbox: Arc<Mailbox>,
+    /// The channels it reads (sync rules); `None`: everything (no rules, or tenant-wide).
+    reads: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,12 +114,42 @@ struct Inner {
     /// step by join, leave, register and unregister): fan-out is one lookup, not two per member.
     room_conns: HashMap<Scoped, Vec<(u64, Arc<Mailbox>)>>,
     client_rooms: HashMap<Scoped, HashSet<RoomId>>,
+    /// The connections that read each channel (sync rules; [`Hub::set_reads`]), and per tenant
+    /// those that read everything: a change's poke goes to its readers only.
+    channel_conns: HashMap<Scoped, HashSet<u64>>,
+    wide: HashMap<TenantId, HashSet<u64>>,
     /// Clients with memberships but no connection, and since when.
     idle_since: HashMap<Scoped, Instant>,
     presence: HashMap<Scoped, Presence>,
 }
 
 impl Inner {
+    /// Take connection `id` out of the reader indexes (its channels, or the tenant-wide set).
+    fn drop_reads(&mut self, id: u64) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let tenant = conn.tenant.clone();
+        match conn.reads.clone() {
+            None => {
+                if let Some(set) = self.wide.get_mut(&tenant) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.wide.remove(&tenant);
+                    }
+                }
+            }
+            Some(channels) => {
+                for ch in &channels {
+                    if let Some(set) = get_mut(&mut self.channel_conns, &tenant, ch) {
+                        set.remove(&id);
+                        if set.is_empty() {
+                            remove(&mut self.channel_conns, &tenant, ch);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Forget the connections of `room` that `gone` names (a room left with none is dropped).
     fn drop_room_conns(&mut self, tenant: &TenantId, room: &RoomId, gone: impl Fn(u64) -> bool) {
         let Some(conns) = get_mut(&mut self.room_conns, tenant, room.as_str()) else { return };
@@ -248,6 +280,9 @@ impl Hub {
             Envelope::Tenant { tenant, frame, .. } => {
                 self.local_tenant(&tenant, &Outbound::new(frame));
             }
+            Envelope::Readers { tenant, channels, frame, .. } => {
+                self.local_readers(&tenant, &channels, &Outbound::new(frame));
+            }
             Envelope::Log { .. } | Envelope::Kick { .. } | Envelope::Document { .. } => {}
         }
     }
@@ -285,9 +320,11 @@ impl Hub {
                 user: user.clone(),
                 client: client.clone(),
                 mailbox: mailbox.clone(),
+                reads: None,
             },
         );
         inner.by_tenant.entry(tenant.clone()).or_default().insert(id);
+        inner.wide.entry(tenant.clone()).or_default().insert(id);
         inner.by_user.entry(scoped(tenant, user.as_str())).or_default().insert(id);
         inner.by_client.entry(scoped(tenant, client.as_str())).or_default().insert(id);
         remove(&mut inner.idle_since, tenant, client.as_str());
@@ -308,6 +345,7 @@ impl Hub {
     pub fn unregister(&self, id: u64) {
         let offline = {
             let mut inner = self.lock();
+            inner.drop_reads(id);
             let Some(conn) = inner.conns.remove(&id) else { return };
             // Ends the connection's writer if it is still waiting (a no-op after the session's
             // own close, which came first).
@@ -508,6 +546,64 @@ impl Hub {
         let mut n = 0;
         for id in inner.by_tenant.get(tenant).into_iter().flatten() {
             if let Some(conn) = inner.conns.get(id) {
+                n += self.offer(&conn.mailbox, frame) as usize;
+            }
+        }
+        self.delivered(n)
+    }
+
+    /// What connection `id` reads, for pokes (sync rules): `None`, everything.
+    pub fn set_reads(&self, id: u64, reads: Option<BTreeSet<String>>) {
+        let mut inner = self.lock();
+        if inner.conns.get(&id).is_none_or(|c| c.reads == reads) {
+            return;
+        }
+        inner.drop_reads(id);
+        let conn = inner.conns.get_mut(&id).expect("checked above");
+        conn.reads = reads.clone();
+        let tenant = conn.tenant.clone();
+        match reads {
+            None => {
+                inner.wide.entry(tenant).or_default().insert(id);
+            }
+            Some(channels) => {
+                for ch in channels {
+                    inner.channel_conns.entry(scoped(&tenant, &ch)).or_default().insert(id);
+                }
+            }
+        }
+    }
+
+    /// Send to the connections of `tenant` that read one of `channels` or everything, here and
+    /// in every other process (a change's poke under sync rules: a connection that may not read
+    /// it is never offered it).
+    pub fn to_readers(&self, tenant: &TenantId, channels: &BTreeSet<String>, frame: &ServerFrame) {
+        self.local_readers(tenant, channels, &Outbound::new(frame.clone()));
+        self.forward(|| {
+            Remote::Fanout(Box::new(Envelope::Readers {
+                node: String::new(),
+                tenant: tenant.clone(),
+                channels: channels.iter().cloned().collect(),
+                frame: frame.clone(),
+            }))
+        });
+    }
+
+    fn local_readers<'a>(
+        &self,
+        tenant: &TenantId,
+        channels: impl IntoIterator<Item = &'a String>,
+        frame: &Arc<Outbound>,
+    ) -> usize {
+        let inner = self.lock();
+        let mut ids: BTreeSet<u64> =
+            inner.wide.get(tenant).into_iter().flatten().copied().collect();
+        for ch in channels {
+            ids.extend(get(&inner.channel_conns, tenant, ch).into_iter().flatten());
+        }
+        let mut n = 0;
+        for id in ids {
+            if let Some(conn) = inner.conns.get(&id) {
                 n += self.offer(&conn.mailbox, frame) as usize;
             }
         }
@@ -753,6 +849,37 @@ mod tests {
         assert!(next_frame(&stranger).is_none(), "never a member, never reached");
         hub.unregister(laptop.id);
         assert!(hub.lock().room_conns.is_empty(), "nothing stays behind");
+    }
+
+    #[test]
+    fn a_change_is_offered_only_to_its_readers_and_the_tenant_wide() {
+        let hub = Hub::new(Arc::default(), 64, Duration::from_secs(90));
+        let t = TenantId::new("t").unwrap();
+        let conn = |user: &str| {
+            hub.register(&t, &UserId::new(user).unwrap(), &ClientId::new(user).unwrap())
+        };
+        let (alice, bob, admin) = (conn("alice"), conn("bob"), conn("admin"));
+        let set = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        hub.set_reads(alice.id, Some(set(&["user:alice", "project:p1"])));
+        hub.set_reads(bob.id, Some(set(&["user:bob"])));
+        let reached =
+            |channels: &[&str]| hub.local_readers(&t, &set(channels), &Outbound::new(pong()));
+        assert_eq!(reached(&["user:alice"]), 2, "alice and the tenant-wide admin");
+        assert_eq!(reached(&["project:p1", "user:alice"]), 2, "each reader once");
+        assert_eq!(reached(&["project:p9"]), 1, "nobody but the admin reads p9");
+        // Grants change: bob now reads p1, alice no longer.
+        hub.set_reads(bob.id, Some(set(&["user:bob", "project:p1"])));
+        hub.set_reads(alice.id, Some(set(&["user:alice"])));
+        assert_eq!(reached(&["project:p1"]), 2, "bob and the admin");
+        hub.unregister(bob.id);
+        hub.unregister(alice.id);
+        assert_eq!(reached(&["project:p1", "user:alice"]), 1);
+        let inner = hub.lock();
+        assert!(inner.channel_conns.is_empty(), "nothing stays behind");
+        assert_eq!(inner.wide.get(&t).map(|w| w.len()), Some(1));
+        drop(inner);
+        hub.unregister(admin.id);
+        assert!(hub.lock().wide.is_empty());
     }
 
     #[test]

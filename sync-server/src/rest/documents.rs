@@ -19,9 +19,10 @@ pub async fn document_snapshot(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     use base64::Engine as _;
+    let access = state.sync.access(&auth.tenant, &auth.identity).await?;
     let crate::documents::Snapshot { save, heads, stored_bytes } = state
         .documents
-        .snapshot(&auth.tenant, &id)
+        .snapshot(&access, &auth.tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no document {id:?}")))?;
     let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&save));
@@ -69,8 +70,11 @@ pub async fn document_sync(
         ),
         None => None,
     };
-    let (answers, version) =
-        state.documents.sync_over_http(&auth.tenant, &client, &id, message.as_deref()).await?;
+    let access = state.sync.access(&auth.tenant, &auth.identity).await?;
+    let (answers, version) = state
+        .documents
+        .sync_over_http(&access, &auth.tenant, &client, &id, message.as_deref())
+        .await?;
     let messages: Vec<String> = answers.iter().map(|m| b64.encode(m)).collect();
     Ok(Json(json!({ "documentId": id, "messages": messages, "version": version })).into_response())
 }
@@ -99,6 +103,7 @@ pub async fn documents_sync(
             "at most {MAX_DOCUMENTS_PER_REQUEST} documents per request"
         )));
     }
+    let access = state.sync.access(&auth.tenant, &auth.identity).await?;
     let mut answers = Vec::with_capacity(req.documents.len());
     for d in req.documents {
         let message = d
@@ -110,7 +115,8 @@ pub async fn documents_sync(
         let synced = match message {
             Ok(m) => {
                 let hub = &state.documents;
-                hub.sync_over_http(&auth.tenant, &client, &d.document_id, m.as_deref()).await
+                let id = &d.document_id;
+                hub.sync_over_http(&access, &auth.tenant, &client, id, m.as_deref()).await
             }
             Err(e) => Err(e),
         };

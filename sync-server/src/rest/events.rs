@@ -70,12 +70,16 @@ pub async fn poll(
         },
     };
     filter.validate()?;
-    let reader = state.sync.access(&auth.tenant, &auth.identity).await?.event_reader();
-    let interest = Interest { filter, reader };
+    let access = state.sync.access(&auth.tenant, &auth.identity).await?;
+    let interest = Interest { filter, reader: access.event_reader() };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000) as u32;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(30));
     let watched =
         watched_documents(q.documents.as_deref().unwrap_or("")).map_err(ApiError::invalid)?;
+    // Watching a document tells when it changes: under sync rules only a reader may.
+    for d in &watched {
+        access.document(&d.document_id)?;
+    }
     let documents_only = !watched.is_empty() && q.last_event_id.is_none();
     let (bus, tenant, interest) = (&state.bus, &auth.tenant, &interest);
     let read = |wait| async move {

@@ -147,6 +147,13 @@ impl Session {
             rate_limit: Some(state.limits.ws_rate.wire()),
         };
         let _ = reg.mailbox.offer(Outbound::new(connected));
+        // Under sync rules the socket is poked only for what it reads.
+        match state.sync.access(&tenant, &identity).await {
+            Ok(access) => state.hub.set_reads(reg.id, access.poke_reads()),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "sync rules: this socket's grants could not be read; it is poked for every change")
+            }
+        }
         let session = Session {
             bucket: crate::ratelimit::Bucket::full(state.limits.ws_rate, Instant::now()),
             state,
@@ -270,6 +277,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// The caller's access now; the hub's record of what this socket reads (which changes poke
+    /// it) follows. Every pull refreshes it, and a grant change pokes the user's sockets, so a
+    /// new grant is in force from the pull it causes.
+    async fn refresh_access(&self) -> Result<crate::access::Access, ApiError> {
+        let access = self.state.sync.access(self.tenant(), &self.identity).await?;
+        self.state.hub.set_reads(self.conn_id, access.poke_reads());
+        Ok(access)
+    }
+
     fn tenant(&self) -> &TenantId {
         &self.identity.tenant
     }
@@ -351,8 +367,12 @@ impl Session {
             ClientFrame::Pull { since, limit, channels, held } => {
                 let limit = limit.unwrap_or(500) as i64;
                 let pull = PullRequest { since, limit, channels, held };
-                let (tenant, identity) = (self.tenant(), &self.identity);
-                match self.state.sync.pull(tenant, identity, pull, Some(&self.client)).await {
+                let access = match self.refresh_access().await {
+                    Ok(a) => a,
+                    Err(e) => return self.error(e, None).await,
+                };
+                let sync = &self.state.sync;
+                match sync.pull_as(self.tenant(), &access, pull, Some(&self.client)).await {
                     Ok(delta) => self.reply(delta).await,
                     Err(e) => self.error(e, None).await,
                 }
@@ -367,7 +387,15 @@ impl Session {
                 );
             }
             ClientFrame::JoinRoom { room_id } => {
-                self.state.rooms.join(self.tenant(), &self.client, &room_id);
+                let joined = match self.state.sync.access(self.tenant(), &self.identity).await {
+                    Ok(access) => {
+                        self.state.rooms.join(&access, self.tenant(), &self.client, &room_id)
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = joined {
+                    return self.error(e, Some(room_id.to_string())).await;
+                }
                 self.reply(ServerFrame::RoomJoined { room_id: room_id.clone() }).await;
                 for p in self.state.rooms.presence_in(self.tenant(), &room_id).await {
                     self.reply(p).await;
@@ -414,9 +442,14 @@ impl Session {
             ClientFrame::Follow { subscription } => self.follow_durable(subscription).await,
             ClientFrame::DocSync { document_id, message, more } => {
                 let (state, tenant) = (self.state.clone(), self.identity.tenant.clone());
+                let access = match state.sync.access(&tenant, &self.identity).await {
+                    Ok(a) => a,
+                    Err(e) => return self.error(e, Some(document_id)).await,
+                };
+                let (client, tx) = (&self.client, &self.tx);
                 match state
                     .documents
-                    .receive(&tenant, &self.client, &self.tx, &document_id, &message, more)
+                    .receive(&access, &tenant, client, tx, &document_id, &message, more)
                     .await
                 {
                     Ok(()) => {
@@ -626,10 +659,15 @@ impl Session {
     }
 
     async fn message(&mut self, m: Outgoing) {
+        let access = match self.state.sync.access(self.tenant(), &self.identity).await {
+            Ok(a) => a,
+            Err(e) => return self.error(e, m.message_id).await,
+        };
+        let (identity, client, transport) = (&self.identity, &self.client, self.endpoint.transport);
         match self
             .state
             .rooms
-            .relay_message(&self.identity, &self.client, self.conn_id, self.endpoint.transport, m)
+            .relay_message(&access, identity, client, self.conn_id, transport, m)
             .await
         {
             Ok(message_id) => self.reply(ServerFrame::MessageAck { message_id }).await,

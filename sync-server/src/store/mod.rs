@@ -31,7 +31,7 @@ pub use bus::{
 };
 pub use documents::StoredDocument;
 pub use error::StoreError;
-pub use rules::{ScopedRead, Writer};
+pub use rules::{Followed, ScopedRead, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -82,8 +82,8 @@ pub enum Reconciled {
         response: String,
         outcome: BatchOutcome,
         version: u64,
-        /// Users whose grants the batch may have changed (it wrote grant rows).
-        grants_changed: BTreeSet<String>,
+        /// Under sync rules, what the batch did to the index (`None` without rules).
+        followed: Option<Followed>,
     },
     /// Seen before: the stored response and the hash of the request that produced it.
     Replay { response: String, request_hash: String },
@@ -357,7 +357,7 @@ impl Store {
             }
         };
         let now = crate::clock::now_ms() as i64;
-        let grants_changed = write_outcome(
+        let followed = write_outcome(
             &mut tx,
             t,
             (&outcome, &state, &ledgers_before, &existed),
@@ -399,7 +399,7 @@ impl Store {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(Reconciled::Fresh { response, outcome, version: state.version, grants_changed })
+        Ok(Reconciled::Fresh { response, outcome, version: state.version, followed })
     }
 
     /// Entities changed after `since`, oldest first; `has_more` when more than `limit`.
@@ -629,7 +629,7 @@ impl Store {
         actor: &str,
         resolution: &str,
         decide: impl FnOnce(&WireConflict, &mut ApplyState) -> Result<Option<Change>, StoreError>,
-    ) -> Result<(ConflictRow, u64), StoreError> {
+    ) -> Result<(ConflictRow, u64, Option<Followed>), StoreError> {
         let t = tenant.as_str();
         let (mut tx, _guard, seq) = self.begin_tenant(t).await?;
         let row = sqlx::query(
@@ -661,12 +661,14 @@ impl Store {
                 row.status
             )));
         }
+        let mut followed = None;
         let now = crate::clock::now_ms() as i64;
         if let Some(change) = &change {
             let before: BTreeSet<EntityKey> =
                 if existed { [key.clone()].into() } else { BTreeSet::new() };
             let rules = self.rules.as_deref();
-            write_changes(&mut tx, t, std::slice::from_ref(change), &before, rules, now).await?;
+            followed = write_changes(&mut tx, t, std::slice::from_ref(change), &before, rules, now)
+                .await?;
             set_seq(&mut tx, t, state.version).await?;
         }
         sqlx::query(
@@ -698,7 +700,7 @@ impl Store {
         row.status = "resolved".into();
         row.resolution = Some(resolution.into());
         row.resolved_by = Some(actor.into());
-        Ok((row, state.version))
+        Ok((row, state.version, followed))
     }
 
     pub async fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
@@ -1180,8 +1182,8 @@ async fn write_outcome(
     ),
     rules: Option<&SyncRules>,
     now: i64,
-) -> Result<BTreeSet<String>, StoreError> {
-    let grants_changed = write_changes(tx, t, &outcome.changes, existed, rules, now).await?;
+) -> Result<Option<Followed>, StoreError> {
+    let followed = write_changes(tx, t, &outcome.changes, existed, rules, now).await?;
     for (client, seq) in &state.ledgers {
         if ledgers_before.get(client) != Some(seq) {
             sqlx::query(
@@ -1226,7 +1228,7 @@ async fn write_outcome(
             .await
             .map_err(db)?;
     }
-    Ok(grants_changed)
+    Ok(followed)
 }
 
 async fn entities_since(
@@ -1374,8 +1376,8 @@ async fn insert_results(
 
 /// Write a batch's changes: each changed entity once with its final record (and, under sync
 /// rules, its index rows), and one `<type>.created|updated|deleted` event per change (an entity
-/// is created by its first change when it did not exist before the batch). Returns the users
-/// whose grants may have changed.
+/// is created by its first change when it did not exist before the batch). Returns what it did
+/// to the rules' index.
 async fn write_changes(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
@@ -1383,7 +1385,7 @@ async fn write_changes(
     existed: &BTreeSet<EntityKey>,
     rules: Option<&SyncRules>,
     now: i64,
-) -> Result<BTreeSet<String>, StoreError> {
+) -> Result<Option<Followed>, StoreError> {
     let mut latest: std::collections::BTreeMap<&EntityKey, &Change> =
         std::collections::BTreeMap::new();
     for c in changes {
@@ -1410,12 +1412,12 @@ async fn write_changes(
         }
         q.execute(&mut *conn).await.map_err(db)?;
     }
-    let grants_changed = match rules {
+    let followed = match rules {
         Some(rules) => {
             let records: Vec<&EntityRecord> = finals.iter().map(|c| &c.record).collect();
-            rules::follow_changes(conn, tenant, rules, &records).await?
+            Some(rules::follow_changes(conn, tenant, rules, &records).await?)
         }
-        None => BTreeSet::new(),
+        None => None,
     };
     let mut exists = existed.clone();
     // Under sync rules an entity's event goes only to its readers: its channels travel in the
@@ -1462,7 +1464,7 @@ async fn write_changes(
         }
         q.execute(&mut *conn).await.map_err(db)?;
     }
-    Ok(grants_changed)
+    Ok(followed)
 }
 
 #[allow(clippy::too_many_arguments)]

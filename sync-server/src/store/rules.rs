@@ -15,6 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Entities read per statement while the index is rebuilt.
 const REBUILD_PAGE: i64 = 1000;
 
+/// What a write did to the index: the users whose grants may have changed, and every channel
+/// a changed entity was in before or is in after (whose readers are poked).
+#[derive(Debug, Clone, Default)]
+pub struct Followed {
+    pub grants_changed: BTreeSet<String>,
+    pub touched: Channels,
+}
+
 /// Who writes a batch, for the write gate: their token's claims (with `sub`) and roles.
 #[derive(Debug, Clone, Copy)]
 pub struct Writer<'a> {
@@ -284,14 +292,15 @@ pub(super) async fn user_rows(
 
 /// Keep the index in step with the final records a write leaves (in its transaction): each
 /// entity's channels replaced, a channel it left recorded as an exit at its new version, a grant
-/// row's grants replaced. Returns the users whose grants may have changed.
+/// row's grants replaced.
 pub(super) async fn follow_changes(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
     rules: &SyncRules,
     finals: &[&EntityRecord],
-) -> Result<BTreeSet<String>, StoreError> {
+) -> Result<Followed, StoreError> {
     let mut changed = BTreeSet::new();
+    let mut touched = Channels::new();
     for chunk in finals.chunks(CHUNK) {
         let before = channels_now(conn, tenant, chunk).await?;
         let mut exits = Vec::new();
@@ -299,7 +308,9 @@ pub(super) async fn follow_changes(
             let after = rules.record_channels(rec);
             if let Some(was) = before.get(&rec.key) {
                 exits.extend(was.difference(&after).map(|c| (c.clone(), *rec)));
+                touched.extend(was.iter().cloned());
             }
+            touched.extend(after);
         }
         for part in exits.chunks(CHUNK) {
             let sql = format!(
@@ -330,7 +341,7 @@ pub(super) async fn follow_changes(
     for rec in finals.iter().filter(|r| rules.is_granting(&r.key.entity_type)) {
         changed.extend(rules.row_grants(rec).into_iter().map(|g| g.user));
     }
-    Ok(changed)
+    Ok(Followed { grants_changed: changed, touched })
 }
 
 /// Insert the channel rows and grant rows of `records` (whose old rows are gone).
