@@ -8,7 +8,7 @@ FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 # Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
 WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run demo-core bench-browser bench-realtime bench-documents bench-bus bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
+.PHONY: help run demo-core bench-browser bench-realtime bench-documents bench-bus bench-rules bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
 
 help:
 	@echo "make run    - the sync server on embedded SQLite with the demo app at http://127.0.0.1:3000"
@@ -105,6 +105,11 @@ bench:
 
 bench-bus:
 	$(CARGO) bench -p sync-server --bench bus
+
+# Partial sync under sync rules: 1 project of 1,000 in a tenant of 100,000 entities, pulled from
+# zero, beside a tenant holding only that project (SQLite and PostgreSQL).
+bench-rules:
+	$(CARGO) bench -p sync-server --bench rules
 
 bench-cluster:
 	$(CARGO) build --release -p sync-server -p pf2-e2e

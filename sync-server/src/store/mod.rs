@@ -74,6 +74,9 @@ pub struct Store {
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
+/// Entity records by key (a batch's entities as they were before it).
+type Records = std::collections::BTreeMap<EntityKey, EntityRecord>;
+
 /// What a reconcile transaction produced.
 #[derive(Debug)]
 pub enum Reconciled {
@@ -346,6 +349,11 @@ impl Store {
         let footprint = Footprint::of(tenant, &batch);
         let (mut state, existed) = load_footprint(&mut tx, t, seq, &footprint).await?;
         let ledgers_before = state.ledgers.clone();
+        // What the batch's entities were, for the rules' index (its old rows).
+        let records_before = match self.rules {
+            Some(_) => state.entities.clone(),
+            None => Default::default(),
+        };
         let outcome = match self.rules.as_deref() {
             None => engine.apply_batch(tenant, batch, &mut state)?,
             Some(rules) => {
@@ -361,7 +369,7 @@ impl Store {
             &mut tx,
             t,
             (&outcome, &state, &ledgers_before, &existed),
-            self.rules.as_deref(),
+            self.rules.as_deref().map(|r| (r, &records_before)),
             now,
         )
         .await?;
@@ -653,6 +661,7 @@ impl Store {
             state.entities.insert(key.clone(), rec);
         }
         let existed = state.entities.contains_key(&key);
+        let records_before: Records = state.entities.clone();
         // `decide` first: a resolver the rules refuse learns nothing, not even the status.
         let change = decide(&row.conflict, &mut state)?;
         if row.status != "open" {
@@ -666,7 +675,7 @@ impl Store {
         if let Some(change) = &change {
             let before: BTreeSet<EntityKey> =
                 if existed { [key.clone()].into() } else { BTreeSet::new() };
-            let rules = self.rules.as_deref();
+            let rules = self.rules.as_deref().map(|r| (r, &records_before));
             followed = write_changes(&mut tx, t, std::slice::from_ref(change), &before, rules, now)
                 .await?;
             set_seq(&mut tx, t, state.version).await?;
@@ -1180,7 +1189,7 @@ async fn write_outcome(
         &std::collections::BTreeMap<ClientId, u64>,
         &BTreeSet<EntityKey>,
     ),
-    rules: Option<&SyncRules>,
+    rules: Option<(&SyncRules, &Records)>,
     now: i64,
 ) -> Result<Option<Followed>, StoreError> {
     let followed = write_changes(tx, t, &outcome.changes, existed, rules, now).await?;
@@ -1383,7 +1392,7 @@ async fn write_changes(
     tenant: &str,
     changes: &[Change],
     existed: &BTreeSet<EntityKey>,
-    rules: Option<&SyncRules>,
+    rules: Option<(&SyncRules, &Records)>,
     now: i64,
 ) -> Result<Option<Followed>, StoreError> {
     let mut latest: std::collections::BTreeMap<&EntityKey, &Change> =
@@ -1413,12 +1422,13 @@ async fn write_changes(
         q.execute(&mut *conn).await.map_err(db)?;
     }
     let followed = match rules {
-        Some(rules) => {
+        Some((rules, before)) => {
             let records: Vec<&EntityRecord> = finals.iter().map(|c| &c.record).collect();
-            Some(rules::follow_changes(conn, tenant, rules, &records).await?)
+            Some(rules::follow_changes(conn, tenant, rules, &records, before).await?)
         }
         None => None,
     };
+    let rules = rules.map(|(r, _)| r);
     let mut exists = existed.clone();
     // Under sync rules an entity's event goes only to its readers: its channels travel in the
     // event's metadata (`sdk_core::rules::EVENT_CHANNELS`).

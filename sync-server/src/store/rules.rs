@@ -291,56 +291,97 @@ pub(super) async fn user_rows(
 }
 
 /// Keep the index in step with the final records a write leaves (in its transaction): each
-/// entity's channels replaced, a channel it left recorded as an exit at its new version, a grant
-/// row's grants replaced.
+/// entity's channel rows replaced, a channel it left recorded as an exit at its new version, a
+/// grant row's grants replaced. The old rows are what the rules give the records as they were
+/// before the write (`before`; the index was built with the same rules), deleted by their whole
+/// primary key: no lookup by a key prefix, whose plans PostgreSQL makes badly without statistics.
 pub(super) async fn follow_changes(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
     rules: &SyncRules,
     finals: &[&EntityRecord],
+    before: &BTreeMap<EntityKey, EntityRecord>,
 ) -> Result<Followed, StoreError> {
     let mut changed = BTreeSet::new();
     let mut touched = Channels::new();
-    for chunk in finals.chunks(CHUNK) {
-        let before = channels_now(conn, tenant, chunk).await?;
-        let mut exits = Vec::new();
-        for rec in chunk {
-            let after = rules.record_channels(rec);
-            if let Some(was) = before.get(&rec.key) {
-                exits.extend(was.difference(&after).map(|c| (c.clone(), *rec)));
-                touched.extend(was.iter().cloned());
+    let mut exits = Vec::new();
+    let mut old_rows: Vec<(String, &EntityRecord)> = Vec::new();
+    let mut old_grants: Vec<(RowGrant, &EntityRecord)> = Vec::new();
+    for rec in finals {
+        let after = rules.record_channels(rec);
+        if let Some(was) = before.get(&rec.key) {
+            let was_in = rules.record_channels(was);
+            exits.extend(was_in.difference(&after).map(|c| (c.clone(), *rec)));
+            old_rows.extend(was_in.iter().map(|c| (c.clone(), *rec)));
+            touched.extend(was_in);
+            for g in rules.row_grants(was) {
+                changed.insert(g.user.clone());
+                old_grants.push((g, *rec));
             }
-            touched.extend(after);
         }
-        for part in exits.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO channel_exits (tenant_id, channel, seq, entity_type, entity_id) VALUES {} \
-                 ON CONFLICT DO NOTHING",
-                placeholders(part.len(), 5, 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for (channel, rec) in part {
-                q = q
-                    .bind(tenant)
-                    .bind(channel.as_str())
-                    .bind(rec.version as i64)
-                    .bind(rec.key.entity_type.as_str())
-                    .bind(rec.key.entity_id.as_str());
-            }
-            q.execute(&mut *conn).await.map_err(db)?;
-        }
-        delete_of(conn, "entity_channels", "entity_type, entity_id", tenant, chunk).await?;
-        let granting: Vec<&EntityRecord> =
-            chunk.iter().copied().filter(|r| rules.is_granting(&r.key.entity_type)).collect();
-        if !granting.is_empty() {
-            changed.extend(granted_users(conn, tenant, &granting).await?);
-            delete_of(conn, "user_grants", "source_type, source_id", tenant, &granting).await?;
-        }
-        index_records(conn, tenant, rules, chunk).await?;
-    }
-    for rec in finals.iter().filter(|r| rules.is_granting(&r.key.entity_type)) {
+        touched.extend(after);
         changed.extend(rules.row_grants(rec).into_iter().map(|g| g.user));
     }
+    for part in exits.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO channel_exits (tenant_id, channel, seq, entity_type, entity_id) VALUES {} \
+             ON CONFLICT DO NOTHING",
+            placeholders(part.len(), 5, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (channel, rec) in part {
+            q = q
+                .bind(tenant)
+                .bind(channel.as_str())
+                .bind(rec.version as i64)
+                .bind(rec.key.entity_type.as_str())
+                .bind(rec.key.entity_id.as_str());
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    for part in old_rows.chunks(CHUNK) {
+        let cond = (0..part.len())
+            .map(|i| {
+                let n = 2 + i * 3;
+                format!("(channel = ${n} AND entity_type = ${} AND entity_id = ${})", n + 1, n + 2)
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let sql = format!("DELETE FROM entity_channels WHERE tenant_id = $1 AND ({cond})");
+        let mut q = sqlx::query(&sql).bind(tenant);
+        for (channel, rec) in part {
+            q = q
+                .bind(channel.as_str())
+                .bind(rec.key.entity_type.as_str())
+                .bind(rec.key.entity_id.as_str());
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    for part in old_grants.chunks(CHUNK) {
+        let cond = (0..part.len())
+            .map(|i| {
+                let n = 2 + i * 4;
+                format!(
+                    "(source_type = ${n} AND source_id = ${} AND user_id = ${} AND channel = ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let sql = format!("DELETE FROM user_grants WHERE tenant_id = $1 AND ({cond})");
+        let mut q = sqlx::query(&sql).bind(tenant);
+        for (g, rec) in part {
+            q = q
+                .bind(rec.key.entity_type.as_str())
+                .bind(rec.key.entity_id.as_str())
+                .bind(g.user.as_str())
+                .bind(g.channel.as_str());
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    index_records(conn, tenant, rules, finals).await?;
     Ok(Followed { grants_changed: changed, touched })
 }
 
@@ -393,71 +434,5 @@ async fn index_records(
         }
         q.execute(&mut *conn).await.map_err(db)?;
     }
-    Ok(())
-}
-
-/// The channels `records` belong to as the index has them now.
-async fn channels_now(
-    conn: &mut sqlx::AnyConnection,
-    tenant: &str,
-    records: &[&EntityRecord],
-) -> Result<BTreeMap<EntityKey, Channels>, StoreError> {
-    let sql = format!(
-        "SELECT entity_type, entity_id, channel FROM entity_channels \
-         WHERE tenant_id = $1 AND (entity_type, entity_id) IN ({})",
-        placeholders(records.len(), 2, 2)
-    );
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for rec in records {
-        q = q.bind(rec.key.entity_type.as_str()).bind(rec.key.entity_id.as_str());
-    }
-    let by_id: BTreeMap<(&str, &str), &EntityKey> = records
-        .iter()
-        .map(|r| ((r.key.entity_type.as_str(), r.key.entity_id.as_str()), &r.key))
-        .collect();
-    let mut out: BTreeMap<EntityKey, Channels> = BTreeMap::new();
-    for row in q.fetch_all(&mut *conn).await.map_err(db)? {
-        let (ty, id): (String, String) = (row.get(0), row.get(1));
-        if let Some(key) = by_id.get(&(ty.as_str(), id.as_str())) {
-            out.entry((*key).clone()).or_default().insert(row.get(2));
-        }
-    }
-    Ok(out)
-}
-
-/// The users the grant rows `records` grant something now.
-async fn granted_users(
-    conn: &mut sqlx::AnyConnection,
-    tenant: &str,
-    records: &[&EntityRecord],
-) -> Result<Vec<String>, StoreError> {
-    let sql = format!(
-        "SELECT DISTINCT user_id FROM user_grants WHERE tenant_id = $1 AND (source_type, source_id) IN ({})",
-        placeholders(records.len(), 2, 2)
-    );
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for rec in records {
-        q = q.bind(rec.key.entity_type.as_str()).bind(rec.key.entity_id.as_str());
-    }
-    Ok(q.fetch_all(&mut *conn).await.map_err(db)?.iter().map(|r| r.get(0)).collect())
-}
-
-/// Delete the rows of `table` whose `columns` (a type and an id) name one of `records`.
-async fn delete_of(
-    conn: &mut sqlx::AnyConnection,
-    table: &str,
-    columns: &str,
-    tenant: &str,
-    records: &[&EntityRecord],
-) -> Result<(), StoreError> {
-    let sql = format!(
-        "DELETE FROM {table} WHERE tenant_id = $1 AND ({columns}) IN ({})",
-        placeholders(records.len(), 2, 2)
-    );
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for rec in records {
-        q = q.bind(rec.key.entity_type.as_str()).bind(rec.key.entity_id.as_str());
-    }
-    q.execute(&mut *conn).await.map_err(db)?;
     Ok(())
 }
