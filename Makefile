@@ -39,7 +39,7 @@ run: wasm-prereqs js-build
 	@echo "  TOKEN=\$$(./target/release/sync-server token --tenant demo --user alice)"
 	@echo "Ctrl-C stops the server."
 	@echo
-	PF2_STATIC_DIR=data/www PF2_STRATEGIES=todo=field-merge-manual ./target/release/sync-server serve
+	PF2_STATIC_DIR=data/www PF2_STRATEGIES=todo=field-merge-manual PF2_SYNC_RULES=demo/rules.toml ./target/release/sync-server serve
 
 demo-core:
 	$(CARGO) run -q -p sdk-core --example two_clients

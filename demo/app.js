@@ -47,6 +47,16 @@ function render() {
     li.append(box, text, by, del)
     ul.append(li)
   }
+  const mine = $('private')
+  mine.replaceChildren()
+  for (const { id, value } of client.query('private')) {
+    const li = document.createElement('li')
+    const text = Object.assign(document.createElement('span'), { textContent: value.title })
+    const del = Object.assign(document.createElement('button'), { className: 'secondary', textContent: '✕', title: 'delete' })
+    del.onclick = () => client.mutate('private', id, null)
+    li.append(text, del)
+    mine.append(li)
+  }
   const n = client.pendingCount
   $('pending').textContent = n ? `${n} change${n === 1 ? '' : 's'} waiting to sync` : 'All changes synced.'
 }
@@ -57,6 +67,14 @@ $('add').onsubmit = async (e) => {
   if (!title) return
   $('title').value = ''
   await client.mutate('todo', crypto.randomUUID(), { title, done: false, by: user, createdAt: new Date().toISOString() })
+}
+
+$('add-private').onsubmit = async (e) => {
+  e.preventDefault()
+  const title = $('private-title').value.trim()
+  if (!title) return
+  $('private-title').value = ''
+  await client.mutate('private', crypto.randomUUID(), { title, owner: user })
 }
 
 // --- shared notes: a collaborative text (client.doc loads @pf2/sync/automerge) ------------

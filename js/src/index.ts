@@ -46,6 +46,11 @@ export interface SyncOptions {
   multiTab?: boolean
   /** Where the `.wasm` file is served from, when a bundler moved it. */
   wasmUrl?: string | URL
+  /**
+   * Partial sync under the server's sync rules: only these of the channels you may read
+   * (default: all of them). Change it later with `client.channels.set`.
+   */
+  channels?: string[]
 }
 
 export interface EntityRef {
@@ -193,6 +198,7 @@ export async function createSyncClient(options: SyncOptions): Promise<SyncClient
       dbName: options.dbName,
       wsFailuresBeforeDegraded: options.wsFailuresBeforeDegraded,
       websocketRetryMs: options.websocketRetryMs,
+      channels: options.channels,
     },
     async () => await options.getToken(),
     (kind: string, payload: unknown) => tabs?.fromEngine(kind, payload),
@@ -206,6 +212,7 @@ type TabMessage =
   | { t: 'mutate'; rid: string; args: [string, string, Fields | null, string] }
   | { t: 'done'; rid: string; error?: string }
   | { t: 'subscribe'; patterns: string[]; from?: number }
+  | { t: 'channels'; list: string[] | null }
   | { t: 'realtime'; frame: unknown }
   | { t: 'changed'; refs: unknown }
   | { t: 'event'; kind: string; payload: unknown }
@@ -313,6 +320,7 @@ class Tabs {
         )
       }
       if (m.t === 'subscribe') this.subscribe(m.patterns, m.from)
+      if (m.t === 'channels') this.engine.setChannels(m.list)
       if (m.t === 'realtime') this.engine.sendRealtime(m.frame)
       return
     }
@@ -367,6 +375,11 @@ class Tabs {
     if (this.owner) this.engine.setOnline(online)
   }
 
+  setChannels(list: string[] | null) {
+    if (this.owner) this.engine.setChannels(list)
+    else this.post({ t: 'channels', list })
+  }
+
   close() {
     this.detachOnline()
     clearInterval(this.retry)
@@ -375,10 +388,43 @@ class Tabs {
   }
 }
 
+/**
+ * Partial sync under the server's sync rules (docs/api/sync-rules.md): which of the channels
+ * you may read this client syncs.
+ */
+export class Channels {
+  /** @internal */
+  constructor(
+    private readonly engine: SyncEngine,
+    private readonly tabs: Tabs,
+  ) {}
+
+  /**
+   * Sync only `list` of the channels granted (`null`: all). Entities of an added channel arrive
+   * whole; those only a removed channel gave are forgotten, here and in IndexedDB, with a
+   * `change` event.
+   */
+  set(list: string[] | null): void {
+    this.tabs.setChannels(list)
+  }
+
+  /** The channels asked for (`null`: all granted). */
+  get requested(): string[] | null {
+    return (this.engine.channels as string[] | null | undefined) ?? null
+  }
+
+  /** The channels the local state was last synced for (`null`: the whole tenant, or no rules). */
+  get synced(): string[] | null {
+    const scope = this.engine.scope as { channels?: string[] } | null | undefined
+    return scope?.channels ?? null
+  }
+}
+
 export class SyncClient {
   readonly presence: Presence
   readonly rooms: Rooms
   readonly conflicts: Conflicts
+  readonly channels: Channels
 
   /** @internal use {@link createSyncClient} */
   constructor(
@@ -390,6 +436,7 @@ export class SyncClient {
     this.presence = new Presence(tabs, emitter)
     this.rooms = new Rooms(tabs, emitter)
     this.conflicts = new Conflicts(this)
+    this.channels = new Channels(engine, tabs)
   }
 
   /** Whether this tab owns the connection (the others go through it). */

@@ -7,7 +7,11 @@ import { dirname, join } from 'node:path'
 import { test } from 'node:test'
 import { root, useServerAndBrowser } from './harness.mjs'
 
-const env = useServerAndBrowser({ demo: true, env: { PF2_STRATEGIES: 'todo=field-merge-manual' } })
+// As `make run` starts it: the demo's strategy and sync rules.
+const env = useServerAndBrowser({
+  demo: true,
+  env: { PF2_STRATEGIES: 'todo=field-merge-manual', PF2_SYNC_RULES: join(root, 'demo', 'rules.toml') },
+})
 
 async function open(user) {
   const context = await env.browser.newContext({ viewport: { width: 760, height: 560 } })
@@ -41,6 +45,16 @@ test('the demo: two users collaborate, see each other, and sync after working of
   await bob.page.uncheck('#offline')
   await bob.page.waitForSelector('#status[data-status="live"]')
   await alice.page.waitForFunction(() => document.querySelector('#todos li:nth-child(1)').classList.contains('done'))
+
+  // A private todo stays alice's: bob's page gets the shared todo added after it, and not it.
+  await alice.page.fill('#private-title', 'Call the florist')
+  await alice.page.click('#add-private button')
+  await alice.page.waitForFunction(() => document.querySelectorAll('#private li').length === 1)
+  await alice.page.fill('#title', 'Print the menus')
+  await alice.page.click('#add button')
+  await bob.page.waitForFunction(() => document.querySelectorAll('#todos li').length === 4)
+  assert.equal(await bob.page.$$eval('#private li', (l) => l.length), 0)
+  assert.ok(!(await bob.page.evaluate(() => JSON.stringify(client.query('private')))).includes('florist'))
 
   // Shared notes: what one types, the other sees; both type, both texts stay.
   await alice.page.type('#notes', 'Venue: the old mill. ')

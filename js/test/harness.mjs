@@ -76,10 +76,14 @@ export async function startServer({ env = {}, demo = false } = {}) {
     await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', r)))
   }
   await spawnServer()
-  const token = (tenant, user, ttl = 3600) =>
-    execFileSync(bin, ['token', '--tenant', tenant, '--user', user, '--ttl', String(ttl)], { env: serverEnv })
+  /** A token; `claims` (`{projects: ['p1']}`) and `roles` for sync rules' grants. */
+  const token = (tenant, user, ttl = 3600, { claims = {}, roles = [] } = {}) => {
+    const extra = Object.entries(claims).flatMap(([k, v]) => ['--claim', `${k}=${JSON.stringify(v)}`])
+    const roleArgs = roles.flatMap((r) => ['--role', r])
+    return execFileSync(bin, ['token', '--tenant', tenant, '--user', user, '--ttl', String(ttl), ...extra, ...roleArgs], { env: serverEnv })
       .toString()
       .trim()
+  }
   const api = async (method, path, tok, body) => {
     const r = await fetch(url + path, {
       method,

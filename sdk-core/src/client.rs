@@ -216,6 +216,8 @@ pub struct SyncClient {
     scope: Option<WireScope>,
     /// The channels asked for (partial sync; `None`: all granted).
     channels: Option<Vec<String>>,
+    /// They changed while a pull was out: pull again when it is answered.
+    pull_again: bool,
     cursor: u64,
     /// The highest tenant version heard of (pokes, push results); pull until the cursor reaches it.
     known_version: u64,
@@ -267,6 +269,7 @@ impl SyncClient {
             confirmed: stored.entities.into_iter().map(|e| (e.key.clone(), e)).collect(),
             scope: stored.scope,
             channels: config.channels.clone(),
+            pull_again: false,
             cursor: stored.cursor,
             known_version: stored.cursor,
             confirmed_seq: stored.confirmed_seq,
@@ -980,7 +983,8 @@ impl SyncClient {
         self.pull = None;
         // Acknowledged operations are in the server's ledger, so a pull answered after their
         // acknowledgement confirms them: pull again until none is left waiting.
-        if has_more || self.known_version > self.cursor || !self.awaiting.is_empty() {
+        let again = std::mem::take(&mut self.pull_again);
+        if has_more || again || self.known_version > self.cursor || !self.awaiting.is_empty() {
             self.send_pull(now_ms);
         }
     }
@@ -1034,7 +1038,9 @@ impl SyncClient {
             return;
         }
         self.channels = channels;
-        if self.link_up() && self.pull.is_none() {
+        if self.pull.is_some() {
+            self.pull_again = true;
+        } else if self.link_up() {
             self.send_pull(now_ms);
         }
     }

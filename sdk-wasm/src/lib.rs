@@ -136,6 +136,9 @@ struct Options {
     /// While degraded, how often to try the WebSocket again (default 60 s).
     #[serde(default)]
     websocket_retry_ms: Option<u64>,
+    /// Partial sync under sync rules: only these of the channels granted (default: all).
+    #[serde(default)]
+    channels: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -170,6 +173,7 @@ impl SyncEngine {
         if let Some(ms) = o.websocket_retry_ms {
             config.websocket_retry_ms = ms;
         }
+        config.channels = o.channels;
         let core = SyncClient::recover(config.clone(), Default::default(), stored);
         let base = o.url.trim_end_matches('/').to_string();
         // `batch=1`: this client reads `batch` frames (the core unrolls them).
@@ -233,6 +237,32 @@ impl SyncEngine {
     pub fn set_online(&self, online: bool) {
         self.inner.core.borrow_mut().set_online(now_ms(), online);
         drive(&self.inner);
+    }
+
+    /// Partial sync: sync only these of the channels granted (`null`: all). What the new set adds
+    /// arrives whole; what it drops is forgotten (IndexedDB included) when the server answers.
+    #[wasm_bindgen(js_name = setChannels)]
+    pub fn set_channels(&self, channels: JsValue) -> Result<(), JsValue> {
+        let channels: Option<Vec<String>> =
+            serde_wasm_bindgen::from_value(channels).map_err(js_err)?;
+        self.inner.core.borrow_mut().set_channels(now_ms(), channels);
+        drive(&self.inner);
+        Ok(())
+    }
+
+    /// The channels asked for (`null`: all granted).
+    #[wasm_bindgen(getter)]
+    pub fn channels(&self) -> JsValue {
+        let core = self.inner.core.borrow();
+        serde_wasm_bindgen::to_value(&core.channels()).unwrap_or(JsValue::NULL)
+    }
+
+    /// What the local state was last synced for, under sync rules: `{rules, channels?}`, or
+    /// `null` (no rules).
+    #[wasm_bindgen(getter)]
+    pub fn scope(&self) -> JsValue {
+        let core = self.inner.core.borrow();
+        serde_wasm_bindgen::to_value(&core.scope()).unwrap_or(JsValue::NULL)
     }
 
     /// Class C: apply locally at once, queue durably, send when connected. `patch` is an object

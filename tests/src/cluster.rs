@@ -237,11 +237,19 @@ fn dump(log: &Mutex<VecDeque<String>>) -> String {
 
 /// A token minted by `sync-server token` with the nodes' secret.
 pub fn token(tenant: &str, user: &str, roles: &[&str]) -> String {
+    token_with(tenant, user, roles, &[])
+}
+
+/// A token with extra claims (`("projects", "[\"p1\"]")`, the value JSON) for sync rules.
+pub fn token_with(tenant: &str, user: &str, roles: &[&str], claims: &[(&str, &str)]) -> String {
     let mut cmd = std::process::Command::new(workspace_binary("sync-server"));
     cmd.env("PF2_JWT_SECRET", JWT_SECRET)
         .args(["token", "--tenant", tenant, "--user", user, "--ttl", "3600"]);
     for r in roles {
         cmd.args(["--role", r]);
+    }
+    for (k, v) in claims {
+        cmd.args(["--claim", &format!("{k}={v}")]);
     }
     let out = cmd.output().expect("sync-server token");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

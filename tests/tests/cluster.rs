@@ -7,7 +7,7 @@
 
 use pf2_e2e::cluster::{
     LEDGER_SCHEMA, Node, NodeConfig, OwnRedis, SAFETY, WsClient, postgres_url, services_available,
-    tenant, token, workspace_binary,
+    tenant, token, token_with, workspace_binary,
 };
 use sdk_core::ids::{RoomId, UserId};
 use sdk_core::protocol::{ClientFrame, PresenceStatus, ServerFrame};
@@ -672,4 +672,77 @@ async fn a_document_edit_on_one_process_reaches_a_client_on_the_other() {
             }
         }
     }
+}
+
+/// Sync rules across processes: a grant made through one process moves data in for a client
+/// connected to the other — its socket is poked through Redis, and its pull brings the tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_made_on_one_process_moves_data_in_for_a_client_on_another() {
+    if !services_available().await {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pf2-rules-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[grants]
+read  = ["user:{sub}", "project:{projects[]}"]
+write = ["user:{sub}", "project:{projects[]}"]
+[entities.task]
+channels = ["project:{projectId}"]
+[entities.member]
+channels = ["project:{projectId}"]
+grants = { user = "{userId}", read = ["project:{projectId}"], write = ["project:{projectId}"] }
+"#,
+    )
+    .unwrap();
+    let config = NodeConfig::cluster().with("PF2_SYNC_RULES", rules.to_str().unwrap());
+    let (nodes, http) = start_cluster(2, &config).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let t = tenant();
+    let alice = token_with(&t, "alice", &[], &[("projects", r#"["p1"]"#)]);
+    let op = |seq: u64, entity_type: &str, id: &str, payload: Value| {
+        json!({
+            "operationId": format!("alice-{seq}"), "clientId": "alice-web", "clientSeq": seq,
+            "tenantId": t, "entityType": entity_type, "entityId": id, "operationType": "CREATE",
+            "payload": payload, "timestamp": "2026-12-04T00:00:00Z", "vectorClock": {"alice-web": seq},
+        })
+    };
+    let reconcile = |id: &str, ops: Vec<Value>| {
+        let body =
+            json!({"requestId": id, "clientId": "alice-web", "tenantId": t, "operations": ops});
+        http.post(a.http("/api/reconciliation/reconcile")).bearer_auth(&alice).json(&body).send()
+    };
+    let r = reconcile("r1", vec![op(1, "task", "k1", json!({"projectId": "p1", "title": "one"}))])
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let mut bob = WsClient::connect(b, &token(&t, "bob", &[]), "bob-1").await;
+    bob.send(&ClientFrame::Pull { since: 0, limit: None, channels: None, held: None }).await;
+    let ServerFrame::Delta { version, entities, scope, .. } =
+        bob.recv_until(|f| matches!(f, ServerFrame::Delta { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(entities.is_empty(), "bob reads nothing of p1 yet");
+    let held = scope.unwrap().channels;
+
+    let member = op(2, "member", "m-bob", json!({"userId": "bob", "projectId": "p1"}));
+    let r = reconcile("r2", vec![member]).await.unwrap();
+    assert!(r.status().is_success());
+    let poke = bob.recv_until(|f| matches!(f, ServerFrame::Poke { .. })).await;
+    assert!(matches!(poke, ServerFrame::Poke { version: v } if v > version), "{poke:?}");
+    bob.send(&ClientFrame::Pull { since: version, limit: None, channels: None, held }).await;
+    let ServerFrame::Delta { entities, .. } =
+        bob.recv_until(|f| matches!(f, ServerFrame::Delta { .. })).await
+    else {
+        unreachable!()
+    };
+    let mut ids: Vec<&str> = entities.iter().map(|e| e.entity_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["k1", "m-bob"], "the task moved in whole, through the other process");
+    let _ = std::fs::remove_dir_all(dir);
 }

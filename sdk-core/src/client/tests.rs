@@ -811,3 +811,21 @@ fn partial_sync_asks_for_its_channels() {
         "{out:?}"
     );
 }
+
+#[test]
+fn channels_changed_while_a_pull_is_out_are_pulled_for_once_it_is_answered() {
+    let mut c = client();
+    live(&mut c, 1);
+    c.handle_frame(2, ServerFrame::Poke { version: 3 });
+    assert!(
+        sent(&drain(&mut c)).iter().any(|f| matches!(f, ClientFrame::Pull { channels: None, .. }))
+    );
+    c.set_channels(3, Some(vec!["p:2".into()]));
+    assert!(sent(&drain(&mut c)).is_empty(), "one pull at a time");
+    c.handle_frame(4, scoped_delta(0, 3, vec![], vec![], scoped(&["p:1"])));
+    let out = drain(&mut c);
+    assert!(
+        sent(&out).iter().any(|f| matches!(f, ClientFrame::Pull { channels: Some(ch), .. } if ch == &["p:2".to_string()])),
+        "{out:?}"
+    );
+}
