@@ -7,6 +7,14 @@
 //! state, every operation has exactly one recorded outcome, none was refused or quarantined, and no
 //! operation produced more than one change.
 //!
+//! With sync rules (`rules_converge_to_each_readers_view`): each client is one of three users
+//! with random project claims; operations write private todos (their own and, refused, others'),
+//! move tasks between projects and create and delete grant rows; the simulated server gates
+//! writes with `WriteCheck` and answers pulls with the scoped delta the server's SQL computes
+//! (move-in for channels not held, removals from the channels' exits). Property: after healing,
+//! every client's view equals the server state filtered by that client's grants; the only
+//! refusals are `AUTHZ_FAILED`.
+//!
 //! Cases: `PF2_SIM_CASES` per strategy (default 1,000; `make soak` runs more).
 
 use proptest::prelude::*;
@@ -16,11 +24,14 @@ use sdk_core::client::{ClientConfig, Output, SyncClient};
 use sdk_core::ids::{ClientId, EntityKey, OperationId, TenantId};
 use sdk_core::interaction::InteractionClass;
 use sdk_core::operation::{Object, OperationKind};
+use sdk_core::protocol::http::{ScopedPage, scoped_delta_frame};
 use sdk_core::protocol::{
-    ClientFrame, ServerFrame, WireConflict, WireEntity, WireOpResult, delta_frame,
+    ClientFrame, ServerFrame, WireConflict, WireEntity, WireOpResult, WireRemoval, WireScope,
+    delta_frame,
 };
 use sdk_core::queue::{MemoryQueueStore, QueueStore};
 use sdk_core::rng::SplitMix64;
+use sdk_core::rules::{Channels, Claims, Grants, Scope, SyncRules, WriteCheck};
 use sdk_core::snapshot::delta_since;
 use sdk_core::strategy::{ConflictStrategy, CrdtMerger, MergeInput, OnOverlap, StrategyRegistry};
 use serde_json::{Value, json};
@@ -113,6 +124,48 @@ struct Sim {
     faults: Faults,
     issued: Vec<(usize, OperationId)>,
     stats: Stats,
+    rules: Option<RulesSim>,
+}
+
+/// The sync-rules half of a run: the rules, each client's user and that user's token claims,
+/// and the channels entities left (what removals are made of).
+struct RulesSim {
+    rules: SyncRules,
+    user_of: Vec<String>,
+    claims: BTreeMap<String, Object>,
+    exits: Vec<(u64, String, EntityKey)>,
+}
+
+const USERS: [&str; 3] = ["ann", "ben", "cal"];
+const PROJECTS: [&str; 3] = ["p0", "p1", "p2"];
+
+/// The rule shape of every rules run; whether a membership also grants write is random.
+fn sim_rules(member_writes: bool) -> SyncRules {
+    let write = if member_writes { r#", write = ["project:{projectId}"]"# } else { "" };
+    SyncRules::parse(&format!(
+        r#"
+[grants]
+read  = ["user:{{sub}}", "project:{{projects[]}}"]
+write = ["user:{{sub}}", "project:{{projects[]}}"]
+[entities.todo]
+channels = ["user:{{owner}}"]
+[entities.task]
+channels = ["project:{{projectId}}"]
+[entities.member]
+channels = ["project:{{projectId}}"]
+grants = {{ user = "{{userId}}", read = ["project:{{projectId}}"]{write} }}
+"#
+    ))
+    .unwrap()
+}
+
+impl RulesSim {
+    /// `user`'s grants now: their claims and the grant rows in `state`.
+    fn grants(&self, state: &ApplyState, user: &str) -> Grants {
+        let rows: Vec<_> = state.entities.values().flat_map(|r| self.rules.row_grants(r)).collect();
+        let roles: [String; 0] = [];
+        self.rules.grants(&Claims::new(&self.claims[user], &roles), &rows)
+    }
 }
 
 /// What a run exercised, so a test can show the chaos is real.
@@ -124,6 +177,7 @@ struct Stats {
     crashes_with_pending: u64,
     degraded: u64,
     killed: u64,
+    authz: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -134,6 +188,7 @@ impl std::ops::AddAssign for Stats {
         self.crashes_with_pending += o.crashes_with_pending;
         self.degraded += o.degraded;
         self.killed += o.killed;
+        self.authz += o.authz;
     }
 }
 
@@ -173,7 +228,28 @@ impl Sim {
             faults: Faults { kill: 20, dup: 50, max_latency: 300 },
             issued: Vec::new(),
             stats: Stats::default(),
+            rules: None,
         }
+    }
+
+    /// A run under sync rules: each client a random one of three users, each user with random
+    /// project claims.
+    fn with_rules(seed: u64, n_clients: usize) -> Self {
+        let mut sim =
+            Sim::new(seed, ConflictStrategy::FieldMerge(OnOverlap::LastWriteWins), n_clients);
+        let rules = sim_rules(sim.rng.range(0, 1) == 0);
+        let user_of =
+            (0..n_clients).map(|_| USERS[sim.rng.range(0, 2) as usize].to_string()).collect();
+        let claims = USERS
+            .iter()
+            .map(|u| {
+                let projects: Vec<&str> =
+                    PROJECTS.iter().copied().filter(|_| sim.rng.range(0, 2) == 0).collect();
+                (u.to_string(), obj(json!({"sub": u, "projects": projects})))
+            })
+            .collect();
+        sim.rules = Some(RulesSim { rules, user_of, claims, exits: Vec::new() });
+        sim
     }
 
     fn chance(&mut self, per_mille: u64) -> bool {
@@ -260,7 +336,32 @@ impl Sim {
                     operations.into_iter().map(|w| w.into_submitted().unwrap()).collect();
                 // Exactly what the server loads for a batch, applied, and written back.
                 let mut touched = self.state.slice(&Footprint::of(&self.tenant, &batch));
-                let out = self.engine.apply_batch(&self.tenant, batch, &mut touched).unwrap();
+                let out = match &self.rules {
+                    None => self.engine.apply_batch(&self.tenant, batch, &mut touched).unwrap(),
+                    Some(r) => {
+                        let grants = r.grants(&self.state, &r.user_of[client]);
+                        let gate = WriteCheck::new(&r.rules, &grants);
+                        let mut channels: BTreeMap<EntityKey, Channels> = touched
+                            .entities
+                            .values()
+                            .map(|rec| (rec.key.clone(), r.rules.record_channels(rec)))
+                            .collect();
+                        let out = self
+                            .engine
+                            .apply_batch_gated(&self.tenant, batch, &mut touched, &gate)
+                            .unwrap();
+                        // The index's exits: a channel an entity left, at the change's version.
+                        let r = self.rules.as_mut().unwrap();
+                        for c in &out.changes {
+                            let after = r.rules.record_channels(&c.record);
+                            let before = channels.insert(c.record.key.clone(), after.clone());
+                            for ch in before.unwrap_or_default().difference(&after) {
+                                r.exits.push((c.version, ch.clone(), c.record.key.clone()));
+                            }
+                        }
+                        out
+                    }
+                };
                 self.state.absorb(touched);
                 self.change_ops.extend(out.changes.iter().filter_map(|c| c.operation_id.clone()));
                 for r in &out.results {
@@ -269,6 +370,10 @@ impl Sim {
                     self.stats.gaps += matches!(
                         r.outcome,
                         Outcome::Refused { code: sdk_core::ErrorCode::SeqGap, .. }
+                    ) as u64;
+                    self.stats.authz += matches!(
+                        r.outcome,
+                        Outcome::Refused { code: sdk_core::ErrorCode::AuthzFailed, .. }
                     ) as u64;
                 }
                 reply(
@@ -287,6 +392,11 @@ impl Sim {
                     }
                 }
             }
+            ClientFrame::Pull { since, limit, held, .. } if self.rules.is_some() => {
+                let limit = limit.unwrap_or(100).min(7) as usize;
+                let frame = self.scoped_pull(client, since, limit, held);
+                reply(self, frame);
+            }
             ClientFrame::Pull { since, limit, .. } => {
                 let limit = limit.unwrap_or(100).min(7) as usize; // small pages exercise hasMore
                 let (records, has_more) = delta_since(self.state.entities.values(), since, limit);
@@ -302,6 +412,9 @@ impl Sim {
     }
 
     fn random_op(&mut self, i: usize) {
+        if self.rules.is_some() {
+            return self.random_ruled_op(i);
+        }
         let entity = format!("e{}", self.rng.range(0, 3));
         let key = EntityKey::parse("t1", "todo", &entity).unwrap();
         let crdt = matches!(self.strategy, ConflictStrategy::Crdt(_));
@@ -327,6 +440,133 @@ impl Sim {
         let now = c.local(self.now);
         c.client.mutate(now, id.clone(), key, kind).unwrap();
         self.issued.push((i, id));
+    }
+
+    /// Under rules: private todos (usually one's own), tasks moving between projects, grant rows
+    /// made and deleted, deletes of anything.
+    fn random_ruled_op(&mut self, i: usize) {
+        let me = self.rules.as_ref().unwrap().user_of[i].clone();
+        let pick = |sim: &mut Sim, xs: &[&str]| {
+            xs[sim.rng.range(0, xs.len() as u64 - 1) as usize].to_string()
+        };
+        let n = self.rng.range(0, 2);
+        let (ty, id, kind) = match self.rng.range(0, 9) {
+            0..=2 => {
+                let owner = if self.rng.range(0, 3) == 0 { pick(self, &USERS) } else { me };
+                let title = format!("t{}", self.rng.range(0, 9));
+                (
+                    "todo",
+                    format!("todo-{n}"),
+                    OperationKind::Update(obj(json!({"owner": owner, "title": title}))),
+                )
+            }
+            3..=5 => {
+                let project = pick(self, &PROJECTS);
+                let title = format!("t{}", self.rng.range(0, 9));
+                (
+                    "task",
+                    format!("task-{n}"),
+                    OperationKind::Update(obj(json!({"projectId": project, "title": title}))),
+                )
+            }
+            6 | 7 => {
+                let (user, project) = (pick(self, &USERS), pick(self, &PROJECTS));
+                (
+                    "member",
+                    format!("m-{user}-{project}"),
+                    OperationKind::Update(obj(json!({"userId": user, "projectId": project}))),
+                )
+            }
+            _ => {
+                let ty = pick(self, &["todo", "task", "member"]);
+                let id = match ty.as_str() {
+                    "member" => format!("m-{}-{}", pick(self, &USERS), pick(self, &PROJECTS)),
+                    t => format!("{t}-{n}"),
+                };
+                let ty: &'static str = match ty.as_str() {
+                    "todo" => "todo",
+                    "task" => "task",
+                    _ => "member",
+                };
+                (ty, id, OperationKind::Delete)
+            }
+        };
+        let key = EntityKey::parse("t1", ty, &id).unwrap();
+        let op_id = OperationId::new(format!("op-{i}-{}", self.issued.len())).unwrap();
+        let c = &mut self.clients[i];
+        let now = c.local(self.now);
+        c.client.mutate(now, op_id.clone(), key, kind).unwrap();
+        self.issued.push((i, op_id));
+    }
+
+    /// The scoped delta, as the server's SQL computes it (`Store::scoped_delta`): entities of the
+    /// kept channels changed after `since` and every entity of a gained channel, removals of
+    /// entities that left a kept channel and are in none synced now — one page of each.
+    fn scoped_pull(
+        &self,
+        client: usize,
+        since: u64,
+        limit: usize,
+        held: Option<Vec<String>>,
+    ) -> ServerFrame {
+        let r = self.rules.as_ref().unwrap();
+        let grants = r.grants(&self.state, &r.user_of[client]);
+        let Scope::Channels(syncs) = grants.scope(None) else {
+            unreachable!("nobody is tenant-wide")
+        };
+        let held: Channels = held.map(|h| h.into_iter().collect()).unwrap_or_else(|| syncs.clone());
+        let kept: Channels = syncs.intersection(&held).cloned().collect();
+        let gained: Channels = syncs.difference(&held).cloned().collect();
+        let mut changed: Vec<_> = self
+            .state
+            .entities
+            .values()
+            .filter(|rec| {
+                let ch = r.rules.record_channels(rec);
+                (rec.version > since && ch.iter().any(|c| kept.contains(c)))
+                    || ch.iter().any(|c| gained.contains(c))
+            })
+            .collect();
+        changed.sort_by_key(|rec| rec.version);
+        let changed_more = changed.len() > limit;
+        let changed = changed
+            .into_iter()
+            .take(limit)
+            .map(|rec| WireEntity {
+                channels: Some(r.rules.record_channels(rec).into_iter().collect()),
+                ..WireEntity::from_record(rec)
+            })
+            .collect();
+        let readable = |key: &EntityKey| {
+            self.state
+                .entities
+                .get(key)
+                .is_some_and(|rec| r.rules.record_channels(rec).iter().any(|c| syncs.contains(c)))
+        };
+        let removals: BTreeSet<(u64, EntityKey)> = r
+            .exits
+            .iter()
+            .filter(|(seq, ch, key)| *seq > since && kept.contains(ch) && !readable(key))
+            .map(|(seq, _, key)| (*seq, key.clone()))
+            .collect();
+        let removed_more = removals.len() > limit;
+        let removed = removals
+            .into_iter()
+            .take(limit)
+            .map(|(version, key)| WireRemoval {
+                entity_type: key.entity_type,
+                entity_id: key.entity_id,
+                version,
+            })
+            .collect();
+        let page = ScopedPage { changed, changed_more, removed, removed_more };
+        let id = self.clients[client].config.client_id.clone();
+        let client_seq = Some(self.state.ledgers.get(&id).copied().unwrap_or(0));
+        let scope = WireScope {
+            rules: r.rules.fingerprint().to_string(),
+            channels: Some(syncs.into_iter().collect()),
+        };
+        scoped_delta_frame(since, self.state.version, page, client_seq, scope)
     }
 
     fn crash_and_reload(&mut self, i: usize) {
@@ -482,6 +722,9 @@ impl Sim {
     }
 
     fn check(&self) -> Result<(), String> {
+        if let Some(r) = &self.rules {
+            return self.check_ruled(r);
+        }
         // Every replica equals the server state.
         for (i, c) in self.clients.iter().enumerate() {
             let mut keys: BTreeSet<EntityKey> = self.state.entities.keys().cloned().collect();
@@ -527,6 +770,56 @@ impl Sim {
         for id in &self.change_ops {
             if !seen.insert(id) {
                 return Err(format!("operation {id} produced two changes"));
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            let issued = self.issued.iter().filter(|(j, _)| *j == i).count() as u64;
+            let ledger = self.state.ledgers.get(&c.config.client_id).copied().unwrap_or(0);
+            if ledger != issued {
+                return Err(format!("client {i} issued {issued} operations, ledger says {ledger}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sim {
+    /// Under rules: every client's view is the server state filtered by its user's grants, and
+    /// the only refusals are `AUTHZ_FAILED`.
+    fn check_ruled(&self, r: &RulesSim) -> Result<(), String> {
+        for (i, c) in self.clients.iter().enumerate() {
+            let grants = r.grants(&self.state, &r.user_of[i]);
+            let mut keys: BTreeSet<EntityKey> = self.state.entities.keys().cloned().collect();
+            keys.extend(c.client.confirmed().map(|e| e.key.clone()));
+            for key in keys {
+                let expected = self.state.entities.get(&key).and_then(|rec| {
+                    let readable = grants.may_read(&r.rules.record_channels(rec));
+                    rec.object().filter(|_| readable).cloned()
+                });
+                if c.client.get(&key) != expected {
+                    return Err(format!(
+                        "client {i} ({}) differs on {key}: {:?}, expected {:?} (grants {:?})",
+                        r.user_of[i],
+                        c.client.get(&key),
+                        expected,
+                        grants
+                    ));
+                }
+            }
+            // A write the rules refuse is rejected: set aside with its code, never retried.
+            let q = c.client.queue().quarantined();
+            if q.iter().any(|q| q.code != sdk_core::ErrorCode::AuthzFailed) {
+                return Err(format!("client {i} quarantined {q:?}"));
+            }
+        }
+        for (i, id) in &self.issued {
+            let Some(res) = self.state.results.get(id) else {
+                return Err(format!("operation {id} of client {i} never reached the server"));
+            };
+            if let Outcome::Refused { code, message } = &res.outcome
+                && *code != sdk_core::ErrorCode::AuthzFailed
+            {
+                return Err(format!("operation {id} refused: {code} {message}"));
             }
         }
         for (i, c) in self.clients.iter().enumerate() {
@@ -613,4 +906,36 @@ fn manual_converges() {
 #[test]
 fn crdt_converges() {
     check_converges(ConflictStrategy::Crdt("gset".into()));
+}
+
+/// Sync rules: random users, claims, grant rows and task moves through the same chaos; every
+/// client converges to what its user may read (and the runs do refuse writes and move data).
+#[test]
+fn rules_converge_to_each_readers_view() {
+    let mut runner =
+        TestRunner::new(Config { cases: cases(), failure_persistence: None, ..Config::default() });
+    let result = runner.run(&(any::<u64>(), 2usize..=5, 5usize..60), |(seed, n, actions)| {
+        let mut sim = Sim::with_rules(seed, n);
+        sim.run_chaos(actions);
+        sim.heal().map_err(TestCaseError::fail)?;
+        sim.check().map_err(TestCaseError::fail)?;
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("sync rules do not converge: {e}");
+    }
+    let mut authz = 0;
+    let mut exits = 0;
+    for seed in 0..100 {
+        let mut sim = Sim::with_rules(seed, 3);
+        sim.run_chaos(40);
+        sim.heal().unwrap();
+        sim.check().unwrap();
+        authz += sim.stats.authz;
+        exits += sim.rules.as_ref().unwrap().exits.len();
+    }
+    assert!(
+        authz > 0 && exits > 0,
+        "the runs refuse writes ({authz}) and move entities out ({exits})"
+    );
 }
