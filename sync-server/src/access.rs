@@ -184,12 +184,20 @@ impl Access {
     }
 
     /// Who reads an event stream, for [`crate::tail::Interest`]: `None` sees every event.
-    pub fn event_reader(&self) -> Option<Arc<Grants>> {
+    pub fn event_reader(&self) -> Option<Arc<crate::tail::Reader>> {
         match self {
             Access::Ruled { grants, .. } if !grants.is_tenant_wide() => {
-                Some(Arc::new(grants.clone()))
+                Some(crate::tail::Reader::new(grants.clone()))
             }
             _ => None,
+        }
+    }
+
+    /// The grants a live stream's [`crate::tail::Reader`] follows (tenant-wide: every event).
+    pub fn grants(&self) -> Grants {
+        match self {
+            Access::Ruled { grants, .. } => grants.clone(),
+            Access::Unruled => Grants::tenant_wide(),
         }
     }
 

@@ -64,6 +64,18 @@ impl Rooms {
         Ok(())
     }
 
+    /// Under sync rules, leave every room `client` may no longer read (its grants changed).
+    pub fn leave_unreadable(&self, access: &Access, tenant: &TenantId, client: &ClientId) {
+        if matches!(access, Access::Unruled) {
+            return;
+        }
+        for room in self.hub.rooms_of(tenant, client) {
+            if access.check_room_read(room.as_str()).is_err() {
+                self.hub.leave(tenant, client, &room);
+            }
+        }
+    }
+
     pub fn leave(&self, tenant: &TenantId, client: &ClientId, room: &RoomId) {
         self.hub.leave(tenant, client, room);
     }

@@ -23,6 +23,7 @@ on_both_backends!(
     a_grant_pokes_the_users_live_socket_and_its_pull_moves_data_in,
     rooms_need_read_to_join_and_write_to_send,
     documents_need_read_to_open_and_write_to_change,
+    a_revoked_grant_ends_the_live_stream_and_the_room,
 );
 
 /// The rule file, as the docs' first example.
@@ -672,4 +673,96 @@ async fn documents_need_read_to_open_and_write_to_change(backend: Backend) {
     assert_eq!(r.error_code(), "AUTHZ_FAILED");
     let r = app.get("/api/documents/no-such-doc/snapshot", &outsider).await;
     assert_eq!(r.error_code(), "AUTHZ_FAILED", "the same answer whether it exists or not");
+}
+
+/// A live event stream and a room membership end with the grant: after the revocation's poke
+/// and the pull it causes, the stream carries no more of the project's events and the socket
+/// is out of the project's room.
+async fn a_revoked_grant_ends_the_live_stream_and_the_room(backend: Backend) {
+    let Some(app) = start(backend).await else { return };
+    let served = net::serve(app.state.clone()).await;
+    seed(&app).await;
+    let alice = app.token_with("alice", json!({"projects": ["p1", "p2"]}));
+    let member = json!({"userId": "bob", "projectId": "p1"});
+    let r = app
+        .reconcile(
+            &alice,
+            "add",
+            "ca",
+            vec![app.op("ca", 5).create("member", "m1", member).build()],
+        )
+        .await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+
+    let mut bob = WsClient::connect(served.addr, &app.token("bob"), "cb-ws", Codec::Json).await;
+    let pull = |since, held| ClientFrame::Pull { since, limit: None, channels: None, held };
+    bob.send(&pull(0, None)).await;
+    let ServerFrame::Delta { version, scope, .. } =
+        bob.recv_until(|f| matches!(f, ServerFrame::Delta { .. })).await
+    else {
+        unreachable!()
+    };
+    let room = sdk_core::ids::RoomId::new("project:p1").unwrap();
+    bob.send(&ClientFrame::JoinRoom { room_id: room.clone() }).await;
+    assert!(matches!(next_answer(&mut bob).await, ServerFrame::RoomJoined { .. }));
+    bob.send(&ClientFrame::Subscribe {
+        after: Some(version),
+        event_types: vec![],
+        attributes: Default::default(),
+    })
+    .await;
+
+    let task = |seq, id: &str| {
+        app.op("ca", seq).create("task", id, json!({"projectId": "p1", "title": id})).build()
+    };
+    let r = app.reconcile(&alice, "k5", "ca", vec![task(6, "k5")]).await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+    let seen = |f: &ServerFrame| match f {
+        ServerFrame::Event { event } => {
+            event.payload["entity"]["entityId"].as_str().map(str::to_string)
+        }
+        _ => None,
+    };
+    let f = bob.recv_until(|f| seen(f).is_some()).await;
+    assert_eq!(seen(&f).as_deref(), Some("k5"), "a member hears the project's events");
+
+    let r = app
+        .reconcile(&alice, "remove", "ca", vec![app.op("ca", 7).delete("member", "m1").build()])
+        .await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+    let ServerFrame::Poke { version: now } =
+        bob.recv_until(|f| matches!(f, ServerFrame::Poke { .. })).await
+    else {
+        unreachable!()
+    };
+    bob.send(&pull(version, scope.unwrap().channels)).await;
+    bob.recv_until(|f| matches!(f, ServerFrame::Delta { .. })).await;
+    assert!(now > version);
+    let tenant = sdk_core::ids::TenantId::new(app.tenant.clone()).unwrap();
+    let client = sdk_core::ids::ClientId::new("cb-ws").unwrap();
+    assert!(!app.state.hub.is_member(&tenant, &client, &room), "out of the room");
+
+    let r = app.reconcile(&alice, "k6", "ca", vec![task(8, "k6")]).await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+    let r = app
+        .reconcile(
+            &app.token("bob"),
+            "mine",
+            "cb",
+            vec![app.op("cb", 2).update("todo", "bob-todo", json!({"title": "after"})).build()],
+        )
+        .await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+    let mut after = Vec::new();
+    loop {
+        let f = bob.recv_until(|f| seen(f).is_some()).await;
+        let id = seen(&f).unwrap();
+        after.push(id.clone());
+        if id == "bob-todo" {
+            break;
+        }
+    }
+    // (The revoking event itself, m1's deletion, may come before or after the poke.)
+    after.retain(|id| id != "m1");
+    assert_eq!(after, ["bob-todo"], "nothing of p1 after the revocation: no k6");
 }

@@ -280,9 +280,15 @@ impl Session {
     /// The caller's access now; the hub's record of what this socket reads (which changes poke
     /// it) follows. Every pull refreshes it, and a grant change pokes the user's sockets, so a
     /// new grant is in force from the pull it causes.
+    /// A revoked grant ends here too: the event stream stops carrying that channel's events,
+    /// and the rooms the socket may no longer read are left.
     async fn refresh_access(&self) -> Result<crate::access::Access, ApiError> {
         let access = self.state.sync.access(self.tenant(), &self.identity).await?;
         self.state.hub.set_reads(self.conn_id, access.poke_reads());
+        if let Some(r) = self.bus.as_ref().and_then(|b| b.stream_reader.as_ref()) {
+            r.set(access.grants());
+        }
+        self.state.rooms.leave_unreadable(&access, self.tenant(), &self.client);
         Ok(access)
     }
 
@@ -569,6 +575,9 @@ impl Session {
             Ok(access) => access.event_reader(),
             Err(e) => return self.error(e, None).await,
         };
+        if reader.is_some() || self.bus.is_some() {
+            self.bus.get_or_insert_with(Box::default).stream_reader = reader.clone();
+        }
         let interest = Interest { filter, reader };
         let follow = self.state.tail.clone().follow(tenant, after, interest, self.tx.clone());
         self.subscription = Some(tokio::spawn(follow));
@@ -743,6 +752,8 @@ struct SocketBus {
     consumers: Vec<GroupMember>,
     /// Collaborative documents open on this socket (`doc_sync`).
     documents: Vec<String>,
+    /// Under sync rules, the grants the event stream filters by (refreshed with the socket's).
+    stream_reader: Option<Arc<crate::tail::Reader>>,
 }
 
 /// One consumer group this socket belongs to.

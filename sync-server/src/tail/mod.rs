@@ -145,7 +145,27 @@ pub struct Told {
 #[derive(Debug, Clone)]
 pub struct Interest {
     pub filter: EventFilter,
-    pub reader: Option<Arc<Grants>>,
+    pub reader: Option<Arc<Reader>>,
+}
+
+/// A stream reader's grants, shared with its session: when the session learns that they
+/// changed (every pull refreshes them), the stream filters by the new ones from its next event
+/// on — a revoked channel's events stop.
+#[derive(Debug, Default)]
+pub struct Reader(std::sync::RwLock<Grants>);
+
+impl Reader {
+    pub fn new(grants: Grants) -> Arc<Self> {
+        Arc::new(Self(std::sync::RwLock::new(grants)))
+    }
+
+    pub fn set(&self, grants: Grants) {
+        *self.0.write().expect("reader lock") = grants;
+    }
+
+    fn may_read_event(&self, metadata: &serde_json::Value) -> bool {
+        self.0.read().expect("reader lock").may_read_event(metadata)
+    }
 }
 
 impl Interest {
@@ -159,14 +179,12 @@ impl Interest {
             && self.reader.as_ref().is_none_or(|g| g.may_read_event(&event.metadata))
     }
 
-    /// The same key for the same interest: followers with equal ones share their runs.
+    /// The same key for the same interest: followers with equal ones share their runs. A
+    /// reader under rules is its own (its grants may change alone).
     fn key(&self) -> String {
         let mut key = serde_json::to_string(&self.filter).expect("a filter serializes");
-        if let Some(g) = &self.reader {
-            for c in g.read_channels() {
-                key.push('\u{0}');
-                key.push_str(c);
-            }
+        if let Some(r) = &self.reader {
+            key.push_str(&format!("\u{0}{:p}", Arc::as_ptr(r)));
         }
         key
     }
