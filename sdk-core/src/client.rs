@@ -908,7 +908,11 @@ impl SyncClient {
             return;
         }
         let rules = |s: &Option<WireScope>| s.as_ref().map(|s| s.rules.clone());
-        if rules(&self.scope) != rules(&scope) && (self.cursor > 0 || !self.confirmed.is_empty()) {
+        let reset = scope.as_ref().is_some_and(|s| s.reset);
+        if reset
+            || rules(&self.scope) != rules(&scope)
+                && (self.cursor > 0 || !self.confirmed.is_empty())
+        {
             // The sync rules changed (or came, or went): what is cached may no longer be
             // readable, and what is readable may never have come. Start over from zero.
             self.start_over(now_ms);

@@ -285,6 +285,10 @@ pub struct WireScope {
     pub rules: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+    /// The client's `since` is older than what the server keeps of the channels' history
+    /// (the log's retention): this delta is not applied, the client starts over from zero.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 impl WireEntity {

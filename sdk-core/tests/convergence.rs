@@ -565,6 +565,7 @@ impl Sim {
         let scope = WireScope {
             rules: r.rules.fingerprint().to_string(),
             channels: Some(syncs.into_iter().collect()),
+            reset: false,
         };
         scoped_delta_frame(since, self.state.version, page, client_seq, scope)
     }

@@ -90,6 +90,7 @@ impl Access {
                     Scope::Tenant => None,
                     Scope::Channels(c) => Some(c.iter().cloned().collect()),
                 },
+                reset: false,
             }),
         }
     }

@@ -231,7 +231,13 @@ impl SyncService {
             Some(c) => Some(self.store.client_seq(t, c).await?),
             None => None,
         };
-        let (seq, _) = self.store.tenant_seq(t).await?;
+        let (seq, pruned) = self.store.tenant_seq(t).await?;
+        let mut wire_scope = wire_scope.expect("a scope under rules");
+        if since > 0 && since < pruned {
+            // The removals since `since` are past retention: the client must start over.
+            wire_scope.reset = true;
+            return Ok(scoped_delta_frame(since, seq, ScopedPage::default(), None, wire_scope));
+        }
         let held = request.held.map(|h| h.into_iter().collect()).unwrap_or_else(|| syncs.clone());
         let read = self.store.scoped_delta(t, since, limit, syncs, &held).await?;
         let changed = read
@@ -248,7 +254,6 @@ impl SyncService {
             removed: read.removed,
             removed_more: read.removed_more,
         };
-        let wire_scope = wire_scope.expect("a scope under rules");
         Ok(scoped_delta_frame(since, seq, page, client_seq, wire_scope))
     }
 

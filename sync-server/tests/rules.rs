@@ -24,6 +24,7 @@ on_both_backends!(
     rooms_need_read_to_join_and_write_to_send,
     documents_need_read_to_open_and_write_to_change,
     a_revoked_grant_ends_the_live_stream_and_the_room,
+    a_client_behind_the_pruned_history_starts_over,
 );
 
 /// The rule file, as the docs' first example.
@@ -765,4 +766,30 @@ async fn a_revoked_grant_ends_the_live_stream_and_the_room(backend: Backend) {
     // (The revoking event itself, m1's deletion, may come before or after the poke.)
     after.retain(|id| id != "m1");
     assert_eq!(after, ["bob-todo"], "nothing of p1 after the revocation: no k6");
+}
+
+/// Removals are kept as long as the log: a client whose cursor is older than what was pruned is
+/// told to start over (its delta would miss removals), and from zero it is whole again.
+async fn a_client_behind_the_pruned_history_starts_over(backend: Backend) {
+    let Some(app) = start(backend).await else { return };
+    seed(&app).await;
+    let bob = app.token("bob");
+    let first = pull(&app, &bob, 0, None).await;
+    let since = first["version"].as_u64().unwrap();
+    let r = app
+        .reconcile(
+            &bob,
+            "more",
+            "cb",
+            vec![app.op("cb", 2).update("todo", "bob-todo", json!({"title": "later"})).build()],
+        )
+        .await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+    app.state.store.prune_events(i64::MAX, &[], Some(&app.tenant)).await.unwrap();
+    let d = pull(&app, &bob, since, Some(&first["scope"]["channels"])).await;
+    assert_eq!(d["scope"]["reset"], true, "{d}");
+    assert_eq!(d["entities"], json!([]));
+    let again = pull(&app, &bob, 0, None).await;
+    assert_eq!(again["scope"].get("reset"), None);
+    assert_eq!(ids(&again, "entities"), ["bob-todo"]);
 }

@@ -659,6 +659,7 @@ fn scoped(channels: &[&str]) -> Option<crate::protocol::WireScope> {
     Some(crate::protocol::WireScope {
         rules: "r1".into(),
         channels: Some(channels.iter().map(|c| c.to_string()).collect()),
+        reset: false,
     })
 }
 
@@ -828,4 +829,22 @@ fn channels_changed_while_a_pull_is_out_are_pulled_for_once_it_is_answered() {
         sent(&out).iter().any(|f| matches!(f, ClientFrame::Pull { channels: Some(ch), .. } if ch == &["p:2".to_string()])),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_reset_scope_starts_over_without_applying_the_delta() {
+    let mut c = client();
+    live(&mut c, 1);
+    c.handle_frame(
+        2,
+        scoped_delta(0, 2, vec![entity_in("a", 2, &["p:1"])], vec![], scoped(&["p:1"])),
+    );
+    drain(&mut c);
+    let mut reset = scoped(&["p:1"]);
+    reset.as_mut().unwrap().reset = true;
+    c.handle_frame(3, scoped_delta(2, 9, vec![entity_in("b", 9, &["p:1"])], vec![], reset));
+    let out = drain(&mut c);
+    assert_eq!(forgotten(&out), ["a"]);
+    assert!(c.get(&key("b")).is_none());
+    assert!(sent(&out).iter().any(|f| matches!(f, ClientFrame::Pull { since: 0, .. })));
 }

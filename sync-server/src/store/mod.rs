@@ -597,6 +597,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
+            // The channels' exits (sync rules' removals) go with the log: a client behind this
+            // mark starts over (`scope.reset`).
+            sqlx::query("DELETE FROM channel_exits WHERE tenant_id = $1 AND seq <= $2")
+                .bind(m.get::<String, _>(0))
+                .bind(m.get::<i64, _>(1))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         }
         let delete_sql = format!("DELETE FROM events WHERE {condition}");
         let mut q = sqlx::query(&delete_sql).bind(tenant).bind(default_cutoff);
