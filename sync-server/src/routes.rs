@@ -58,7 +58,7 @@ fn sync_routes() -> Vec<Route> {
         route(
             "get",
             "/api/reconciliation/delta",
-            "Entities changed since a version (the delta frame)",
+            "Entities changed since a version (the delta frame; under sync rules only what the caller may read, with channels/held as JSON arrays)",
             REC,
             get(reconcile::delta),
         ),

@@ -167,17 +167,31 @@ impl SyncService {
                 response
             }
         };
-        let mut response = stored_response(&body)?;
+        let response = stored_response(&body)?;
         if !ruled {
             return Ok(Answer { body, response });
         }
+        let pull =
+            last_known.map(|since| PullRequest { since, limit: max_delta as i64, channels, held });
+        self.for_reader(tenant, identity, &client, response, pull).await
+    }
+
+    /// Under rules, a reconcile answer with its delta made for `identity` (the stored answer
+    /// holds none): `pull` when the request gave `lastKnownVersion`.
+    async fn for_reader(
+        &self,
+        tenant: &TenantId,
+        identity: &Identity,
+        client: &ClientId,
+        mut response: ReconcileResponse,
+        pull: Option<PullRequest>,
+    ) -> Result<Answer, ApiError> {
         response.delta_updates = None;
         response.delta_removed = Vec::new();
         response.snapshot = None;
-        if let Some(since) = last_known {
+        if let Some(pull) = pull {
             let access = self.access.of(tenant, identity).await?;
-            let pull = PullRequest { since, limit: max_delta as i64, channels, held };
-            match self.pull_as(tenant, &access, pull, Some(&client)).await? {
+            match self.pull_as(tenant, &access, pull, Some(client)).await? {
                 ServerFrame::Delta { has_more: true, .. } => {
                     response.snapshot = Some(snapshot_hint(tenant));
                 }

@@ -25,6 +25,7 @@ on_both_backends!(
     documents_need_read_to_open_and_write_to_change,
     a_revoked_grant_ends_the_live_stream_and_the_room,
     a_client_behind_the_pruned_history_starts_over,
+    conflicts_are_shown_only_to_readers_and_resolved_only_by_writers,
 );
 
 /// The rule file, as the docs' first example.
@@ -382,8 +383,65 @@ async fn snapshots_and_conflicts_hide_what_is_not_readable(backend: Backend) {
     assert_eq!(c["items"].as_array().unwrap().len(), 1);
     assert_eq!(c["items"][0]["entityId"], "bob-todo");
     assert!(c["nextCursor"].is_null(), "{c}");
-    let list = app.get("/api/conflicts", &bob).await;
-    assert!(!list.json().to_string().contains("secret-todo"));
+}
+
+/// Conflicts on an entity are listed only to its readers, and resolving one needs write; to
+/// anyone else it does not exist.
+async fn conflicts_are_shown_only_to_readers_and_resolved_only_by_writers(backend: Backend) {
+    let Some(app) = TestApp::start_with(backend, |c| {
+        c.sync_rules_text = Some(RULES.into());
+        c.strategies = vec!["todo=manual".into()];
+    })
+    .await
+    else {
+        return;
+    };
+    let alice = app.token("alice");
+    let todo = |c: &str, seq, v: &str| {
+        app.op(c, seq).update("todo", "diary", json!({"owner": "alice", "title": v}))
+    };
+    let r = app
+        .reconcile(
+            &alice,
+            "c0",
+            "a0",
+            vec![
+                app.op("a0", 1)
+                    .create("todo", "diary", json!({"owner": "alice", "title": "t"}))
+                    .build(),
+            ],
+        )
+        .await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+    let base = json!({"a0": 1});
+    let r = app
+        .reconcile(&alice, "c1", "a1", vec![todo("a1", 1, "A").at(50).after(&base).build()])
+        .await;
+    assert_eq!(outcomes(&r.json()), ["applied"]);
+    let r = app
+        .reconcile(&alice, "c2", "a2", vec![todo("a2", 1, "B").at(40).after(&base).build()])
+        .await;
+    let id =
+        r.json()["conflicts"][0]["conflictId"].as_str().expect("a manual conflict").to_string();
+
+    let bob = app.token("bob");
+    let list = app.get("/api/reconciliation/conflicts", &bob).await;
+    list.expect(200);
+    assert_eq!(list.json()["conflicts"], json!([]), "bob may not read the diary");
+    let path = format!("/api/reconciliation/conflicts/{id}/resolve");
+    let r = app.post(&path, &bob, &json!({"choice": "client"})).await;
+    let unknown = app
+        .post("/api/reconciliation/conflicts/no-such/resolve", &bob, &json!({"choice": "client"}))
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body).replace(&id, "X"),
+        String::from_utf8_lossy(&unknown.body).replace("no-such", "X"),
+        "a hidden conflict answers as an unknown one"
+    );
+    let list = app.get("/api/reconciliation/conflicts", &alice).await.json();
+    assert_eq!(list["conflicts"].as_array().unwrap().len(), 1);
+    app.post(&path, &alice, &json!({"choice": "client"})).await.expect(200);
 }
 
 async fn reconcile_deltas_are_made_for_their_reader(backend: Backend) {
