@@ -598,7 +598,10 @@ impl SyncRules {
             return Grants::tenant_wide();
         }
         let lookup = |p: &Placeholder| p.values_in(claims.claims);
-        let mut g = Grants::default();
+        let mut g = Grants {
+            user: claims.claims.get("sub").and_then(Value::as_str).map(str::to_string),
+            ..Grants::default()
+        };
         // Past the limit the rest is not granted: a partial expansion only denies more.
         let _ = expand_all(&self.read, &lookup, &mut g.read, MAX_USER_CHANNELS);
         let _ = expand_all(&self.write, &lookup, &mut g.write, MAX_USER_CHANNELS);
@@ -653,6 +656,8 @@ impl<'a> Claims<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     tenant_wide: bool,
+    /// The user (`sub`) these are the grants of, when known.
+    user: Option<String>,
     read: Channels,
     write: Channels,
 }
@@ -671,6 +676,7 @@ impl Grants {
     ) -> Self {
         Self {
             tenant_wide: false,
+            user: None,
             read: read.into_iter().collect(),
             write: write.into_iter().collect(),
         }
@@ -750,16 +756,34 @@ impl Scope {
 /// room); publishers may set it.
 pub const EVENT_CHANNELS: &str = "channels";
 
+/// The key of an event's `metadata` that names the only users who may see it (an array of
+/// user ids; the server writes it on a Class D transaction's events under rules: its creator).
+pub const EVENT_READERS: &str = "readers";
+
 /// The channels an event's `metadata` restricts it to (`None`: tenant-wide).
 pub fn event_channels(metadata: &Value) -> Option<Channels> {
-    let list = metadata.get(EVENT_CHANNELS)?.as_array()?;
-    Some(list.iter().filter_map(Value::as_str).map(str::to_string).collect())
+    strings(metadata.get(EVENT_CHANNELS)?)
+}
+
+fn strings(v: &Value) -> Option<Channels> {
+    Some(v.as_array()?.iter().filter_map(Value::as_str).map(str::to_string).collect())
 }
 
 impl Grants {
-    /// Whether an event with this `metadata` may be seen.
+    /// Whether an event with this `metadata` may be seen: read on one of its channels, when it
+    /// names any, and being one of its readers, when it names them.
     pub fn may_read_event(&self, metadata: &Value) -> bool {
-        self.tenant_wide || event_channels(metadata).is_none_or(|c| self.may_read(&c))
+        if self.tenant_wide {
+            return true;
+        }
+        let readers = metadata.get(EVENT_READERS).and_then(strings);
+        let reader_ok = readers.is_none_or(|r| self.user.as_ref().is_some_and(|u| r.contains(u)));
+        reader_ok && event_channels(metadata).is_none_or(|c| self.may_read(&c))
+    }
+
+    /// The user these are the grants of (`sub`), when known.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 }
 

@@ -174,6 +174,15 @@ impl Access {
         ))
     }
 
+    /// Whether a Class D transaction created by `user` may be seen: without rules by anyone of
+    /// the tenant; under rules by its creator and tenant-wide readers.
+    pub fn reads_transaction_of(&self, user: &str) -> bool {
+        match self {
+            Access::Unruled => true,
+            Access::Ruled { grants, .. } => grants.is_tenant_wide() || grants.user() == Some(user),
+        }
+    }
+
     /// The channels whose changes a socket is poked for (`None`: every change).
     pub fn poke_reads(&self) -> Option<Channels> {
         match self {

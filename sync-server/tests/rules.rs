@@ -26,6 +26,7 @@ on_both_backends!(
     a_revoked_grant_ends_the_live_stream_and_the_room,
     a_client_behind_the_pruned_history_starts_over,
     conflicts_are_shown_only_to_readers_and_resolved_only_by_writers,
+    published_events_and_transactions_reach_only_their_readers,
 );
 
 /// The rule file, as the docs' first example.
@@ -850,4 +851,61 @@ async fn a_client_behind_the_pruned_history_starts_over(backend: Backend) {
     let again = pull(&app, &bob, 0, None).await;
     assert_eq!(again["scope"].get("reset"), None);
     assert_eq!(ids(&again, "entities"), ["bob-todo"]);
+}
+
+/// An event a service publishes with `channels` reaches only their readers (without, everyone);
+/// a Class D transaction is its creator's.
+async fn published_events_and_transactions_reach_only_their_readers(backend: Backend) {
+    let Some(app) = start(backend).await else { return };
+    let service = app.token_for(&app.tenant, "billing", &["service"]);
+    let events = json!({"events": [
+        {"eventType": "invoice.ready", "payload": {"n": 1}, "channels": ["project:p1"]},
+        {"eventType": "news.posted", "payload": {"n": 2}},
+    ]});
+    app.post("/api/events", &service, &events).await.expect(201);
+    let types = |v: Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["eventType"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let alice = app.token_with("alice", json!({"projects": ["p1"]}));
+    let bob = app.token("bob");
+    let poll = "/api/events/poll?lastEventId=0";
+    assert_eq!(types(app.get(poll, &alice).await.json()), ["invoice.ready", "news.posted"]);
+    assert_eq!(types(app.get(poll, &bob).await.json()), ["news.posted"], "p1's event is not bob's");
+    let bad = json!({"eventType": "x.y", "channels": [""]});
+    assert_eq!(app.post("/api/events", &service, &bad).await.status, 400);
+
+    let r = app
+        .send(
+            axum::http::Method::POST,
+            "/api/transactions",
+            Some(&alice),
+            &[("idempotency-key", "order-1")],
+            Some(
+                serde_json::to_vec(&json!({"type": "order.create", "payload": {"sku": "milk"}}))
+                    .unwrap(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let id = r.json()["transactionId"].as_str().unwrap().to_string();
+    let path = format!("/api/transactions/{id}");
+    assert_eq!(app.get(&path, &alice).await.status, 200);
+    let hidden = app.get(&path, &bob).await;
+    let absent = app.get("/api/transactions/no-such", &bob).await;
+    assert_eq!(hidden.status, 404);
+    assert_eq!(
+        String::from_utf8_lossy(&hidden.body).replace(&id, "X"),
+        String::from_utf8_lossy(&absent.body).replace("no-such", "X"),
+    );
+    // Settled, its event is alice's alone.
+    let accept = sync_server::workers::AcceptObjects;
+    sync_server::workers::process_pending_in(&app.state, &accept, Some(&app.tenant)).await.unwrap();
+    let done = |v: Value| types(v).into_iter().filter(|t| t.starts_with("transaction.")).count();
+    assert_eq!(done(app.get(poll, &alice).await.json()), 1);
+    assert_eq!(done(app.get(poll, &bob).await.json()), 0, "alice's order is not bob's");
 }

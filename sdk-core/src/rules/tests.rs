@@ -189,6 +189,10 @@ fn an_event_is_tenant_wide_unless_its_metadata_names_channels() {
     assert!(!g.may_read_event(&json!({"channels": ["b"]})));
     assert!(!g.may_read_event(&json!({"channels": []})), "in no channel: nobody's");
     assert!(Grants::tenant_wide().may_read_event(&json!({"channels": []})));
+    let ann = user(json!({"sub": "ann"}), &[], &[]);
+    assert!(ann.may_read_event(&json!({"readers": ["ann"]})));
+    assert!(!ann.may_read_event(&json!({"readers": ["ben"]})), "another user's transaction");
+    assert!(!g.may_read_event(&json!({"readers": ["ann"]})), "no user: no reader");
 }
 
 #[test]

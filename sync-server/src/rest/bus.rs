@@ -56,6 +56,10 @@ struct PublishedEvent {
     metadata: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     schema_version: Option<String>,
+    /// Under sync rules, the channels whose readers alone see the event (none: tenant-wide);
+    /// kept as `metadata.channels`.
+    #[serde(default)]
+    channels: Option<Vec<String>>,
 }
 
 /// Check one published event and turn it into what the store appends.
@@ -91,6 +95,18 @@ fn new_event(auth: &Auth, e: PublishedEvent) -> Result<NewEvent, ApiError> {
     };
     let mut metadata = e.metadata.unwrap_or_default();
     metadata.entry("source").or_insert_with(|| Value::String(auth.user().to_string()));
+    if let Some(channels) = e.channels {
+        let max = sdk_core::rules::MAX_ENTITY_CHANNELS;
+        let too_long =
+            channels.iter().any(|c| c.is_empty() || c.len() > sdk_core::rules::MAX_CHANNEL_LEN);
+        if channels.len() > max || too_long {
+            return Err(ApiError::invalid(format!(
+                "channels: at most {max}, each 1 to {} bytes",
+                sdk_core::rules::MAX_CHANNEL_LEN
+            )));
+        }
+        metadata.insert(sdk_core::rules::EVENT_CHANNELS.into(), Value::from(channels));
+    }
     let schema_version = e.schema_version.unwrap_or_else(|| "1.0".into());
     if schema_version.is_empty() || schema_version.len() > 32 {
         return Err(ApiError::invalid("schemaVersion must be 1 to 32 characters"));

@@ -102,11 +102,14 @@ pub async fn get_transaction(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let t = state
-        .store
-        .transaction(auth.tenant.as_str(), &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no transaction {id}")))?;
+    let missing = || ApiError::not_found(format!("no transaction {id}"));
+    let t = state.store.transaction(auth.tenant.as_str(), &id).await?.ok_or_else(missing)?;
+    // Under sync rules a transaction is its creator's (and tenant-wide readers'): to anyone
+    // else it does not exist.
+    let access = state.sync.access(&auth.tenant, &auth.identity).await?;
+    if !access.reads_transaction_of(&t.user_id) {
+        return Err(missing());
+    }
     Ok(Json(json!({
         "transactionId": t.transaction_id,
         "type": t.kind,

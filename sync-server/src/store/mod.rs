@@ -907,7 +907,11 @@ impl Store {
             "status": status,
             "result": result,
         });
-        let metadata = json!({ "source": "sync-server", "userId": t.user_id });
+        let mut metadata = json!({ "source": "sync-server", "userId": t.user_id });
+        if self.rules.is_some() {
+            // Under sync rules a transaction's outcome is its creator's (and tenant-wide readers').
+            metadata[sdk_core::rules::EVENT_READERS] = json!([t.user_id]);
+        }
         let seq = seq + 1;
         insert_event(
             &mut tx,
