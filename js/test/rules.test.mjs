@@ -88,9 +88,20 @@ test('a user added to a project sees its tasks appear; removed, they vanish from
   await until('bob synced', async () => (await view()).synced?.includes('user:bob') || (await view()))
   assert.deepEqual(await view(), { tasks: [], todos: ['mine'], synced: ['user:bob'] }, "alice's todo and p1 are not bob's")
 
-  // Alice adds bob to p1: its tasks — unchanged since bob's last pull — move in, live.
+  // Alice adds bob to p1: its tasks — unchanged since bob's last pull — move in, live. The page
+  // notes when they arrived, to report how long after the grant's commit (not asserted: timing
+  // is for docs/benchmarks.md, not for tests).
+  await page.evaluate(() => {
+    const off = client.on('change', () => {
+      if (client.query('task').length === 2) (window.movedInAt = Date.now()), off()
+    })
+  })
+  const granted = Date.now()
   await alice('member', 'm-bob', 'CREATE', { userId: 'bob', projectId: 'p1' })
+  const committed = Date.now()
   await until('the tasks move in', async () => (await view()).tasks.length === 2 || (await view()))
+  const movedIn = await page.evaluate(() => window.movedInAt)
+  console.log(`move-in: the tasks were on the page ${movedIn - committed} ms after the grant's commit was answered (${movedIn - granted} ms after it was sent)`)
   assert.deepEqual((await view()).tasks, ['k1', 'k2'])
   const db = `pf2-sync:${t}:bob-laptop`
   await page.evaluate(() => client.flushed())

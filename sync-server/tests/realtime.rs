@@ -494,6 +494,20 @@ fn uuid_like() -> String {
     N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
+/// Consuming a group needs the service (or admin) role on the socket as over REST: a group is
+/// handed every event it matches, whoever may read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consuming_a_group_over_websocket_needs_the_service_role() {
+    let s = server(|_| {}).await;
+    let mut c = connect(&s, "alice", "alice-1").await;
+    c.send(&ClientFrame::Consume { group: "billing".into(), max_in_flight: None }).await;
+    let f = c.recv_until(|f| matches!(f, ServerFrame::Error { .. })).await;
+    assert!(
+        matches!(&f, ServerFrame::Error { code, .. } if code.as_str() == "AUTHZ_FAILED"),
+        "{f:?}"
+    );
+}
+
 /// Consumer groups over `/v1/ws`: the server pushes leased deliveries, at most `maxInFlight`
 /// unsettled; an ack frees a slot; a nack on the last attempt dead-letters; two sockets of the
 /// same group never get the same event.

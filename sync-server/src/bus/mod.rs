@@ -61,6 +61,23 @@ pub fn event(event_type: &str, payload: Value) -> NewEvent {
 }
 
 /// What a subscription should be; `None` fields take the bus defaults.
+/// Roles that may publish, consume and operate the bus (on every transport: REST and the
+/// `/v1/ws` `consume` frame alike).
+pub const BUS_ROLES: [&str; 2] = ["service", "admin"];
+
+/// Publishing, consuming and operating the bus need one of [`BUS_ROLES`]: a consumer group is
+/// handed every event it matches, whoever may read it.
+pub fn require_operator(identity: &crate::auth::Identity) -> Result<(), ApiError> {
+    if BUS_ROLES.iter().any(|r| identity.has_role(r)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::AuthzFailed,
+            "the event bus needs a token with the service (or admin) role",
+        ))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SubscriptionSpec {
     pub name: String,

@@ -21,18 +21,10 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Roles that may publish, consume and operate the bus.
-pub const BUS_ROLES: [&str; 2] = ["service", "admin"];
+pub use crate::bus::BUS_ROLES;
 
 fn require_service(auth: &Auth) -> Result<(), ApiError> {
-    if BUS_ROLES.iter().any(|r| auth.identity.has_role(r)) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::AuthzFailed,
-            "the event bus needs a token with the service (or admin) role",
-        ))
-    }
+    crate::bus::require_operator(&auth.identity)
 }
 
 fn iso(ms: i64) -> String {

@@ -610,6 +610,9 @@ impl Session {
     /// `Consume`: join consumer group `group`; a task pushes leased deliveries, at most
     /// `max_in_flight` unsettled.
     async fn consume(&mut self, group: String, max_in_flight: u32) {
+        if let Err(e) = crate::bus::require_operator(&self.identity) {
+            return self.error(e, None).await;
+        }
         // A member whose task ended (its group was deleted) no longer counts.
         let consumers = &mut self.bus.get_or_insert_with(Box::default).consumers;
         consumers.retain(|c| !c.task.is_finished());
