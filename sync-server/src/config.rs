@@ -97,6 +97,17 @@ pub struct Config {
         global = true
     )]
     pub ws_allowed_origins: Vec<String>,
+    /// Origins whose pages may call the REST API from the browser (CORS), repeatable or
+    /// comma-separated: `https://app.example`, `http://localhost:*` (any port), or `*`. Default:
+    /// none — only pages served from this server's own origin. The WebSocket allowlist
+    /// (`--ws-allowed-origin`) allows these too unless it is set itself.
+    #[arg(
+        long = "cors-allowed-origin",
+        env = "PF2_CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cors_allowed_origins: Vec<String>,
     #[arg(long, env = "PF2_WS_MAX_CONNECTIONS", default_value_t = 10_000, global = true)]
     pub ws_max_connections: usize,
     /// Messages per minute per WebSocket connection (api.md: 100).
@@ -200,6 +211,7 @@ impl Config {
             sync_rules: None,
             sync_rules_text: None,
             ws_allowed_origins: Vec::new(),
+            cors_allowed_origins: Vec::new(),
             ws_max_connections: 10_000,
             // The shipped realtime limit: the session's rate rule is tested as users meet it.
             ws_rate: crate::limits::DEFAULT_WS_RATE_PER_MINUTE,
@@ -289,6 +301,14 @@ impl Config {
             document_compact_bytes: self.document_compact_bytes.max(1),
             ..Limits::default()
         };
+        limits.cors_allowed_origins = self
+            .cors_allowed_origins
+            .iter()
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        // The sockets allow the CORS origins too, unless their own list is set.
+        limits.ws_allowed_origins.extend(limits.cors_allowed_origins.iter().cloned());
         if !self.ws_allowed_origins.is_empty() {
             limits.ws_allowed_origins = self.ws_allowed_origins.clone();
         }

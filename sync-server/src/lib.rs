@@ -73,6 +73,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 /// The HTTP application: every route, with body limits, request ids, tracing and metrics.
 pub fn app(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
+    let cors = cors_layer(&state.limits.cors_allowed_origins);
     let router = Router::new();
     // Static files (the demo) only where no API route matched; unknown `/api/…` paths still get
     // the JSON 404.
@@ -104,7 +105,51 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(tower::util::option_layer(cors))
         .with_state(state)
+}
+
+/// CORS for the listed origins (`--cors-allowed-origin`; none listed: no layer, no CORS
+/// headers). Preflights are answered here. Tokens travel in `Authorization`, never in cookies,
+/// so credentials are never allowed, and `*` is safe. An origin not listed gets no CORS header:
+/// the browser keeps the answer from its page.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let origins = origins.to_vec();
+        AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|o| socket::origin_allowed(&origins, Some(o)))
+        })
+    };
+    let name = HeaderName::from_static;
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                name("idempotency-key"),
+                name("x-tenant-id"),
+                name("x-justification"),
+                name("x-request-id"),
+            ])
+            .expose_headers([
+                name("x-request-id"),
+                header::RETRY_AFTER,
+                name("ratelimit-limit"),
+                name("ratelimit-remaining"),
+                name("ratelimit-reset"),
+                name("ratelimit-policy"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -29,6 +29,9 @@ pub struct Limits {
     pub webhook_base_delay: Duration,
     /// Browser origins allowed to open a socket (`*`, exact, or `scheme://host:*`).
     pub ws_allowed_origins: Vec<String>,
+    /// Origins whose pages may call the REST API (CORS): exact origins, `scheme://host:*`, or
+    /// `*`. Empty: no CORS headers (same-origin apps only).
+    pub cors_allowed_origins: Vec<String>,
     pub ws_max_connections: usize,
     /// Largest WebSocket message; larger ones close the connection with 1009.
     pub ws_frame_bytes: usize,
@@ -82,6 +85,7 @@ impl Default for Limits {
                 "http://127.0.0.1:*".into(),
                 "https://127.0.0.1:*".into(),
             ],
+            cors_allowed_origins: Vec::new(),
             ws_max_connections: 10_000,
             ws_frame_bytes: sdk_core::protocol::DEFAULT_MAX_FRAME,
             ws_rate: Rate::per_minute(DEFAULT_WS_RATE_PER_MINUTE),
