@@ -75,6 +75,12 @@ export interface ConflictNotice {
   conflict: unknown
 }
 
+/** How far a long sync has come (`client.on('progress', …)`). */
+export interface SyncProgress {
+  received: number
+  total: number
+}
+
 export interface Rejection {
   operationId: string
   entityType: string
@@ -136,6 +142,9 @@ type Events = {
   change: (changed: EntityRef[]) => void
   conflict: (notice: ConflictNotice) => void
   rejected: (rejection: Rejection) => void
+  /** A sync of more than one page (the first sync of a large tenant): entities received so far
+   * of the total; the last report has `received === total`. */
+  progress: (progress: SyncProgress) => void
   event: (event: SyncEvent) => void
   error: (error: { message: string }) => void
 }

@@ -40,6 +40,7 @@ impl Server {
                     client_seq: self.state.ledgers.get(client).copied().or(Some(0)),
                     removed: vec![],
                     scope: None,
+                    remaining: None,
                 }]
             }
             _ => Vec::new(),

@@ -156,6 +156,12 @@ pub enum AppEvent {
     EventsUnavailable {
         after: Option<u64>,
     },
+    /// A sync of more than one page is under way (the first sync of a large tenant): `received`
+    /// entities of `total` so far; the last page reports `received == total`.
+    Progress {
+        received: u64,
+        total: u64,
+    },
     /// Any other frame (presence, messages, rooms, snapshot chunks) for the shell to route.
     Frame(ServerFrame),
 }
@@ -218,6 +224,8 @@ pub struct SyncClient {
     channels: Option<Vec<String>>,
     /// They changed while a pull was out: pull again when it is answered.
     pull_again: bool,
+    /// Entities received so far by a sync of several pages (`None`: none under way).
+    sync_progress: Option<u64>,
     cursor: u64,
     /// The highest tenant version heard of (pokes, push results); pull until the cursor reaches it.
     known_version: u64,
@@ -270,6 +278,7 @@ impl SyncClient {
             scope: stored.scope,
             channels: config.channels.clone(),
             pull_again: false,
+            sync_progress: None,
             cursor: stored.cursor,
             known_version: stored.cursor,
             confirmed_seq: stored.confirmed_seq,
@@ -628,7 +637,9 @@ impl SyncClient {
                 client_seq,
                 removed,
                 scope,
+                remaining,
             } => {
+                self.progress(since, entities.len() as u64, has_more, remaining);
                 let page = DeltaPage { since, version, entities, has_more, client_seq, removed };
                 self.apply_delta(now_ms, page, scope);
             }
@@ -1033,6 +1044,22 @@ impl SyncClient {
         }
         self.pull = None;
         self.send_pull(now_ms);
+    }
+
+    /// A multi-page sync's progress: started by a page with more to come, counted on until the
+    /// last page (a page not continuing from the cursor restarts the count).
+    fn progress(&mut self, since: u64, received: u64, has_more: bool, remaining: Option<u64>) {
+        if since > self.cursor {
+            return;
+        }
+        let so_far = match self.sync_progress {
+            Some(p) if since == self.cursor => p + received,
+            _ if has_more => received,
+            _ => return,
+        };
+        let total = so_far + if has_more { remaining.unwrap_or(0) } else { 0 };
+        self.sync_progress = has_more.then_some(so_far);
+        self.emit(AppEvent::Progress { received: so_far, total: total.max(so_far) });
     }
 
     /// Partial sync: sync only these of the channels granted (`None`: all). What the new set

@@ -388,6 +388,7 @@ mod tests {
                 client_seq: Some(2),
                 removed: vec![],
                 scope: None,
+                remaining: None,
             },
         );
         drain(&mut client, &mut mem, &mut kv);

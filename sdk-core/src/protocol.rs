@@ -610,6 +610,10 @@ pub enum ServerFrame {
         /// Under sync rules: what this delta was computed for.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scope: Option<WireScope>,
+        /// On a page that is not the last: how many entities the pages after it still hold
+        /// (what a client shows as the progress of a long sync).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remaining: Option<u64>,
     },
     /// Something changed: the tenant is now at `version`.
     Poke {

@@ -7,7 +7,7 @@
 //!
 //! The JS side (`js/`, the npm package) wraps [`SyncEngine`] in the documented TypeScript API.
 //! Events reach JS through one listener `(kind, payload)`, where `kind` is `status`, `change`,
-//! `conflict`, `rejected`, `event`, `eventsUnavailable`, `frame` or `error`.
+//! `conflict`, `rejected`, `event`, `eventsUnavailable`, `progress`, `frame` or `error`.
 //!
 //! Durability: `mutate` resolves once the operation is in IndexedDB. Writes made in the same
 //! turn of the event loop share one transaction (group commit).
@@ -597,6 +597,9 @@ fn app_event(inner: &Rc<Inner>, e: AppEvent) {
             }),
         ),
         AppEvent::Event(ev) => emit(inner, "event", &to_json(&ev)),
+        AppEvent::Progress { received, total } => {
+            emit(inner, "progress", &json!({ "received": received, "total": total }))
+        }
         AppEvent::EventsUnavailable { after } => {
             emit(inner, "eventsUnavailable", &json!({ "after": after }))
         }

@@ -268,7 +268,11 @@ impl SyncService {
             removed: read.removed,
             removed_more: read.removed_more,
         };
-        Ok(scoped_delta_frame(since, seq, page, client_seq, wire_scope))
+        let mut frame = scoped_delta_frame(since, seq, page, client_seq, wire_scope);
+        if let ServerFrame::Delta { has_more: true, version, remaining, .. } = &mut frame {
+            *remaining = Some(self.store.entities_after_in(t, syncs, *version).await?);
+        }
+        Ok(frame)
     }
 
     /// What `identity` may read and write in `tenant` now (every surface that shows data asks).

@@ -19,6 +19,7 @@ on_both_backends!(
     snapshots_carry_verifiable_checksums,
     collection_snapshots_page_and_verify,
     delta_reports_the_clients_confirmed_sequence,
+    a_long_delta_says_how_many_entities_remain,
     poll_paginates_gap_free,
     long_poll_wakes_on_a_new_event,
     poll_below_retention_requires_a_snapshot,
@@ -1044,4 +1045,29 @@ async fn every_route_in_the_table_is_served_and_documented() {
                 .is_ok_and(|v| v["error"]["message"] == "no such route");
         assert!(!unrouted, "{} {} is documented but not served", route.method, route.path);
     }
+}
+
+/// A delta of several pages says, on each page but the last, how many entities the pages after
+/// it hold: what a client shows as the progress of its first sync.
+async fn a_long_delta_says_how_many_entities_remain(backend: Backend) {
+    let app = app!(backend);
+    let token = app.token("u");
+    let ops = (1..=5)
+        .map(|i| app.op("c1", i).create("todo", &format!("t{i}"), json!({"n": i})).build())
+        .collect();
+    app.reconcile(&token, "r1", "c1", ops).await.expect(200);
+    let mut since = 0;
+    let mut seen = Vec::new();
+    loop {
+        let d = app
+            .get(&format!("/api/reconciliation/delta?since={since}&limit=2"), &token)
+            .await
+            .json();
+        seen.push((d["entities"].as_array().unwrap().len(), d["remaining"].as_u64()));
+        since = d["version"].as_u64().unwrap();
+        if d["hasMore"] != true {
+            break;
+        }
+    }
+    assert_eq!(seen, [(2, Some(3)), (2, Some(1)), (1, None)]);
 }

@@ -477,6 +477,13 @@ async fn partial_sync_narrows_a_pull(backend: Backend) {
     assert_eq!(d["scope"]["channels"], json!(["project:p2"]), "p7 is not granted: not synced");
     let bad = app.get("/api/reconciliation/delta?since=0&channels=p2", &alice).await;
     assert_eq!(bad.status, 400);
+    // A long scoped sync says how much remains: alice reads 4 (her todo and p1's and p2's tasks).
+    let first = app.get("/api/reconciliation/delta?since=0&limit=3", &alice).await.json();
+    assert_eq!(
+        (first["hasMore"].as_bool(), first["remaining"].as_u64()),
+        (Some(true), Some(1)),
+        "{first}"
+    );
 }
 
 async fn event_polls_show_only_readable_entities_events(backend: Backend) {

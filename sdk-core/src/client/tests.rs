@@ -47,6 +47,7 @@ fn live(c: &mut SyncClient, now: u64) -> Vec<Output> {
             client_seq: Some(0),
             removed: vec![],
             scope: None,
+            remaining: None,
         },
     );
     drain(c)
@@ -157,6 +158,7 @@ fn going_online_authenticates_pulls_and_pushes_the_queue_then_is_live() {
             client_seq: Some(1),
             removed: vec![],
             scope: None,
+            remaining: None,
         },
     );
     // The first pull (sent before the push) may have confirmed nothing; the client pulls until it has.
@@ -171,6 +173,7 @@ fn going_online_authenticates_pulls_and_pushes_the_queue_then_is_live() {
             client_seq: Some(1),
             removed: vec![],
             scope: None,
+            remaining: None,
         },
     );
     assert!(c.is_settled());
@@ -235,6 +238,7 @@ fn repeated_websocket_failures_fall_back_to_long_polling_and_retry_the_socket_la
             client_seq: Some(0),
             removed: vec![],
             scope: None,
+            remaining: None,
         },
     );
     drain(&mut c);
@@ -631,6 +635,7 @@ fn degraded_pulls_that_bring_nothing_back_off() {
         client_seq: Some(0),
         removed: vec![],
         scope: None,
+        remaining: None,
     };
     c.handle_frame(now, empty(0));
     drain(&mut c);
@@ -699,6 +704,7 @@ fn scoped_delta(
             })
             .collect(),
         scope,
+        remaining: None,
     }
 }
 
@@ -847,4 +853,39 @@ fn a_reset_scope_starts_over_without_applying_the_delta() {
     assert_eq!(forgotten(&out), ["a"]);
     assert!(c.get(&key("b")).is_none());
     assert!(sent(&out).iter().any(|f| matches!(f, ClientFrame::Pull { since: 0, .. })));
+}
+
+#[test]
+fn a_sync_of_several_pages_reports_its_progress() {
+    let mut c = client();
+    c.set_online(1, true);
+    c.link_opened(1, "tok");
+    c.handle_frame(1, connected());
+    drain(&mut c);
+    let page = |since, version, n: u64, has_more, remaining| ServerFrame::Delta {
+        since,
+        version,
+        entities: (0..n).map(|i| entity_in(&format!("e{since}-{i}"), since + i + 1, &[])).collect(),
+        has_more,
+        client_seq: Some(0),
+        removed: vec![],
+        scope: None,
+        remaining,
+    };
+    let progress = |out: &[Output]| -> Vec<(u64, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Event(AppEvent::Progress { received, total }) => Some((*received, *total)),
+                _ => None,
+            })
+            .collect()
+    };
+    c.handle_frame(2, page(0, 3, 3, true, Some(5)));
+    assert_eq!(progress(&drain(&mut c)), [(3, 8)]);
+    c.handle_frame(3, page(3, 6, 3, true, Some(2)));
+    assert_eq!(progress(&drain(&mut c)), [(6, 8)]);
+    c.handle_frame(4, page(6, 8, 2, false, None));
+    assert_eq!(progress(&drain(&mut c)), [(8, 8)], "the last page completes it");
+    c.handle_frame(5, page(8, 9, 1, false, None));
+    assert!(progress(&drain(&mut c)).is_empty(), "a one-page delta is no long sync");
 }

@@ -133,6 +133,7 @@ pub fn delta_frame(
         client_seq: if has_more { None } else { client_seq },
         removed: Vec::new(),
         scope: None,
+        remaining: None,
     }
 }
 
@@ -180,6 +181,7 @@ pub fn scoped_delta_frame(
         client_seq: if has_more { None } else { client_seq },
         removed,
         scope: Some(scope),
+        remaining: None,
     }
 }
 

@@ -118,6 +118,7 @@ fn sample_server_frames() -> Vec<ServerFrame> {
             client_seq: Some(2),
             removed: vec![],
             scope: None,
+            remaining: None,
         },
         ServerFrame::Poke { version: 3 },
         ServerFrame::Event {

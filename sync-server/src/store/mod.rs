@@ -439,7 +439,23 @@ impl Store {
         };
         let (seq, _) = self.tenant_seq(tenant).await?;
         let (entities, has_more) = self.delta(tenant, since, limit).await?;
-        Ok(delta_frame(since, seq, entities, has_more, client_seq))
+        let mut frame = delta_frame(since, seq, entities, has_more, client_seq);
+        if let ServerFrame::Delta { has_more: true, version, remaining, .. } = &mut frame {
+            *remaining = Some(self.entities_after(tenant, *version).await?);
+        }
+        Ok(frame)
+    }
+
+    /// How many of `tenant`'s entities changed after `version` (a long sync's progress).
+    pub async fn entities_after(&self, tenant: &str, version: u64) -> Result<u64, StoreError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) FROM entities WHERE tenant_id = $1 AND version > $2")
+                .bind(tenant)
+                .bind(version as i64)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(row.get::<i64, _>(0) as u64)
     }
 
     /// The last applied `clientSeq` of a client (0 if none).

@@ -182,6 +182,31 @@ impl Store {
         Ok(out)
     }
 
+    /// How many entities of `channels` changed after `version` (a long scoped sync's progress:
+    /// the pages after one ending at `version` hold exactly these).
+    pub async fn entities_after_in(
+        &self,
+        tenant: &str,
+        channels: &Channels,
+        version: u64,
+    ) -> Result<u64, StoreError> {
+        if channels.is_empty() {
+            return Ok(0);
+        }
+        let list = (3..3 + channels.len()).map(|i| format!("${i}")).collect::<Vec<_>>();
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT entity_type, entity_id FROM entity_channels \
+             WHERE tenant_id = $1 AND version > $2 AND channel IN ({})) x",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(tenant).bind(version as i64);
+        for c in channels {
+            q = q.bind(c.as_str());
+        }
+        let row = q.fetch_one(&self.pool).await.map_err(db)?;
+        Ok(row.get::<i64, _>(0) as u64)
+    }
+
     /// A page of `entity_type`'s live entities in id order after `cursor`, only those in one of
     /// `channels` (a collection snapshot for a client that syncs channels).
     pub async fn entities_page_in(
