@@ -1,31 +1,12 @@
 // Sync rules in the browser (docs/api/sync-rules.md): the packed @pf2/sync in headless Chromium
 // against a sync-server started with --sync-rules (the docs' first example).
 import assert from 'node:assert/strict'
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { openPage, until, useServerAndBrowser } from './harness.mjs'
+import { openPage, root, until, useServerAndBrowser } from './harness.mjs'
 
-const rules = join(mkdtempSync(join(tmpdir(), 'pf2-rules-')), 'rules.toml')
-writeFileSync(
-  rules,
-  `[grants]
-read  = ["user:{sub}", "project:{projects[]}"]
-write = ["user:{sub}", "project:{projects[]}"]
-[entities.todo]
-channels = ["user:{owner}"]
-[entities.task]
-channels = ["project:{projectId}"]
-[entities.project]
-channels = ["project:{id}"]
-[entities.member]
-channels = ["project:{projectId}"]
-grants = { user = "{userId}", read = ["project:{projectId}"], write = ["project:{projectId}"] }
-[documents]
-channels = ["doc:{id}"]
-`,
-)
+// The docs' first example, the same file the Rust tests read.
+const rules = join(root, 'sdk-core', 'tests', 'data', 'example-rules.toml')
 const env = useServerAndBrowser({ env: { PF2_SYNC_RULES: rules } })
 
 const tenant = () => `t-${Math.random().toString(36).slice(2, 10)}`

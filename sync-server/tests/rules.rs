@@ -30,22 +30,7 @@ on_both_backends!(
 );
 
 /// The issue's rule file, as the docs' first example.
-const RULES: &str = r#"
-[grants]
-read  = ["user:{sub}", "project:{projects[]}"]
-write = ["user:{sub}", "project:{projects[]}"]
-[entities.todo]
-channels = ["user:{owner}"]
-[entities.task]
-channels = ["project:{projectId}"]
-[entities.project]
-channels = ["project:{id}"]
-[entities.member]
-channels = ["project:{projectId}"]
-grants = { user = "{userId}", read = ["project:{projectId}"], write = ["project:{projectId}"] }
-[documents]
-channels = ["doc:{id}"]
-"#;
+const RULES: &str = include_str!("../../sdk-core/tests/data/example-rules.toml");
 
 async fn start(backend: Backend) -> Option<TestApp> {
     TestApp::start_with(backend, |c| c.sync_rules_text = Some(RULES.into())).await

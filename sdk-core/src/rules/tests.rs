@@ -9,22 +9,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 /// The issue's file, verbatim: it is also the docs' first example.
-const EXAMPLE: &str = r#"
-[grants]
-read  = ["user:{sub}", "project:{projects[]}"]
-write = ["user:{sub}", "project:{projects[]}"]
-[entities.todo]
-channels = ["user:{owner}"]
-[entities.task]
-channels = ["project:{projectId}"]
-[entities.project]
-channels = ["project:{id}"]
-[entities.member]
-channels = ["project:{projectId}"]
-grants = { user = "{userId}", read = ["project:{projectId}"], write = ["project:{projectId}"] }
-[documents]
-channels = ["doc:{id}"]
-"#;
+const EXAMPLE: &str = include_str!("../../tests/data/example-rules.toml");
 
 fn rules() -> SyncRules {
     SyncRules::parse(EXAMPLE).expect("the example parses")
@@ -64,6 +49,15 @@ fn check_refused(text: &str, line: usize, words: &str) {
     let e = SyncRules::parse(text).expect_err("the file is refused").to_string();
     assert!(e.contains(&format!("line {line}:")), "{e:?} should name line {line}");
     assert!(e.contains(words), "{e:?} should say {words:?}");
+}
+
+#[test]
+fn the_docs_first_example_is_this_file() {
+    let docs = include_str!("../../../docs/api/sync-rules.md");
+    assert!(
+        docs.contains(EXAMPLE),
+        "docs/api/sync-rules.md must show tests/data/example-rules.toml verbatim"
+    );
 }
 
 #[test]
