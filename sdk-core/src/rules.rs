@@ -691,10 +691,6 @@ impl Grants {
         &self.read
     }
 
-    pub fn write_channels(&self) -> &Channels {
-        &self.write
-    }
-
     pub fn reads(&self, channel: &str) -> bool {
         self.tenant_wide || self.read.contains(channel)
     }
@@ -728,23 +724,6 @@ impl Grants {
 pub enum Scope {
     Tenant,
     Channels(Channels),
-}
-
-impl Scope {
-    /// Whether an entity of `channels` is in this scope.
-    pub fn includes(&self, channels: &Channels) -> bool {
-        match self {
-            Scope::Tenant => true,
-            Scope::Channels(mine) => channels.iter().any(|c| mine.contains(c)),
-        }
-    }
-
-    pub fn includes_channel(&self, channel: &str) -> bool {
-        match self {
-            Scope::Tenant => true,
-            Scope::Channels(mine) => mine.contains(channel),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -210,13 +210,4 @@ impl Access {
             Access::Unruled => Grants::tenant_wide(),
         }
     }
-
-    /// Whether an event may be seen: `None` channels, tenant-wide (an event published without
-    /// any); `Some`, read on at least one of them (an entity's event: its entity's channels).
-    pub fn reads_event(&self, channels: Option<&Channels>) -> bool {
-        match (self, channels) {
-            (Access::Unruled, _) | (_, None) => true,
-            (Access::Ruled { grants, .. }, Some(c)) => grants.may_read(c),
-        }
-    }
 }

@@ -125,15 +125,25 @@ impl NodeConfig {
     }
 }
 
+/// The per-user limits these multi-process tests lift, and why: they drive one service user
+/// through 10,000 published events, thousands of claims and acks, and sockets pinging every
+/// second across kills and Redis outages — what is tested is delivery across processes, not the
+/// limits (which have their own tests at the shipped defaults, in sync-server/tests/).
+const LIFTED: [(&str, &str); 5] = [
+    ("PF2_RATE_POLL", "1000000"), // why: claim/ack loops of 3 workers × 10,000 events
+    ("PF2_RATE_RECONCILE", "1000000"), // why: the writers of the cross-process tests
+    ("PF2_RATE_TRANSACTIONS", "1000000"), // why: as above, for Class D
+    ("PF2_RATE_PUBLISH", "1000000"), // why: 10,000 events published as fast as possible
+    ("PF2_WS_RATE", "1000000"),   // why: pings every second plus event acks on one socket
+];
+
 fn base_env(cmd: &mut Command) {
     cmd.env("PF2_JWT_SECRET", JWT_SECRET)
         .env("PF2_WEBHOOK_SECRET", "cluster-webhook-secret")
-        .env("PF2_RATE_POLL", "1000000")
-        .env("PF2_RATE_RECONCILE", "1000000")
-        .env("PF2_RATE_TRANSACTIONS", "1000000")
-        .env("PF2_RATE_PUBLISH", "1000000")
-        .env("PF2_WS_RATE", "1000000")
         .env("PF2_LOG", "info,sqlx=warn,tower_http=warn");
+    for (k, v) in LIFTED {
+        cmd.env(k, v);
+    }
 }
 
 impl Node {

@@ -364,50 +364,49 @@ pub(super) async fn follow_changes(
         }
         q.execute(&mut *conn).await.map_err(db)?;
     }
-    for part in old_rows.chunks(CHUNK) {
-        let cond = (0..part.len())
-            .map(|i| {
-                let n = 2 + i * 3;
-                format!("(channel = ${n} AND entity_type = ${} AND entity_id = ${})", n + 1, n + 2)
-            })
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let sql = format!("DELETE FROM entity_channels WHERE tenant_id = $1 AND ({cond})");
-        let mut q = sqlx::query(&sql).bind(tenant);
-        for (channel, rec) in part {
-            q = q
-                .bind(channel.as_str())
-                .bind(rec.key.entity_type.as_str())
-                .bind(rec.key.entity_id.as_str());
-        }
-        q.execute(&mut *conn).await.map_err(db)?;
-    }
-    for part in old_grants.chunks(CHUNK) {
-        let cond = (0..part.len())
-            .map(|i| {
-                let n = 2 + i * 4;
-                format!(
-                    "(source_type = ${n} AND source_id = ${} AND user_id = ${} AND channel = ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let sql = format!("DELETE FROM user_grants WHERE tenant_id = $1 AND ({cond})");
-        let mut q = sqlx::query(&sql).bind(tenant);
-        for (g, rec) in part {
-            q = q
-                .bind(rec.key.entity_type.as_str())
-                .bind(rec.key.entity_id.as_str())
-                .bind(g.user.as_str())
-                .bind(g.channel.as_str());
-        }
-        q.execute(&mut *conn).await.map_err(db)?;
-    }
+    let rows = old_rows
+        .iter()
+        .map(|(c, rec)| vec![c.as_str(), rec.key.entity_type.as_str(), rec.key.entity_id.as_str()]);
+    let columns = ["channel", "entity_type", "entity_id"];
+    delete_by_key(conn, "entity_channels", tenant, &columns, rows.collect()).await?;
+    let rows = old_grants.iter().map(|(g, rec)| {
+        let (ty, id) = (rec.key.entity_type.as_str(), rec.key.entity_id.as_str());
+        vec![ty, id, g.user.as_str(), g.channel.as_str()]
+    });
+    let columns = ["source_type", "source_id", "user_id", "channel"];
+    delete_by_key(conn, "user_grants", tenant, &columns, rows.collect()).await?;
     index_records(conn, tenant, rules, finals).await?;
     Ok(Followed { grants_changed: changed, touched })
+}
+
+/// Delete the rows of `table` in `tenant` whose `columns` (with `tenant_id`, its whole primary
+/// key) hold one of `rows`' values: full-key equalities, which every planner serves by index.
+async fn delete_by_key(
+    conn: &mut sqlx::AnyConnection,
+    table: &str,
+    tenant: &str,
+    columns: &[&str],
+    rows: Vec<Vec<&str>>,
+) -> Result<(), StoreError> {
+    for part in rows.chunks(CHUNK) {
+        let cond = (0..part.len())
+            .map(|i| {
+                let eq = columns
+                    .iter()
+                    .enumerate()
+                    .map(|(c, name)| format!("{name} = ${}", 2 + i * columns.len() + c));
+                format!("({})", eq.collect::<Vec<_>>().join(" AND "))
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let sql = format!("DELETE FROM {table} WHERE tenant_id = $1 AND ({cond})");
+        let mut q = sqlx::query(&sql).bind(tenant);
+        for v in part.iter().flatten() {
+            q = q.bind(*v);
+        }
+        q.execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(())
 }
 
 /// Insert the channel rows and grant rows of `records` (whose old rows are gone).
