@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 on_both_backends!(
     a_poll_page_holds_up_to_its_limit_and_says_when_there_is_more,
     publish_is_durable_idempotent_by_event_id_and_for_services,
+    concurrent_publishes_of_the_same_events_append_them_once_without_gaps,
     bad_events_are_refused_whole_and_change_nothing,
     filters_select_by_type_pattern_and_payload_attribute,
     a_durable_subscription_keeps_its_position,
@@ -169,6 +170,111 @@ async fn publish_is_durable_idempotent_by_event_id_and_for_services(backend: Bac
         events[1]["metadata"]["source"], "billing-service",
         "source defaults to the publisher"
     );
+}
+
+/// Eight publishers at once, each with the same two events and one of its own: every event is
+/// appended once, the log has no gap, and every publisher is told the same sequence for the
+/// same event (on PostgreSQL, publishers that lose the race are decided again under the lock).
+async fn concurrent_publishes_of_the_same_events_append_them_once_without_gaps(backend: Backend) {
+    let app = app!(backend);
+    let svc = service(&app);
+    let shared = [uuid(), uuid()];
+    let batches: Vec<Vec<Value>> = (0..8)
+        .map(|i| {
+            vec![
+                json!({"eventId": shared[0], "eventType": "order.placed", "payload": {}}),
+                json!({"eventId": uuid(), "eventType": "order.note", "payload": {"i": i}}),
+                json!({"eventId": shared[1], "eventType": "order.paid", "payload": {}}),
+            ]
+        })
+        .collect();
+    let answers =
+        futures_util::future::join_all(batches.into_iter().map(|b| publish(&app, &svc, b))).await;
+    let seq_of = |r: &Value| r["sequence"].as_u64().unwrap();
+    for a in &answers {
+        assert_eq!(seq_of(&a[0]), seq_of(&answers[0][0]), "one sequence for the shared event");
+        assert_eq!(seq_of(&a[2]), seq_of(&answers[0][2]));
+        assert_eq!(a[1]["duplicate"], false, "each publisher's own event is new");
+    }
+    let fresh: usize = answers.iter().flatten().filter(|r| r["duplicate"] == false).count();
+    assert_eq!(fresh, 10, "2 shared + 8 own, each appended once: {answers:?}");
+    let poll = app.get("/api/events/poll?lastEventId=0&limit=100", &svc).await;
+    poll.expect(200);
+    let seqs: Vec<u64> = poll.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>(), "the log holds 10 events, no gap");
+    assert_eq!(tenant_seq(&app).await, 10);
+}
+
+/// PostgreSQL's one-statement publish reads the known ids from its snapshot, before it waits for
+/// the tenant's lock. Here another transaction holds the lock and appends the same event id;
+/// the publish, waiting, sees it only after that commit: the unique index refuses its insert
+/// and the publish is decided again under the lock — a duplicate, with the other's sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_publish_racing_another_append_of_its_event_id_reports_the_duplicate() {
+    use sqlx::{Connection, Row};
+    let app = app!(Backend::Postgres);
+    let svc = service(&app);
+    publish(
+        &app,
+        &svc,
+        vec![json!({"eventId": uuid(), "eventType": "order.placed", "payload": {}})],
+    )
+    .await;
+    let racer = uuid();
+    let mut other = sqlx::PgConnection::connect(&common::postgres_url()).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    let seq: i64 = sqlx::query("SELECT seq FROM tenants WHERE tenant_id = $1 FOR UPDATE")
+        .bind(&app.tenant)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+        .get(0);
+    sqlx::query("INSERT INTO events (tenant_id, seq, event_id, event_type, payload, metadata, schema_version, critical, created_at) VALUES ($1, $2, $3, 'order.paid', '{}', '{}', '1.0', 0, 0)")
+        .bind(&app.tenant)
+        .bind(seq + 1)
+        .bind(&racer)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tenants SET seq = $2 WHERE tenant_id = $1")
+        .bind(&app.tenant)
+        .bind(seq + 1)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut watch = sqlx::PgConnection::connect(&common::postgres_url()).await.unwrap();
+    let (answer, ()) = tokio::join!(
+        publish(
+            &app,
+            &svc,
+            vec![json!({"eventId": racer, "eventType": "order.paid", "payload": {}})]
+        ),
+        async {
+            // Commit once the publish is waiting for the lock (a condition, polled).
+            loop {
+                let waiting: i64 = sqlx::query(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH v (ord,%'",
+                )
+                .fetch_one(&mut watch)
+                .await
+                .unwrap()
+                .get(0);
+                if waiting > 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            tx.commit().await.unwrap();
+        }
+    );
+    assert_eq!(answer[0]["duplicate"], true, "{answer:?}");
+    assert_eq!(answer[0]["sequence"].as_i64(), Some(seq + 1));
+    assert_eq!(tenant_seq(&app).await, (seq + 1) as u64, "nothing appended twice");
 }
 
 async fn bad_events_are_refused_whole_and_change_nothing(backend: Backend) {
