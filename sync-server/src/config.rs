@@ -89,7 +89,8 @@ pub struct Config {
     #[arg(skip)]
     pub sync_rules_text: Option<String>,
     /// Browser origins allowed to open WebSockets (repeatable; `*`, exact, or `http://host:*`).
-    /// Default: localhost and 127.0.0.1 on any port.
+    /// Default: the CORS origins when `--cors-allowed-origin` is set, else localhost and
+    /// 127.0.0.1 on any port. Pages served by this server itself are always allowed.
     #[arg(
         long = "ws-allowed-origin",
         env = "PF2_WS_ALLOWED_ORIGINS",
@@ -100,7 +101,7 @@ pub struct Config {
     /// Origins whose pages may call the REST API from the browser (CORS), repeatable or
     /// comma-separated: `https://app.example`, `http://localhost:*` (any port), or `*`. Default:
     /// none — only pages served from this server's own origin. The WebSocket allowlist
-    /// (`--ws-allowed-origin`) allows these too unless it is set itself.
+    /// (`--ws-allowed-origin`) is these when it is not set itself.
     #[arg(
         long = "cors-allowed-origin",
         env = "PF2_CORS_ALLOWED_ORIGINS",
@@ -307,10 +308,13 @@ impl Config {
             .map(|o| o.trim().to_string())
             .filter(|o| !o.is_empty())
             .collect();
-        // The sockets allow the CORS origins too, unless their own list is set.
-        limits.ws_allowed_origins.extend(limits.cors_allowed_origins.iter().cloned());
+        // The sockets allow what their own list says; without one, the CORS origins if any are
+        // listed, else the development default (localhost). Pages of the server's own origin
+        // are always allowed.
         if !self.ws_allowed_origins.is_empty() {
             limits.ws_allowed_origins = self.ws_allowed_origins.clone();
+        } else if !limits.cors_allowed_origins.is_empty() {
+            limits.ws_allowed_origins = limits.cors_allowed_origins.clone();
         }
         limits
     }

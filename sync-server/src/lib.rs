@@ -124,7 +124,7 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     } else {
         let origins = origins.to_vec();
         AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-            origin.to_str().is_ok_and(|o| socket::origin_allowed(&origins, Some(o)))
+            origin.to_str().is_ok_and(|o| socket::origin_allowed(&origins, Some(o), None))
         })
     };
     let name = HeaderName::from_static;

@@ -93,8 +93,10 @@ async fn any_origin_when_asked_and_the_socket_allowlist_follows() {
 
     let app = self::app(&["https://app.example"]).await;
     let ws = &app.state.limits.ws_allowed_origins;
-    assert!(ws.iter().any(|o| o == "https://app.example"), "{ws:?}");
-    assert!(ws.iter().any(|o| o == "http://localhost:*"), "the defaults stay: {ws:?}");
+    assert_eq!(ws, &["https://app.example"], "the CORS origins replace the localhost default");
+    let none = TestApp::start(Backend::Sqlite).await.unwrap();
+    let ws = &none.state.limits.ws_allowed_origins;
+    assert!(ws.iter().any(|o| o == "http://localhost:*"), "no CORS origins: the default: {ws:?}");
     let own = TestApp::start_with(Backend::Sqlite, |c| {
         c.cors_allowed_origins = vec!["https://app.example".into()];
         c.ws_allowed_origins = vec!["https://sockets.example".into()];

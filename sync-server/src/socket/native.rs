@@ -72,7 +72,15 @@ pub async fn upgrade(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default();
-    match session::admission(&state, NATIVE, header(&headers, "origin"), &ip).await {
+    match session::admission(
+        &state,
+        NATIVE,
+        header(&headers, "origin"),
+        header(&headers, "host"),
+        &ip,
+    )
+    .await
+    {
         Ok(()) => {}
         Err(Refusal::Origin) => {
             return ApiError::new(ErrorCode::AuthzFailed, "this origin may not open a socket")

@@ -76,9 +76,10 @@ pub async fn admission(
     state: &AppState,
     endpoint: Endpoint,
     origin: Option<&str>,
+    host: Option<&str>,
     ip: &str,
 ) -> Result<(), Refusal> {
-    if !super::origin_allowed(&state.limits.ws_allowed_origins, origin) {
+    if !super::origin_allowed(&state.limits.ws_allowed_origins, origin, host) {
         state.metrics.inc("pf2_ws_refused_total", &[("reason", "origin")]);
         state
             .audit

@@ -72,7 +72,8 @@ async fn authenticate(
 ) -> Result<(), Refused> {
     let origin =
         s.req_parts().headers.get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
-    match session::admission(&state, SOCKET_IO, origin.as_deref(), "").await {
+    let host = s.req_parts().headers.get("host").and_then(|v| v.to_str().ok()).map(str::to_string);
+    match session::admission(&state, SOCKET_IO, origin.as_deref(), host.as_deref(), "").await {
         Ok(()) => {}
         Err(Refusal::Origin) => {
             return Err(Refused(format!(
