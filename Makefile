@@ -8,15 +8,17 @@ FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 # Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
 WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run demo-core bench-browser bench-realtime bench-documents bench-bus bench-rules bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
+.PHONY: help run example example-build bench-live demo-core bench-browser bench-realtime bench-documents bench-bus bench-rules bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
 
 help:
 	@echo "make run    - the sync server on embedded SQLite with the demo app at http://127.0.0.1:3000"
 	@echo "make test   - fmt, clippy -D warnings, every test incl. the Chromium suites (what CI runs)"
 	@echo "make soak   - the convergence simulator at $(SIM_SOAK_CASES) cases per strategy (release)"
 	@echo "make bench  - sdk-core and server benchmarks (docs/benchmarks.md)"
+	@echo "make example - the React example (examples/react-todo) on Vite's dev server, :5173, against make run's server"
 	@echo "make demo-core - the two-client offline tour of sdk-core (no server)"
 	@echo "make bench-browser - IndexedDB enqueue through @pf2/sync vs raw IndexedDB, in Chromium"
+	@echo "make bench-live - 20 live queries over 10,000 entities vs re-running them, in Chromium"
 	@echo "make bench-realtime - fan-out vs a tokio-tungstenite floor and socket.io, two workloads (docs/benchmarks.md)"
 	@echo "make bench-bus - event bus publish/consume vs a bare SQL queue, SQLite and PostgreSQL"
 	@echo "make bench-documents - an editing trace: in-process Automerge vs PF-2 vs automerge-repo 2.5"
@@ -39,7 +41,19 @@ run: wasm-prereqs js-build
 	@echo "  TOKEN=\$$(./target/release/sync-server token --tenant demo --user alice)"
 	@echo "Ctrl-C stops the server."
 	@echo
-	PF2_STATIC_DIR=data/www PF2_STRATEGIES=todo=field-merge-manual PF2_SYNC_RULES=demo/rules.toml ./target/release/sync-server serve
+	PF2_STATIC_DIR=data/www PF2_STRATEGIES=todo=field-merge-manual PF2_SYNC_RULES=demo/rules.toml \
+	  PF2_CORS_ALLOWED_ORIGINS=$(EXAMPLE_ORIGINS) ./target/release/sync-server serve
+
+# The React example's origins (Vite's dev server and `vite preview`), allowed by `make run`.
+EXAMPLE_ORIGINS ?= http://127.0.0.1:5173,http://localhost:5173
+
+# The React example: its own origin, against `make run`'s server (start that first).
+example: example-build
+	cd examples/react-todo && npm run dev
+
+example-build: js-build
+	@test -d examples/react-todo/node_modules/vite || npm ci --prefix examples/react-todo --no-audit --no-fund
+	cd examples/react-todo && npm run build
 
 demo-core:
 	$(CARGO) run -q -p sdk-core --example two_clients
@@ -83,12 +97,14 @@ wasm-build:
 # The npm package (@pf2/sync): built, packed with `npm pack`, and driven in headless Chromium
 # by playwright-core against a real sync-server (js/test/).
 js-build: wasm-prereqs
-	@test -d js/node_modules/playwright-core || npm ci --prefix js --no-audit --no-fund
+	@test -d js/node_modules/esbuild && test -d js/node_modules/react || npm ci --prefix js --no-audit --no-fund
 	cd js && node build.mjs
 
-js-test: js-build
+js-test: js-build example-build
 	@# The same build as `unit` (so a no-op after it): it includes target/debug/sync-server.
 	$(CARGO) test --workspace --no-run --locked
+	@# The type tests: tsc must accept the typed uses and keep every @ts-expect-error an error.
+	cd js && ./node_modules/.bin/tsc -p test/types
 	cd js && node --test test/*.test.mjs
 
 # sdk-wasm's tests in headless Chromium (wasm-bindgen-test-runner + ChromeDriver).
@@ -125,6 +141,10 @@ cluster:
 bench-browser: js-build
 	$(CARGO) test --workspace --no-run --locked
 	cd js && node bench/idb.mjs
+
+bench-live: js-build
+	$(CARGO) build -p sync-server --locked
+	cd js && node bench/live.mjs
 
 # Two workloads (issue 15): rooms of 10 with one sender at 20 msg/s, then rooms of 50 with ten
 # senders each at 10 msg/s (about 98,000 deliveries/s); the idle-memory part runs with the first.

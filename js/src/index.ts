@@ -15,10 +15,29 @@ import init, { SyncEngine } from './wasm/pf2_sync.js'
 import type { DocHandle, DocOptions, Documents, DocumentsOptions } from './automerge.js'
 import { SyncError } from './errors.js'
 import type { DocumentLink, Status } from './link.js'
+import { LiveEntity, LiveHub, LiveQuery, Plan, type Query, type Row } from './query.js'
 
 export type { Status }
+export type { Condition, OrderKey, Query, Row, WhereFields } from './query.js'
+export { LiveEntity, LiveQuery } from './query.js'
 
 export type Fields = Record<string, unknown>
+
+/**
+ * What each entity type's fields are, for `createSyncClient<MySchema>()`:
+ * `{ todo: { title: string; done: boolean; note?: string } }`. Without one, every type is
+ * `Fields` and any name goes.
+ */
+export type Schema = Record<string, object>
+
+/** The schema of a client made without one: any type name, any fields. */
+export type AnySchema = Record<string, Fields>
+
+/** The entity types of a schema. */
+export type TypeName<S> = keyof S & string
+
+/** A change to an entity: some of its fields; `null` removes an optional one. */
+export type Patch<T> = { [K in keyof T]?: T[K] | (undefined extends T[K] ? null : never) }
 
 export interface SyncOptions {
   /** The sync server, e.g. `https://sync.example.com` (WebSocket and REST share it). */
@@ -146,6 +165,8 @@ type Events = {
    * of the total; the last report has `received === total`. */
   progress: (progress: SyncProgress) => void
   event: (event: SyncEvent) => void
+  /** The number of operations queued and not yet acknowledged changed. */
+  pending: (count: number) => void
   error: (error: { message: string }) => void
 }
 
@@ -194,8 +215,12 @@ function uuid(): string {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-/** Open a client: recovers whatever the last session left queued, then connects when online. */
-export async function createSyncClient(options: SyncOptions): Promise<SyncClient> {
+/**
+ * Open a client: recovers whatever the last session left queued, then connects when online.
+ * Give it your {@link Schema} (`createSyncClient<AppSchema>(…)`) and `tsc` checks every type
+ * name, patch, read and query against it.
+ */
+export async function createSyncClient<S extends Schema = AnySchema>(options: SyncOptions): Promise<SyncClient<S>> {
   await loadWasm(options.wasmUrl)
   const emitter = new Emitter()
   let tabs: Tabs | undefined
@@ -213,7 +238,7 @@ export async function createSyncClient(options: SyncOptions): Promise<SyncClient
     (kind: string, payload: unknown) => tabs?.fromEngine(kind, payload),
   )
   tabs = new Tabs(engine, emitter, options)
-  return new SyncClient(engine, emitter, options, tabs)
+  return new SyncClient<S>(engine, emitter, options, tabs)
 }
 
 type TabMessage =
@@ -238,6 +263,8 @@ class Tabs {
   /** Resolves when this tab owns the connection. */
   readonly owned = new Promise<void>((resolve) => (this.becameOwner = resolve))
   private status: Status = 'offline'
+  /** The owner's queue length, as it last told (in a tab that does not own the connection). */
+  private pendingTold?: number
   private readonly channel?: BroadcastChannel
   private readonly waiting = new Map<string, { args: TabMessage & { t: 'mutate' }; resolve: () => void; reject: (e: Error) => void }>()
   private patterns = new Set<string>()
@@ -268,6 +295,10 @@ class Tabs {
     return this.owner ? (this.engine.status as Status) : this.status
   }
 
+  get pendingCount(): number {
+    return this.owner ? this.engine.pendingCount : (this.pendingTold ?? this.engine.pendingCount)
+  }
+
   private reloads: Promise<unknown> = Promise.resolve()
 
   /** Re-read IndexedDB; one at a time, in order, so an older read never lands after a newer. */
@@ -282,6 +313,7 @@ class Tabs {
 
   private async promote() {
     await this.reload() // catch up with what the previous owner wrote
+    this.emitter.emit('reloaded', null)
     this.owner = true
     this.becameOwner()
     clearInterval(this.retry)
@@ -320,7 +352,10 @@ class Tabs {
 
   private async onMessage(m: TabMessage) {
     if (this.owner) {
-      if (m.t === 'hello') this.post({ t: 'event', kind: 'status', payload: this.engine.status })
+      if (m.t === 'hello') {
+        this.post({ t: 'event', kind: 'status', payload: this.engine.status })
+        this.post({ t: 'event', kind: 'pending', payload: this.engine.pendingCount })
+      }
       if (m.t === 'mutate') {
         const [type, id, patch, opId] = m.args
         this.engine.mutate(type, id, patch, opId).then(
@@ -338,6 +373,7 @@ class Tabs {
       this.emitter.emit('change', m.refs)
     } else if (m.t === 'event') {
       if (m.kind === 'status') this.status = m.payload as Status
+      if (m.kind === 'pending') this.pendingTold = m.payload as number
       this.emitter.emit(m.kind, m.payload)
     } else if (m.t === 'done') {
       const w = this.waiting.get(m.rid)
@@ -429,11 +465,12 @@ export class Channels {
   }
 }
 
-export class SyncClient {
+export class SyncClient<S extends Schema = AnySchema> {
   readonly presence: Presence
   readonly rooms: Rooms
   readonly conflicts: Conflicts
   readonly channels: Channels
+  private readonly hub: LiveHub
 
   /** @internal use {@link createSyncClient} */
   constructor(
@@ -444,8 +481,12 @@ export class SyncClient {
   ) {
     this.presence = new Presence(tabs, emitter)
     this.rooms = new Rooms(tabs, emitter)
-    this.conflicts = new Conflicts(this)
+    this.conflicts = new Conflicts(this as SyncClient<any>)
     this.channels = new Channels(engine, tabs)
+    this.hub = new LiveHub((type, id) => engine.get(type, id))
+    // Before the app's handlers: a handler reading a live query sees it up to date.
+    emitter.on('change', (refs: Array<{ entityType: string; entityId: string }>) => this.hub.changed(refs))
+    emitter.on('reloaded', () => this.hub.reloaded())
   }
 
   /** Whether this tab owns the connection (the others go through it). */
@@ -463,7 +504,7 @@ export class SyncClient {
 
   /** Operations made locally and not yet acknowledged by the server. */
   get pendingCount(): number {
-    return this.engine.pendingCount
+    return this.tabs.pendingCount
   }
 
   on<K extends keyof Events>(kind: K, handler: Events[K]): () => void {
@@ -485,18 +526,45 @@ export class SyncClient {
    * promise resolves, sent when connected, exactly once. `patch` sets fields (creating the entity
    * when unknown locally); `null` deletes it.
    */
-  mutate(entityType: string, entityId: string, patch: Fields | null): Promise<void> {
-    return this.tabs.mutate(entityType, entityId, patch)
+  mutate<K extends TypeName<S>>(entityType: K, entityId: string, patch: Patch<S[K]> | null): Promise<void> {
+    return this.tabs.mutate(entityType, entityId, patch as Fields | null)
   }
 
   /** The local view of an entity (confirmed state plus own unconfirmed changes). */
-  get<T = Fields>(entityType: string, entityId: string): T | undefined {
-    return this.engine.get(entityType, entityId) as T | undefined
+  get<K extends TypeName<S>>(entityType: K, entityId: string): S[K] | undefined {
+    return this.engine.get(entityType, entityId) as S[K] | undefined
   }
 
-  /** Every entity of a type in the local view, ordered by id. */
-  query<T = Fields>(entityType: string): Array<{ id: string; value: T }> {
-    return this.engine.query(entityType) as Array<{ id: string; value: T }>
+  /**
+   * Entities of a type in the local view: all of them by id, or those matching `query.where`
+   * (field equality, ranges, `in`, or a predicate), in `query.orderBy` order, windowed by
+   * `offset` and `limit`. Runs once; {@link live} and {@link watch} keep a query up to date.
+   */
+  query<K extends TypeName<S>>(entityType: K, query?: Query<S[K]>): Array<Row<S[K]>> {
+    const rows = this.engine.query(entityType) as Array<Row<S[K]>>
+    return query ? new Plan(query).run(rows) : rows
+  }
+
+  /**
+   * A live query: `current` is the result now, `subscribe(cb)` hears each new one. Maintained
+   * from each change, not re-run; its array is new only when its rows changed, and an unchanged
+   * row keeps its object. It follows changes while it has subscribers.
+   */
+  live<K extends TypeName<S>>(entityType: K, query: Query<S[K]> = {}): LiveQuery<S[K]> {
+    return new LiveQuery(entityType, new Plan(query), { all: () => this.engine.query(entityType) as Array<Row<S[K]>> }, this.hub)
+  }
+
+  /**
+   * Call `callback` whenever the result of `query` changes (not for changes it does not show);
+   * returns the way to stop. The result now is `client.query(type, query)`.
+   */
+  watch<K extends TypeName<S>>(entityType: K, query: Query<S[K]>, callback: (rows: ReadonlyArray<Row<S[K]>>) => void): () => void {
+    return this.live(entityType, query).subscribe(callback)
+  }
+
+  /** One entity kept up to date (`current`, `subscribe`): a new value only when it changed. */
+  liveEntity<K extends TypeName<S>>(entityType: K, entityId: string): LiveEntity<S[K]> {
+    return new LiveEntity(entityType, entityId, () => this.get(entityType, entityId), this.hub)
   }
 
   /** Resolves when every change so far is in IndexedDB. */

@@ -15,7 +15,7 @@ export const jsDir = join(here, '..')
 export const root = join(jsDir, '..')
 const SECRET = 'browser-test-secret-browser-test-secret-01'
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const s = createServer()
     s.once('error', reject)
@@ -114,7 +114,7 @@ export async function startServer({ env = {}, demo = false } = {}) {
     await kill('SIGKILL')
     await spawnServer()
   }
-  return { url, token, api, events, stop, restart }
+  return { url, www, token, api, events, stop, restart }
 }
 
 export async function launchBrowser() {

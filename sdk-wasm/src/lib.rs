@@ -93,6 +93,8 @@ struct Inner {
     pending: RefCell<Vec<RecordWrite>>,
     waiters: RefCell<Vec<oneshot::Sender<Result<(), String>>>>,
     flushing: Cell<bool>,
+    /// The queue's length last told to the page (`pending` events).
+    queued_told: Cell<usize>,
     /// Realtime frames waiting for the connection's budget, by slot: presence keeps its
     /// latest value per room, every other frame waits in order (see [`MAX_WAITING`]).
     paced: RefCell<BTreeMap<Slot, ClientFrame>>,
@@ -205,6 +207,7 @@ impl SyncEngine {
                 pending: RefCell::new(Vec::new()),
                 waiters: RefCell::new(Vec::new()),
                 flushing: Cell::new(false),
+                queued_told: Cell::new(0),
                 paced: RefCell::default(),
                 paced_seq: Cell::new(0),
                 builders: RefCell::default(),
@@ -538,6 +541,10 @@ fn drive(inner: &Rc<Inner>) -> Option<oneshot::Receiver<Result<(), String>>> {
         }
     }
     schedule_timer(inner);
+    let queued = inner.core.borrow().queue().len();
+    if queued != inner.queued_told.replace(queued) {
+        emit(inner, "pending", &Value::from(queued));
+    }
     if inner.pending.borrow().is_empty() && !inner.flushing.get() {
         return None;
     }
