@@ -58,6 +58,7 @@
 //! ```
 
 pub mod apply;
+pub mod audit_chain;
 pub mod client;
 pub mod error;
 pub mod hlc;

@@ -61,6 +61,18 @@ pub struct Config {
     pub jwt_leeway: u64,
     #[arg(long, env = "PF2_WEBHOOK_SECRET", hide_env_values = true, global = true)]
     pub webhook_secret: Option<String>,
+    /// The key of the audit log's chains (at least 32 characters; every process of a
+    /// deployment the same). Kept outside the database: whoever can write the audit table
+    /// cannot forge an entry. Unset: a generated one in `data-dir/audit-key` (development).
+    #[arg(long, env = "PF2_AUDIT_KEY", hide_env_values = true, global = true)]
+    pub audit_key: Option<String>,
+    /// Days connection audits (sockets, refused sign-ins) are kept.
+    #[arg(long, env = "PF2_AUDIT_RETENTION_CONNECTION_DAYS", default_value_t = 90, global = true)]
+    pub audit_retention_connection_days: u64,
+    /// Days every other audit entry (super-admin access, conflict and dead-letter decisions) is
+    /// kept (default: 7 years).
+    #[arg(long, env = "PF2_AUDIT_RETENTION_DAYS", default_value_t = 2557, global = true)]
+    pub audit_retention_days: u64,
     #[arg(long, env = "PF2_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
     #[arg(long, env = "PF2_MAX_BATCH", default_value_t = 500, global = true)]
@@ -202,6 +214,9 @@ impl Config {
             jwt_audience: None,
             jwt_leeway: 5,
             webhook_secret: Some("test-webhook-secret".into()),
+            audit_key: Some("test-audit-key-test-audit-key-test-audit-key".into()),
+            audit_retention_connection_days: 90,
+            audit_retention_days: 2557,
             max_body_bytes: 1024 * 1024,
             max_batch: 500,
             max_delta: 1000,
@@ -285,6 +300,10 @@ impl Config {
             reconcile_rate: Rate::per_minute(self.rate_reconcile),
             transaction_rate: Rate::per_minute(self.rate_transactions),
             event_retention: Duration::from_secs(self.event_retention_days * 86_400),
+            audit_retention_connection: Duration::from_secs(
+                self.audit_retention_connection_days * 86_400,
+            ),
+            audit_retention: Duration::from_secs(self.audit_retention_days * 86_400),
             idempotency_retention: Duration::from_secs(
                 self.idempotency_retention_days.max(7) * 86_400,
             ),
@@ -415,7 +434,7 @@ impl Config {
                 store.forget_rules_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             }
         }
-        let store = store.with_rules(rules);
+        let store = store.with_rules(rules).with_audit_key(self.audit_chain_key()?);
         let webhook = match &self.webhook_secret {
             Some(s) => s.clone().into_bytes(),
             None => dev_secret(&self.data_dir(), "webhook-secret")?,
@@ -430,6 +449,17 @@ impl Config {
             }
             _ => Ok(AppState::new(store, engine, self.jwt()?, limits, webhook)),
         }
+    }
+}
+
+impl Config {
+    /// The audit chains' key (`--audit-key`, else the development one in the data dir).
+    pub fn audit_chain_key(&self) -> anyhow::Result<sdk_core::audit_chain::ChainKey> {
+        let secret = match &self.audit_key {
+            Some(s) => s.clone().into_bytes(),
+            None => dev_secret(&self.data_dir(), "audit-key")?,
+        };
+        sdk_core::audit_chain::ChainKey::new(&secret).map_err(anyhow::Error::msg)
     }
 }
 

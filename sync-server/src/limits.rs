@@ -24,6 +24,10 @@ pub struct Limits {
     pub reconcile_rate: Rate,
     pub transaction_rate: Rate,
     pub event_retention: Duration,
+    /// How long connection audits are kept (`--audit-retention-connection-days`).
+    pub audit_retention_connection: Duration,
+    /// How long every other audit entry is kept (`--audit-retention-days`).
+    pub audit_retention: Duration,
     pub idempotency_retention: Duration,
     pub webhook_max_attempts: i64,
     pub webhook_base_delay: Duration,
@@ -76,6 +80,8 @@ impl Default for Limits {
             reconcile_rate: Rate::per_minute(10),
             transaction_rate: Rate::per_minute(60),
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            audit_retention_connection: Duration::from_secs(90 * 86_400),
+            audit_retention: Duration::from_secs(2557 * 86_400),
             idempotency_retention: Duration::from_secs(7 * 24 * 3600),
             webhook_max_attempts: 8,
             webhook_base_delay: Duration::from_secs(1),

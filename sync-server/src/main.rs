@@ -37,6 +37,21 @@ enum Command {
         #[arg(long = "claim")]
         claims: Vec<String>,
     },
+    /// The audit log's chains.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify every chain (or one tenant's) against the audit key: exit 0 with the count of
+    /// entries, or 1 naming the first entry that was altered, removed or moved.
+    Verify {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -68,6 +83,44 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             cli.config.build().await?;
             tracing::info!("migrations applied");
+        }
+        Command::Audit { command: AuditCommand::Verify { tenant } } => {
+            let key = cli.config.audit_chain_key()?;
+            let store = sync_server::store::Store::connect(
+                &cli.config.database_url,
+                cli.config.sqlite_synchronous,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let reports = store
+                .verify_audit(&key, tenant.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut broken = 0;
+            let mut total = 0;
+            for r in &reports {
+                match &r.result {
+                    Ok(n) => {
+                        total += n;
+                        println!(
+                            "ok      {} / {}: {n} entries (head {} {}, pruned through {})",
+                            r.tenant,
+                            r.chain,
+                            r.head.seq,
+                            &r.head.hash[..r.head.hash.len().min(16)],
+                            r.head.anchor.seq
+                        );
+                    }
+                    Err(b) => {
+                        broken += 1;
+                        println!("BROKEN  {} / {}: {b}", r.tenant, r.chain);
+                    }
+                }
+            }
+            println!("{} chains, {total} entries verified, {broken} broken", reports.len());
+            if broken > 0 {
+                std::process::exit(1);
+            }
         }
         Command::Token { tenant, user, ttl, roles, claims: extra } => {
             let jwt = cli.config.jwt()?;

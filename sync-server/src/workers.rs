@@ -152,7 +152,8 @@ async fn deliver(state: &AppState, t: &TransactionRow) -> bool {
     ok
 }
 
-/// Delete events and idempotency keys past retention.
+/// Delete events, idempotency keys and audit entries past retention (audit chains stay
+/// verifiable: store/audit.rs).
 pub async fn retention(state: &AppState) -> Result<(u64, u64), ApiError> {
     let now = now_ms() as i64;
     let rules: Vec<(String, i64)> = state
@@ -170,6 +171,17 @@ pub async fn retention(state: &AppState) -> Result<(u64, u64), ApiError> {
         .store
         .prune_idempotency(now - state.limits.idempotency_retention.as_millis() as i64)
         .await?;
+    let l = &state.limits;
+    for (chain, keep) in [
+        ("connection", l.audit_retention_connection),
+        ("access", l.audit_retention),
+        ("data", l.audit_retention),
+    ] {
+        let removed = state.store.prune_audit(chain, now - keep.as_millis() as i64, None).await?;
+        if removed > 0 {
+            tracing::info!(chain, removed, "audit retention");
+        }
+    }
     Ok((events, keys))
 }
 

@@ -177,11 +177,23 @@ impl EventBus {
         for e in &mut events {
             e.critical = e.critical || self.policy().is_critical(&e.event_type);
         }
-        let out = self.store.publish_events(tenant.as_str(), &events).await?;
+        let appended = self.store.publish_events(tenant.as_str(), &events).await?;
+        let out = appended.outcomes;
         let dups = out.iter().filter(|p| p.duplicate).count() as u64;
         self.metrics.add("pf2_bus_published_total", &[], out.len() as u64 - dups);
         self.metrics.add("pf2_bus_publish_duplicates_total", &[], dups);
-        if let Some(top) = out.iter().filter(|p| !p.duplicate).map(|p| p.sequence).max() {
+        let fresh: Vec<WireEvent> = out
+            .iter()
+            .zip(&events)
+            .filter(|(p, _)| !p.duplicate)
+            .map(|(p, e)| crate::store::appended_event(tenant, p.sequence, e, appended.at))
+            .collect();
+        if let Some(top) = fresh.last().map(|e| e.sequence) {
+            // Readers at the tail take the new events from here, not from the store: told
+            // after the window holds them, they find them there.
+            if let Some(prev) = appended.prev_event {
+                self.tail.appended(tenant.as_str(), prev, fresh).await;
+            }
             self.feed.events_appended(tenant, top);
         }
         Ok(out)

@@ -9,9 +9,7 @@
 //! deliveries it moves to `dead_letters` with its original data.
 
 use super::StoreError;
-use super::{
-    Backend, EVENT_COLUMNS, Store, Tx, db, event_from_row, insert_audit, placeholders, set_seq,
-};
+use super::{Backend, EVENT_COLUMNS, Store, Tx, db, event_from_row, placeholders, set_seq};
 use crate::store::AuditEntry;
 use sdk_core::ErrorCode;
 use sdk_core::protocol::{EventFilter, WireEvent};
@@ -32,6 +30,18 @@ pub struct NewEvent {
     pub occurred_at: Option<i64>,
     /// Kept past retention (transaction events and the configured critical types).
     pub critical: bool,
+}
+
+/// What an append did: each event's outcome, and what a reader at the tail needs to take the
+/// new events from memory instead of reading them back.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub outcomes: Vec<Published>,
+    /// The sequence of the tenant's last event before this append, when known exactly (every
+    /// event at or below it was committed and none lies between it and the first new one).
+    pub prev_event: Option<u64>,
+    /// The time the new events were stored at, epoch ms (their `created_at`).
+    pub at: i64,
 }
 
 /// The outcome of publishing one event: its place in the log; `duplicate` when an event with
@@ -255,7 +265,7 @@ impl Store {
         &self,
         tenant: &str,
         events: &[NewEvent],
-    ) -> Result<Vec<Published>, StoreError> {
+    ) -> Result<Appended, StoreError> {
         if self.backend == Backend::Postgres {
             match self.publish_in_one_statement(tenant, events).await {
                 // The same event id published concurrently: decided again under the lock.
@@ -264,6 +274,14 @@ impl Store {
             }
         }
         let (mut tx, _guard, mut seq) = self.begin_tenant(tenant).await?;
+        // Under the tenant's lock: every event before ours is committed and seen.
+        let prev: i64 =
+            sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM events WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?
+                .get(0);
         let mut known: HashMap<String, u64> = HashMap::new();
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         for chunk in ids.chunks(super::CHUNK) {
@@ -326,7 +344,7 @@ impl Store {
             set_seq(&mut tx, tenant, seq).await?;
         }
         tx.commit().await.map_err(db)?;
-        Ok(out)
+        Ok(Appended { outcomes: out, prev_event: Some(prev as u64), at: now })
     }
 
     /// PostgreSQL: the append of [`Self::publish_events`] as one statement, so one round trip to
@@ -339,7 +357,7 @@ impl Store {
         &self,
         tenant: &str,
         events: &[NewEvent],
-    ) -> Result<Vec<Published>, sqlx::Error> {
+    ) -> Result<Appended, sqlx::Error> {
         // Later copies of an id within the batch are duplicates of its first.
         let mut first: HashMap<&str, usize> = HashMap::new();
         let mut unique: Vec<&NewEvent> = Vec::new();
@@ -371,12 +389,15 @@ impl Store {
              known AS (SELECT e.event_id, e.seq FROM events e JOIN v ON e.event_id = v.event_id WHERE e.tenant_id = $1), \
              fresh AS (SELECT v.*, row_number() OVER (ORDER BY v.ord) AS rn FROM v WHERE v.event_id NOT IN (SELECT event_id FROM known)), \
              n AS (SELECT count(*) AS c FROM fresh), \
+             snap AS (SELECT COALESCE((SELECT seq FROM tenants WHERE tenant_id = $1), 0) AS seq, \
+                             COALESCE((SELECT max(seq) FROM events WHERE tenant_id = $1), 0) AS last_event), \
              t AS (INSERT INTO tenants AS t (tenant_id, seq, pruned_through) SELECT $1, n.c, 0 FROM n \
                    ON CONFLICT (tenant_id) DO UPDATE SET seq = t.seq + EXCLUDED.seq RETURNING t.seq), \
              ins AS (INSERT INTO events (tenant_id, seq, event_id, event_type, payload, metadata, schema_version, critical, created_at, occurred_at) \
                      SELECT $1, t.seq - n.c + f.rn, f.event_id, f.event_type, f.payload, f.metadata, f.schema_version, f.critical, ${now_param}, f.occurred_at \
                      FROM fresh f, t, n RETURNING event_id, seq) \
-             SELECT event_id, seq, 0::bigint AS known FROM ins UNION ALL SELECT event_id, seq, 1::bigint FROM known",
+             SELECT event_id, seq, 0::bigint AS kind FROM ins UNION ALL SELECT event_id, seq, 1::bigint FROM known \
+             UNION ALL SELECT '', CASE WHEN snap.seq = t.seq - n.c THEN snap.last_event ELSE -1 END, 2::bigint FROM snap, t, n",
             values = values.join(", "),
         );
         let mut q = sqlx::query(&sql).bind(tenant);
@@ -391,10 +412,18 @@ impl Store {
                 .bind(e.critical as i64)
                 .bind(e.occurred_at);
         }
-        let rows = q.bind(crate::clock::now_ms() as i64).fetch_all(&self.pool).await?;
+        let now = crate::clock::now_ms() as i64;
+        let rows = q.bind(now).fetch_all(&self.pool).await?;
         let mut placed: HashMap<String, (u64, bool)> = HashMap::with_capacity(rows.len());
+        // The statement's snapshot predates its wait for the tenant's lock: its last event is
+        // exact only if nobody moved the tenant's sequence in between (the last row says).
+        let mut prev_event = None;
         for r in rows {
-            placed.insert(r.get(0), (r.get::<i64, _>(1) as u64, r.get::<i64, _>(2) == 1));
+            let (seq, kind) = (r.get::<i64, _>(1), r.get::<i64, _>(2));
+            match kind {
+                2 => prev_event = u64::try_from(seq).ok(),
+                _ => drop(placed.insert(r.get(0), (seq as u64, kind == 1))),
+            }
         }
         let mut out = Vec::with_capacity(events.len());
         for e in events {
@@ -412,7 +441,7 @@ impl Store {
                 duplicate: known || !is_first,
             });
         }
-        Ok(out)
+        Ok(Appended { outcomes: out, prev_event, at: now })
     }
 
     pub async fn subscription(
@@ -990,7 +1019,7 @@ impl Store {
         if n == 0 {
             return Ok(None);
         }
-        insert_audit(&mut tx, &dlq_audit(tenant, actor, "dlq.edit", id, payload.clone()), now)
+        self.insert_audit(&mut tx, &dlq_audit(tenant, actor, "dlq.edit", id, payload.clone()), now)
             .await?;
         let dl = load_dead_letter(&mut tx, tenant, id, "").await?;
         tx.commit().await.map_err(db)?;
@@ -1055,7 +1084,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        insert_audit(
+        self.insert_audit(
             &mut tx,
             &dlq_audit(tenant, actor, "dlq.reprocess", id, Value::String(dl.subscription.clone())),
             now,
@@ -1084,8 +1113,12 @@ impl Store {
             .map_err(db)?
             .rows_affected();
         if n > 0 {
-            insert_audit(&mut tx, &dlq_audit(tenant, actor, "dlq.delete", id, Value::Null), now)
-                .await?;
+            self.insert_audit(
+                &mut tx,
+                &dlq_audit(tenant, actor, "dlq.delete", id, Value::Null),
+                now,
+            )
+            .await?;
         }
         tx.commit().await.map_err(db)?;
         Ok(n > 0)

@@ -21,12 +21,14 @@ use sqlx::{AnyPool, Executor, Row};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+mod audit;
 mod bus;
 mod documents;
 mod error;
 mod rules;
+pub use audit::{ChainReport, chain_of};
 pub use bus::{
-    Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, Published, SubscriptionKind,
+    Appended, Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, Published, SubscriptionKind,
     SubscriptionRow, SubscriptionStats,
 };
 pub use documents::StoredDocument;
@@ -70,6 +72,8 @@ pub struct Store {
     rules: Option<std::sync::Arc<SyncRules>>,
     /// Tenants whose index this process knows to be built with `rules`.
     indexed: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The key of the audit chains (store/audit.rs); `None`: entries outside any chain.
+    audit_key: Option<std::sync::Arc<sdk_core::audit_chain::ChainKey>>,
 }
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -243,6 +247,7 @@ impl Store {
             log_reads: Default::default(),
             rules: None,
             indexed: Default::default(),
+            audit_key: None,
         };
         store.migrate().await?;
         Ok(store)
@@ -252,6 +257,12 @@ impl Store {
     /// [`Store::forget_rules_index`] before serving).
     pub fn with_rules(mut self, rules: Option<std::sync::Arc<SyncRules>>) -> Self {
         self.rules = rules;
+        self
+    }
+
+    /// Chain every audit entry with `key` (see store/audit.rs).
+    pub fn with_audit_key(mut self, key: sdk_core::audit_chain::ChainKey) -> Self {
+        self.audit_key = Some(std::sync::Arc::new(key));
         self
     }
 
@@ -716,7 +727,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        insert_audit(
+        self.insert_audit(
             &mut tx,
             &AuditEntry {
                 tenant: t,
@@ -743,11 +754,29 @@ impl Store {
     /// Several entries in one transaction (all or none).
     pub async fn audit_all(&self, entries: &[AuditEntry<'_>]) -> Result<(), StoreError> {
         let now = crate::clock::now_ms() as i64;
+        let _guard = self.sqlite_writer().await;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        for e in entries {
-            insert_audit(&mut tx, e, now).await?;
-        }
+        self.insert_audit_all(&mut tx, entries, now).await?;
         tx.commit().await.map_err(db)
+    }
+
+    /// Audit entries in the caller's transaction: each appended to its chain.
+    async fn insert_audit_all(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        entries: &[AuditEntry<'_>],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        audit::append(conn, self.backend, self.audit_key.as_deref(), entries, now).await
+    }
+
+    async fn insert_audit(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        entry: &AuditEntry<'_>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.insert_audit_all(conn, std::slice::from_ref(entry), now).await
     }
 
     pub async fn audit_entries(&self, tenant: &str, limit: i64) -> Result<Vec<Value>, StoreError> {
@@ -1139,6 +1168,26 @@ fn record_from_row(tenant: &str, r: &AnyRow) -> Result<EntityRecord, StoreError>
 /// The columns [`event_from_row`] reads, in its order.
 const EVENT_COLUMNS: &str = "seq, event_id, event_type, payload, metadata, schema_version, critical, COALESCE(occurred_at, created_at)";
 
+/// An event's `timestamp`: when it happened (the publisher's) or else when it was stored.
+fn event_timestamp(ms: i64) -> String {
+    sdk_core::hlc::HlcTimestamp::new(ms.max(0) as u64, 0).to_string()
+}
+
+/// The event readers of the log get for `e`, appended at `seq` at `at` (epoch ms): what
+/// [`event_from_row`] reads back, without reading it.
+pub fn appended_event(tenant: &TenantId, seq: u64, e: &NewEvent, at: i64) -> WireEvent {
+    WireEvent {
+        sequence: seq,
+        event_id: e.event_id.clone(),
+        event_type: e.event_type.clone(),
+        tenant_id: tenant.clone(),
+        timestamp: event_timestamp(e.occurred_at.unwrap_or(at)),
+        payload: e.payload.clone(),
+        metadata: e.metadata.clone(),
+        schema_version: e.schema_version.clone(),
+    }
+}
+
 fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, StoreError> {
     let json = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::Null);
     let created: i64 = r.get(7);
@@ -1148,7 +1197,7 @@ fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, StoreError> {
             event_id: r.get(1),
             event_type: r.get(2),
             tenant_id: TenantId::new(tenant).map_err(|e| StoreError::internal(e.to_string()))?,
-            timestamp: sdk_core::hlc::HlcTimestamp::new(created.max(0) as u64, 0).to_string(),
+            timestamp: event_timestamp(created),
             payload: json(r.get(3)),
             metadata: json(r.get(4)),
             schema_version: r.get(5),
@@ -1528,27 +1577,6 @@ async fn insert_event(
     .bind(payload.to_string())
     .bind(metadata.to_string())
     .bind(critical as i64)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(())
-}
-
-async fn insert_audit(
-    conn: &mut sqlx::AnyConnection,
-    e: &AuditEntry<'_>,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, details, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(e.tenant)
-    .bind(e.actor)
-    .bind(e.action)
-    .bind(e.target)
-    .bind(e.outcome)
-    .bind(e.details.to_string())
     .bind(now)
     .execute(&mut *conn)
     .await

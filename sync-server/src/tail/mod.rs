@@ -465,6 +465,29 @@ impl EventTail {
         Ok(cell.get_or_try_init(|| read).await?.clone())
     }
 
+    /// Events this process just appended to `tenant`'s log, committed, with `prev` the last
+    /// event before them (none lies between). A window that holds the log up to `prev` takes
+    /// them as if it had read them — a live subscriber's next event costs no store read. Any
+    /// other window ignores them and reads, as before.
+    pub async fn appended(&self, tenant: &str, prev: u64, events: Vec<WireEvent>) {
+        let Some(window) =
+            self.windows.lock().expect("tail lock").get(tenant).and_then(Weak::upgrade)
+        else {
+            return;
+        };
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return };
+        let (first, last) = (first.sequence, last.sequence);
+        let mut span = window.span.write().await;
+        if span.log.complete_to(prev) && span.log.end() < first {
+            let frames = events
+                .into_iter()
+                .map(|event| Outbound::new(ServerFrame::Event { event }))
+                .collect();
+            span.extend(frames, false, last);
+            self.metrics.inc("pf2_event_log_appends_from_memory_total", &[]);
+        }
+    }
+
     async fn read(
         &self,
         tenant: &str,
