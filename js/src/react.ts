@@ -214,20 +214,33 @@ class PresenceStore implements Source<ReadonlyArray<PresenceChange>> {
 
   subscribe(listener: () => void): () => void {
     if (this.listeners.size === 0) {
-      this.off = this.client.presence.on('change', (p) => {
+      const offChange = this.client.presence.on('change', (p) => {
         if (p.roomId !== undefined && p.roomId !== this.roomId) return
         const who = `${p.userId}\u0000${p.clientId ?? ''}`
         if (p.status === 'offline') this.byWho.delete(who)
         else this.byWho.set(who, p)
-        this.current = [...this.byWho.values()]
-        for (const l of [...this.listeners]) l()
+        this.publish()
       })
+      // Without its socket this client hears nothing: the list empties, and the room's current
+      // presence comes again with the join made on reconnecting.
+      const offStatus = this.client.on('status', (s) => {
+        if ((s === 'offline' || s === 'connecting' || s === 'degraded') && this.byWho.size) {
+          this.byWho.clear()
+          this.publish()
+        }
+      })
+      this.off = () => (offChange(), offStatus())
     }
     this.listeners.add(listener)
     return () => {
       this.listeners.delete(listener)
       if (this.listeners.size === 0) this.off?.()
     }
+  }
+
+  private publish() {
+    this.current = [...this.byWho.values()]
+    for (const l of [...this.listeners]) l()
   }
 }
 
