@@ -192,7 +192,7 @@ impl EventBus {
             // Readers at the tail take the new events from here, not from the store: told
             // after the window holds them, they find them there.
             if let Some(prev) = appended.prev_event {
-                self.tail.appended(tenant.as_str(), prev, fresh).await;
+                self.tail.appended(tenant.as_str(), prev, fresh);
             }
             self.feed.events_appended(tenant, top);
         }

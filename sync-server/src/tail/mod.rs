@@ -468,8 +468,9 @@ impl EventTail {
     /// Events this process just appended to `tenant`'s log, committed, with `prev` the last
     /// event before them (none lies between). A window that holds the log up to `prev` takes
     /// them as if it had read them — a live subscriber's next event costs no store read. Any
-    /// other window ignores them and reads, as before.
-    pub async fn appended(&self, tenant: &str, prev: u64, events: Vec<WireEvent>) {
+    /// other window ignores them and reads, as before. Never waits: a window busy with its
+    /// readers is left to read, so the publisher is not queued behind them.
+    pub fn appended(&self, tenant: &str, prev: u64, events: Vec<WireEvent>) {
         let Some(window) =
             self.windows.lock().expect("tail lock").get(tenant).and_then(Weak::upgrade)
         else {
@@ -477,7 +478,10 @@ impl EventTail {
         };
         let (Some(first), Some(last)) = (events.first(), events.last()) else { return };
         let (first, last) = (first.sequence, last.sequence);
-        let mut span = window.span.write().await;
+        let Ok(mut span) = window.span.try_write() else {
+            self.metrics.inc("pf2_event_log_appends_left_to_read_total", &[]);
+            return;
+        };
         if span.log.complete_to(prev) && span.log.end() < first {
             let frames = events
                 .into_iter()
