@@ -464,23 +464,66 @@ impl Config {
 }
 
 /// Read a development secret from `dir/name`, creating a random 256-bit one if missing.
+/// Processes starting together on one data dir agree: the secret is written whole to a file
+/// of its own, then linked into place, which fails if another process was first — and then its
+/// secret is the one read.
 fn dev_secret(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(name);
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        let s = s.trim().to_string();
-        anyhow::ensure!(s.len() >= 32, "{} is shorter than 32 characters", path.display());
-        return Ok(s.into_bytes());
+    let read = |path: &Path| -> anyhow::Result<Option<Vec<u8>>> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => {
+                let s = s.trim().to_string();
+                anyhow::ensure!(s.len() >= 32, "{} is shorter than 32 characters", path.display());
+                Ok(Some(s.into_bytes()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    };
+    if let Some(s) = read(&path)? {
+        return Ok(s);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &hex).with_context(|| format!("writing {}", path.display()))?;
+    let draft = dir.join(format!(".{name}.{}.{}", std::process::id(), &hex[..16]));
+    std::fs::write(&draft, &hex).with_context(|| format!("writing {}", draft.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&draft, std::fs::Permissions::from_mode(0o600))?;
     }
-    tracing::warn!(path = %path.display(), "development mode: generated a new {name}; set it explicitly in production");
-    Ok(hex.into_bytes())
+    let linked = std::fs::hard_link(&draft, &path);
+    let _ = std::fs::remove_file(&draft);
+    match linked {
+        Ok(()) => {
+            tracing::warn!(path = %path.display(), "development mode: generated a new {name}; set it explicitly in production");
+            Ok(hex.into_bytes())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read(&path)?.with_context(|| format!("{} vanished", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dev_secret;
+
+    /// Processes (here threads) starting at once on one data dir end up with one secret.
+    #[test]
+    fn concurrent_starts_agree_on_one_development_secret() {
+        let dir = std::env::temp_dir().join(format!("pf2-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let secrets: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let handles: Vec<_> =
+                (0..8).map(|_| s.spawn(|| dev_secret(&dir, "audit-key").unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(secrets.iter().all(|x| x == &secrets[0] && x.len() == 64), "{secrets:?}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no draft left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

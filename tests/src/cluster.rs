@@ -140,6 +140,8 @@ const LIFTED: [(&str, &str); 5] = [
 fn base_env(cmd: &mut Command) {
     cmd.env("PF2_JWT_SECRET", JWT_SECRET)
         .env("PF2_WEBHOOK_SECRET", "cluster-webhook-secret")
+        // One audit key for every process of a deployment (docs/runbooks/server.md).
+        .env("PF2_AUDIT_KEY", "cluster-audit-key-cluster-audit-key-0001")
         .env("PF2_LOG", "info,sqlx=warn,tower_http=warn");
     for (k, v) in LIFTED {
         cmd.env(k, v);
