@@ -196,33 +196,26 @@ export interface RowSource<T> {
 }
 
 /**
- * One query kept up to date. `current` is stable until the window's rows change; `subscribe`
- * hears each new result. It follows changes only while someone listens; read while nobody does,
- * it catches up (one re-run) if anything changed since.
+ * What a live query and a live entity share: a `current` value that catches up when read while
+ * nobody listens, and listeners that follow changes while there are some.
  */
-export class LiveQuery<T> implements Follower {
-  private sorted: Row<T>[] = []
-  private byId = new Map<string, Row<T>>()
-  private result: readonly Row<T>[] = []
-  private listeners = new Set<(rows: readonly Row<T>[]) => void>()
-  private seen = ''
+abstract class Live<V> implements Follower {
+  protected seen = ''
+  private listeners = new Set<(value: V) => void>()
 
-  /** @internal */
   constructor(
     readonly entityType: string,
-    private readonly plan: Plan<T>,
-    private readonly source: RowSource<T>,
-    private readonly hub: LiveHub,
+    protected readonly hub: LiveHub,
   ) {}
 
-  /** The query's rows now. */
-  get current(): readonly Row<T>[] {
+  /** The value now. */
+  get current(): V {
     if (this.seen !== this.hub.stamp(this.entityType)) this.refresh()
-    return this.result
+    return this.value()
   }
 
-  /** Call `listener` with each new result; returns the way to stop. */
-  subscribe(listener: (rows: readonly Row<T>[]) => void): () => void {
+  /** Call `listener` with each new value; returns the way to stop. */
+  subscribe(listener: (value: V) => void): () => void {
     if (this.listeners.size === 0) {
       if (this.seen !== this.hub.stamp(this.entityType)) this.refresh()
       this.hub.add(this)
@@ -232,6 +225,55 @@ export class LiveQuery<T> implements Follower {
       this.listeners.delete(listener)
       if (this.listeners.size === 0) this.hub.remove(this)
     }
+  }
+
+  /** @internal */
+  abstract refresh(): boolean
+  /** @internal */
+  abstract apply(changes: Changes): boolean
+  protected abstract value(): V
+
+  /** Up to date with the hub as of now. */
+  protected caughtUp() {
+    this.seen = this.hub.stamp(this.entityType)
+  }
+
+  /** Each listener hears `value`; one listener's error stops neither the others nor the hub. */
+  protected tell(value: V) {
+    for (const l of [...this.listeners]) {
+      try {
+        l(value)
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e
+        })
+      }
+    }
+  }
+}
+
+/**
+ * One query kept up to date. `current` is stable until the window's rows change; `subscribe`
+ * hears each new result. It follows changes only while someone listens; read while nobody does,
+ * it catches up (one re-run) if anything changed since.
+ */
+export class LiveQuery<T> extends Live<readonly Row<T>[]> {
+  private sorted: Row<T>[] = []
+  private byId = new Map<string, Row<T>>()
+  private result: readonly Row<T>[] = []
+
+  /** @internal */
+  constructor(
+    entityType: string,
+    private readonly plan: Plan<T>,
+    private readonly source: RowSource<T>,
+    hub: LiveHub,
+  ) {
+    super(entityType, hub)
+  }
+
+  protected value(): readonly Row<T>[] {
+    return this.result
   }
 
   /** @internal a full re-run (first use, or after a reload); unchanged rows keep their object. */
@@ -247,7 +289,7 @@ export class LiveQuery<T> implements Follower {
     }
     this.sorted = rows.sort(this.plan.compare)
     this.byId = byId
-    this.seen = this.hub.stamp(this.entityType)
+    this.caughtUp()
     return this.publish()
   }
 
@@ -267,7 +309,7 @@ export class LiveQuery<T> implements Follower {
         this.byId.set(id, row)
       }
     }
-    this.seen = this.hub.stamp(this.entityType)
+    this.caughtUp()
     return this.publish()
   }
 
@@ -284,48 +326,27 @@ export class LiveQuery<T> implements Follower {
     const prev = this.result
     if (next.length === prev.length && next.every((r, i) => r === prev[i])) return false
     this.result = Object.freeze(next)
-    for (const l of [...this.listeners]) {
-      try {
-        l(this.result)
-      } catch (e) {
-        queueMicrotask(() => {
-          throw e
-        })
-      }
-    }
+    this.tell(this.result)
     return true
   }
 }
 
 /** One entity kept up to date: `current` is its value (a new object only when it changed). */
-export class LiveEntity<T> implements Follower {
-  private value: T | undefined
-  private listeners = new Set<(value: T | undefined) => void>()
-  private seen = ''
+export class LiveEntity<T> extends Live<T | undefined> {
+  private latest: T | undefined
 
   /** @internal */
   constructor(
-    readonly entityType: string,
+    entityType: string,
     readonly entityId: string,
     private readonly read: () => T | undefined,
-    private readonly hub: LiveHub,
-  ) {}
-
-  get current(): T | undefined {
-    if (this.seen !== this.hub.stamp(this.entityType)) this.refresh()
-    return this.value
+    hub: LiveHub,
+  ) {
+    super(entityType, hub)
   }
 
-  subscribe(listener: (value: T | undefined) => void): () => void {
-    if (this.listeners.size === 0) {
-      if (this.seen !== this.hub.stamp(this.entityType)) this.refresh()
-      this.hub.add(this)
-    }
-    this.listeners.add(listener)
-    return () => {
-      this.listeners.delete(listener)
-      if (this.listeners.size === 0) this.hub.remove(this)
-    }
+  protected value(): T | undefined {
+    return this.latest
   }
 
   /** @internal */
@@ -336,25 +357,17 @@ export class LiveEntity<T> implements Follower {
   /** @internal */
   apply(changes: Changes): boolean {
     if (!changes.has(this.entityId)) {
-      this.seen = this.hub.stamp(this.entityType)
+      this.caughtUp()
       return false
     }
     return this.take(changes.value(this.entityId) as T | undefined)
   }
 
   private take(value: T | undefined): boolean {
-    this.seen = this.hub.stamp(this.entityType)
-    if (sameJson(value, this.value)) return false
-    this.value = value
-    for (const l of [...this.listeners]) {
-      try {
-        l(value)
-      } catch (e) {
-        queueMicrotask(() => {
-          throw e
-        })
-      }
-    }
+    this.caughtUp()
+    if (sameJson(value, this.latest)) return false
+    this.latest = value
+    this.tell(value)
     return true
   }
 }

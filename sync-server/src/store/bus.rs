@@ -204,6 +204,19 @@ fn subscription_from_row(r: &AnyRow) -> Result<SubscriptionRow, StoreError> {
 
 const DLQ_COLUMNS: &str = "dlq_id, subscription, seq, event_id, event_type, payload, original_payload, metadata, schema_version, event_time, reason, attempts, consumer, first_attempt_at, last_attempt_at, dead_at, status, updated_at";
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// An event's own columns, in the events table's order (`event_id` … `critical`): both append
+/// paths bind them alike.
+fn bind_event<'q>(q: AnyQuery<'q>, e: &'q NewEvent) -> AnyQuery<'q> {
+    q.bind(e.event_id.as_str())
+        .bind(e.event_type.as_str())
+        .bind(e.payload.to_string())
+        .bind(e.metadata.to_string())
+        .bind(e.schema_version.as_str())
+        .bind(e.critical as i64)
+}
+
 /// A unique index refused a row (SQLSTATE 23505).
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505")
@@ -326,17 +339,7 @@ impl Store {
             );
             let mut q = sqlx::query(&sql);
             for (s, e) in chunk {
-                q = q
-                    .bind(tenant)
-                    .bind(*s as i64)
-                    .bind(e.event_id.as_str())
-                    .bind(e.event_type.as_str())
-                    .bind(e.payload.to_string())
-                    .bind(e.metadata.to_string())
-                    .bind(e.schema_version.as_str())
-                    .bind(e.critical as i64)
-                    .bind(now)
-                    .bind(e.occurred_at);
+                q = bind_event(q.bind(tenant).bind(*s as i64), e).bind(now).bind(e.occurred_at);
             }
             q.execute(&mut *tx).await.map_err(db)?;
         }
@@ -402,15 +405,7 @@ impl Store {
         );
         let mut q = sqlx::query(&sql).bind(tenant);
         for (i, e) in unique.iter().enumerate() {
-            q = q
-                .bind(i as i64)
-                .bind(e.event_id.as_str())
-                .bind(e.event_type.as_str())
-                .bind(e.payload.to_string())
-                .bind(e.metadata.to_string())
-                .bind(e.schema_version.as_str())
-                .bind(e.critical as i64)
-                .bind(e.occurred_at);
+            q = bind_event(q.bind(i as i64), e).bind(e.occurred_at);
         }
         let now = crate::clock::now_ms() as i64;
         let rows = q.bind(now).fetch_all(&self.pool).await?;
