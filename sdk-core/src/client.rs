@@ -918,6 +918,12 @@ impl SyncClient {
             self.send_pull(now_ms);
             return;
         }
+        if version < self.cursor {
+            // A late copy of an answer already overtaken (the network duplicated or reordered
+            // it): its entities are older than ours, and its scope would take back channels
+            // granted since — forgetting their entities for good.
+            return;
+        }
         let rules = |s: &Option<WireScope>| s.as_ref().map(|s| s.rules.clone());
         let reset = scope.as_ref().is_some_and(|s| s.reset);
         if reset
