@@ -26,6 +26,7 @@
 //! | [`queue`] | the client's persistent outbound operation queue |
 //! | [`client`] | the client sync state machine |
 //! | [`error`] | the crate's one error type and the wire error codes |
+//! | [`trace`] | W3C Trace Context: `traceparent` parsed and written, span ids from given bits |
 //!
 //! ## Example: two clients and the apply engine
 //!
@@ -77,6 +78,7 @@ pub mod rules;
 pub mod snapshot;
 pub mod storage;
 pub mod strategy;
+pub mod trace;
 pub mod vclock;
 
 pub use error::{Error, ErrorCode};

@@ -729,6 +729,9 @@ struct EnvelopeOut<'a, T> {
 #[derive(Deserialize)]
 struct EnvelopeIn<T> {
     v: u32,
+    /// W3C Trace Context of the work the frame asks for (any frame may carry one).
+    #[serde(default)]
+    traceparent: Option<String>,
     #[serde(flatten)]
     frame: T,
 }
@@ -808,6 +811,16 @@ impl Codec {
 
     /// Decode one frame of at most `max_bytes`. Never panics.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8], max_bytes: usize) -> Result<T, Error> {
+        self.decode_traced(bytes, max_bytes).map(|(frame, _)| frame)
+    }
+
+    /// [`Codec::decode`], and the frame's `traceparent` (a string, unparsed:
+    /// [`crate::trace::TraceContext::parse`] says whether it is one) if it carries one.
+    pub fn decode_traced<T: DeserializeOwned>(
+        self,
+        bytes: &[u8],
+        max_bytes: usize,
+    ) -> Result<(T, Option<String>), Error> {
         if bytes.len() > max_bytes {
             return Err(Error::FrameTooLarge { size: bytes.len(), limit: max_bytes });
         }
@@ -822,7 +835,7 @@ impl Codec {
             }
         };
         match parsed {
-            Ok(env) if env.v == PROTOCOL_VERSION => Ok(env.frame),
+            Ok(env) if env.v == PROTOCOL_VERSION => Ok((env.frame, env.traceparent)),
             Ok(env) => Err(Error::UnsupportedVersion(env.v)),
             Err(e) => match version() {
                 Some(v) if v != PROTOCOL_VERSION => Err(Error::UnsupportedVersion(v)),

@@ -41,6 +41,10 @@ pub struct Config {
     /// Database connections per process (default: 4 for SQLite, 16 for PostgreSQL).
     #[arg(long, env = "PF2_DB_POOL_SIZE", global = true)]
     pub db_pool_size: Option<u32>,
+    /// An OpenTelemetry collector's OTLP/HTTP endpoint (`http://127.0.0.1:4318`): the server's
+    /// spans are exported there. Unset: nothing is exported.
+    #[arg(long, env = "PF2_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
     #[arg(long, env = "PF2_JWT_ALGORITHM", value_enum, default_value = "hs256", global = true)]
     pub jwt_algorithm: JwtAlgorithm,
     /// HS256 shared secret (≥ 32 bytes). Generated and kept in the data folder when absent.
@@ -206,6 +210,7 @@ impl Config {
             data_dir: None,
             sqlite_synchronous: SqliteSync::Normal,
             db_pool_size: None,
+            otlp_endpoint: None,
             jwt_algorithm: JwtAlgorithm::Hs256,
             jwt_secret: Some("test-secret-test-secret-test-secret-0123".into()),
             jwt_public_key: None,

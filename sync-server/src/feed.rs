@@ -47,6 +47,7 @@ impl ChangeFeed {
     /// of the tenant to pull — every one without sync rules; under them (`followed`) only the
     /// readers of a channel the changes touched, and every socket of a user whose grants changed.
     pub fn entities_changed(&self, tenant: &TenantId, version: u64, followed: Option<&Followed>) {
+        let _span = tracing::info_span!("fanout", version).entered();
         self.events_appended(tenant, version);
         let poke = ServerFrame::Poke { version };
         let Some(f) = followed else {

@@ -56,12 +56,15 @@ pub mod state;
 pub mod store;
 pub mod sync;
 pub mod tail;
+pub mod telemetry;
+pub mod trace;
 pub mod workers;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use sdk_core::trace::TraceContext;
 use state::AppState;
 use std::future::Future;
 use std::sync::Arc;
@@ -96,13 +99,34 @@ pub fn app(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
-                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let (cx, caller) = req
+                        .extensions()
+                        .get::<RequestTrace>()
+                        .map(|t| (t.cx, t.caller))
+                        .unwrap_or_else(|| (trace::new_trace(), None));
+                    let span = tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id = %id,
+                        trace_id = %cx.trace_id,
+                        span_id = %cx.span_id,
+                    );
+                    telemetry::adopt(&span, &cx, caller.as_ref());
+                    span
                 })
                 .on_response(
-                    DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(LatencyUnit::Micros),
+                    DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(LatencyUnit::Micros),
                 ),
         )
+        .layer(middleware::from_fn(trace_context))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(tower::util::option_layer(cors))
@@ -139,9 +163,11 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 name("x-tenant-id"),
                 name("x-justification"),
                 name("x-request-id"),
+                name(trace::TRACEPARENT),
             ])
             .expose_headers([
                 name("x-request-id"),
+                name(trace::TRACEPARENT),
                 header::RETRY_AFTER,
                 name("ratelimit-limit"),
                 name("ratelimit-remaining"),
@@ -150,6 +176,28 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )
+}
+
+/// W3C Trace Context for every request: a valid `traceparent` header is continued (the server's
+/// span is its child), anything else starts a new trace. The request's work runs in that context
+/// (its log lines and the events it appends carry the trace id; `crate::trace`), and the answer
+/// names the server's span in a `traceparent` header of its own.
+async fn trace_context(mut req: Request, next: Next) -> Response {
+    let caller = trace::caller(req.headers().get(trace::TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let cx = trace::continue_or_start(caller.as_ref());
+    req.extensions_mut().insert(RequestTrace { cx, caller });
+    let mut resp = trace::scope(cx, next.run(req)).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&cx.to_string()) {
+        resp.headers_mut().insert(trace::TRACEPARENT, v);
+    }
+    resp
+}
+
+/// A request's trace context (the server's span) and its caller's, if it named one.
+#[derive(Debug, Clone, Copy)]
+struct RequestTrace {
+    cx: TraceContext,
+    caller: Option<TraceContext>,
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sync_server::auth::Claims;
 use sync_server::config::Config;
+use sync_server::telemetry;
 
 #[derive(Parser)]
 #[command(name = "sync-server", version, about = "PF-2 Sync server")]
@@ -57,15 +58,16 @@ enum AuditCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PF2_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PF2_LOG")
+        .unwrap_or_else(|_| telemetry::DEFAULT_LOG_FILTER.into());
+    // Spans go out over OTLP only when a collector is named (and, kept here, flushed at exit).
+    let exporter =
+        cli.config.otlp_endpoint.as_deref().map(telemetry::Exporter::otlp).transpose()?;
+    tracing::subscriber::set_global_default(telemetry::subscriber(
+        std::io::stderr,
+        filter,
+        exporter.as_ref(),
+    ))?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let state = cli.config.build().await?;

@@ -81,6 +81,7 @@ impl SyncService {
     /// Apply `request` for `tenant`, arriving over `transport`, exactly once: a retried request
     /// (same `requestId`, same [`ReconcileRequest::idempotency_hash`]) gets the stored answer,
     /// another body under the same id is `IDEMPOTENCY_MISMATCH`.
+    #[tracing::instrument(name = "reconcile", skip_all, fields(tenant = %tenant, operations = request.operations.len(), transport = ?transport))]
     pub async fn reconcile(
         &self,
         tenant: &TenantId,
@@ -161,6 +162,12 @@ impl SyncService {
                     self.metrics.inc("pf2_operations_total", &[("outcome", label)]);
                 }
                 self.metrics.observe("pf2_reconcile_duration_ms", &[], started.elapsed());
+                tracing::debug!(
+                    operations = outcome.results.len(),
+                    changes = outcome.changes.len(),
+                    version,
+                    "reconciled"
+                );
                 if !outcome.changes.is_empty() {
                     self.feed.entities_changed(tenant, version, followed.as_ref());
                 }

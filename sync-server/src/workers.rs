@@ -13,12 +13,15 @@ use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::TransactionRow;
+use crate::trace;
 use hmac::{Hmac, Mac};
+use sdk_core::trace::TraceContext;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Executes a Class D transaction. Must be idempotent by transaction id if it has outside
 /// effects: after a crash between execution and settlement it runs again.
@@ -73,12 +76,17 @@ pub async fn process_pending_in(
             continue;
         }
         state.metrics.inc("pf2_transactions_executed_total", &[]);
-        let (status, result) = match processor.process(&t.kind, &t.body) {
+        // The trace of the request that created it goes on: its settled event carries it.
+        let (cx, caller) = continued(&t);
+        let span = tracing::info_span!("transaction", trace_id = %cx.trace_id, span_id = %cx.span_id, kind = %t.kind);
+        crate::telemetry::adopt(&span, &cx, caller.as_ref());
+        let (status, result) = span.in_scope(|| match processor.process(&t.kind, &t.body) {
             Ok(r) => ("confirmed", r),
             Err(reason) => ("failed", json!({ "error": reason })),
-        };
+        });
         let event_id = uuid::Uuid::new_v4().to_string();
-        if state.store.settle_transaction(&t, status, &result, &event_id).await? {
+        let settle = state.store.settle_transaction(&t, status, &result, &event_id);
+        if trace::scope(cx, settle).instrument(span).await? {
             settled += 1;
             state.metrics.inc("pf2_transactions_total", &[("status", status)]);
             let (seq, _) = state.store.tenant_seq(&t.tenant_id).await?;
@@ -110,8 +118,24 @@ pub async fn deliver_callbacks_in(
     Ok(delivered)
 }
 
+/// The context work on transaction `t` runs in: a child of the request that created it (a
+/// new trace for one created before traces were kept), and that request's context.
+fn continued(t: &TransactionRow) -> (TraceContext, Option<TraceContext>) {
+    let caller = trace::caller(t.traceparent.as_deref());
+    (trace::continue_or_start(caller.as_ref()), caller)
+}
+
 async fn deliver(state: &AppState, t: &TransactionRow) -> bool {
     let Some(url) = &t.callback_url else { return false };
+    // The receiver continues the transaction's trace: the webhook names its own span.
+    let (cx, caller) = continued(t);
+    let span =
+        tracing::info_span!("webhook", trace_id = %cx.trace_id, span_id = %cx.span_id, url = %url);
+    crate::telemetry::adopt(&span, &cx, caller.as_ref());
+    deliver_in(state, t, url, cx).instrument(span).await
+}
+
+async fn deliver_in(state: &AppState, t: &TransactionRow, url: &str, cx: TraceContext) -> bool {
     let body = json!({
         "transactionId": t.transaction_id,
         "tenantId": t.tenant_id,
@@ -129,6 +153,7 @@ async fn deliver(state: &AppState, t: &TransactionRow) -> bool {
         .header("x-pf2-timestamp", &timestamp)
         .header("x-pf2-signature", signature)
         .header("x-pf2-transaction-id", &t.transaction_id)
+        .header(trace::TRACEPARENT, cx.to_string())
         .body(body)
         .send()
         .await;

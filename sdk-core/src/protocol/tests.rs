@@ -445,3 +445,25 @@ proptest! {
         let _ = f.matches("t", &json!({"a": {"b": payload}}));
     }
 }
+
+#[test]
+fn any_frame_may_carry_a_traceparent_in_both_codecs() {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for frame in sample_client_frames() {
+        let mut v = serde_json::to_value(&frame).unwrap();
+        v["v"] = json!(PROTOCOL_VERSION);
+        v["traceparent"] = json!(tp);
+        let json_bytes = serde_json::to_vec(&v).unwrap();
+        let (back, traced) =
+            Codec::Json.decode_traced::<ClientFrame>(&json_bytes, usize::MAX).unwrap();
+        assert_eq!((back, traced.as_deref()), (frame.clone(), Some(tp)));
+        let packed = rmp_serde::to_vec_named(&v).unwrap();
+        let (back, traced) =
+            Codec::MessagePack.decode_traced::<ClientFrame>(&packed, usize::MAX).unwrap();
+        assert_eq!((back, traced.as_deref()), (frame.clone(), Some(tp)));
+        // Without one: none, and the plain decode ignores it either way.
+        let plain = Codec::Json.encode(&frame);
+        assert_eq!(Codec::Json.decode_traced::<ClientFrame>(&plain, usize::MAX).unwrap().1, None);
+        assert_eq!(Codec::Json.decode::<ClientFrame>(&json_bytes, usize::MAX).unwrap(), frame);
+    }
+}

@@ -189,6 +189,7 @@ impl EventBus {
             .map(|(p, e)| crate::store::appended_event(tenant, p.sequence, e, appended.at))
             .collect();
         if let Some(top) = fresh.last().map(|e| e.sequence) {
+            let _span = tracing::info_span!("fanout", sequence = top).entered();
             // Readers at the tail take the new events from here, not from the store: told
             // after the window holds them, they find them there.
             if let Some(prev) = appended.prev_event {

@@ -79,6 +79,7 @@ pub async fn create_transaction(
         callback_attempts: 0,
         created_at: now,
         updated_at: now,
+        traceparent: crate::trace::current().map(|cx| cx.to_string()),
     };
     match state.store.create_transaction(&row, &key, &hash, &response).await? {
         None => {

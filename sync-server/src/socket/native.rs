@@ -271,12 +271,16 @@ async fn read_loop(
 
 /// One frame from the client: decoded, admitted by the session (rate limit), handled.
 async fn on_frame(session: &mut Session, codec: Codec, bytes: Vec<u8>) -> Option<Closing> {
-    let frame = codec.decode::<ClientFrame>(&bytes, session.frame_limit());
+    let (frame, traceparent) =
+        match codec.decode_traced::<ClientFrame>(&bytes, session.frame_limit()) {
+            Ok((frame, traceparent)) => (Ok(frame), traceparent),
+            Err(e) => (Err(e), None),
+        };
     if let Err(c) = session.admit(frame.as_ref().ok()).await {
         return Some(c);
     }
     match frame {
-        Ok(frame) => session.handle(frame).await,
+        Ok(frame) => session.handle_traced(frame, traceparent.as_deref()).await,
         Err(e) => session.error(e.into(), None).await,
     }
     None

@@ -17,6 +17,7 @@ use crate::state::AppState;
 use crate::store::{NackOutcome, SubscriptionKind};
 use crate::sync::PullRequest;
 use crate::tail::Interest;
+use crate::{telemetry, trace};
 use sdk_core::ErrorCode;
 use sdk_core::ids::{ClientId, TenantId};
 use sdk_core::interaction::{InteractionClass, Transport};
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
+use tracing::Instrument;
 
 /// Close codes.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -344,6 +346,18 @@ impl Session {
         };
         self.reply(frame).await;
         Ok(())
+    }
+
+    /// [`Session::handle`] in the frame's trace context when it carries one (`traceparent`): the
+    /// work it asks for continues the caller's trace, as a REST request's does — its span,
+    /// its log lines, the events it appends. A frame without one is not traced (a socket
+    /// carries many small frames; a client that wants one traced says so).
+    pub async fn handle_traced(&mut self, frame: ClientFrame, traceparent: Option<&str>) {
+        let Some(caller) = trace::caller(traceparent) else { return self.handle(frame).await };
+        let cx = trace::child_of(&caller);
+        let span = tracing::info_span!("ws.frame", trace_id = %cx.trace_id, span_id = %cx.span_id);
+        telemetry::adopt(&span, &cx, Some(&caller));
+        trace::scope(cx, self.handle(frame)).instrument(span).await
     }
 
     /// One frame from the client, after [`Session::admit`]: everything both transports do.

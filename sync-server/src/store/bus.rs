@@ -212,7 +212,7 @@ fn bind_event<'q>(q: AnyQuery<'q>, e: &'q NewEvent) -> AnyQuery<'q> {
     q.bind(e.event_id.as_str())
         .bind(e.event_type.as_str())
         .bind(e.payload.to_string())
-        .bind(e.metadata.to_string())
+        .bind(super::event_metadata(&e.metadata))
         .bind(e.schema_version.as_str())
         .bind(e.critical as i64)
 }
@@ -274,6 +274,7 @@ impl Store {
     /// Append `events` to the tenant's log in one transaction (durable when this returns).
     /// An event id already in the log — from an earlier call or earlier in this batch — is not
     /// appended again; its outcome says `duplicate` with the original sequence.
+    #[tracing::instrument(name = "store.transaction", skip_all, fields(tenant = %tenant, events = events.len()))]
     pub async fn publish_events(
         &self,
         tenant: &str,

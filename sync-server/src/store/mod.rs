@@ -135,6 +135,9 @@ pub struct TransactionRow {
     pub callback_attempts: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The trace context of the request that created it (`traceparent` form), continued by its
+    /// processing and its webhook.
+    pub traceparent: Option<String>,
 }
 
 /// An audit entry (security events, manual resolutions, cross-tenant access).
@@ -331,6 +334,7 @@ impl Store {
     /// storage, otherwise load what the batch touches, run the apply engine, and write entities,
     /// ledgers, results, conflicts, events and the response together.
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "store.transaction", skip_all, fields(tenant = %tenant))]
     pub async fn reconcile(
         &self,
         engine: &ApplyEngine,
@@ -365,14 +369,15 @@ impl Store {
             Some(_) => state.entities.clone(),
             None => Default::default(),
         };
+        let apply = tracing::info_span!("apply", operations = batch.len());
         let outcome = match self.rules.as_deref() {
-            None => engine.apply_batch(tenant, batch, &mut state)?,
+            None => apply.in_scope(|| engine.apply_batch(tenant, batch, &mut state))?,
             Some(rules) => {
                 // Grants as they are when the batch begins (the tenant is locked).
                 let rows = rules::user_rows(&mut tx, t, writer.user).await?;
                 let grants = rules.grants(&Claims::new(writer.claims, writer.roles), &rows);
                 let gate = WriteCheck::new(rules, &grants);
-                engine.apply_batch_gated(tenant, batch, &mut state, &gate)?
+                apply.in_scope(|| engine.apply_batch_gated(tenant, batch, &mut state, &gate))?
             }
         };
         let now = crate::clock::now_ms() as i64;
@@ -418,6 +423,7 @@ impl Store {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        tracing::debug!(version = state.version, "reconcile batch committed");
         Ok(Reconciled::Fresh { response, outcome, version: state.version, followed })
     }
 
@@ -826,7 +832,7 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO transactions (tenant_id, transaction_id, kind, body, user_id, status, result, callback_url, \
-             callback_state, callback_attempts, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, 0, $9, $9)",
+             callback_state, callback_attempts, created_at, updated_at, traceparent) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8, 0, $9, $9, $10)",
         )
         .bind(&row.tenant_id)
         .bind(&row.transaction_id)
@@ -837,6 +843,7 @@ impl Store {
         .bind(row.callback_url.clone())
         .bind(&row.callback_state)
         .bind(row.created_at)
+        .bind(row.traceparent.clone())
         .execute(&mut *tx)
         .await
         .map_err(db)?;
@@ -1122,7 +1129,7 @@ impl Store {
 }
 
 const TX_COLUMNS: &str = "SELECT tenant_id, transaction_id, kind, body, user_id, status, result, callback_url, \
-    callback_state, callback_attempts, created_at, updated_at FROM transactions";
+    callback_state, callback_attempts, created_at, updated_at, traceparent FROM transactions";
 
 fn transaction_from_row(r: &AnyRow) -> Result<TransactionRow, StoreError> {
     let json = |s: String| {
@@ -1142,6 +1149,7 @@ fn transaction_from_row(r: &AnyRow) -> Result<TransactionRow, StoreError> {
         callback_attempts: r.get(9),
         created_at: r.get(10),
         updated_at: r.get(11),
+        traceparent: r.get(12),
     })
 }
 
@@ -1183,9 +1191,16 @@ pub fn appended_event(tenant: &TenantId, seq: u64, e: &NewEvent, at: i64) -> Wir
         tenant_id: tenant.clone(),
         timestamp: event_timestamp(e.occurred_at.unwrap_or(at)),
         payload: e.payload.clone(),
-        metadata: e.metadata.clone(),
+        metadata: crate::trace::stamp(&e.metadata),
         schema_version: e.schema_version.clone(),
     }
+}
+
+/// An event's metadata as stored: every event appended while a request (or a frame, or a
+/// transaction's processing) runs carries its trace id (`crate::trace`). Every write of an
+/// event goes through here, and [`appended_event`] stamps its copy the same way.
+fn event_metadata(metadata: &Value) -> String {
+    crate::trace::stamp(metadata).to_string()
 }
 
 fn event_from_row(tenant: &str, r: &AnyRow) -> Result<StoredEvent, StoreError> {
@@ -1509,13 +1524,14 @@ async fn write_changes(
     let mut exists = existed.clone();
     // Under sync rules an entity's event goes only to its readers: its channels travel in the
     // event's metadata (`sdk_core::rules::EVENT_CHANNELS`).
-    let metadata = |rec: &EntityRecord| match rules {
-        None => json!({ "source": "reconciliation" }).to_string(),
-        Some(r) => json!({
-            "source": "reconciliation",
-            (sdk_core::rules::EVENT_CHANNELS): r.record_channels(rec),
+    let metadata = |rec: &EntityRecord| {
+        event_metadata(&match rules {
+            None => json!({ "source": "reconciliation" }),
+            Some(r) => json!({
+                "source": "reconciliation",
+                (sdk_core::rules::EVENT_CHANNELS): r.record_channels(rec),
+            }),
         })
-        .to_string(),
     };
     for chunk in changes.chunks(CHUNK) {
         let sql = format!(
@@ -1575,7 +1591,7 @@ async fn insert_event(
     .bind(event_id)
     .bind(event_type)
     .bind(payload.to_string())
-    .bind(metadata.to_string())
+    .bind(event_metadata(metadata))
     .bind(critical as i64)
     .bind(now)
     .execute(&mut *conn)
