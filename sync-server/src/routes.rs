@@ -245,6 +245,20 @@ fn other_routes() -> Vec<Route> {
         route("get", "/api/audit", "The tenant's audit log (admin)", "audit", get(audit::audit)),
         route(
             "get",
+            "/api/ops/realtime",
+            "The tenant's live connections, rooms and presence on this process (admin; the ops page)",
+            "ops",
+            get(ops::realtime),
+        ),
+        route(
+            "get",
+            "/api/ops/audit",
+            "Recent audit entries and whether each of the tenant's audit chains verifies (admin; the ops page)",
+            "ops",
+            get(ops::audit),
+        ),
+        route(
+            "get",
             "/v1/ws",
             "The native WebSocket protocol (docs/protocol.md); token by ?token= or the first frame",
             "realtime",
@@ -253,6 +267,13 @@ fn other_routes() -> Vec<Route> {
         route("get", "/health", "Health per service", "operations", get(ops::health)),
         route("get", "/metrics", "Prometheus metrics", "operations", get(ops::metrics)),
         route("get", "/openapi.json", "This document", "operations", get(ops::openapi)),
+        route(
+            "get",
+            "/ops",
+            "The operators' page (HTML; it asks for an admin token)",
+            "operations",
+            get(ops::ops_page),
+        ),
     ]
 }
 

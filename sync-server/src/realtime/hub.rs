@@ -33,6 +33,19 @@ struct Conn {
     mailbox: Arc<Mailbox>,
     /// The channels it reads (sync rules); `None`: everything (no rules, or tenant-wide).
     reads: Option<BTreeSet<String>>,
+    /// When it registered (epoch ms), for operators.
+    since_ms: u64,
+}
+
+/// What an operator sees of one tenant's realtime side in this process (`GET /api/ops/realtime`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantView {
+    /// (user, client, connected since, epoch ms), oldest first.
+    pub connections: Vec<(UserId, ClientId, u64)>,
+    /// (room, members), by room id.
+    pub rooms: Vec<(RoomId, usize)>,
+    /// Presence entries by status.
+    pub presence: Vec<(PresenceStatus, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +316,35 @@ impl Hub {
         self.lock().presence.len()
     }
 
+    /// One tenant's connections, rooms and presence in this process.
+    pub fn tenant_view(&self, tenant: &TenantId) -> TenantView {
+        let inner = self.lock();
+        let mut connections: Vec<(UserId, ClientId, u64)> = inner
+            .by_tenant
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| inner.conns.get(id))
+            .map(|c| (c.user.clone(), c.client.clone(), c.since_ms))
+            .collect();
+        connections.sort_by(|a, b| (a.2, &a.1).cmp(&(b.2, &b.1)));
+        let mut rooms: Vec<(RoomId, usize)> = inner
+            .rooms
+            .iter()
+            .filter(|(k, _)| &k.tenant == tenant)
+            .filter_map(|(k, members)| Some((RoomId::new(k.id.clone()).ok()?, members.len())))
+            .collect();
+        rooms.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut by_status: std::collections::BTreeMap<String, (PresenceStatus, usize)> =
+            Default::default();
+        for (k, p) in &inner.presence {
+            if &k.tenant == tenant {
+                by_status.entry(format!("{:?}", p.status)).or_insert((p.status, 0)).1 += 1;
+            }
+        }
+        TenantView { connections, rooms, presence: by_status.into_values().collect() }
+    }
+
     fn gauges(&self, inner: &Inner) {
         self.metrics.set_gauge("pf2_ws_active_connections", &[], inner.conns.len() as f64);
         self.metrics.set_gauge("pf2_ws_rooms", &[], inner.rooms.len() as f64);
@@ -321,6 +363,7 @@ impl Hub {
                 client: client.clone(),
                 mailbox: mailbox.clone(),
                 reads: None,
+                since_ms: crate::clock::now_ms(),
             },
         );
         inner.by_tenant.entry(tenant.clone()).or_default().insert(id);
@@ -801,6 +844,24 @@ mod tests {
 
     fn pong() -> ServerFrame {
         ServerFrame::Pong { nonce: 1 }
+    }
+
+    #[test]
+    fn an_operator_sees_one_tenants_connections_rooms_and_presence_only() {
+        let hub = Hub::new(Arc::default(), 8, Duration::from_secs(90));
+        let (t1, u1, c1) = ids("t1", "u1", "c1");
+        let (t2, u2, c2) = ids("t2", "u2", "c2");
+        let a = hub.register(&t1, &u1, &c1);
+        let _b = hub.register(&t2, &u2, &c2);
+        hub.join(&t1, &c1, &RoomId::new("lobby").unwrap());
+        hub.join(&t2, &c2, &RoomId::new("other").unwrap());
+        hub.set_presence(a.id, &t1, &c1, &u1, PresenceStatus::Online, None);
+        let view = hub.tenant_view(&t1);
+        assert_eq!(view.connections.len(), 1);
+        assert_eq!((&view.connections[0].0, &view.connections[0].1), (&u1, &c1));
+        assert_eq!(view.rooms, vec![(RoomId::new("lobby").unwrap(), 1)]);
+        assert_eq!(view.presence, vec![(PresenceStatus::Online, 1)]);
+        assert_eq!(hub.tenant_view(&TenantId::new("nobody").unwrap()).connections, vec![]);
     }
 
     #[test]

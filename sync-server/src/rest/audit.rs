@@ -2,13 +2,11 @@
 
 use super::extract::{Auth, Query};
 use super::snapshots::PageQuery;
-use crate::auth::SUPER_ADMIN;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use sdk_core::ErrorCode;
 use serde_json::json;
 
 /// `GET /api/audit`: the tenant's audit log, newest first (tenant `admin` or `super_admin`).
@@ -17,12 +15,7 @@ pub async fn audit(
     auth: Auth,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    if !(auth.identity.has_role("admin") || auth.identity.has_role(SUPER_ADMIN)) {
-        return Err(ApiError::new(
-            ErrorCode::AuthzFailed,
-            "reading the audit log needs the admin role",
-        ));
-    }
+    auth.require_admin("reading the audit log")?;
     let entries = state
         .store
         .audit_entries(auth.tenant.as_str(), q.limit.unwrap_or(100).clamp(1, 1000))

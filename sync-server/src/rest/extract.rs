@@ -143,6 +143,14 @@ impl Auth {
     pub fn user(&self) -> &str {
         self.identity.user.as_str()
     }
+
+    /// The tenant's operators: `admin`, or `super_admin` (`what` names what was refused).
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.identity.has_role("admin") || self.identity.has_role(crate::auth::SUPER_ADMIN) {
+            return Ok(());
+        }
+        Err(ApiError::new(ErrorCode::AuthzFailed, format!("{what} needs the admin role")))
+    }
 }
 
 fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {

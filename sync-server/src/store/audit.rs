@@ -172,6 +172,13 @@ const PAGE: i64 = 1_000;
 
 impl Store {
     /// Verify every chain (of `tenant`, or of all tenants) against `key`.
+    /// [`Store::verify_audit`] of one tenant's chains with the key this store writes with (the
+    /// ops page's chain state).
+    pub async fn verify_tenant_audit(&self, tenant: &str) -> Result<Vec<ChainReport>, StoreError> {
+        let key = self.audit_key.clone().ok_or_else(|| StoreError::internal("no audit key"))?;
+        self.verify_audit(&key, Some(tenant)).await
+    }
+
     pub async fn verify_audit(
         &self,
         key: &ChainKey,
