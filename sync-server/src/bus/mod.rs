@@ -177,7 +177,9 @@ impl EventBus {
         for e in &mut events {
             e.critical = e.critical || self.policy().is_critical(&e.event_type);
         }
+        let started = std::time::Instant::now();
         let appended = self.store.publish_events(tenant.as_str(), &events).await?;
+        self.metrics.observe("pf2_bus_append_duration_ms", &[], started.elapsed());
         let out = appended.outcomes;
         let dups = out.iter().filter(|p| p.duplicate).count() as u64;
         self.metrics.add("pf2_bus_published_total", &[], out.len() as u64 - dups);
