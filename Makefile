@@ -8,7 +8,7 @@ FUZZ_TARGETS := protocol_json protocol_msgpack apply_engine clocks
 # Must match the `wasm-bindgen` pin in sdk-wasm/Cargo.toml.
 WASM_BINDGEN_VERSION := 0.2.130
 
-.PHONY: help run example example-build bench-live demo-core bench-browser bench-realtime bench-documents bench-bus bench-rules bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs
+.PHONY: help run example example-build bench-live demo-core bench-browser bench-realtime bench-documents bench-bus bench-rules bench-cluster cluster test wasm-prereqs prereqs fmt-check clippy unit wasm-build wasm-test js-build js-test soak bench fuzz fuzz-prereqs docs openapi-check
 
 help:
 	@echo "make run    - the sync server on embedded SQLite with the demo app at http://127.0.0.1:3000"
@@ -76,10 +76,22 @@ prereqs: wasm-prereqs
 	@command -v redis-server >/dev/null \
 	  || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 	@# The browser suites: Debian's Chromium + ChromeDriver.
+	@# schemathesis for the OpenAPI check, in a venv of its own under target/.
+	@target/schemathesis/bin/st --version 2>/dev/null | grep -q '$(SCHEMATHESIS_VERSION)' \
+	  || { { python3 -m venv target/schemathesis 2>/dev/null \
+	         || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv target/schemathesis; }; } \
+	       && target/schemathesis/bin/pip install -q 'schemathesis==$(SCHEMATHESIS_VERSION)'; }
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver \
 	  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: prereqs fmt-check clippy unit wasm-build wasm-test js-test
+test: prereqs fmt-check clippy unit openapi-check wasm-build wasm-test js-test
+
+# The OpenAPI document against a live server: schemathesis (PyPI, pinned) with every check
+# (tests/openapi/). Needs the debug sync-server that `unit` builds.
+SCHEMATHESIS_VERSION := 4.32.5
+openapi-check:
+	$(CARGO) build -p sync-server --locked
+	tests/openapi/schemathesis.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -5,7 +5,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sdk_core::ErrorCode;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -74,11 +75,47 @@ impl IntoResponse for ApiError {
         } else {
             self.message
         };
-        let body = json!({ "error": { "code": self.code.as_str(), "message": message } });
+        let body = ErrorBody { error: ErrorDetail { code: self.code.as_str(), message } };
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
+}
+
+/// api.md's error body: what every refusal answers, with its code's HTTP status.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "INVALID_REQUEST", "message": "type must be 1 to 128 characters"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// One of the error codes of docs/protocol.md (`INVALID_REQUEST`, `AUTH_FAILED`,
+    /// `AUTHZ_FAILED`, `TENANT_VIOLATION`, `NOT_FOUND`, `RATE_LIMIT`, …).
+    #[schema(example = "INVALID_REQUEST")]
+    pub code: &'static str,
+    /// What was wrong, for a person; never internal detail.
+    pub message: String,
+}
+
+/// The refusals any route that takes a bearer token may answer (OpenAPI).
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Refusals {
+    /// `INVALID_REQUEST`: a parameter, header or body is not what the operation takes.
+    #[response(status = 400)]
+    Invalid(#[to_schema] ErrorBody),
+    /// `AUTH_FAILED`: no bearer token, or one that does not verify (expired, wrong key).
+    #[response(status = 401)]
+    Unauthenticated(#[to_schema] ErrorBody),
+    /// `AUTHZ_FAILED` (the token's user may not do this) or `TENANT_VIOLATION` (`X-Tenant-ID`
+    /// names another tenant).
+    #[response(status = 403)]
+    Forbidden(#[to_schema] ErrorBody),
+    /// `RATE_LIMIT`: over the caller's rate; `Retry-After` says when to come back.
+    #[response(status = 429)]
+    RateLimited(#[to_schema] ErrorBody),
 }

@@ -183,61 +183,6 @@ async fn a_socket_frame_with_a_traceparent_traces_what_it_appends(backend: Backe
     assert_eq!(trace_ids_of_events(&app).await, vec![Some(CALLER_TRACE.to_string()), None]);
 }
 
-// ---- logs ------------------------------------------------------------------------------------
-
-/// The log lines a subscriber wrote, shared with the test.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
-    type Writer = Lines;
-    fn make_writer(&'a self) -> Lines {
-        self.clone()
-    }
-}
-
-/// Every JSON line the server logs while it handles a request — the HTTP layer's, the
-/// reconcile's, the store's (at `debug`, so that there are several) — names the request's
-/// trace. The request runs on this thread, where the subscriber is installed.
-#[tokio::test(flavor = "current_thread")]
-async fn every_log_line_of_a_request_names_its_trace() {
-    let app = TestApp::start(Backend::Sqlite).await.unwrap();
-    let lines = Lines::default();
-    let filter = tracing_subscriber::EnvFilter::new("debug");
-    let subscriber = sync_server::telemetry::subscriber(lines.clone(), filter, None);
-    let guard = tracing::subscriber::set_default(subscriber);
-    let body = reconcile_body(&app, "r1", "c1", 1, "a");
-    let token = app.token("u");
-    let path = "/api/reconciliation/reconcile";
-    let r =
-        app.send(Method::POST, path, Some(&token), &[("traceparent", CALLER)], Some(body)).await;
-    drop(guard);
-    r.expect(200);
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-    let logged: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(logged.len() >= 4, "the request's lines, its reconcile's and its answer: {text}");
-    for line in &logged {
-        let root = &line["spans"][0];
-        assert_eq!(root["name"], "request", "{line}");
-        assert_eq!(root["trace_id"], CALLER_TRACE, "{line}");
-    }
-    let inner: Vec<&str> =
-        logged.iter().filter_map(|l| l["span"]["name"].as_str()).collect::<Vec<_>>();
-    for name in ["reconcile", "store.transaction", "request"] {
-        assert!(inner.contains(&name), "a line from inside {name}: {inner:?}");
-    }
-}
-
 // ---- OTLP export -----------------------------------------------------------------------------
 
 /// A real OTLP/HTTP receiver: every span of every `POST /v1/traces` (protobuf), by name.

@@ -7,6 +7,7 @@ pub mod conflicts;
 pub mod documents;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod ops;
 pub mod reconcile;
 pub mod snapshots;

@@ -45,9 +45,20 @@ pub async fn entity_snapshot(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Where the previous page ended (its `nextCursor`).
     pub cursor: Option<String>,
+    /// How many at most (clamped to the route's range).
+    pub limit: Option<i64>,
+}
+
+/// `?limit=` alone (the audit log).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LimitQuery {
+    /// How many at most: clamped to 1…1000 (default 100 for `/api/audit`, 50 for the ops page).
     pub limit: Option<i64>,
 }
 

@@ -1,9 +1,10 @@
 //! Class D transactions: `POST /api/transactions` with `Idempotency-Key`, and their status.
 
 use super::extract::{Auth, JsonBody, Path, json_text, rate_limit};
+use super::openapi::TenantHeader;
 use crate::clock::iso_now;
 use crate::clock::now_ms;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, Refusals};
 use crate::state::AppState;
 use crate::store::TransactionRow;
 use axum::Json;
@@ -14,22 +15,82 @@ use axum::response::{IntoResponse, Response};
 use sdk_core::ErrorCode;
 use sdk_core::hlc::HlcTimestamp;
 use sdk_core::snapshot::{canonical_json, checksum};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-#[derive(Deserialize)]
+/// A Class D transaction to run (api.md).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TransactionRequest {
+#[schema(example = json!({"type": "payment.create", "payload": {"amount": 5}, "callbackUrl": "https://shop.example/hooks/pf2"}))]
+pub struct TransactionRequest {
+    /// What to do: 1 to 128 characters (`payment.create`).
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 128)]
     kind: String,
+    /// The transaction's input, as the processor takes it.
     #[serde(default)]
     payload: Value,
+    /// Where the signed webhook goes once it settles (`http://` or `https://`).
     #[serde(default)]
+    #[schema(pattern = "^https?://")]
     callback_url: Option<String>,
+}
+
+/// The answer to a transaction accepted (and, byte for byte, to its replays).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionAccepted {
+    transaction_id: String,
+    /// `pending` until the server settles it.
+    status: &'static str,
+    /// Where to ask for its status (`GET`).
+    status_url: String,
+    created_at: String,
+}
+
+/// A transaction's status.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionView {
+    transaction_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    /// `pending`, `processing`, `confirmed` or `failed`.
+    status: String,
+    /// What the processor answered, once settled.
+    result: Option<Value>,
+    callback: CallbackView,
+    created_at: String,
+    updated_at: String,
+}
+
+/// Its webhook's delivery: `none` (no callback URL), `pending`, `delivered` or `failed`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallbackView {
+    state: String,
+    attempts: i64,
 }
 
 /// `POST /api/transactions` with `Idempotency-Key`: 202 with the status URL; the same key and
 /// body replays the stored response, the same key with another body is 422.
+#[utoipa::path(
+    post,
+    path = "/api/transactions",
+    tag = "transactions",
+    summary = "Create a Class D transaction (Idempotency-Key required); 202",
+    params(
+        ("Idempotency-Key" = String, Header, description = "1 to 255 visible characters; the same key and body replay the first answer, the same key with another body is 422", min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]{0,253}[!-~])?$"),
+        TenantHeader,
+    ),
+    request_body = TransactionRequest,
+    responses(
+        (status = 202, description = "Accepted (or replayed)", body = TransactionAccepted),
+        (status = 422, description = "IDEMPOTENCY_MISMATCH: the key was used with another body", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create_transaction(
     State(state): State<AppState>,
     auth: Auth,
@@ -59,13 +120,13 @@ pub async fn create_transaction(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_ms() as i64;
-    let response = json!({
-        "transactionId": id,
-        "status": "pending",
-        "statusUrl": format!("/api/transactions/{id}"),
-        "createdAt": iso_now(),
+    let response = serde_json::to_string(&TransactionAccepted {
+        transaction_id: id.clone(),
+        status: "pending",
+        status_url: format!("/api/transactions/{id}"),
+        created_at: iso_now(),
     })
-    .to_string();
+    .expect("serializes");
     let row = TransactionRow {
         tenant_id: auth.tenant.to_string(),
         transaction_id: id,
@@ -98,6 +159,20 @@ pub async fn create_transaction(
     }
 }
 
+/// `GET /api/transactions/{transactionId}`: its status (under sync rules, its creator's only).
+#[utoipa::path(
+    get,
+    path = "/api/transactions/{transactionId}",
+    tag = "transactions",
+    summary = "A transaction's status",
+    params(("transactionId" = String, Path, description = "As `POST /api/transactions` answered"), TenantHeader),
+    responses(
+        (status = 200, description = "Its status", body = TransactionView),
+        (status = 404, description = "NOT_FOUND: no such transaction (or not the caller's)", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn get_transaction(
     State(state): State<AppState>,
     auth: Auth,
@@ -111,14 +186,15 @@ pub async fn get_transaction(
     if !access.reads_transaction_of(&t.user_id) {
         return Err(missing());
     }
-    Ok(Json(json!({
-        "transactionId": t.transaction_id,
-        "type": t.kind,
-        "status": t.status,
-        "result": t.result,
-        "callback": { "state": t.callback_state, "attempts": t.callback_attempts },
-        "createdAt": HlcTimestamp::new(t.created_at.max(0) as u64, 0).to_string(),
-        "updatedAt": HlcTimestamp::new(t.updated_at.max(0) as u64, 0).to_string(),
-    }))
+    let iso = |ms: i64| HlcTimestamp::new(ms.max(0) as u64, 0).to_string();
+    Ok(Json(TransactionView {
+        transaction_id: t.transaction_id,
+        kind: t.kind,
+        status: t.status,
+        result: t.result,
+        callback: CallbackView { state: t.callback_state, attempts: t.callback_attempts },
+        created_at: iso(t.created_at),
+        updated_at: iso(t.updated_at),
+    })
     .into_response())
 }
