@@ -37,6 +37,15 @@ impl HlcTimestamp {
     }
 
     /// Parse the wire form (see module docs).
+    /// [`HlcTimestamp::parse`], but a valid time before 1970 is 1970 (search bounds: a time
+    /// before everything bounds nothing).
+    pub fn parse_clamped(s: &str) -> Result<Self, Error> {
+        match parse_rfc3339_millis(s) {
+            Err(BEFORE_1970) => Ok(Self { millis: 0, counter: 0 }),
+            _ => Self::parse(s),
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, Error> {
         let bad = |why: &str| Error::Decode(format!("timestamp {s:?}: {why}"));
         let (time, counter) = match s.split_once('~') {
@@ -194,6 +203,8 @@ fn write_rfc3339_millis(f: &mut fmt::Formatter<'_>, millis: u64) -> fmt::Result 
 }
 
 /// Milliseconds since the epoch for `YYYY-MM-DDTHH:MM:SS[.fff…](Z|±HH:MM)`.
+const BEFORE_1970: &str = "before 1970";
+
 pub(crate) fn parse_rfc3339_millis(s: &str) -> Result<u64, &'static str> {
     let b = s.as_bytes();
     if b.len() < 20 || !b.is_ascii() {
@@ -263,7 +274,7 @@ pub(crate) fn parse_rfc3339_millis(s: &str) -> Result<u64, &'static str> {
         + sec.min(59) as i64
         - offset_s;
     if secs < 0 {
-        return Err("before 1970");
+        return Err(BEFORE_1970);
     }
     let millis = secs as u64 * 1000 + frac_ms;
     if millis > MAX_MILLIS {
@@ -276,6 +287,14 @@ pub(crate) fn parse_rfc3339_millis(s: &str) -> Result<u64, &'static str> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_clamped_parse_takes_times_before_1970_as_1970_and_nothing_else_more() {
+        assert_eq!(HlcTimestamp::parse_clamped("0001-01-01T00:00:00Z").unwrap().millis, 0);
+        assert_eq!(HlcTimestamp::parse_clamped("1970-01-01T00:00:01Z").unwrap().millis, 1_000);
+        assert!(HlcTimestamp::parse_clamped("2026-02-30T00:00:00Z").is_err());
+        assert!(HlcTimestamp::parse("0001-01-01T00:00:00Z").is_err());
+    }
 
     #[test]
     fn local_events_strictly_increase_even_when_the_clock_stands_still_or_goes_back() {

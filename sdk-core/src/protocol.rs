@@ -358,12 +358,16 @@ impl WireConflict {
 
 /// An event of the tenant's log (architecture.md §5 fields) with its sequence number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WireEvent {
+    /// Its position in the tenant's log (1, 2, …; gap-free).
     pub sequence: u64,
     pub event_id: String,
     pub event_type: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub tenant_id: TenantId,
+    /// RFC 3339, milliseconds, UTC.
     pub timestamp: String,
     #[serde(default)]
     pub payload: Value,

@@ -332,6 +332,11 @@ fn operation(r: &Route) -> Value {
         ops::metrics,
         ops::openapi,
         ops::ops_page,
+        bus::list_dead_letters,
+        bus::get_dead_letter,
+        bus::edit_dead_letter,
+        bus::reprocess_dead_letter,
+        bus::delete_dead_letter,
     ),
     modifiers(&BearerScheme)
 )]
@@ -361,11 +366,6 @@ const NOT_YET_ANNOTATED: &[&str] = &[
     "post /api/events/subscriptions/{name}/ack",
     "post /api/events/subscriptions/{name}/claim",
     "post /api/events/subscriptions/{name}/nack",
-    "get /api/events/dlq",
-    "get /api/events/dlq/{id}",
-    "patch /api/events/dlq/{id}",
-    "delete /api/events/dlq/{id}",
-    "post /api/events/dlq/{id}/reprocess",
     "get /v1/ws",
 ];
 

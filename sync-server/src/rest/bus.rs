@@ -3,8 +3,10 @@
 //! holding the `service` role (or `admin`); everything is scoped to the token's tenant.
 
 use super::extract::{Auth, JsonBody, Path, Query};
+use super::openapi::TenantHeader;
 use crate::bus::{StartFrom, SubscriptionSpec};
 use crate::error::ApiError;
+use crate::error::{ErrorBody, Refusals};
 use crate::state::AppState;
 use crate::store::{
     Claimed, DeadLetter, DlqQuery, NackOutcome, NewEvent, SubscriptionKind, SubscriptionRow,
@@ -16,10 +18,12 @@ use axum::response::{IntoResponse, Response};
 use sdk_core::ErrorCode;
 use sdk_core::hlc::HlcTimestamp;
 use sdk_core::protocol::EventFilter;
-use serde::Deserialize;
+use sdk_core::protocol::WireEvent;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
 
 pub use crate::bus::BUS_ROLES;
 
@@ -452,47 +456,105 @@ pub fn nack_json(outcome: &NackOutcome) -> Value {
 
 // ---- the dead-letter queue ---------------------------------------------------------------------
 
-fn dead_letter_json(d: &DeadLetter) -> Value {
-    json!({
-        "dlqId": d.dlq_id,
-        "subscription": d.subscription,
-        "event": d.event,
-        "originalPayload": d.original_payload,
-        "failureReason": d.reason,
-        "deliveryCount": d.attempts,
-        "consumer": d.consumer,
-        "firstAttemptAt": d.first_attempt_at.map(iso),
-        "lastAttemptAt": d.last_attempt_at.map(iso),
-        "deadLetteredAt": iso(d.dead_at),
-        "status": d.status,
-        "updatedAt": iso(d.updated_at),
-    })
+/// A dead letter: the event as it will be reprocessed, why it died, and its history.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterView {
+    dlq_id: String,
+    /// The consumer group it died in.
+    subscription: String,
+    /// As it will be reprocessed (`payload` edited, if an operator edited it).
+    event: WireEvent,
+    /// The payload as first delivered.
+    original_payload: Value,
+    failure_reason: String,
+    delivery_count: u32,
+    /// The member that last had it.
+    consumer: Option<String>,
+    first_attempt_at: Option<String>,
+    last_attempt_at: Option<String>,
+    dead_lettered_at: String,
+    /// `dead`, or `reprocessed` once sent back to its group.
+    status: String,
+    updated_at: String,
 }
 
-#[derive(Debug, Deserialize)]
+impl From<&DeadLetter> for DeadLetterView {
+    fn from(d: &DeadLetter) -> Self {
+        Self {
+            dlq_id: d.dlq_id.clone(),
+            subscription: d.subscription.clone(),
+            event: d.event.clone(),
+            original_payload: d.original_payload.clone(),
+            failure_reason: d.reason.clone(),
+            delivery_count: d.attempts,
+            consumer: d.consumer.clone(),
+            first_attempt_at: d.first_attempt_at.map(iso),
+            last_attempt_at: d.last_attempt_at.map(iso),
+            dead_lettered_at: iso(d.dead_at),
+            status: d.status.clone(),
+            updated_at: iso(d.updated_at),
+        }
+    }
+}
+
+/// Dead letters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterList {
+    dead_letters: Vec<DeadLetterView>,
+}
+
+/// A dead letter's id, as the queue lists it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DlqId {
+    /// The `dlqId` of a listed dead letter.
+    #[param(min_length = 1, max_length = 128)]
+    id: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DlqParams {
+    /// Only this consumer group's.
     subscription: Option<String>,
+    /// Only events of this type (`order.*`: every type with that prefix).
     event_type: Option<String>,
     /// `dead` (default), `reprocessed`, or `all`.
+    #[param(pattern = "^(dead|reprocessed|all)$")]
     status: Option<String>,
-    /// Dead-lettered at or after / before (RFC 3339).
+    /// Dead-lettered at or after (RFC 3339: `2026-12-07T12:00:00Z`; before 1970 is 1970).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// Dead-lettered before (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// How many at most: clamped to 1…1000 (default 100).
     limit: Option<i64>,
 }
 
+/// An RFC 3339 bound of a search, epoch ms; a time before 1970 bounds nothing (0).
 fn time_param(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_deref()
-        .map(|s| {
-            HlcTimestamp::parse(s)
-                .map(|t| t.millis as i64)
-                .map_err(|e| ApiError::invalid(format!("{name}: {e}")))
+        .map(|s| match HlcTimestamp::parse_clamped(s) {
+            Ok(t) => Ok(t.millis as i64),
+            Err(e) => Err(ApiError::invalid(format!("{name}: {e}"))),
         })
         .transpose()
 }
 
 /// `GET /api/events/dlq`: dead letters matching the criteria, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/events/dlq",
+    tag = "dlq",
+    summary = "Dead letters by criteria (service or admin)",
+    params(DlqParams, TenantHeader),
+    responses((status = 200, description = "Newest first", body = DeadLetterList), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn list_dead_letters(
     State(state): State<AppState>,
     auth: Auth,
@@ -516,14 +578,23 @@ pub async fn list_dead_letters(
         limit: p.limit.unwrap_or(100).clamp(1, 1000),
     };
     let rows = state.store.dead_letters(auth.tenant.as_str(), &q).await?;
-    let items: Vec<Value> = rows.iter().map(dead_letter_json).collect();
-    Ok(Json(json!({ "deadLetters": items })).into_response())
+    let dead_letters = rows.iter().map(DeadLetterView::from).collect();
+    Ok(Json(DeadLetterList { dead_letters }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/events/dlq/{id}",
+    tag = "dlq",
+    summary = "One dead letter",
+    params(DlqId, TenantHeader),
+    responses((status = 200, description = "The dead letter", body = DeadLetterView), (status = 404, description = "NOT_FOUND: no such dead letter", body = ErrorBody), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn get_dead_letter(
     State(state): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    Path(DlqId { id }): Path<DlqId>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
     let d = state
@@ -531,20 +602,31 @@ pub async fn get_dead_letter(
         .dead_letter(auth.tenant.as_str(), &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
-    Ok(Json(dead_letter_json(&d)).into_response())
+    Ok(Json(DeadLetterView::from(&d)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The payload a dead letter will be reprocessed with.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DlqEdit {
     payload: Value,
 }
 
 /// `PATCH /api/events/dlq/{id}`: replace the payload it will be reprocessed with (audited).
+#[utoipa::path(
+    patch,
+    path = "/api/events/dlq/{id}",
+    tag = "dlq",
+    summary = "Edit a dead letter's payload (audited)",
+    params(DlqId, TenantHeader),
+    request_body = DlqEdit,
+    responses((status = 200, description = "As it now is", body = DeadLetterView), (status = 404, description = "NOT_FOUND: no such dead letter", body = ErrorBody), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn edit_dead_letter(
     State(state): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    Path(DlqId { id }): Path<DlqId>,
     body: JsonBody<DlqEdit>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
@@ -553,27 +635,46 @@ pub async fn edit_dead_letter(
         .edit_dead_letter(auth.tenant.as_str(), &id, &body.value.payload, auth.user())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
-    Ok(Json(dead_letter_json(&d)).into_response())
+    Ok(Json(DeadLetterView::from(&d)).into_response())
 }
 
 /// `POST /api/events/dlq/{id}/reprocess`: back to its consumer group, attempts from zero.
+#[utoipa::path(
+    post,
+    path = "/api/events/dlq/{id}/reprocess",
+    tag = "dlq",
+    summary = "Send a dead letter back to its group (audited)",
+    params(DlqId, TenantHeader),
+    responses((status = 200, description = "Sent back (status `reprocessed`)", body = DeadLetterView), (status = 404, description = "NOT_FOUND: no such dead letter", body = ErrorBody), (status = 409, description = "CONFLICT: already reprocessed", body = ErrorBody), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn reprocess_dead_letter(
     State(state): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    Path(DlqId { id }): Path<DlqId>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
     let t = auth.tenant.clone();
     let d = state.store.reprocess_dead_letter(t.as_str(), &id, auth.user()).await?;
     state.metrics.inc("pf2_bus_reprocessed_total", &[]);
     state.bus.kick_waiters(&t);
-    Ok(Json(dead_letter_json(&d)).into_response())
+    Ok(Json(DeadLetterView::from(&d)).into_response())
 }
 
+/// `DELETE /api/events/dlq/{id}`: gone for good (audited).
+#[utoipa::path(
+    delete,
+    path = "/api/events/dlq/{id}",
+    tag = "dlq",
+    summary = "Delete a dead letter (audited)",
+    params(DlqId, TenantHeader),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "NOT_FOUND: no such dead letter", body = ErrorBody), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn delete_dead_letter(
     State(state): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    Path(DlqId { id }): Path<DlqId>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
     if !state.store.delete_dead_letter(auth.tenant.as_str(), &id, auth.user()).await? {
