@@ -446,6 +446,23 @@ impl EventFilter {
     }
 }
 
+/// Rewrite every number of `v` that has no fractional part (`1441.0`, `1e3`) as an integer, as
+/// JSON Schema reads it (an `integer` is any number without a fraction), so such a body
+/// deserializes into integer fields. Numbers beyond ±2^53 keep their form (no longer exact).
+pub fn integral_numbers(v: &mut Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= EXACT) {
+                *v = if f < 0.0 { Value::from(f as i64) } else { Value::from(f as u64) };
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]

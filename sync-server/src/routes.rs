@@ -337,6 +337,14 @@ fn operation(r: &Route) -> Value {
         bus::edit_dead_letter,
         bus::reprocess_dead_letter,
         bus::delete_dead_letter,
+        bus::list_subscriptions,
+        bus::get_subscription,
+        bus::put_subscription,
+        bus::delete_subscription,
+        bus::poll_subscription,
+        bus::ack,
+        bus::claim,
+        bus::nack,
     ),
     modifiers(&BearerScheme)
 )]
@@ -358,14 +366,6 @@ const NOT_YET_ANNOTATED: &[&str] = &[
     "post /api/documents/sync",
     "get /api/events/poll",
     "post /api/events",
-    "get /api/events/subscriptions",
-    "get /api/events/subscriptions/{name}",
-    "put /api/events/subscriptions/{name}",
-    "delete /api/events/subscriptions/{name}",
-    "get /api/events/subscriptions/{name}/poll",
-    "post /api/events/subscriptions/{name}/ack",
-    "post /api/events/subscriptions/{name}/claim",
-    "post /api/events/subscriptions/{name}/nack",
     "get /v1/ws",
 ];
 

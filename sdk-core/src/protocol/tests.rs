@@ -467,3 +467,11 @@ fn any_frame_may_carry_a_traceparent_in_both_codecs() {
         assert_eq!(Codec::Json.decode::<ClientFrame>(&json_bytes, usize::MAX).unwrap(), frame);
     }
 }
+
+#[test]
+fn numbers_without_a_fraction_read_as_integers() {
+    let mut v = json!({"a": 1441.0, "b": [2.5, -3.0, 1e3], "c": {"d": 7}, "e": 1e300, "f": -0.0});
+    integral_numbers(&mut v);
+    assert_eq!(v, json!({"a": 1441, "b": [2.5, -3, 1000], "c": {"d": 7}, "e": 1e300, "f": 0}));
+    assert!(v["a"].is_u64() && v["b"][1].is_i64());
+}

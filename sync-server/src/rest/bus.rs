@@ -172,57 +172,170 @@ pub async fn publish(
 
 // ---- subscriptions ---------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// A subscription as it should be (unset fields take the bus's defaults). A filter has at most
+/// 32 terms, event types and attributes together; an existing subscription keeps its kind.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"kind": "group", "eventTypes": ["order.*"], "filter": {"region": "eu"}, "maxDeliveries": 3, "startFrom": "earliest"}))]
 pub struct SubscriptionBody {
+    /// `durable` or `group`.
+    #[schema(pattern = "^(durable|group)$")]
     kind: String,
+    /// Event types it takes: names, or prefixes ending in `*` (none: every type).
     #[serde(default)]
+    #[schema(schema_with = event_type_patterns)]
     event_types: Vec<String>,
+    /// Payload attribute equalities: a dotted path to a string, number, boolean or null.
     #[serde(default)]
+    #[schema(schema_with = attribute_filter)]
     filter: BTreeMap<String, Value>,
+    /// Deliveries before an event is dead-lettered (groups; default 3).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     max_deliveries: Option<u32>,
+    /// How long a claimed event stays leased to its member (default 30,000).
     #[serde(default)]
+    #[schema(minimum = 100, maximum = 43_200_000)]
     visibility_timeout_ms: Option<u64>,
+    /// The first retry's delay, doubling after (capped by the server).
     #[serde(default)]
     retry_backoff_ms: Option<u64>,
-    /// `"earliest"`, `"latest"`, or a sequence number.
+    /// Where it starts: `"earliest"` (the oldest event kept), `"latest"` (the default: what is
+    /// published from now on), or after a sequence number.
     #[serde(default)]
+    #[schema(schema_with = start_from)]
     start_from: Option<Value>,
+}
+
+fn event_type_patterns() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let pattern = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(128))
+        .pattern(Some("^[^*]*[*]?$"));
+    ArrayBuilder::new().items(pattern).max_items(Some(EventFilter::MAX_TERMS)).build()
+}
+
+fn attribute_filter() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let scalar = ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::String,
+            Type::Number,
+            Type::Boolean,
+            Type::Null,
+        ]))
+        .build();
+    let path = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(128))
+        .pattern(Some("^[^.]+([.][^.]+)*$"))
+        .build();
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::RefOr(scalar.into())))
+        .property_names(Some(path))
+        .max_properties(Some(EventFilter::MAX_TERMS))
+        .build()
+}
+
+fn start_from() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["earliest", "latest"])),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
+}
+
+/// A subscription: its settings, position and lag.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionView {
+    name: String,
+    /// `durable` (one reader, the server keeps its position) or `group` (competing consumers).
+    kind: &'static str,
+    event_types: Vec<String>,
+    /// Payload attribute equalities (dotted paths).
+    #[schema(value_type = Object)]
+    filter: BTreeMap<String, Value>,
+    /// Durable: acknowledged through here. Group: taken from the log through here.
+    position: u64,
+    max_deliveries: u32,
+    visibility_timeout_ms: u64,
+    retry_backoff_ms: u64,
+    /// Events not yet handled: the log past the position (and, for a group, those taken but not
+    /// acknowledged).
+    lag: u64,
+    pending: u64,
+    in_flight: u64,
+    dead_letters: u64,
+    created_at: String,
+    updated_at: String,
+}
+
+/// Every subscription of the tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionList {
+    subscriptions: Vec<SubscriptionView>,
+}
+
+/// A subscription's name: 1 to 128 of `A-Z a-z 0-9 - _ . :`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SubscriptionPath {
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    name: String,
 }
 
 async fn subscription_json(
     state: &AppState,
     tenant: &str,
     s: &SubscriptionRow,
-) -> Result<Value, ApiError> {
+) -> Result<SubscriptionView, ApiError> {
     let now = crate::clock::now_ms() as i64;
     let stats = state.store.subscription_stats(tenant, &s.name, now).await?;
     let (seq, _) = state.store.tenant_seq(tenant).await?;
     let behind = seq.saturating_sub(s.cursor);
-    Ok(json!({
-        "name": s.name,
-        "kind": s.kind.as_str(),
-        "eventTypes": s.filter.event_types,
-        "filter": s.filter.attributes,
-        "position": s.cursor,
-        "maxDeliveries": s.max_deliveries,
-        "visibilityTimeoutMs": s.lease_ms,
-        "retryBackoffMs": s.backoff_ms,
-        "lag": behind + if s.kind == SubscriptionKind::Group { stats.pending } else { 0 },
-        "pending": stats.pending,
-        "inFlight": stats.leased,
-        "deadLetters": stats.dead,
-        "createdAt": iso(s.created_at),
-        "updatedAt": iso(s.updated_at),
-    }))
+    Ok(SubscriptionView {
+        name: s.name.clone(),
+        kind: s.kind.as_str(),
+        event_types: s.filter.event_types.clone(),
+        filter: s.filter.attributes.clone(),
+        position: s.cursor,
+        max_deliveries: s.max_deliveries,
+        visibility_timeout_ms: s.lease_ms,
+        retry_backoff_ms: s.backoff_ms,
+        lag: behind + if s.kind == SubscriptionKind::Group { stats.pending } else { 0 },
+        pending: stats.pending,
+        in_flight: stats.leased,
+        dead_letters: stats.dead,
+        created_at: iso(s.created_at),
+        updated_at: iso(s.updated_at),
+    })
 }
 
 /// `PUT /api/events/subscriptions/{name}`: create (201) or change (200) a subscription.
+#[utoipa::path(
+    put,
+    path = "/api/events/subscriptions/{name}",
+    tag = "events",
+    summary = "Create or change a subscription (service or admin)",
+    params(SubscriptionPath, TenantHeader),
+    request_body = SubscriptionBody,
+    responses((status = 201, description = "Created", body = SubscriptionView), (status = 200, description = "Changed", body = SubscriptionView), (status = 410, description = "SNAPSHOT_REQUIRED: `startFrom` is past retention", body = ErrorBody), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn put_subscription(
     State(state): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    Path(SubscriptionPath { name }): Path<SubscriptionPath>,
     body: JsonBody<SubscriptionBody>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
@@ -252,10 +365,20 @@ pub async fn put_subscription(
     Ok((status, Json(body)).into_response())
 }
 
+/// `GET /api/events/subscriptions/{name}`.
+#[utoipa::path(
+    get,
+    path = "/api/events/subscriptions/{name}",
+    tag = "events",
+    summary = "A subscription's settings, position and lag",
+    params(SubscriptionPath, TenantHeader),
+    responses((status = 200, description = "The subscription", body = SubscriptionView), (status = 404, description = "NOT_FOUND: no such subscription", body = ErrorBody), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn get_subscription(
     State(state): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    Path(SubscriptionPath { name }): Path<SubscriptionPath>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
     let t = auth.tenant.as_str();
@@ -267,6 +390,16 @@ pub async fn get_subscription(
     Ok(Json(subscription_json(&state, t, &row).await?).into_response())
 }
 
+/// `GET /api/events/subscriptions`.
+#[utoipa::path(
+    get,
+    path = "/api/events/subscriptions",
+    tag = "events",
+    summary = "Durable subscriptions and consumer groups with lag",
+    params(TenantHeader),
+    responses((status = 200, description = "Every subscription", body = SubscriptionList), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn list_subscriptions(
     State(state): State<AppState>,
     auth: Auth,
@@ -277,13 +410,23 @@ pub async fn list_subscriptions(
     for row in state.store.subscriptions(t).await? {
         out.push(subscription_json(&state, t, &row).await?);
     }
-    Ok(Json(json!({ "subscriptions": out })).into_response())
+    Ok(Json(SubscriptionList { subscriptions: out }).into_response())
 }
 
+/// `DELETE /api/events/subscriptions/{name}`: with its pending deliveries.
+#[utoipa::path(
+    delete,
+    path = "/api/events/subscriptions/{name}",
+    tag = "events",
+    summary = "Delete a subscription and its pending deliveries",
+    params(SubscriptionPath, TenantHeader),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "NOT_FOUND: no such subscription", body = ErrorBody), Refusals),
+    security(("bearer" = [])),
+)]
 pub async fn delete_subscription(
     State(state): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    Path(SubscriptionPath { name }): Path<SubscriptionPath>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
     if !state.store.delete_subscription(auth.tenant.as_str(), &name).await? {
@@ -292,37 +435,69 @@ pub async fn delete_subscription(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// How a durable subscription's poll reads.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct WaitQuery {
+    /// Events at most (default 100; clamped to 1…1,000).
     limit: Option<u32>,
-    /// Seconds to wait for the first event (≤ 30).
+    /// Seconds to wait for the first event when there is none (0 to 30; more is 30).
     wait: Option<u64>,
+}
+
+/// A durable subscription's events after its position.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionPage {
+    subscription: String,
+    /// Acknowledged through here.
+    position: u64,
+    events: Vec<WireEvent>,
+    has_more: bool,
+    /// Acknowledge this once the events are handled (a decimal sequence).
+    next_event_id: String,
 }
 
 /// `GET /api/events/subscriptions/{name}/poll`: a durable subscription's events after its
 /// position; acknowledge `nextEventId` when they are handled.
+#[utoipa::path(
+    get,
+    path = "/api/events/subscriptions/{name}/poll",
+    tag = "events",
+    summary = "A durable subscription's events after its position",
+    params(SubscriptionPath, WaitQuery, TenantHeader),
+    responses(
+        (status = 200, description = "A page (possibly empty)", body = SubscriptionPage),
+        (status = 404, description = "NOT_FOUND: no such subscription", body = ErrorBody),
+        (status = 410, description = "SNAPSHOT_REQUIRED: its position is past retention", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn poll_subscription(
     State(state): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    Path(SubscriptionPath { name }): Path<SubscriptionPath>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(30));
     let (sub, page) =
         state.bus.poll_subscription(&auth.tenant, &name, q.limit.unwrap_or(100), wait).await?;
-    Ok(Json(json!({
-        "subscription": sub.name,
-        "position": sub.cursor,
-        "events": page.events,
-        "hasMore": page.has_more,
-        "nextEventId": page.next.to_string(),
-    }))
+    Ok(Json(SubscriptionPage {
+        subscription: sub.name,
+        position: sub.cursor,
+        events: page.events,
+        has_more: page.has_more,
+        next_event_id: page.next.to_string(),
+    })
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// What was handled: `sequence` for a durable subscription, `deliveries` for a group — one of
+/// the two.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AckBody {
     /// Durable subscriptions: handled through this sequence.
@@ -333,18 +508,50 @@ pub struct AckBody {
     deliveries: Vec<DeliveryRef>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A delivery, as its claim named it.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeliveryRef {
     sequence: u64,
     lease_token: String,
 }
 
+/// The answer to an acknowledgement.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AckAnswer {
+    /// A durable subscription's new position.
+    Position { position: u64 },
+    /// Each group delivery: `acked`, or `lease_lost` (it had expired and may be redelivered).
+    Results { results: Vec<AckResult> },
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AckResult {
+    sequence: u64,
+    /// `acked` or `lease_lost`.
+    status: &'static str,
+}
+
 /// `POST /api/events/subscriptions/{name}/ack`.
+#[utoipa::path(
+    post,
+    path = "/api/events/subscriptions/{name}/ack",
+    tag = "events",
+    summary = "Advance a durable position, or acknowledge group deliveries",
+    params(SubscriptionPath, TenantHeader),
+    request_body = AckBody,
+    responses(
+        (status = 200, description = "The new position, or each delivery's outcome", body = AckAnswer),
+        (status = 404, description = "NOT_FOUND: no such subscription", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn ack(
     State(state): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    Path(SubscriptionPath { name }): Path<SubscriptionPath>,
     body: JsonBody<AckBody>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
@@ -352,20 +559,21 @@ pub async fn ack(
     match (body.value.sequence, body.value.deliveries) {
         (Some(seq), d) if d.is_empty() => {
             let position = bus.ack_position(&auth.tenant, &name, seq).await?;
-            Ok(Json(json!({ "position": position })).into_response())
+            Ok(Json(AckAnswer::Position { position }).into_response())
         }
         (None, d) if !d.is_empty() => {
             let items: Vec<(u64, String)> =
                 d.into_iter().map(|r| (r.sequence, r.lease_token)).collect();
             let held = bus.ack(&auth.tenant, &name, &items).await?;
-            let results: Vec<Value> = items
+            let results = items
                 .iter()
                 .zip(held)
-                .map(|((s, _), ok)| {
-                    json!({ "sequence": s, "status": if ok { "acked" } else { "lease_lost" } })
+                .map(|((s, _), ok)| AckResult {
+                    sequence: *s,
+                    status: if ok { "acked" } else { "lease_lost" },
                 })
                 .collect();
-            Ok(Json(json!({ "results": results })).into_response())
+            Ok(Json(AckAnswer::Results { results }).into_response())
         }
         _ => Err(ApiError::invalid(
             "acknowledge a durable subscription with sequence, a group with deliveries",
@@ -373,32 +581,72 @@ pub async fn ack(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A member's claim on a consumer group's events.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimBody {
+    /// The member: 1 to 128 characters (its leases are its own).
+    #[schema(min_length = 1, max_length = 128)]
     consumer: String,
+    /// Events at most (default 10; clamped to 1…500).
     #[serde(default)]
     max: Option<u32>,
-    /// Milliseconds to wait for something to claim (≤ 30 s).
+    /// Milliseconds to wait for something to claim (0 to 30,000; more is 30,000).
     #[serde(default)]
     wait_ms: Option<u64>,
 }
 
+/// An event leased to a member until `leaseExpiresAt`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    group: String,
+    event: WireEvent,
+    /// Deliveries so far, this one included.
+    attempt: u32,
+    lease_token: String,
+    lease_expires_at: String,
+}
+
+/// What a claim got (possibly nothing).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClaimedDeliveries {
+    deliveries: Vec<Delivery>,
+}
+
 pub fn delivery_json(group: &str, c: &Claimed) -> Value {
-    json!({
-        "group": group,
-        "event": c.event,
-        "attempt": c.attempt,
-        "leaseToken": c.lease_token,
-        "leaseExpiresAt": iso(c.lease_expires_at),
-    })
+    serde_json::to_value(delivery(group, c)).expect("a delivery serializes")
+}
+
+fn delivery(group: &str, c: &Claimed) -> Delivery {
+    Delivery {
+        group: group.to_string(),
+        event: c.event.clone(),
+        attempt: c.attempt,
+        lease_token: c.lease_token.clone(),
+        lease_expires_at: iso(c.lease_expires_at),
+    }
 }
 
 /// `POST /api/events/subscriptions/{name}/claim`: lease events of a consumer group.
+#[utoipa::path(
+    post,
+    path = "/api/events/subscriptions/{name}/claim",
+    tag = "events",
+    summary = "Lease a consumer group's events (long-poll)",
+    params(SubscriptionPath, TenantHeader),
+    request_body = ClaimBody,
+    responses(
+        (status = 200, description = "The deliveries leased (possibly none)", body = ClaimedDeliveries),
+        (status = 404, description = "NOT_FOUND: no such consumer group", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn claim(
     State(state): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    Path(SubscriptionPath { name }): Path<SubscriptionPath>,
     body: JsonBody<ClaimBody>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
@@ -406,26 +654,55 @@ pub async fn claim(
     let wait = Duration::from_millis(b.wait_ms.unwrap_or(0).min(30_000));
     let claimed =
         state.bus.claim(&auth.tenant, &name, &b.consumer, b.max.unwrap_or(10), wait).await?;
-    let deliveries: Vec<Value> = claimed.iter().map(|c| delivery_json(&name, c)).collect();
-    Ok(Json(json!({ "deliveries": deliveries })).into_response())
+    let deliveries = claimed.iter().map(|c| delivery(&name, c)).collect();
+    Ok(Json(ClaimedDeliveries { deliveries }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// A failed delivery.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NackBody {
     sequence: u64,
     lease_token: String,
+    /// Why (kept with the dead letter if this was its last delivery).
     #[serde(default)]
     reason: Option<String>,
+    /// Retry no sooner than this (default: the group's backoff).
     #[serde(default)]
     retry_after_ms: Option<u64>,
 }
 
+/// What became of a failed delivery: `retry` (at `retryAt`), `dead_lettered` (as `dlqId`) or
+/// `lease_lost` (it had expired already).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NackAnswer {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dlq_id: Option<String>,
+}
+
 /// `POST /api/events/subscriptions/{name}/nack`: a delivery failed.
+#[utoipa::path(
+    post,
+    path = "/api/events/subscriptions/{name}/nack",
+    tag = "events",
+    summary = "A delivery failed: retry with backoff or dead-letter",
+    params(SubscriptionPath, TenantHeader),
+    request_body = NackBody,
+    responses(
+        (status = 200, description = "What became of it", body = NackAnswer),
+        (status = 404, description = "NOT_FOUND: no such consumer group", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn nack(
     State(state): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    Path(SubscriptionPath { name }): Path<SubscriptionPath>,
     body: JsonBody<NackBody>,
 ) -> Result<Response, ApiError> {
     require_service(&auth)?;
@@ -441,17 +718,20 @@ pub async fn nack(
             b.retry_after_ms.map(Duration::from_millis),
         )
         .await?;
-    Ok(Json(nack_json(&outcome)).into_response())
+    Ok(Json(nack_answer(&outcome)).into_response())
 }
 
 pub fn nack_json(outcome: &NackOutcome) -> Value {
-    match outcome {
-        NackOutcome::Retry { at } => json!({ "status": "retry", "retryAt": iso(*at) }),
-        NackOutcome::DeadLettered { dlq_id } => {
-            json!({ "status": "dead_lettered", "dlqId": dlq_id })
-        }
-        NackOutcome::LeaseLost => json!({ "status": "lease_lost" }),
-    }
+    serde_json::to_value(nack_answer(outcome)).expect("an answer serializes")
+}
+
+fn nack_answer(outcome: &NackOutcome) -> NackAnswer {
+    let (status, retry_at, dlq_id) = match outcome {
+        NackOutcome::Retry { at } => ("retry", Some(iso(*at)), None),
+        NackOutcome::DeadLettered { dlq_id } => ("dead_lettered", None, Some(dlq_id.clone())),
+        NackOutcome::LeaseLost => ("lease_lost", None, None),
+    };
+    NackAnswer { status, retry_at, dlq_id }
 }
 
 // ---- the dead-letter queue ---------------------------------------------------------------------

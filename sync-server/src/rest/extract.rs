@@ -38,8 +38,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::invalid(format!("cannot read the body: {e}"))
             }
         })?;
-        let value = serde_json::from_slice(&raw)
-            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+        let invalid = |e: serde_json::Error| ApiError::invalid(format!("invalid JSON body: {e}"));
+        let value = match serde_json::from_slice(&raw) {
+            Ok(v) => v,
+            // `1441.0` is an integer to JSON Schema (and so to our OpenAPI document): read such
+            // numbers as integers and try once more.
+            Err(first) => {
+                let mut v: Value = serde_json::from_slice(&raw).map_err(invalid)?;
+                sdk_core::protocol::integral_numbers(&mut v);
+                serde_json::from_value(v).map_err(|_| invalid(first))?
+            }
+        };
         Ok(JsonBody { value, raw })
     }
 }
