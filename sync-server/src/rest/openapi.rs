@@ -1,4 +1,4 @@
-//! What every documented operation shares in the OpenAPI document (`crate::routes` builds the
+//! What every documented operation shares in the OpenAPI document (the route table builds the
 //! document from the handlers' `#[utoipa::path]` annotations and their request and response
 //! types): the tenant header and the bearer scheme.
 
