@@ -345,6 +345,8 @@ fn operation(r: &Route) -> Value {
         bus::ack,
         bus::claim,
         bus::nack,
+        snapshots::entity_snapshot,
+        snapshots::collection_snapshot,
     ),
     modifiers(&BearerScheme)
 )]
@@ -357,8 +359,6 @@ struct ApiDoc;
 const NOT_YET_ANNOTATED: &[&str] = &[
     "post /api/reconciliation/reconcile",
     "get /api/reconciliation/delta",
-    "get /api/reconciliation/snapshot/{entity_type}/{entity_id}",
-    "get /api/reconciliation/snapshot/{entity_type}",
     "get /api/reconciliation/conflicts",
     "post /api/reconciliation/conflicts/{conflict_id}/resolve",
     "get /api/documents/{document_id}/snapshot",

@@ -187,6 +187,7 @@ pub fn scoped_delta_frame(
 
 /// `GET /api/reconciliation/snapshot/{entityType}/{entityId}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EntitySnapshot {
     pub snapshot_id: String,
@@ -196,6 +197,8 @@ pub struct EntitySnapshot {
     pub version: String,
     /// The state, or `{"crdt": base64}` for a CRDT entity.
     pub data: Value,
+    /// Each client's counter (`{"client-789": 3}`).
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, u64>))]
     pub vector_clock: VectorClock,
     pub created_at: String,
     /// SHA-256 of the canonical JSON of `data`.
@@ -204,16 +207,19 @@ pub struct EntitySnapshot {
 
 /// One entity of a collection snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CollectionItem {
     pub entity_id: String,
     pub version: u64,
     pub data: Value,
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, u64>))]
     pub vector_clock: VectorClock,
 }
 
 /// `GET /api/reconciliation/snapshot/{entityType}`: one chunk of a type's collection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CollectionSnapshot {
     pub snapshot_id: String,

@@ -1,8 +1,9 @@
 //! Entity and collection snapshots (`GET /api/reconciliation/snapshot/…`), with checksums.
 
 use super::extract::{Auth, Path, Query};
+use super::openapi::TenantHeader;
 use crate::clock::iso_now;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, Refusals};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -13,10 +14,45 @@ use sdk_core::protocol::{CollectionItem, CollectionSnapshot, EntitySnapshot, Wir
 use serde::Deserialize;
 use serde_json::json;
 
+/// An entity's address: its type (a letter, then letters, digits, `-_.`; at most 64) and id
+/// (letters, digits, `-_.:@`; at most 128).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+pub struct EntityPath {
+    #[param(pattern = "^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+    entity_type: String,
+    #[param(pattern = "^[A-Za-z0-9_.:@-]{1,128}$")]
+    entity_id: String,
+}
+
+/// An entity type (a letter, then letters, digits, `-_.`; at most 64).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+pub struct EntityTypePath {
+    #[param(pattern = "^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+    entity_type: String,
+}
+
+/// `GET /api/reconciliation/snapshot/{entityType}/{entityId}`: one entity with the checksum of
+/// its canonical JSON (404 for one that does not exist or, under sync rules, the caller may
+/// not read).
+#[utoipa::path(
+    get,
+    path = "/api/reconciliation/snapshot/{entityType}/{entityId}",
+    tag = "reconciliation",
+    summary = "One entity's snapshot with checksum",
+    params(EntityPath, TenantHeader),
+    responses(
+        (status = 200, description = "The entity", body = EntitySnapshot),
+        (status = 404, description = "NOT_FOUND: no such entity (or not readable)", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn entity_snapshot(
     State(state): State<AppState>,
     auth: Auth,
-    Path((entity_type, entity_id)): Path<(String, String)>,
+    Path(EntityPath { entity_type, entity_id }): Path<EntityPath>,
 ) -> Result<Response, ApiError> {
     let key = EntityKey::new(
         auth.tenant.clone(),
@@ -64,10 +100,22 @@ pub struct LimitQuery {
 
 /// A chunk of an entity type's collection snapshot. Take `version` from the first chunk and pull
 /// a delta from it afterwards: changes made while paging are in that delta.
+#[utoipa::path(
+    get,
+    path = "/api/reconciliation/snapshot/{entityType}",
+    tag = "reconciliation",
+    summary = "A chunk of an entity type's collection snapshot",
+    params(EntityTypePath, PageQuery, TenantHeader),
+    responses(
+        (status = 200, description = "A chunk; `nextCursor` leads to the next", body = CollectionSnapshot),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn collection_snapshot(
     State(state): State<AppState>,
     auth: Auth,
-    Path(entity_type): Path<String>,
+    Path(EntityTypePath { entity_type }): Path<EntityTypePath>,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let entity_type = EntityType::new(entity_type).map_err(|e| ApiError::invalid(e.to_string()))?;
