@@ -614,10 +614,6 @@ pub struct ClaimedDeliveries {
     deliveries: Vec<Delivery>,
 }
 
-pub fn delivery_json(group: &str, c: &Claimed) -> Value {
-    serde_json::to_value(delivery(group, c)).expect("a delivery serializes")
-}
-
 fn delivery(group: &str, c: &Claimed) -> Delivery {
     Delivery {
         group: group.to_string(),
@@ -719,10 +715,6 @@ pub async fn nack(
         )
         .await?;
     Ok(Json(nack_answer(&outcome)).into_response())
-}
-
-pub fn nack_json(outcome: &NackOutcome) -> Value {
-    serde_json::to_value(nack_answer(outcome)).expect("an answer serializes")
 }
 
 fn nack_answer(outcome: &NackOutcome) -> NackAnswer {

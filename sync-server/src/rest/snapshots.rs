@@ -98,6 +98,13 @@ pub struct LimitQuery {
     pub limit: Option<i64>,
 }
 
+impl LimitQuery {
+    /// The limit asked for, or `default`, within 1…1000.
+    pub fn or(&self, default: i64) -> i64 {
+        self.limit.unwrap_or(default).clamp(1, 1000)
+    }
+}
+
 /// A chunk of an entity type's collection snapshot. Take `version` from the first chunk and pull
 /// a delta from it afterwards: changes made while paging are in that delta.
 #[utoipa::path(
