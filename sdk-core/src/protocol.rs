@@ -36,9 +36,12 @@ pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 /// An operation as it travels (api.md's `Operation`, plus `clientSeq` and `interactionClass`).
 /// Fields stay raw here so one malformed operation can be refused alone, by id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WireOperation {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:@-]{1,128}$"))]
     pub operation_id: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:@-]{1,128}$"))]
     pub client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_seq: Option<u64>,
@@ -130,6 +133,7 @@ impl WireOperation {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ResultStatus {
     Applied,
@@ -138,13 +142,16 @@ pub enum ResultStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WireError {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub code: ErrorCode,
     pub message: String,
 }
 
 /// The outcome of one operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WireOpResult {
     pub operation_id: String,
@@ -243,9 +250,12 @@ impl WireOpResult {
 
 /// An entity's current state, as deltas and snapshots carry it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WireEntity {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub entity_type: EntityType,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub entity_id: EntityId,
     pub version: u64,
     /// The object state (`null` for deleted entities and CRDT documents).
@@ -256,8 +266,10 @@ pub struct WireEntity {
     pub crdt: Option<String>,
     #[serde(default)]
     pub deleted: bool,
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, u64>))]
     pub vector_clock: VectorClock,
     /// The stamp of the latest write (clients observe it so their next writes order after it).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub timestamp: HlcTimestamp,
     /// Under sync rules, to a client syncing channels: the channels the entity belongs to (the
     /// client forgets it when it holds none of them any more).
@@ -268,9 +280,12 @@ pub struct WireEntity {
 /// An entity the client must forget: it left every channel the client syncs (sync rules).
 /// `version` is the change that took it out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WireRemoval {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub entity_type: EntityType,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub entity_id: EntityId,
     pub version: u64,
 }
@@ -280,6 +295,7 @@ pub struct WireRemoval {
 /// when it syncs the whole tenant. A client sends these channels back as `held` with its next
 /// pull; what it did not hold before arrives whole (move-in), what it holds no more it forgets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WireScope {
     pub rules: String,
@@ -321,18 +337,23 @@ impl WireEntity {
 
 /// A conflict awaiting a person, as the client sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WireConflict {
     pub conflict_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub entity_type: EntityType,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub entity_id: EntityId,
     pub operation_id: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub client_id: ClientId,
     #[serde(default)]
     pub fields: Vec<String>,
     pub server_state: Value,
     pub client_state: Value,
     pub server_version: u64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub at: HlcTimestamp,
 }
 

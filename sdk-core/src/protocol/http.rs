@@ -13,9 +13,12 @@ use serde_json::Value;
 
 /// `POST /api/reconciliation/reconcile`: a batch of operations, idempotent by `requestId`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcileRequest {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub request_id: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:@-]{1,128}$"))]
     pub client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
@@ -61,6 +64,7 @@ impl ReconcileRequest {
 /// The answer to a reconcile: every operation's result, the conflicts, the tenant's version,
 /// and — when `lastKnownVersion` was given — the changes since it or a snapshot hint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcileResponse {
     pub request_id: String,
@@ -102,6 +106,7 @@ impl ReconcileResponse {
 
 /// The gap since `lastKnownVersion` is too large (or past retention) for a delta.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotHint {
     pub required: bool,
     pub reason: String,
@@ -134,6 +139,70 @@ pub fn delta_frame(
         removed: Vec::new(),
         scope: None,
         remaining: None,
+    }
+}
+
+/// The body of `GET /api/reconciliation/delta`: the `delta` frame, typed on its own so the
+/// OpenAPI document can describe it ([`DeltaBody::from_frame`] takes every field of the frame,
+/// so the two cannot drift apart and still compile; a test checks they serialize alike).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaBody {
+    /// Always `delta`.
+    #[serde(rename = "type")]
+    pub kind: DeltaType,
+    pub since: u64,
+    /// Where the next pull continues from.
+    pub version: u64,
+    pub entities: Vec<WireEntity>,
+    pub has_more: bool,
+    /// The caller's last operation the state includes (`clientId` given; the last page only).
+    pub client_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<WireRemoval>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<WireScope>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+}
+
+/// The `type` of a [`DeltaBody`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaType {
+    Delta,
+}
+
+impl DeltaBody {
+    /// The body of a `delta` frame; `None` for any other frame.
+    pub fn from_frame(frame: ServerFrame) -> Option<Self> {
+        let ServerFrame::Delta {
+            since,
+            version,
+            entities,
+            has_more,
+            client_seq,
+            removed,
+            scope,
+            remaining,
+        } = frame
+        else {
+            return None;
+        };
+        let kind = DeltaType::Delta;
+        Some(Self {
+            kind,
+            since,
+            version,
+            entities,
+            has_more,
+            client_seq,
+            removed,
+            scope,
+            remaining,
+        })
     }
 }
 
@@ -241,6 +310,7 @@ pub fn body_checksum<T: Serialize>(value: &T) -> String {
 
 /// `GET /api/events/poll`: a page of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EventPage {
     pub events: Vec<WireEvent>,
@@ -256,6 +326,7 @@ pub struct EventPage {
 
 /// A document and the version of it that is stored (the number of its last change).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentVersion {
     pub document_id: String,
@@ -287,15 +358,20 @@ pub fn watched_documents(param: &str) -> Result<Vec<DocumentVersion>, String> {
 /// `POST /api/documents/sync`: Automerge sync messages for several documents at once (the
 /// long-polling transport), `{clientId, documents: [{documentId, message?}]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DocumentsSyncRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:@-]{1,128}$"))]
     pub client_id: String,
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     pub documents: Vec<DocumentMessage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DocumentMessage {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$"))]
     pub document_id: String,
     /// A whole sync message (base64), or none to ask what is new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,12 +382,14 @@ pub struct DocumentMessage {
 /// poll watches from). A document refused (too large, a bad message) says so in `error` and
 /// the others are still answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentsSyncAnswer {
     pub documents: Vec<DocumentAnswer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentAnswer {
     pub document_id: String,
@@ -327,6 +405,37 @@ pub struct DocumentAnswer {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_delta_body_serializes_as_its_frame() {
+        let entity = WireEntity {
+            entity_type: crate::ids::EntityType::new("todo").unwrap(),
+            entity_id: crate::ids::EntityId::new("t1").unwrap(),
+            version: 3,
+            state: json!({"title": "x"}),
+            crdt: None,
+            deleted: false,
+            vector_clock: VectorClock::new(),
+            timestamp: crate::hlc::HlcTimestamp::default(),
+            channels: None,
+        };
+        let last = delta_frame(1, 3, vec![entity.clone()], false, Some(2));
+        let mut page = delta_frame(0, 9, vec![entity], true, None);
+        if let ServerFrame::Delta { remaining, scope, removed, .. } = &mut page {
+            *remaining = Some(4);
+            *scope = Some(WireScope { rules: "r".into(), channels: Some(vec![]), reset: false });
+            removed.push(WireRemoval {
+                entity_type: crate::ids::EntityType::new("todo").unwrap(),
+                entity_id: crate::ids::EntityId::new("t2").unwrap(),
+                version: 2,
+            });
+        }
+        for frame in [last, page] {
+            let body = DeltaBody::from_frame(frame.clone()).unwrap();
+            assert_eq!(serde_json::to_value(body).unwrap(), serde_json::to_value(frame).unwrap());
+        }
+        assert_eq!(DeltaBody::from_frame(ServerFrame::Poke { version: 1 }), None);
+    }
 
     fn body(ops: Value, requested_at: &str) -> Value {
         json!({

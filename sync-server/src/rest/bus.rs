@@ -20,7 +20,7 @@ use sdk_core::hlc::HlcTimestamp;
 use sdk_core::protocol::EventFilter;
 use sdk_core::protocol::WireEvent;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
@@ -36,26 +36,87 @@ fn iso(ms: i64) -> String {
 }
 
 /// One event as a publisher sends it (architecture.md §5).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PublishedEvent {
+#[schema(example = json!({"eventId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "eventType": "order.created", "payload": {"orderId": "o-1", "region": "eu"}}))]
+pub struct PublishedEvent {
+    /// A UUID (the idempotency key: the same id again is reported `duplicate`); absent: one
+    /// is made.
     #[serde(default)]
+    #[schema(
+        pattern = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+    )]
     event_id: Option<String>,
+    /// 1 to 128 of `A-Z a-z 0-9 - _ . :` (`order.created`).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     event_type: String,
+    /// The token's tenant, if given; another is 403 `TENANT_VIOLATION`.
     #[serde(default)]
     tenant_id: Option<String>,
+    /// When it happened (RFC 3339, from 1970 on); absent: when it is appended.
     #[serde(default)]
+    #[schema(format = DateTime, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-")]
     timestamp: Option<String>,
     #[serde(default)]
     payload: Value,
+    /// Kept as given, with `source` (the publisher) and `traceId` added when absent.
     #[serde(default)]
     metadata: Option<serde_json::Map<String, Value>>,
+    /// 1 to 32 characters (default `1.0`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 32)]
     schema_version: Option<String>,
     /// Under sync rules, the channels whose readers alone see the event (none: tenant-wide);
-    /// kept as `metadata.channels`.
+    /// kept as `metadata.channels`. At most 64, each 1 to 256 bytes.
     #[serde(default)]
+    #[schema(schema_with = channels_schema)]
     channels: Option<Vec<String>>,
+}
+
+/// `channels` of a published event: at most 64 names of 1 to 256 characters.
+fn channels_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let name = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(sdk_core::rules::MAX_CHANNEL_LEN));
+    ArrayBuilder::new().items(name).max_items(Some(sdk_core::rules::MAX_ENTITY_CHANNELS)).build()
+}
+
+/// `POST /api/events`'s body: one event, or several in order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum PublishBody {
+    One(PublishedEvent),
+    Batch(PublishBatch),
+}
+
+/// Several events, appended in order in one transaction (at most 500 by default).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct PublishBatch {
+    #[schema(max_items = 500)]
+    events: Vec<PublishedEvent>,
+}
+
+/// Where one published event went.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishResult {
+    event_id: String,
+    /// Its position in the tenant's log.
+    sequence: u64,
+    /// The event id was published before: nothing was appended.
+    duplicate: bool,
+}
+
+/// The answer to a publish: one result, or `results` in the batch's order.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PublishAnswer {
+    One(PublishResult),
+    Batch { results: Vec<PublishResult> },
 }
 
 /// Check one published event and turn it into what the store appends.
@@ -67,7 +128,9 @@ fn new_event(auth: &Auth, e: PublishedEvent) -> Result<NewEvent, ApiError> {
     }
     let event_id = match e.event_id {
         Some(id) => uuid::Uuid::parse_str(&id)
-            .map_err(|_| ApiError::invalid(format!("eventId {id:?} is not a UUID")))?
+            .ok()
+            .filter(|_| id.len() == 36)
+            .ok_or_else(|| ApiError::invalid(format!("eventId {id:?} is not a hyphenated UUID")))?
             .hyphenated()
             .to_string(),
         None => uuid::Uuid::new_v4().to_string(),
@@ -120,6 +183,20 @@ fn new_event(auth: &Auth, e: PublishedEvent) -> Result<NewEvent, ApiError> {
 
 /// `POST /api/events`: one event, or `{"events": [...]}`. 201 with each event's sequence once
 /// durable; a repeated `eventId` is reported `duplicate` and not appended again.
+#[utoipa::path(
+    post,
+    path = "/api/events",
+    tag = "events",
+    summary = "Publish events durably, idempotent by eventId (service role); 201",
+    params(TenantHeader),
+    request_body = PublishBody,
+    responses(
+        (status = 201, description = "Durable: each event's sequence, or `duplicate`", body = PublishAnswer),
+        (status = 413, description = "PAYLOAD_TOO_LARGE: more events than a publish may carry, or the body is over the limit", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn publish(
     State(state): State<AppState>,
     auth: Auth,
@@ -156,17 +233,18 @@ pub async fn publish(
     let n = events.len() as u32;
     super::extract::metered(&state, &key, "publish", state.limits.bus.publish_rate, n)?;
     let out = state.bus.publish(&auth.tenant, events).await?;
-    let results: Vec<Value> = out
-        .iter()
-        .map(|p| {
-            json!({
-                "eventId": p.event_id,
-                "sequence": p.sequence,
-                "duplicate": p.duplicate,
-            })
+    let mut results: Vec<PublishResult> = out
+        .into_iter()
+        .map(|p| PublishResult {
+            event_id: p.event_id,
+            sequence: p.sequence,
+            duplicate: p.duplicate,
         })
         .collect();
-    let body = if batch { json!({ "results": results }) } else { results[0].clone() };
+    let body = match (batch, results.pop()) {
+        (false, Some(one)) => PublishAnswer::One(one),
+        (_, last) => PublishAnswer::Batch { results: results.into_iter().chain(last).collect() },
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 

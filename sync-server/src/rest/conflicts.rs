@@ -1,81 +1,173 @@
 //! Conflicts awaiting a person, and their resolution (audited).
 
 use super::extract::{Auth, JsonBody, Path, Query};
-use crate::error::ApiError;
+use super::openapi::TenantHeader;
+use crate::error::{ApiError, ErrorBody, Refusals};
 use crate::state::AppState;
+use crate::store::ConflictRow;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use sdk_core::apply::ConflictChoice;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use sdk_core::protocol::WireConflict;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-#[derive(Debug, Deserialize)]
+/// Which conflicts to list.
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictStatus {
+    /// Awaiting a resolution (the default).
+    #[default]
+    Open,
+    Resolved,
+    All,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConflictQuery {
-    status: Option<String>,
+    /// `open` (the default), `resolved` or `all`.
+    #[param(inline)]
+    status: Option<ConflictStatus>,
+    /// How many at most, clamped to 1…1000 (default 100).
     limit: Option<i64>,
 }
 
+/// A conflict with where it stands.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConflictView {
+    #[serde(flatten)]
+    conflict: WireConflict,
+    /// `open` or `resolved`.
+    status: String,
+    /// The choice that resolved it.
+    resolution: Option<String>,
+    /// The user who resolved it.
+    resolved_by: Option<String>,
+}
+
+impl From<ConflictRow> for ConflictView {
+    fn from(r: ConflictRow) -> Self {
+        let ConflictRow { conflict, status, resolution, resolved_by } = r;
+        Self { conflict, status, resolution, resolved_by }
+    }
+}
+
+/// `GET /api/reconciliation/conflicts`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConflictList {
+    conflicts: Vec<ConflictView>,
+}
+
+/// `GET /api/reconciliation/conflicts?status=&limit=`: the tenant's conflicts (under sync
+/// rules, those of entities the caller may read), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/reconciliation/conflicts",
+    tag = "conflicts",
+    summary = "Conflicts awaiting (or after) manual resolution",
+    params(ConflictQuery, TenantHeader),
+    responses(
+        (status = 200, description = "The conflicts", body = ConflictList),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list_conflicts(
     State(state): State<AppState>,
     auth: Auth,
     Query(q): Query<ConflictQuery>,
 ) -> Result<Response, ApiError> {
-    let status = match q.status.as_deref() {
-        None | Some("open") => Some("open"),
-        Some("resolved") => Some("resolved"),
-        Some("all") => None,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "status must be open, resolved or all, not {other:?}"
-            )));
-        }
+    let status = match q.status.unwrap_or_default() {
+        ConflictStatus::Open => Some("open"),
+        ConflictStatus::Resolved => Some("resolved"),
+        ConflictStatus::All => None,
     };
     let rows =
         state.sync.conflicts(&auth.tenant, &auth.identity, status, q.limit.unwrap_or(100)).await?;
-    let conflicts: Vec<Value> = rows
-        .into_iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(&r.conflict).expect("serializes");
-            v["status"] = json!(r.status);
-            v["resolution"] = json!(r.resolution);
-            v["resolvedBy"] = json!(r.resolved_by);
-            v
-        })
-        .collect();
-    Ok(Json(json!({ "conflicts": conflicts })).into_response())
+    let conflicts = rows.into_iter().map(ConflictView::from).collect();
+    Ok(Json(ConflictList { conflicts }).into_response())
 }
 
-#[derive(Deserialize)]
-struct ResolveRequest {
-    /// `server` (keep), `client` (take the client's version), `merged` (use `state`), `delete`.
-    choice: String,
-    #[serde(default)]
-    state: Option<Value>,
+/// How to resolve a conflict.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "choice", rename_all = "lowercase")]
+pub enum Resolution {
+    /// Keep the server's version.
+    Server,
+    /// Take the client's version.
+    Client,
+    /// Delete the entity.
+    Delete,
+    /// Store `state`, a merge made by a person.
+    Merged { state: Map<String, Value> },
 }
 
+impl Resolution {
+    fn name(&self) -> &'static str {
+        match self {
+            Resolution::Server => "server",
+            Resolution::Client => "client",
+            Resolution::Delete => "delete",
+            Resolution::Merged { .. } => "merged",
+        }
+    }
+}
+
+/// The conflict's path.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+pub struct ConflictPath {
+    /// As the conflict list or a reconcile answer names it.
+    conflict_id: String,
+}
+
+/// The resolved conflict and the tenant's version after the resolution.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedConflict {
+    #[serde(flatten)]
+    conflict: ConflictView,
+    current_version: String,
+}
+
+/// `POST /api/reconciliation/conflicts/{conflictId}/resolve`: resolve an open conflict (the
+/// resolution is applied as a write of the resolver's, and audited).
+#[utoipa::path(
+    post,
+    path = "/api/reconciliation/conflicts/{conflictId}/resolve",
+    tag = "conflicts",
+    summary = "Resolve a conflict (audited)",
+    params(ConflictPath, TenantHeader),
+    request_body = Resolution,
+    responses(
+        (status = 200, description = "Resolved", body = ResolvedConflict),
+        (status = 404, description = "NOT_FOUND: no such conflict", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn resolve_conflict(
     State(state): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    Path(ConflictPath { conflict_id }): Path<ConflictPath>,
     body: JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let req: ResolveRequest = serde_json::from_value(body.value)
+    let resolution: Resolution = serde_json::from_value(body.value)
         .map_err(|e| ApiError::invalid(format!("invalid resolution: {e}")))?;
-    let choice = match (req.choice.as_str(), req.state) {
-        ("server", _) => ConflictChoice::KeepServer,
-        ("client", _) => ConflictChoice::TakeClient,
-        ("delete", _) => ConflictChoice::Delete,
-        ("merged", Some(Value::Object(o))) => ConflictChoice::Replace(o),
-        ("merged", _) => return Err(ApiError::invalid("choice \"merged\" needs a state object")),
-        (other, _) => return Err(ApiError::invalid(format!("unknown choice {other:?}"))),
+    let name = resolution.name();
+    let choice = match resolution {
+        Resolution::Server => ConflictChoice::KeepServer,
+        Resolution::Client => ConflictChoice::TakeClient,
+        Resolution::Delete => ConflictChoice::Delete,
+        Resolution::Merged { state } => ConflictChoice::Replace(state),
     };
-    let (row, version) =
-        state.sync.resolve_conflict(&auth.tenant, &auth.identity, &id, &req.choice, choice).await?;
-    let mut v = serde_json::to_value(&row.conflict).expect("serializes");
-    v["status"] = json!(row.status);
-    v["resolution"] = json!(row.resolution);
-    v["resolvedBy"] = json!(row.resolved_by);
-    v["currentVersion"] = json!(version.to_string());
-    Ok(Json(v).into_response())
+    let (row, version) = state
+        .sync
+        .resolve_conflict(&auth.tenant, &auth.identity, &conflict_id, name, choice)
+        .await?;
+    let conflict = ConflictView::from(row);
+    Ok(Json(ResolvedConflict { conflict, current_version: version.to_string() }).into_response())
 }

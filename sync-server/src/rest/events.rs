@@ -1,8 +1,9 @@
 //! `GET /api/events/poll`: long-polling the tenant's event log.
 
 use super::extract::{Auth, Query, rate_limit};
+use super::openapi::TenantHeader;
 use crate::bus::LogPage;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, Refusals};
 use crate::state::AppState;
 use crate::tail::Interest;
 use axum::Json;
@@ -14,11 +15,16 @@ use sdk_core::protocol::{EventFilter, EventPage};
 use serde::Deserialize;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct PollQuery {
+    /// Where to resume: a sequence number (`0`: from the start) or the id of an event of the
+    /// tenant's log (an unknown id is 400).
     last_event_id: Option<String>,
+    /// Events at most, clamped to 1…1000 (default 100).
     limit: Option<i64>,
+    /// Seconds to wait for the first event, at most 30 (default 0: answer at once).
     wait: Option<u64>,
     /// Comma-separated event type patterns (`order.*,todo.created`).
     types: Option<String>,
@@ -29,6 +35,7 @@ pub struct PollQuery {
     documents: Option<String>,
     /// The client polling (with `documents`): a change of its own (it has it) does not end the
     /// poll.
+    #[param(pattern = "^[A-Za-z0-9_.:@-]{1,128}$")]
     client_id: Option<String>,
 }
 
@@ -36,6 +43,19 @@ pub struct PollQuery {
 /// most `limit` (default 100, at most 1000), waiting up to `wait` seconds (≤ 30) for the first
 /// — or for one of the watched `documents` to change: one waiting request serves a degraded
 /// client's events and documents (docs/api/rest.md).
+#[utoipa::path(
+    get,
+    path = "/api/events/poll",
+    tag = "events",
+    summary = "Long-poll the tenant's event log (broadcast: the reader keeps its position)",
+    params(PollQuery, TenantHeader),
+    responses(
+        (status = 200, description = "The events after `lastEventId` the caller may read (none when the wait ended first); resume from `nextEventId`", body = EventPage),
+        (status = 410, description = "SNAPSHOT_REQUIRED: `lastEventId` is older than the log keeps", body = ErrorBody),
+        Refusals,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn poll(
     State(state): State<AppState>,
     auth: Auth,

@@ -37,10 +37,14 @@ const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 type WsSink = futures_util::stream::SplitSink<Socket, Message>;
 type Stream = futures_util::stream::SplitStream<Socket>;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct WsQuery {
+    /// The bearer token (browsers cannot set headers on a WebSocket); or send it in the
+    /// first frame, `{"v":1,"type":"auth","token":…}`.
     token: Option<String>,
+    /// The SDK installation connecting (its `clientSeq` sequence is resumed).
     client_id: Option<String>,
     /// `batch=1`: frames waiting together go out as one `batch` message (the client
     /// understands them; see `ServerFrame::Batch`).
@@ -57,6 +61,24 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `GET /v1/ws`: the native WebSocket protocol (docs/protocol.md). This is the HTTP/1.1
+/// upgrade only: a request without `Connection: Upgrade`, `Upgrade: websocket`,
+/// `Sec-WebSocket-Version: 13` and `Sec-WebSocket-Key` is refused before anything else. Offer
+/// `pf2.v1.json` (default) or `pf2.v1.msgpack` in `Sec-WebSocket-Protocol`.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "realtime",
+    summary = "The native WebSocket protocol (docs/protocol.md); token by ?token= or the first frame",
+    params(WsQuery),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol; frames as docs/protocol.md"),
+        (status = 400, description = "A WebSocket header is wrong (`Sec-WebSocket-Version` must be 13, `Sec-WebSocket-Key` present)", body = String, content_type = "text/plain"),
+        (status = 403, description = "AUTHZ_FAILED: this Origin may not open a socket (`--cors-allowed-origins`)", body = crate::error::ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade (or one this connection cannot make)", body = String, content_type = "text/plain"),
+        (status = 503, description = "The connection limit is reached; `Retry-After` says when to come back", body = String, content_type = "text/plain"),
+    ),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     method: Method,
