@@ -238,6 +238,16 @@ impl DocumentPeer {
     }
 }
 
+/// Whether a sync message brings or asks for something: changes, or the hashes of changes its
+/// sender needs (a dependency it lacks — after a Bloom-filter false positive, say). A message
+/// with neither only acknowledges and can wait for the next exchange; one that does not decode
+/// counts as carrying something (its receiver refuses it, loudly).
+pub fn carries_something(message: &[u8]) -> bool {
+    sync::Message::decode(message)
+        .map(|m| !m.changes.is_empty() || !m.need.is_empty())
+        .unwrap_or(true)
+}
+
 /// Exchange messages between `a` (which calls the other `b_name`) and `b` (`a_name`) until
 /// neither has anything to send; returns the bytes sent each way. For tests, tools and
 /// in-process replicas.

@@ -406,3 +406,49 @@ mod message_parts {
         assert_eq!(r.push("e", &[5; 5], false).unwrap(), Some(vec![5; 5]));
     }
 }
+
+/// A replica holding a change whose dependency it lacks asks for the dependency: that message
+/// carries no changes, and still must be sent (the REST transport sends only messages that
+/// carry something; a dropped `need` left a replica short of the other's last keystrokes).
+#[test]
+fn a_message_that_asks_for_a_missing_dependency_carries_something() {
+    let (mut ps, text) = replicas(2);
+    let (mut a, mut b) = (ps.remove(0), ps.remove(0));
+    sync_until_quiet(&mut a, "b", &mut b, "a").unwrap();
+    let before = a.heads();
+    a.doc().splice_text(&text, 0, 0, "x").unwrap();
+    a.doc().commit();
+    let middle = a.heads();
+    a.doc().splice_text(&text, 0, 0, "y").unwrap();
+    a.doc().commit();
+    let later = a.doc().get_changes(&middle);
+    assert_eq!(later.len(), 1);
+    // b gets the second change only: it is queued until its dependency arrives.
+    b.doc().apply_changes(later).unwrap();
+    assert_eq!(text_of(&mut b, &text), "base");
+    // A new session: a says what it has (its heads), and b lacks a dependency of them.
+    a.disconnected("b");
+    b.disconnected("a");
+    let hello = a.generate("b").expect("a new session starts with a message");
+    assert!(automerge::sync::Message::decode(&hello).unwrap().changes.is_empty());
+    b.receive("a", &hello).unwrap();
+    let asks = b.generate("a").expect("b has something to say");
+    let decoded = automerge::sync::Message::decode(&asks).unwrap();
+    assert!(decoded.changes.is_empty(), "it brings nothing");
+    assert!(!decoded.need.is_empty(), "it asks for the missing change");
+    assert!(carries_something(&asks));
+    // Answered, b has both changes.
+    a.receive("b", &asks).unwrap();
+    sync_until_quiet(&mut a, "b", &mut b, "a").unwrap();
+    assert_eq!(text_of(&mut b, &text), "yxbase");
+    assert_ne!(a.heads(), before);
+
+    // A bare acknowledgement carries nothing; bytes that are no message count as something.
+    let (mut ps, _) = replicas(2);
+    let (mut c, mut d) = (ps.remove(0), ps.remove(0));
+    sync_until_quiet(&mut c, "d", &mut d, "c").unwrap();
+    c.disconnected("d");
+    let hello = c.generate("d").expect("a new session starts with a message");
+    assert!(!carries_something(&hello));
+    assert!(carries_something(b"not a sync message"));
+}

@@ -307,20 +307,17 @@ impl Document {
     }
 
     /// The sync message for a REST round (`POST /api/documents/sync`), or `undefined`: one
-    /// carrying local changes (it also says what we have, so the answer brings the server's
-    /// changes in the same round); else, with `ask` (the server has changes for us), a fresh
+    /// carrying local changes or asking for changes we lack a dependency of (it also says what
+    /// we have, so the answer brings the server's changes in the same round); else, with `ask` (the server has changes for us), a fresh
     /// session's first message, which says what we have; else none — a bare acknowledgement
     /// waits for the next round that carries something, which says the same (every round
     /// spends the polling budget).
     #[wasm_bindgen(js_name = httpMessage)]
     pub fn http_message(&self, ask: bool) -> Option<String> {
         let mut peer = self.inner.peer.borrow_mut();
-        let carries = |m: &[u8]| {
-            let decoded = pf2_automerge::automerge::sync::Message::decode(m);
-            decoded.map(|d| !d.changes.is_empty()).unwrap_or(true)
-        };
-        // Local changes say what we have too: the answer brings the server's in the same round.
-        if let Some(m) = peer.generate(SERVER).filter(|m| carries(m)) {
+        // Local changes (or a change we need) say what we have too: the answer brings the
+        // server's in the same round.
+        if let Some(m) = peer.generate(SERVER).filter(|m| pf2_automerge::carries_something(m)) {
             return Some(B64.encode(m));
         }
         if !ask {
