@@ -106,6 +106,83 @@ impl<T: Sequenced + Clone> LogWindow<T> {
     }
 }
 
+impl<T: Sequenced + Clone> LogWindow<T> {
+    /// Take `rows`, appended to the log right after `prev` and committed (nothing lies between):
+    /// when the window holds the log up to `prev` and nothing after it, they continue it as a
+    /// read would. Returns whether they were taken.
+    pub fn append_after(&mut self, prev: u64, rows: Vec<T>) -> bool {
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return false };
+        let (first, last) = (first.sequence(), last.sequence());
+        if !(self.complete_to(prev) && self.to < first) {
+            return false;
+        }
+        self.extend(rows, false, last);
+        true
+    }
+}
+
+/// Appends made while their window was busy (its lock held by readers), kept until whoever
+/// next holds the window for writing takes them ([`Appends::drain_into`]) instead of reading
+/// the log again. Bounded: past `max_items` entries everything kept is let go — the log holds
+/// it, and a read brings it.
+#[derive(Debug)]
+pub struct Appends<T> {
+    batches: Vec<(u64, Vec<T>)>,
+    items: usize,
+    max_items: usize,
+}
+
+/// What [`Appends::drain_into`] did with the batches it held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Batches that continued the window.
+    pub taken: usize,
+    /// Batches that did not (a gap before them: another process's append, or one let go): a
+    /// read of the log fills the window instead.
+    pub left: usize,
+}
+
+impl<T: Sequenced + Clone> Appends<T> {
+    pub fn new(max_items: usize) -> Self {
+        Self { batches: Vec::new(), items: 0, max_items: max_items.max(1) }
+    }
+
+    /// Keep `rows`, appended right after `prev`. Returns `false` when the bound let everything
+    /// kept go (this batch too).
+    pub fn push(&mut self, prev: u64, rows: Vec<T>) -> bool {
+        self.items += rows.len();
+        self.batches.push((prev, rows));
+        if self.items > self.max_items {
+            self.batches.clear();
+            self.items = 0;
+            return false;
+        }
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Take every kept batch into `window`, in log order (appends may be reported out of
+    /// order); batches it already holds are passed over, and the others are let go.
+    pub fn drain_into(&mut self, window: &mut LogWindow<T>) -> Drained {
+        let mut batches = std::mem::take(&mut self.batches);
+        self.items = 0;
+        batches.sort_unstable_by_key(|(prev, _)| *prev);
+        let mut out = Drained::default();
+        for (prev, rows) in batches {
+            let last = rows.last().map(Sequenced::sequence).unwrap_or(prev);
+            if window.append_after(prev, rows) {
+                out.taken += 1;
+            } else if !(window.is_known() && last <= window.end()) {
+                out.left += 1;
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +205,48 @@ mod tests {
         let rows: Vec<E> = log.iter().filter(|e| e.0 > after).take(page).cloned().collect();
         let full = rows.len() == page;
         (rows, full)
+    }
+
+    /// Appends reported while the window was busy go in when it is free, in log order, without
+    /// a read; one after a gap is let go (a read fills it), one already held is passed over.
+    #[test]
+    fn appends_kept_while_busy_continue_the_window() {
+        let mut w = LogWindow::new(100, usize::MAX);
+        w.start_at(0);
+        w.extend((1..=4).map(E).collect(), false, 4);
+        let mut kept = Appends::new(100);
+        // Reported out of order: 7 after 5–6.
+        assert!(kept.push(6, vec![E(7)]));
+        assert!(kept.push(4, vec![E(5), E(6)]));
+        assert!(kept.push(3, vec![E(4)]));
+        assert_eq!(kept.drain_into(&mut w), Drained { taken: 2, left: 0 });
+        assert!(kept.is_empty());
+        assert!(w.complete_to(7));
+        assert_eq!(w.slice(4, 10), vec![E(5), E(6), E(7)]);
+        // After a gap (8 is another process's): let go, and the window is not complete to 9.
+        kept.push(8, vec![E(9)]);
+        assert_eq!(kept.drain_into(&mut w), Drained { taken: 0, left: 1 });
+        assert!(!w.complete_to(9));
+        // A window that read past a batch already holds it.
+        w.extend(vec![E(8), E(9)], false, 9);
+        kept.push(8, vec![E(9)]);
+        assert_eq!(kept.drain_into(&mut w), Drained { taken: 0, left: 0 });
+        // A window that does not know the log yet takes nothing.
+        let mut cold = LogWindow::new(100, usize::MAX);
+        kept.push(9, vec![E(10)]);
+        assert_eq!(kept.drain_into(&mut cold), Drained { taken: 0, left: 1 });
+    }
+
+    #[test]
+    fn appends_kept_are_bounded() {
+        let mut kept = Appends::new(3);
+        assert!(kept.push(0, vec![E(1), E(2)]));
+        assert!(!kept.push(2, vec![E(3), E(4)]), "past the bound, everything is let go");
+        assert!(kept.is_empty());
+        let mut w = LogWindow::new(100, usize::MAX);
+        w.start_at(0);
+        assert_eq!(kept.drain_into(&mut w), Drained::default());
+        assert!(w.complete_to(0) && !w.complete_to(1));
     }
 
     #[test]

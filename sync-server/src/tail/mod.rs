@@ -25,7 +25,7 @@ use crate::realtime::outbound::Outbound;
 use crate::store::{Store, StoreError};
 use live::Live;
 use sdk_core::ErrorCode;
-use sdk_core::log_window::{LogWindow, Sequenced};
+use sdk_core::log_window::{Appends, LogWindow, Sequenced};
 use sdk_core::protocol::{Codec, EventFilter, ServerFrame, WireEvent};
 use sdk_core::rules::Grants;
 use std::collections::HashMap;
@@ -73,6 +73,9 @@ impl std::fmt::Debug for TailReader {
 struct Window {
     tenant: String,
     span: RwLock<Span>,
+    /// This process's appends reported while `span` was held: the next holder for writing
+    /// takes them in, instead of a read of the store (locked after `span`, never before).
+    appends: Mutex<Appends<Entry>>,
     /// Followers at the tail, fed by the pump.
     live: Mutex<Live>,
     /// Tells the pump its last member left.
@@ -82,6 +85,10 @@ struct Window {
 impl Window {
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().expect("live lock")
+    }
+
+    fn appends(&self) -> std::sync::MutexGuard<'_, Appends<Entry>> {
+        self.appends.lock().expect("appends lock")
     }
 }
 
@@ -223,6 +230,23 @@ impl Span {
         self.log.extend(rows.into_iter().map(Entry).collect(), full_page, head);
         self.refreshed = Some(Instant::now());
     }
+
+    /// Take in the appends kept while the span was busy. One that continues the window is as
+    /// good as a read made when it was committed (its `prev` was the log's end under the
+    /// tenant's lock, whichever process wrote before it).
+    fn absorb(&mut self, appends: &mut Appends<Entry>, metrics: &Metrics) {
+        if appends.is_empty() {
+            return;
+        }
+        let drained = appends.drain_into(&mut self.log);
+        if drained.taken > 0 {
+            self.refreshed = Some(Instant::now());
+            metrics.add("pf2_event_log_appends_from_memory_total", &[], drained.taken as u64);
+        }
+        if drained.left > 0 {
+            metrics.add("pf2_event_log_appends_left_to_read_total", &[], drained.left as u64);
+        }
+    }
 }
 
 impl std::fmt::Debug for EventTail {
@@ -260,6 +284,7 @@ impl EventTail {
         let window = Arc::new(Window {
             tenant: tenant.to_string(),
             span: RwLock::default(),
+            appends: Mutex::new(Appends::new(WINDOW_EVENTS)),
             live: Mutex::default(),
             idle: Notify::new(),
         });
@@ -401,9 +426,11 @@ impl EventTail {
             span.log.start_at(after);
             span.extend(rows.to_vec(), full, told.head);
         }
-        // At the tail, behind the news: read what is new, once, for everyone — until the window
-        // holds what this reader was told of, or a full answer for it.
+        // At the tail, behind the news: take in what this process appended meanwhile, and read
+        // the rest, once, for everyone — until the window holds what this reader was told of,
+        // or a full answer for it.
         while span.log.covers(after) {
+            span.absorb(&mut window.appends(), &self.metrics);
             if let Some(out) = span.serve(after, limit, told) {
                 return Ok(out);
             }
@@ -467,28 +494,35 @@ impl EventTail {
 
     /// Events this process just appended to `tenant`'s log, committed, with `prev` the last
     /// event before them (none lies between). A window that holds the log up to `prev` takes
-    /// them as if it had read them — a live subscriber's next event costs no store read. Any
-    /// other window ignores them and reads, as before. Never waits: a window busy with its
-    /// readers is left to read, so the publisher is not queued behind them.
+    /// them as if it had read them — a live subscriber's next event costs no store read. Never
+    /// waits: while readers hold the window, the events are kept for the next one that holds
+    /// it for writing (which takes them instead of reading), so the publisher is not queued
+    /// behind readers and a busy window does not turn into a store read per append.
     pub fn appended(&self, tenant: &str, prev: u64, events: Vec<WireEvent>) {
         let Some(window) =
             self.windows.lock().expect("tail lock").get(tenant).and_then(Weak::upgrade)
         else {
             return;
         };
-        let (Some(first), Some(last)) = (events.first(), events.last()) else { return };
-        let (first, last) = (first.sequence, last.sequence);
-        let Ok(mut span) = window.span.try_write() else {
-            self.metrics.inc("pf2_event_log_appends_left_to_read_total", &[]);
+        let frames: Vec<Entry> = events
+            .into_iter()
+            .map(|event| Entry(Outbound::new(ServerFrame::Event { event })))
+            .collect();
+        if frames.is_empty() {
             return;
-        };
-        if span.log.complete_to(prev) && span.log.end() < first {
-            let frames = events
-                .into_iter()
-                .map(|event| Outbound::new(ServerFrame::Event { event }))
-                .collect();
-            span.extend(frames, false, last);
-            self.metrics.inc("pf2_event_log_appends_from_memory_total", &[]);
+        }
+        match window.span.try_write() {
+            Ok(mut span) => {
+                let mut appends = window.appends();
+                appends.push(prev, frames);
+                span.absorb(&mut appends, &self.metrics);
+            }
+            Err(_) => {
+                if !window.appends().push(prev, frames) {
+                    self.metrics.inc("pf2_event_log_appends_left_to_read_total", &[]);
+                }
+                self.metrics.inc("pf2_event_log_appends_kept_while_busy_total", &[]);
+            }
         }
     }
 
