@@ -339,6 +339,7 @@ impl WireEntity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"conflictId": "c-5d1e", "entityType": "document", "entityId": "d-9", "operationId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "clientId": "client-789", "fields": ["title"], "serverState": {"title": "Q3 plan"}, "clientState": {"title": "Q3 plan (draft)"}, "serverVersion": 40, "at": "2026-12-07T10:15:30.123Z"})))]
 pub struct WireConflict {
     pub conflict_id: String,
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
@@ -381,6 +382,7 @@ impl WireConflict {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"sequence": 43, "eventId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "eventType": "order.created", "tenantId": "acme", "timestamp": "2026-12-07T10:15:31.000Z", "payload": {"orderId": "o-1", "region": "eu"}, "metadata": {"source": "orders"}, "schemaVersion": "1.0"})))]
 pub struct WireEvent {
     /// Its position in the tenant's log (1, 2, …; gap-free).
     pub sequence: u64,

@@ -23,6 +23,9 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.05; done
 TOKEN=$(PF2_JWT_SECRET=$SECRET PF2_DATA_DIR="$DATA" "$BIN" token --tenant openapi --user operator \
   --role admin --role service --ttl 3600)
+# Every example the document gives is valid against its schema (tests/openapi/examples.py).
+curl -sf "http://127.0.0.1:$PORT/openapi.json" > "$DATA/openapi.json"
+"$(dirname "$ST")/python" tests/openapi/examples.py "$DATA/openapi.json"
 "$ST" --config-file tests/openapi/schemathesis.toml run "http://127.0.0.1:$PORT/openapi.json" \
   -H "Authorization: Bearer $TOKEN" \
   --checks all \

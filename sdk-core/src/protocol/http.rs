@@ -15,6 +15,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"requestId": "req-7f3a", "clientId": "client-789", "lastKnownVersion": "41", "operations": [{"operationId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "clientId": "client-789", "clientSeq": 12, "tenantId": "acme", "entityType": "todo", "entityId": "t-1", "operationType": "UPDATE", "payload": {"done": true}, "timestamp": "2026-12-07T10:15:30.123Z", "vectorClock": {"client-789": 12}, "interactionClass": "C"}], "requestedAt": "2026-12-07T10:15:30.200Z"})))]
 pub struct ReconcileRequest {
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub request_id: String,
@@ -66,6 +67,7 @@ impl ReconcileRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"requestId": "req-7f3a", "conflicts": [], "resolvedOperations": [{"operationId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "clientSeq": 12, "status": "applied", "duplicate": false, "version": 42}], "currentVersion": "42", "completedAt": "2026-12-07T10:15:30.245Z", "deltaUpdates": [{"entityType": "todo", "entityId": "t-1", "version": 42, "state": {"title": "Ship it", "done": true}, "deleted": false, "vectorClock": {"client-789": 12}, "timestamp": "2026-12-07T10:15:30.123Z"}]})))]
 pub struct ReconcileResponse {
     pub request_id: String,
     #[serde(default)]
@@ -148,6 +150,7 @@ pub fn delta_frame(
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"type": "delta", "since": 40, "version": 42, "entities": [{"entityType": "todo", "entityId": "t-1", "version": 42, "state": {"title": "Ship it", "done": true}, "deleted": false, "vectorClock": {"client-789": 12}, "timestamp": "2026-12-07T10:15:30.123Z"}], "hasMore": false, "clientSeq": 12})))]
 pub struct DeltaBody {
     /// Always `delta`.
     #[serde(rename = "type")]
@@ -258,6 +261,7 @@ pub fn scoped_delta_frame(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"snapshotId": "0b7c1d52-7f57-4f0e-9d0b-1f3c2e9a6d11", "tenantId": "acme", "entityType": "todo", "entityId": "t-1", "version": "42", "data": {"title": "Ship it", "done": true}, "vectorClock": {"client-789": 12}, "createdAt": "2026-12-07T10:16:00.000Z", "checksum": "9b1c5e0d6f0a4e7d8c3b2a19f8e7d6c5b4a39281706f5e4d3c2b1a0918273645"})))]
 pub struct EntitySnapshot {
     pub snapshot_id: String,
     pub tenant_id: String,
@@ -290,6 +294,7 @@ pub struct CollectionItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"snapshotId": "0b7c1d52-7f57-4f0e-9d0b-1f3c2e9a6d11", "tenantId": "acme", "entityType": "todo", "version": "42", "items": [{"entityId": "t-1", "version": 42, "data": {"title": "Ship it", "done": true}, "vectorClock": {"client-789": 12}}], "nextCursor": null, "createdAt": "2026-12-07T10:16:00.000Z", "checksum": "5e4d3c2b1a0918273645a39281706f9b1c5e0d6f0a4e7d8c3b2a19f8e7d6c5b4"})))]
 pub struct CollectionSnapshot {
     pub snapshot_id: String,
     pub tenant_id: String,
@@ -312,6 +317,7 @@ pub fn body_checksum<T: Serialize>(value: &T) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"events": [{"sequence": 43, "eventId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "eventType": "order.created", "tenantId": "acme", "timestamp": "2026-12-07T10:15:31.000Z", "payload": {"orderId": "o-1", "region": "eu"}, "metadata": {"source": "orders", "traceId": "4bf92f3577b34da6a3ce929d0e0e4736"}, "schemaVersion": "1.0"}], "hasMore": false, "nextEventId": "43"})))]
 pub struct EventPage {
     pub events: Vec<WireEvent>,
     #[serde(default)]
@@ -360,6 +366,7 @@ pub fn watched_documents(param: &str) -> Result<Vec<DocumentVersion>, String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"clientId": "client-789", "documents": [{"documentId": "notes", "message": null}]})))]
 pub struct DocumentsSyncRequest {
     #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:@-]{1,128}$"))]
     pub client_id: String,
@@ -384,6 +391,7 @@ pub struct DocumentMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", schema(example = json!({"documents": [{"documentId": "notes", "messages": ["QgAAAQ=="], "version": 17}]})))]
 pub struct DocumentsSyncAnswer {
     pub documents: Vec<DocumentAnswer>,
 }

@@ -95,6 +95,7 @@ pub enum PublishBody {
 /// Several events, appended in order in one transaction (at most 500 by default).
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)]
+#[schema(example = json!({"events": [{"eventType": "order.created", "payload": {"orderId": "o-1"}}, {"eventType": "order.paid", "payload": {"orderId": "o-1", "amount": 42}}]}))]
 pub struct PublishBatch {
     #[schema(max_items = 500)]
     events: Vec<PublishedEvent>,
@@ -103,6 +104,7 @@ pub struct PublishBatch {
 /// Where one published event went.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"eventId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "sequence": 43, "duplicate": false}))]
 pub struct PublishResult {
     event_id: String,
     /// Its position in the tenant's log.
@@ -335,6 +337,7 @@ fn start_from() -> utoipa::openapi::schema::Schema {
 /// A subscription: its settings, position and lag.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"name": "billing", "kind": "group", "eventTypes": ["order.*"], "filter": {"region": "eu"}, "position": 40, "maxDeliveries": 5, "visibilityTimeoutMs": 30000, "retryBackoffMs": 1000, "lag": 3, "pending": 2, "inFlight": 1, "deadLetters": 0, "createdAt": "2026-12-07T09:00:00.000Z", "updatedAt": "2026-12-07T10:15:31.000Z"}))]
 pub struct SubscriptionView {
     name: String,
     /// `durable` (one reader, the server keeps its position) or `group` (competing consumers).
@@ -577,6 +580,7 @@ pub async fn poll_subscription(
 /// the two.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"deliveries": [{"sequence": 43, "leaseToken": "b1e2c3d4"}]}))]
 pub struct AckBody {
     /// Durable subscriptions: handled through this sequence.
     #[serde(default)]
@@ -662,6 +666,7 @@ pub async fn ack(
 /// A member's claim on a consumer group's events.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"consumer": "worker-1", "max": 10, "waitMs": 1000}))]
 pub struct ClaimBody {
     /// The member: 1 to 128 characters (its leases are its own).
     #[schema(min_length = 1, max_length = 128)]
@@ -688,6 +693,7 @@ pub struct Delivery {
 
 /// What a claim got (possibly nothing).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"deliveries": [{"group": "billing", "event": {"sequence": 43, "eventId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "eventType": "order.created", "tenantId": "acme", "timestamp": "2026-12-07T10:15:31.000Z", "payload": {"orderId": "o-1", "region": "eu"}, "metadata": {"source": "orders"}, "schemaVersion": "1.0"}, "attempt": 1, "leaseToken": "b1e2c3d4", "leaseExpiresAt": "2026-12-07T10:16:01.000Z"}]}))]
 pub struct ClaimedDeliveries {
     deliveries: Vec<Delivery>,
 }
@@ -735,6 +741,7 @@ pub async fn claim(
 /// A failed delivery.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"sequence": 43, "leaseToken": "b1e2c3d4", "reason": "payment provider timed out", "retryAfterMs": 5000}))]
 pub struct NackBody {
     sequence: u64,
     lease_token: String,
@@ -750,6 +757,7 @@ pub struct NackBody {
 /// `lease_lost` (it had expired already).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"status": "retry", "retryAt": "2026-12-07T10:15:36.000Z"}))]
 pub struct NackAnswer {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -809,6 +817,7 @@ fn nack_answer(outcome: &NackOutcome) -> NackAnswer {
 /// A dead letter: the event as it will be reprocessed, why it died, and its history.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"dlqId": "dlq-1f2e", "subscription": "billing", "event": {"sequence": 43, "eventId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "eventType": "order.created", "tenantId": "acme", "timestamp": "2026-12-07T10:15:31.000Z", "payload": {"orderId": "o-1", "region": "eu"}, "metadata": {"source": "orders"}, "schemaVersion": "1.0"}, "originalPayload": {"orderId": "o-1", "region": "eu"}, "failureReason": "payment provider timed out", "deliveryCount": 5, "consumer": "worker-1", "firstAttemptAt": "2026-12-07T10:15:31.500Z", "lastAttemptAt": "2026-12-07T10:17:02.000Z", "deadLetteredAt": "2026-12-07T10:17:02.010Z", "status": "dead", "updatedAt": "2026-12-07T10:17:02.010Z"}))]
 pub struct DeadLetterView {
     dlq_id: String,
     /// The consumer group it died in.
@@ -958,6 +967,7 @@ pub async fn get_dead_letter(
 /// The payload a dead letter will be reprocessed with.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"payload": {"orderId": "o-1", "region": "eu", "retry": true}}))]
 pub struct DlqEdit {
     payload: Value,
 }

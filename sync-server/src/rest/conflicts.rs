@@ -57,6 +57,7 @@ impl From<ConflictRow> for ConflictView {
 
 /// `GET /api/reconciliation/conflicts`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"conflicts": [{"conflictId": "c-5d1e", "entityType": "document", "entityId": "d-9", "operationId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "clientId": "client-789", "fields": ["title"], "serverState": {"title": "Q3 plan"}, "clientState": {"title": "Q3 plan (draft)"}, "serverVersion": 40, "at": "2026-12-07T10:15:30.123Z", "status": "open", "resolution": null, "resolvedBy": null}]}))]
 pub struct ConflictList {
     conflicts: Vec<ConflictView>,
 }
@@ -94,6 +95,7 @@ pub async fn list_conflicts(
 /// How to resolve a conflict.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "choice", rename_all = "lowercase")]
+#[schema(example = json!({"choice": "merged", "state": {"title": "Q3 plan (final)"}}))]
 pub enum Resolution {
     /// Keep the server's version.
     Server,
@@ -127,6 +129,7 @@ pub struct ConflictPath {
 /// The resolved conflict and the tenant's version after the resolution.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"conflictId": "c-5d1e", "entityType": "document", "entityId": "d-9", "operationId": "6f1c2a9e-8d3b-4c47-9a3e-2b8f5d7c1e40", "clientId": "client-789", "fields": ["title"], "serverState": {"title": "Q3 plan"}, "clientState": {"title": "Q3 plan (draft)"}, "serverVersion": 40, "at": "2026-12-07T10:15:30.123Z", "status": "resolved", "resolution": "merged", "resolvedBy": "alice", "currentVersion": "44"}))]
 pub struct ResolvedConflict {
     #[serde(flatten)]
     conflict: ConflictView,

@@ -25,6 +25,7 @@ pub struct DocumentPath {
 /// A document's stored form.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"documentId": "notes", "tenantId": "acme", "heads": ["1f0e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0"], "size": 412, "storedBytes": 530, "save": "hW9KgwEAAAA=", "checksum": "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae", "createdAt": "2026-12-07T10:16:00.000Z"}))]
 pub struct DocumentSnapshot {
     document_id: String,
     tenant_id: String,
@@ -85,6 +86,7 @@ pub async fn document_snapshot(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"clientId": "client-789", "message": null}))]
 pub struct DocumentSyncRequest {
     #[schema(pattern = "^[A-Za-z0-9_.:@-]{1,128}$")]
     client_id: String,
@@ -96,6 +98,7 @@ pub struct DocumentSyncRequest {
 /// What the server answers a document's sync message.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"documentId": "notes", "messages": ["QgAAAQ=="], "version": 17}))]
 pub struct DocumentSyncAnswer {
     document_id: String,
     /// Automerge sync messages for the client (base64), in order.

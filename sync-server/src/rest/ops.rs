@@ -18,12 +18,21 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-/// A service's state: `healthy`, `degraded`, `unhealthy` (Redis also `disabled`).
-type Status = &'static str;
+/// A service's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    /// Redis only: not configured (one process).
+    Disabled,
+}
 
 /// `GET /health` (api.md's shape).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"status": "healthy", "services": {"database": {"status": "healthy", "backend": "sqlite", "latency": 0.4, "lastCheck": "2026-12-07T10:15:30.000Z"}, "websocket": {"status": "healthy", "activeConnections": 12, "rooms": 3, "presenceEntries": 12, "lastCheck": "2026-12-07T10:15:30.000Z"}, "eventbus": {"status": "healthy", "eventsPerSecond": 0, "lastCheck": "2026-12-07T10:15:30.000Z"}, "reconciliation": {"status": "healthy", "lastCheck": "2026-12-07T10:15:30.000Z"}, "redis": {"status": "disabled", "lastCheck": "2026-12-07T10:15:30.000Z"}}, "timestamp": "2026-12-07T10:15:30.000Z"}))]
 pub struct Health {
     /// `healthy`, `degraded` (Redis configured but down: realtime stays within this process) or
     /// `unhealthy` (the database does not answer; then the status is 503).
@@ -110,11 +119,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let db_ok = db.is_ok();
     let latency = db.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(-1.0);
     state.metrics.set_gauge("pf2_database_latency_ms", &[], latency);
-    let service = |ok: bool| if ok { "healthy" } else { "unhealthy" };
+    let service = |ok: bool| if ok { Status::Healthy } else { Status::Unhealthy };
     // Redis carries only realtime: without it the process degrades, it does not fail.
     let redis = match &state.cluster {
         None => RedisHealth {
-            status: "disabled",
+            status: Status::Disabled,
             latency: None,
             node: None,
             error: None,
@@ -123,7 +132,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         Some(c) => {
             let (up, latency, error) = c.health();
             RedisHealth {
-                status: if up { "healthy" } else { "unhealthy" },
+                status: service(up),
                 latency: Some(latency),
                 node: Some(c.node_id().to_string()),
                 error: (!up).then(|| error.unwrap_or_else(|| "not connected yet".into())),
@@ -133,9 +142,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
     };
     let redis_down = state.cluster.as_ref().is_some_and(|c| !c.is_up());
     let overall = match (db_ok, redis_down) {
-        (false, _) => "unhealthy",
-        (true, true) => "degraded",
-        (true, false) => "healthy",
+        (false, _) => Status::Unhealthy,
+        (true, true) => Status::Degraded,
+        (true, false) => Status::Healthy,
     };
     let body = Health {
         status: overall,
@@ -147,7 +156,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 last_check: now.clone(),
             },
             websocket: WebsocketHealth {
-                status: if redis_down { "degraded" } else { "healthy" },
+                status: if redis_down { Status::Degraded } else { Status::Healthy },
                 active_connections: state.hub.connections(),
                 rooms: state.hub.rooms(),
                 presence_entries: state.hub.presence_entries(),

@@ -40,6 +40,7 @@ pub struct TransactionRequest {
 /// The answer to a transaction accepted (and, byte for byte, to its replays).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"transactionId": "tx-8a7b", "status": "pending", "statusUrl": "/api/transactions/tx-8a7b", "createdAt": "2026-12-07T10:15:30.000Z"}))]
 pub struct TransactionAccepted {
     transaction_id: String,
     /// `pending` until the server settles it.
@@ -52,6 +53,7 @@ pub struct TransactionAccepted {
 /// A transaction's status.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"transactionId": "tx-8a7b", "type": "payment.create", "status": "confirmed", "result": {"receipt": "r-1"}, "callback": {"state": "delivered", "attempts": 1}, "createdAt": "2026-12-07T10:15:30.000Z", "updatedAt": "2026-12-07T10:15:31.200Z"}))]
 pub struct TransactionView {
     transaction_id: String,
     #[serde(rename = "type")]
