@@ -136,10 +136,11 @@ pub struct Config {
     /// per core; 0 runs them on the HTTP runtime).
     #[arg(long, env = "PF2_REALTIME_THREADS", global = true)]
     pub realtime_threads: Option<usize>,
-    /// How many `nice` steps below the HTTP threads the session threads run (0: the same
-    /// priority). Realtime is what may degrade when the CPU is short.
-    #[arg(long, env = "PF2_REALTIME_NICE", default_value_t = crate::realtime::runtime::DEFAULT_NICE, global = true)]
-    pub realtime_nice: i32,
+    /// How the session threads run beside the HTTP threads: `idle` (Linux's SCHED_IDLE: the
+    /// CPU the rest leaves, given up at once to a request) or that many `nice` steps below (0:
+    /// the same priority). Realtime is what may degrade when the CPU is short.
+    #[arg(long, env = "PF2_REALTIME_NICE", default_value_t = crate::realtime::runtime::DEFAULT_PRIORITY, global = true)]
+    pub realtime_nice: crate::realtime::runtime::Priority,
     /// Milliseconds a busy event stream gathers events before its next delivery (0: every
     /// event goes out on its own). An event after a quiet spell goes out at once.
     #[arg(long, env = "PF2_EVENT_BATCH_MS", default_value_t = crate::limits::DEFAULT_EVENT_BATCH_MS, global = true)]
@@ -238,7 +239,7 @@ impl Config {
             ws_rate: crate::limits::DEFAULT_WS_RATE_PER_MINUTE,
             ws_send_buffer: 256,
             realtime_threads: None,
-            realtime_nice: crate::realtime::runtime::DEFAULT_NICE,
+            realtime_nice: crate::realtime::runtime::DEFAULT_PRIORITY,
             event_batch_ms: crate::limits::DEFAULT_EVENT_BATCH_MS,
             event_retention_days: 7,
             idempotency_retention_days: 7,

@@ -45,8 +45,8 @@ pub struct Limits {
     pub ws_send_buffer: usize,
     /// Worker threads of the WebSocket sessions' own runtime (0: they share the HTTP runtime).
     pub realtime_threads: usize,
-    /// How many `nice` steps below HTTP those threads run.
-    pub realtime_nice: i32,
+    /// How those threads run beside HTTP's (`SCHED_IDLE`, or nice steps below).
+    pub realtime_nice: crate::realtime::runtime::Priority,
     /// After delivering to its live subscribers, a tenant's event pump waits this long before
     /// it delivers again, so that a busy stream reaches each socket as one write per window
     /// instead of one per event. An event after a quiet spell goes out at once.
@@ -97,7 +97,7 @@ impl Default for Limits {
             ws_rate: Rate::per_minute(DEFAULT_WS_RATE_PER_MINUTE),
             ws_send_buffer: 256,
             realtime_threads: crate::realtime::runtime::default_threads(),
-            realtime_nice: crate::realtime::runtime::DEFAULT_NICE,
+            realtime_nice: crate::realtime::runtime::DEFAULT_PRIORITY,
             event_batch_window: Duration::from_millis(DEFAULT_EVENT_BATCH_MS),
             ws_heartbeat: Duration::from_secs(30),
             ws_stale: Duration::from_secs(90),

@@ -13,7 +13,23 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p sync-server -p pf2-e2e
 test -d tests/bench/node_modules/socket.io-client || npm ci --prefix tests/bench --no-audit --no-fund >/dev/null
 DATA=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
+# Autogroup scheduling (kernel.sched_autogroup_enabled, on by default) shares the CPU between
+# login sessions as equals: this script's (the server and the load generator) and PostgreSQL's,
+# whatever their threads' priorities. The load generator's subscribers stand for devices
+# elsewhere and run at SCHED_IDLE, and a database on a host of its own would not wait for
+# them; but a PostgreSQL backend woken on a core in the other group waits for that group's
+# slice, on every round trip of a publish (measured: 0.25x instead of 1x, docs/benchmarks.md).
+# So for this run threads are scheduled by their own priorities: autogroup is turned off where
+# the script may (root), and put back as it was on exit.
+AUTOGROUP=/proc/sys/kernel/sched_autogroup_enabled
+AUTOGROUP_WAS=$(cat $AUTOGROUP 2>/dev/null || echo absent)
+if [ "$AUTOGROUP_WAS" = 1 ] && echo 0 2>/dev/null > $AUTOGROUP; then
+  echo "Autogroup scheduling: off for this run (it was on; restored on exit)."
+else
+  echo "Autogroup scheduling: left as it is ($AUTOGROUP_WAS)."
+fi
+restore_autogroup() { [ "$AUTOGROUP_WAS" = 1 ] && echo 1 > $AUTOGROUP 2>/dev/null || true; }
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"; restore_autogroup' EXIT
 
 wait_port() { for _ in $(seq 400); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 

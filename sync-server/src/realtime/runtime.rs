@@ -7,10 +7,14 @@
 //! own subscribers. On a runtime of their own the sockets' work is scheduled by the OS beside
 //! the HTTP threads, which mostly sleep and are run as soon as a request arrives.
 //!
-//! Its threads also run at a lower OS priority (`nice` +10 by default): the HTTP side carries
-//! the durable paths — reconcile, publish, Class D — and realtime is the part allowed to
+//! Its threads also run at a lower OS priority (Linux's `SCHED_IDLE` by default): the HTTP side
+//! carries the durable paths — reconcile, publish, Class D — and realtime is the part allowed to
 //! degrade. Under a fan-out burst a request is answered first and the frames go out in the CPU
-//! it leaves; when HTTP is idle the sessions have all of it.
+//! it leaves; when HTTP is idle the sessions have all of it. `SCHED_IDLE` rather than a nice
+//! value because of wake-ups: a request thread (or the database's process) that wakes takes the
+//! core from an idle-policy thread at once, where a nice +10 thread keeps it until its slice is
+//! spent — with 10,000 subscribers that wait, on every round trip of a publish, made publishing
+//! 4× slower (docs/benchmarks.md, "Where PostgreSQL's publish time goes").
 //!
 //! A `/v1/ws` socket moves with its session: `socket::upgrade` takes it out of the HTTP runtime's
 //! reactor and registers it here, so its readiness events wake this runtime's threads directly
@@ -26,8 +30,40 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
-/// How much lower than HTTP's the session threads' priority is by default (`nice` steps).
-pub const DEFAULT_NICE: i32 = 10;
+/// How the session threads are scheduled beside the HTTP threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Linux's `SCHED_IDLE`: the CPU that everything else leaves, given up at once to a thread
+    /// that wakes (a request, the database).
+    Idle,
+    /// `n` nice steps below the HTTP threads (0: equals; at most nice 19).
+    Nice(i32),
+}
+
+/// The session threads' default priority.
+pub const DEFAULT_PRIORITY: Priority = Priority::Idle;
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "idle" => Ok(Priority::Idle),
+            n => match n.parse::<i32>() {
+                Ok(n) if (0..=39).contains(&n) => Ok(Priority::Nice(n)),
+                _ => Err(format!("{s:?}: `idle`, or nice steps from 0 to 39")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Priority::Idle => f.write_str("idle"),
+            Priority::Nice(n) => write!(f, "{n}"),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct SessionRuntime {
@@ -37,16 +73,16 @@ pub struct SessionRuntime {
 }
 
 impl SessionRuntime {
-    /// A runtime of `threads` worker threads, `nice` steps below the caller's priority; 0
-    /// threads shares the current runtime (and must be called inside one).
-    pub fn new(threads: usize, nice: i32) -> std::io::Result<Self> {
+    /// A runtime of `threads` worker threads at `priority` below the caller's; 0 threads shares
+    /// the current runtime (and must be called inside one).
+    pub fn new(threads: usize, priority: Priority) -> std::io::Result<Self> {
         if threads == 0 {
             return Ok(Self { own: None, handle: Handle::current() });
         }
         let rt = Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("pf2-sessions")
-            .on_thread_start(move || lower_priority(nice))
+            .on_thread_start(move || lower_priority(priority))
             .enable_all()
             .build()?;
         Ok(Self { handle: rt.handle().clone(), own: Some(rt) })
@@ -62,24 +98,37 @@ impl SessionRuntime {
     }
 }
 
-/// This thread's priority, `by` nice steps lower (at most 19). Refusals are logged, not fatal:
-/// sessions then compete with HTTP as equals.
+/// This thread's priority, lowered to `priority`. Refusals are logged, not fatal: sessions
+/// then compete with HTTP as equals.
 #[cfg(target_os = "linux")]
-fn lower_priority(by: i32) {
+fn lower_priority(priority: Priority) {
     use rustix::process::{getpriority_process, setpriority_process};
-    if by <= 0 {
-        return;
-    }
-    // On Linux a thread id names one thread here, not the whole process.
-    let me = Some(rustix::thread::gettid());
-    let now = getpriority_process(me).unwrap_or(0);
-    if let Err(e) = setpriority_process(me, (now + by).min(19)) {
-        tracing::warn!(error = %e, "could not lower the session threads' priority");
+    match priority {
+        Priority::Idle => {
+            use thread_priority::{
+                NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                set_thread_priority_and_policy, thread_native_id,
+            };
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            let set = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+            if let Err(e) = set {
+                tracing::warn!(error = ?e, "could not give the session threads SCHED_IDLE");
+            }
+        }
+        Priority::Nice(by) if by > 0 => {
+            // On Linux a thread id names one thread here, not the whole process.
+            let me = Some(rustix::thread::gettid());
+            let now = getpriority_process(me).unwrap_or(0);
+            if let Err(e) = setpriority_process(me, (now + by).min(19)) {
+                tracing::warn!(error = %e, "could not lower the session threads' priority");
+            }
+        }
+        Priority::Nice(_) => {}
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_by: i32) {}
+fn lower_priority(_priority: Priority) {}
 
 /// A thread's nice value (tests).
 #[cfg(all(test, target_os = "linux"))]
@@ -102,14 +151,17 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_run_on_their_own_threads_and_the_runtime_can_end_from_inside() {
-        let rt = std::sync::Arc::new(SessionRuntime::new(2, DEFAULT_NICE).unwrap());
+        let rt = std::sync::Arc::new(SessionRuntime::new(2, DEFAULT_PRIORITY).unwrap());
         let name = rt.spawn(async { std::thread::current().name().map(str::to_string) });
         assert_eq!(name.await.unwrap().as_deref(), Some("pf2-sessions"));
         #[cfg(target_os = "linux")]
         {
-            let here = nice_of_this_thread();
-            let there = rt.spawn(async { nice_of_this_thread() }).await.unwrap();
-            assert_eq!(there, (here + DEFAULT_NICE).min(19), "sessions run below HTTP");
+            use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+            let policy = || thread_priority::thread_schedule_policy().unwrap();
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            assert_ne!(policy(), idle, "HTTP's threads keep the normal policy");
+            let there = rt.spawn(async move { policy() }).await.unwrap();
+            assert_eq!(there, idle, "sessions run below HTTP: SCHED_IDLE");
         }
         // Dropped by the last task that holds it, on one of its own threads.
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -122,9 +174,28 @@ mod tests {
         rx.await.unwrap();
     }
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_nice_priority_is_that_many_steps_below() {
+        let rt = SessionRuntime::new(1, Priority::Nice(10)).unwrap();
+        let here = nice_of_this_thread();
+        let there = rt.spawn(async { nice_of_this_thread() }).await.unwrap();
+        assert_eq!(there, (here + 10).min(19));
+    }
+
+    #[test]
+    fn priorities_parse_from_the_flag() {
+        assert_eq!("idle".parse(), Ok(Priority::Idle));
+        assert_eq!("10".parse(), Ok(Priority::Nice(10)));
+        assert_eq!("0".parse(), Ok(Priority::Nice(0)));
+        assert!("-1".parse::<Priority>().is_err());
+        assert!("fast".parse::<Priority>().is_err());
+        assert_eq!(Priority::Idle.to_string(), "idle");
+    }
+
     #[tokio::test]
     async fn zero_threads_share_the_current_runtime() {
-        let rt = SessionRuntime::new(0, DEFAULT_NICE).unwrap();
+        let rt = SessionRuntime::new(0, DEFAULT_PRIORITY).unwrap();
         let here = Handle::current().id();
         assert_eq!(rt.spawn(async { Handle::current().id() }).await.unwrap(), here);
     }

@@ -365,18 +365,23 @@ async fn resume(a: Arc<Args>) -> anyhow::Result<()> {
 }
 
 /// Publishing: the subscribers stand for devices elsewhere, which would take none of the
-/// server's CPU. Here they share its 2 cores, so their threads run at nice +10 — the CPU the
-/// server and the publisher leave — while the publisher (its own thread, spawned from the main
-/// thread) keeps the normal priority. Resume runs at the normal priority, as its peer does.
+/// server's CPU. Here they share its 2 cores, so their threads run at `SCHED_IDLE` — the CPU the
+/// server, its database and the publisher leave, given up at once when one of those wakes —
+/// while the publisher (its own thread, spawned from the main thread) keeps the normal policy.
+/// Resume runs at the normal policy, as its peer does.
 fn main() -> anyhow::Result<()> {
     let a = Arc::new(Args::parse());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if a.mode == Mode::Publish {
         rt.on_thread_start(|| {
-            let me = Some(rustix::thread::gettid());
-            let now = rustix::process::getpriority_process(me).unwrap_or(0);
-            let _ = rustix::process::setpriority_process(me, (now + 10).min(19));
+            use thread_priority::{
+                NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                set_thread_priority_and_policy, thread_native_id,
+            };
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle)
+                .expect("SCHED_IDLE for the subscribers' threads");
         });
     }
     rt.build()?.block_on(async move {
