@@ -266,6 +266,7 @@ impl EventBus {
         name: &str,
         kind: SubscriptionKind,
     ) -> Result<SubscriptionRow, ApiError> {
+        valid_name(name)?;
         let sub = self
             .store
             .subscription(tenant.as_str(), name)
@@ -399,6 +400,9 @@ impl EventBus {
         if items.len() > 500 {
             return Err(ApiError::invalid("at most 500 acknowledgements at once"));
         }
+        // A group that does not exist (or a durable subscription) is said so, as for a nack —
+        // not answered `lease_lost` for every delivery.
+        self.subscription(tenant, group, SubscriptionKind::Group).await?;
         let out = self.store.ack(tenant.as_str(), group, items).await?;
         let acked = out.iter().filter(|a| **a).count() as u64;
         self.metrics.add("pf2_bus_acked_total", &[], acked);

@@ -371,7 +371,7 @@ pub struct SubscriptionList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct SubscriptionPath {
-    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "billing")]
     name: String,
 }
 
@@ -869,7 +869,7 @@ pub struct DeadLetterList {
 #[into_params(parameter_in = Path)]
 pub struct DlqId {
     /// The `dlqId` of a listed dead letter.
-    #[param(min_length = 1, max_length = 128)]
+    #[param(min_length = 1, max_length = 128, example = "dlq-1f2e")]
     id: String,
 }
 

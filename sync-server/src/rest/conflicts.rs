@@ -123,6 +123,7 @@ impl Resolution {
 #[into_params(parameter_in = Path, rename_all = "camelCase")]
 pub struct ConflictPath {
     /// As the conflict list or a reconcile answer names it.
+    #[param(example = "c-5d1e")]
     conflict_id: String,
 }
 

@@ -18,7 +18,7 @@ use serde_json::Value;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path, rename_all = "camelCase")]
 pub struct DocumentPath {
-    #[param(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,128}$", example = "notes")]
     document_id: String,
 }
 

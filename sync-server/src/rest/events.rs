@@ -21,6 +21,7 @@ use std::time::Duration;
 pub struct PollQuery {
     /// Where to resume: a sequence number (`0`: from the start) or the id of an event of the
     /// tenant's log (an unknown id is 400).
+    #[param(example = "42")]
     last_event_id: Option<String>,
     /// Events at most, clamped to 1…1000 (default 100).
     limit: Option<i64>,

@@ -12,7 +12,7 @@ pub struct TenantHeader {
     /// Must equal the token's tenant: another is 403 `TENANT_VIOLATION`, except for a
     /// `super_admin` who also sends `X-Justification` (audited).
     #[serde(rename = "X-Tenant-ID")]
-    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "acme")]
     pub x_tenant_id: Option<String>,
 }
 

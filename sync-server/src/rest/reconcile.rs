@@ -54,11 +54,12 @@ pub async fn reconcile(
 #[serde(rename_all = "camelCase")]
 pub struct DeltaQuery {
     /// The version the caller has (a delta's `version`; 0 or absent: from the start).
+    #[param(example = 40)]
     since: Option<u64>,
     /// Entities per page, clamped to 1…1000 (default 500).
     limit: Option<i64>,
     /// The caller's client: the last page then says which of its operations the state includes.
-    #[param(pattern = "^[A-Za-z0-9_.:@-]{1,128}$")]
+    #[param(pattern = "^[A-Za-z0-9_.:@-]{1,128}$", example = "client-789")]
     client_id: Option<String>,
     /// Partial sync (sync rules): the channels to sync, a JSON array of strings.
     channels: Option<String>,

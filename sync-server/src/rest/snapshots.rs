@@ -19,9 +19,9 @@ use serde_json::json;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path, rename_all = "camelCase")]
 pub struct EntityPath {
-    #[param(pattern = "^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+    #[param(pattern = "^[A-Za-z][A-Za-z0-9_.-]{0,63}$", example = "todo")]
     entity_type: String,
-    #[param(pattern = "^[A-Za-z0-9_.:@-]{1,128}$")]
+    #[param(pattern = "^[A-Za-z0-9_.:@-]{1,128}$", example = "t-1")]
     entity_id: String,
 }
 

@@ -167,7 +167,7 @@ pub async fn create_transaction(
     path = "/api/transactions/{transactionId}",
     tag = "transactions",
     summary = "A transaction's status",
-    params(("transactionId" = String, Path, description = "As `POST /api/transactions` answered"), TenantHeader),
+    params(("transactionId" = String, Path, description = "As `POST /api/transactions` answered", example = "tx-8a7b"), TenantHeader),
     responses(
         (status = 200, description = "Its status", body = TransactionView),
         (status = 404, description = "NOT_FOUND: no such transaction (or not the caller's)", body = ErrorBody),
