@@ -211,6 +211,17 @@ impl Store {
         // opener's priority. One opened by a WebSocket session (on the sessions' runtime, busy
         // and at nice +10 under a fan-out) would slow every HTTP request that later drew it
         // (measured: publishing to 10,000 subscribers on PostgreSQL 2.2× faster).
+        if backend == Backend::Sqlite {
+            // WAL is the file's, not a connection's: set it once, alone, before the pool opens
+            // its connections together (each switching it at once made some wait on the others
+            // and log `database is locked` at every start).
+            use sqlx::Connection as _;
+            let mut first = sqlx::AnyConnection::connect(&url).await.map_err(|e| {
+                StoreError::internal(format!("opening the {} database: {e}", backend.name()))
+            })?;
+            first.execute("PRAGMA journal_mode = WAL").await.map_err(db)?;
+            first.close().await.map_err(db)?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(size)
             .min_connections(size)
@@ -227,7 +238,6 @@ impl Store {
                         // The busy timeout first: a connection opened while another writes
                         // must wait, not fail, on its own first statements.
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
                             .await?;
                     }
