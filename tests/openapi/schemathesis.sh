@@ -17,7 +17,7 @@ DATA=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 SECRET=openapi-check-secret-openapi-check-secret
 PF2_DATABASE_URL="sqlite://$DATA/pf2.db" PF2_LISTEN="127.0.0.1:$PORT" PF2_JWT_SECRET=$SECRET \
-  PF2_DATA_DIR="$DATA" PF2_LOG=error PF2_RATE_RECONCILE=100000 PF2_RATE_POLL=100000 "$BIN" serve &
+  PF2_DATA_DIR="$DATA" PF2_LOG=error PF2_RATE_RECONCILE=100000 PF2_RATE_POLL=100000 "$BIN" serve & # why: above (the budgets would answer 429 to nearly every case)
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.05; done
