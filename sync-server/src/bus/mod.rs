@@ -359,7 +359,7 @@ impl EventBus {
         max: u32,
         wait: Duration,
     ) -> Result<Vec<Claimed>, ApiError> {
-        if consumer.is_empty() || consumer.len() > 128 {
+        if consumer.is_empty() || consumer.chars().count() > 128 {
             return Err(ApiError::invalid("consumer must be 1 to 128 characters"));
         }
         let sub = self.subscription(tenant, group, SubscriptionKind::Group).await?;

@@ -67,7 +67,7 @@ pub struct PublishedEvent {
     #[schema(min_length = 1, max_length = 32)]
     schema_version: Option<String>,
     /// Under sync rules, the channels whose readers alone see the event (none: tenant-wide);
-    /// kept as `metadata.channels`. At most 64, each 1 to 256 bytes.
+    /// kept as `metadata.channels`. At most 64, each 1 to 256 characters.
     #[serde(default)]
     #[schema(schema_with = channels_schema)]
     channels: Option<Vec<String>>,
@@ -158,18 +158,19 @@ fn new_event(auth: &Auth, e: PublishedEvent) -> Result<NewEvent, ApiError> {
     metadata.entry("source").or_insert_with(|| Value::String(auth.user().to_string()));
     if let Some(channels) = e.channels {
         let max = sdk_core::rules::MAX_ENTITY_CHANNELS;
-        let too_long =
-            channels.iter().any(|c| c.is_empty() || c.len() > sdk_core::rules::MAX_CHANNEL_LEN);
+        let too_long = channels
+            .iter()
+            .any(|c| c.is_empty() || c.chars().count() > sdk_core::rules::MAX_CHANNEL_LEN);
         if channels.len() > max || too_long {
             return Err(ApiError::invalid(format!(
-                "channels: at most {max}, each 1 to {} bytes",
+                "channels: at most {max}, each 1 to {} characters",
                 sdk_core::rules::MAX_CHANNEL_LEN
             )));
         }
         metadata.insert(sdk_core::rules::EVENT_CHANNELS.into(), Value::from(channels));
     }
     let schema_version = e.schema_version.unwrap_or_else(|| "1.0".into());
-    if schema_version.is_empty() || schema_version.len() > 32 {
+    if schema_version.is_empty() || schema_version.chars().count() > 32 {
         return Err(ApiError::invalid("schemaVersion must be 1 to 32 characters"));
     }
     Ok(NewEvent {

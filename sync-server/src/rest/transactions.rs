@@ -112,7 +112,7 @@ pub async fn create_transaction(
     let hash = checksum(&canonical_json(&body.value));
     let req: TransactionRequest = serde_json::from_value(body.value)
         .map_err(|e| ApiError::invalid(format!("invalid transaction: {e}")))?;
-    if req.kind.is_empty() || req.kind.len() > 128 {
+    if req.kind.is_empty() || req.kind.chars().count() > 128 {
         return Err(ApiError::invalid("type must be 1 to 128 characters"));
     }
     if let Some(url) = &req.callback_url
