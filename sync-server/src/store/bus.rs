@@ -254,7 +254,7 @@ fn dead_letter_from_row(tenant: &str, r: &AnyRow) -> Result<DeadLetter, StoreErr
 /// (an earlier publish), or the n-th new one (1-based; an id repeated within the batch takes
 /// the slot of its first occurrence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
+pub(super) enum Slot {
     Known(u64),
     Fresh(u64),
 }
@@ -295,7 +295,7 @@ async fn known_events(
 }
 
 /// Each event's [`Slot`], and how many are new.
-fn classify(events: &[NewEvent], known: &HashMap<String, u64>) -> (Vec<Slot>, u64) {
+pub(super) fn classify(events: &[NewEvent], known: &HashMap<String, u64>) -> (Vec<Slot>, u64) {
     let mut fresh_ids: HashMap<&str, u64> = HashMap::new();
     let slots = events
         .iter()
@@ -311,7 +311,7 @@ fn classify(events: &[NewEvent], known: &HashMap<String, u64>) -> (Vec<Slot>, u6
 }
 
 /// The outcomes of a publish whose new events follow sequence `base`, and the rows to insert.
-fn allocate<'a>(
+pub(super) fn allocate<'a>(
     events: &'a [NewEvent],
     slots: &[Slot],
     base: u64,
@@ -356,6 +356,40 @@ async fn insert_events(
     Ok(())
 }
 
+/// A batch's distinct events in order of first appearance, and each id's index among them
+/// (later copies of an id within the batch are duplicates of its first).
+fn distinct(events: &[NewEvent]) -> (Vec<&NewEvent>, HashMap<&str, usize>) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let mut unique: Vec<&NewEvent> = Vec::new();
+    for e in events {
+        first.entry(e.event_id.as_str()).or_insert_with(|| {
+            unique.push(e);
+            unique.len() - 1
+        });
+    }
+    (unique, first)
+}
+
+/// Each event's outcome, from where each distinct id landed: (sequence, in the log before).
+fn outcomes(
+    events: &[NewEvent],
+    unique: &[&NewEvent],
+    first: &HashMap<&str, usize>,
+    placed: &HashMap<String, (u64, bool)>,
+) -> Result<Vec<Published>, String> {
+    events
+        .iter()
+        .map(|e| {
+            let &(sequence, known) = placed
+                .get(&e.event_id)
+                .ok_or_else(|| format!("publish: no outcome for {}", e.event_id))?;
+            // The first copy of an id in this batch is the one appended (unless known before).
+            let is_first = std::ptr::eq(unique[first[e.event_id.as_str()]], e);
+            Ok(Published { event_id: e.event_id.clone(), sequence, duplicate: known || !is_first })
+        })
+        .collect()
+}
+
 /// The event time (epoch ms) encoded in a wire timestamp.
 fn event_time(e: &WireEvent) -> i64 {
     sdk_core::hlc::HlcTimestamp::parse(&e.timestamp).map(|t| t.millis as i64).unwrap_or(0)
@@ -397,8 +431,15 @@ impl Store {
                 other => return other.map_err(db),
             }
         }
-        if self.backend == Backend::Sqlite {
-            return self.publish_sqlite(tenant, events).await;
+        if let Some(appender) = &self.appender {
+            // Its metadata stamped here, where the request's trace is current.
+            let events = events
+                .iter()
+                .map(|e| NewEvent { metadata: crate::trace::stamp(&e.metadata), ..e.clone() })
+                .collect();
+            let _writer = self.sqlite_writer().await;
+            let now = crate::clock::now_ms() as i64;
+            return appender.append(tenant, events, now).await;
         }
         let (mut tx, _guard, seq) = self.begin_tenant(tenant).await?;
         // Under the tenant's lock: every event before ours is committed and seen.
@@ -414,37 +455,6 @@ impl Store {
         Ok(Appended { outcomes: out, prev_event: Some(prev), at: now })
     }
 
-    /// SQLite: the append of [`Self::publish_events`] in five statements where the general
-    /// path takes eight (each one a wake-up of the connection's worker thread, and each wake-up
-    /// waits for a core when 10,000 subscribers are being served). The one writer is held, so
-    /// the log read first cannot change before the write; the tenant row's upsert then
-    /// allocates the new events' sequences and says where they end.
-    async fn publish_sqlite(
-        &self,
-        tenant: &str,
-        events: &[NewEvent],
-    ) -> Result<Appended, StoreError> {
-        let _writer = self.sqlite_writer().await;
-        let mut tx = self.pool.begin().await.map_err(db)?;
-        let (prev, known) = known_events(&mut tx, tenant, events).await?;
-        let (slots, fresh) = classify(events, &known);
-        let now = crate::clock::now_ms() as i64;
-        let end: i64 = sqlx::query(
-            "INSERT INTO tenants (tenant_id, seq, pruned_through) VALUES ($1, $2, 0) \
-             ON CONFLICT (tenant_id) DO UPDATE SET seq = tenants.seq + $2 RETURNING seq",
-        )
-        .bind(tenant)
-        .bind(fresh as i64)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?
-        .get(0);
-        let (out, rows) = allocate(events, &slots, end as u64 - fresh);
-        insert_events(&mut tx, tenant, &rows, now).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Appended { outcomes: out, prev_event: Some(prev), at: now })
-    }
-
     /// PostgreSQL: the append of [`Self::publish_events`] as one statement, so one round trip to
     /// the database instead of seven (begin, tenant row, lock, known ids, insert, sequence,
     /// commit); with CPU contended, each round trip waits for the server process to be scheduled.
@@ -456,15 +466,7 @@ impl Store {
         tenant: &str,
         events: &[NewEvent],
     ) -> Result<Appended, sqlx::Error> {
-        // Later copies of an id within the batch are duplicates of its first.
-        let mut first: HashMap<&str, usize> = HashMap::new();
-        let mut unique: Vec<&NewEvent> = Vec::new();
-        for e in events {
-            first.entry(e.event_id.as_str()).or_insert_with(|| {
-                unique.push(e);
-                unique.len() - 1
-            });
-        }
+        let (unique, first) = distinct(events);
         let values: Vec<String> = (0..unique.len())
             .map(|r| {
                 let p = 2 + r * 8;
@@ -515,22 +517,7 @@ impl Store {
                 _ => drop(placed.insert(r.get(0), (seq as u64, kind == 1))),
             }
         }
-        let mut out = Vec::with_capacity(events.len());
-        for e in events {
-            let Some(&(sequence, known)) = placed.get(&e.event_id) else {
-                return Err(sqlx::Error::Protocol(format!(
-                    "publish: no outcome for {}",
-                    e.event_id
-                )));
-            };
-            // The first copy of an id in this batch is the one appended (unless known before).
-            let is_first = std::ptr::eq(unique[first[e.event_id.as_str()]], e);
-            out.push(Published {
-                event_id: e.event_id.clone(),
-                sequence,
-                duplicate: known || !is_first,
-            });
-        }
+        let out = outcomes(events, &unique, &first, &placed).map_err(sqlx::Error::Protocol)?;
         Ok(Appended { outcomes: out, prev_event, at: now })
     }
 
@@ -1386,7 +1373,73 @@ async fn events_by_seq(
 
 #[cfg(test)]
 mod tests {
-    use super::like_pattern;
+    use super::{NewEvent, like_pattern};
+    use crate::store::{SqliteSync, Store};
+
+    async fn sqlite_store(name: &str) -> Store {
+        let dir = std::env::temp_dir().join(format!("pf2-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let url = format!("sqlite://{}/pf2.db", dir.display());
+        Store::connect(&url, SqliteSync::Normal).await.expect("store")
+    }
+
+    fn event(id: &str) -> NewEvent {
+        NewEvent {
+            event_id: id.to_string(),
+            event_type: "order.placed".into(),
+            payload: serde_json::json!({ "id": id }),
+            metadata: serde_json::json!({}),
+            schema_version: "1".into(),
+            occurred_at: None,
+            critical: false,
+        }
+    }
+
+    /// (sequence, duplicate) of each event of a publish.
+    async fn publish(store: &Store, ids: &[&str]) -> Vec<(u64, bool)> {
+        let events: Vec<NewEvent> = ids.iter().map(|id| event(id)).collect();
+        let out = store.publish_events("t1", &events).await.expect("publish");
+        out.outcomes.iter().map(|p| (p.sequence, p.duplicate)).collect()
+    }
+
+    #[tokio::test]
+    async fn sqlite_appends_number_new_ids_after_the_log_and_report_repeats() {
+        let store = sqlite_store("script").await;
+        assert_eq!(publish(&store, &["a", "b", "a"]).await, [(1, false), (2, false), (1, true)]);
+        assert_eq!(
+            publish(&store, &["c", "b", "d", "c"]).await,
+            [(3, false), (2, true), (4, false), (3, true)]
+        );
+        let again = store.publish_events("t1", &[event("e")]).await.expect("publish");
+        assert_eq!(again.prev_event, Some(4), "the log's end before the append");
+        assert_eq!(store.tenant_seq("t1").await.expect("seq").0, 5);
+        // A large batch numbers on without a gap.
+        let many: Vec<String> = (0..1_000).map(|i| format!("m{i}")).collect();
+        let ids: Vec<&str> = many.iter().map(String::as_str).chain(["a"]).collect();
+        let out = publish(&store, &ids).await;
+        assert_eq!(out[0], (6, false));
+        assert_eq!(out[999], (1_005, false));
+        assert_eq!(out[1_000], (1, true));
+        assert_eq!(publish(&store, &["f"]).await, [(1_006, false)]);
+    }
+
+    #[tokio::test]
+    async fn an_append_abandoned_mid_flight_leaves_the_log_whole_and_the_writer_working() {
+        let store = sqlite_store("abandoned").await;
+        assert_eq!(publish(&store, &["a"]).await, [(1, false)]);
+        // Dropped at its first wait: the script is on its way to the connection's thread.
+        let abandoned = [event("b")];
+        // (Should the connection's thread answer before the first wait, it simply finished.)
+        let _ =
+            tokio::time::timeout(std::time::Duration::ZERO, store.publish_events("t1", &abandoned))
+                .await;
+        // Whether "b" landed or not, it landed whole: publishing it again says which, and the
+        // next id follows without a gap.
+        let b = publish(&store, &["b"]).await;
+        assert_eq!(b[0].0, 2);
+        assert_eq!(publish(&store, &["c"]).await, [(3, false)]);
+        assert_eq!(store.tenant_seq("t1").await.expect("seq").0, 3);
+    }
 
     #[test]
     fn like_patterns_escape_wildcards_and_keep_prefixes() {

@@ -21,6 +21,7 @@ use sqlx::{AnyPool, Executor, Row};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+mod appender;
 mod audit;
 mod bus;
 mod documents;
@@ -64,6 +65,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite has one writer: serialize writers in-process instead of retrying `SQLITE_BUSY`.
     write_lock: tokio::sync::Mutex<()>,
+    /// SQLite: the event appender's thread and connection (store/appender.rs).
+    appender: Option<appender::Appender>,
     /// Reads of the event log ([`Store::events_after`]) since start: what the log's readers
     /// cost the database (tests count them; `pf2_event_log_reads_total` says who read).
     log_reads: std::sync::atomic::AtomicU64,
@@ -160,6 +163,19 @@ fn db(e: sqlx::Error) -> StoreError {
     StoreError::from(e)
 }
 
+/// A SQLite URL as the pool opens it (created if missing) and the file's path; its directory is
+/// created.
+fn sqlite_file(url: &str) -> Result<(String, String), StoreError> {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or(path);
+    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::internal(format!("creating {}: {e}", dir.display())))?;
+    }
+    let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+    Ok((url, path.to_string()))
+}
+
 impl Store {
     /// Connect to `sqlite://path` (created if missing; WAL) or `postgres://…` with the default
     /// pool, and migrate.
@@ -182,20 +198,12 @@ impl Store {
         } else {
             return Err(StoreError::internal(format!("unsupported database URL {url:?}")));
         };
-        let url = match backend {
+        let (url, sqlite_path) = match backend {
             Backend::Sqlite => {
-                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-                let path = path.split('?').next().unwrap_or(path);
-                if let Some(dir) =
-                    std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty())
-                {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::internal(format!("creating {}: {e}", dir.display()))
-                    })?;
-                }
-                if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") }
+                let (url, path) = sqlite_file(url)?;
+                (url, Some(path))
             }
-            Backend::Postgres => url.to_string(),
+            Backend::Postgres => (url.to_string(), None),
         };
         let synchronous = match sync {
             SqliteSync::Full => "FULL",
@@ -257,10 +265,16 @@ impl Store {
             })?);
         }
         drop(held);
+        // Started from here too, for the same reason (its thread inherits this one's priority).
+        let appender = match &sqlite_path {
+            Some(path) => Some(appender::Appender::start(path, synchronous)?),
+            None => None,
+        };
         let store = Store {
             pool,
             backend,
             write_lock: tokio::sync::Mutex::new(()),
+            appender,
             log_reads: Default::default(),
             rules: None,
             indexed: Default::default(),
