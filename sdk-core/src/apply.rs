@@ -718,6 +718,42 @@ fn fast_forward(rec: &mut EntityRecord, op: &Operation) {
     }
 }
 
+/// [`field_merge`] when the other side deleted the entity concurrently (`del`).
+fn against_delete(
+    mut rec: EntityRecord,
+    del: &Write,
+    op: &Operation,
+    on_overlap: OnOverlap,
+    state: &mut ApplyState,
+    out: &mut BatchOutcome,
+) -> Outcome {
+    let patch = match &op.kind {
+        // Both deleted: the tombstone stays; record the later delete.
+        OperationKind::Delete => {
+            fast_forward(&mut rec, op);
+            let version = commit(rec, op, state, out);
+            return Outcome::Applied { version };
+        }
+        OperationKind::Create(o) | OperationKind::Update(o) => o,
+        OperationKind::Crdt(_) => unreachable!(),
+    };
+    if on_overlap == OnOverlap::Manual {
+        let id = record_conflict(&rec, op, Vec::new(), out);
+        return conflict(Resolution::Manual, None, Some(id));
+    }
+    if op.stamp() < del.stamp {
+        return conflict(Resolution::ServerKept, None, None);
+    }
+    // The write is later than the delete: resurrect on top of the pre-delete state.
+    rec.deleted = None;
+    apply_patch(object_mut(&mut rec), patch);
+    for k in patch.keys() {
+        rec.fields.insert(k.clone(), Write::of(op));
+    }
+    let version = commit(rec, op, state, out);
+    conflict(Resolution::IncomingWon, Some(version), None)
+}
+
 fn field_merge(
     mut rec: EntityRecord,
     op: &Operation,
@@ -726,33 +762,8 @@ fn field_merge(
     out: &mut BatchOutcome,
 ) -> Outcome {
     let stamp = op.stamp();
-    // The other side deleted concurrently.
     if let Some(del) = rec.deleted.clone().filter(|d| d.unseen_by(&op.clock)) {
-        let patch = match &op.kind {
-            // Both deleted: the tombstone stays; record the later delete.
-            OperationKind::Delete => {
-                fast_forward(&mut rec, op);
-                let version = commit(rec, op, state, out);
-                return Outcome::Applied { version };
-            }
-            OperationKind::Create(o) | OperationKind::Update(o) => o,
-            OperationKind::Crdt(_) => unreachable!(),
-        };
-        if on_overlap == OnOverlap::Manual {
-            let id = record_conflict(&rec, op, Vec::new(), out);
-            return conflict(Resolution::Manual, None, Some(id));
-        }
-        if stamp < del.stamp {
-            return conflict(Resolution::ServerKept, None, None);
-        }
-        // The write is later than the delete: resurrect on top of the pre-delete state.
-        rec.deleted = None;
-        apply_patch(object_mut(&mut rec), patch);
-        for k in patch.keys() {
-            rec.fields.insert(k.clone(), Write::of(op));
-        }
-        let version = commit(rec, op, state, out);
-        return conflict(Resolution::IncomingWon, Some(version), None);
+        return against_delete(rec, &del, op, on_overlap, state, out);
     }
     let concurrent: BTreeMap<&String, &Write> =
         rec.fields.iter().filter(|(_, w)| w.unseen_by(&op.clock)).collect();

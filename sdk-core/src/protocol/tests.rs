@@ -121,6 +121,27 @@ fn sample_server_frames() -> Vec<ServerFrame> {
             remaining: None,
         },
         ServerFrame::Poke { version: 3 },
+        ServerFrame::SnapshotChunk {
+            request_id: "r1".into(),
+            snapshot_id: "s1".into(),
+            version: 3,
+            index: 0,
+            total: 1,
+            data: "e30=".into(),
+            checksum: "sha256:x".into(),
+            total_checksum: "sha256:x".into(),
+            next_cursor: None,
+        },
+        ServerFrame::error(ErrorCode::ClassDRealtimeForbidden, "use REST", Some("b1".into())),
+    ]
+    .into_iter()
+    .chain(sample_realtime_frames())
+    .collect()
+}
+
+/// The server frames of event streams, documents and rooms.
+fn sample_realtime_frames() -> Vec<ServerFrame> {
+    vec![
         ServerFrame::Event {
             event: WireEvent {
                 sequence: 124,
@@ -185,18 +206,6 @@ fn sample_server_frames() -> Vec<ServerFrame> {
         },
         ServerFrame::MessageAck { message_id: "m1".into() },
         ServerFrame::Pong { nonce: 3 },
-        ServerFrame::SnapshotChunk {
-            request_id: "r1".into(),
-            snapshot_id: "s1".into(),
-            version: 3,
-            index: 0,
-            total: 1,
-            data: "e30=".into(),
-            checksum: "sha256:x".into(),
-            total_checksum: "sha256:x".into(),
-            next_cursor: None,
-        },
-        ServerFrame::error(ErrorCode::ClassDRealtimeForbidden, "use REST", Some("b1".into())),
     ]
 }
 
